@@ -1,0 +1,293 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the agent (`lb-userspace`).
+//!
+//! This crate is the single source of truth for every map key and value, every map and
+//! program name, every flag and every limit. Rules for the map types (as in aya's own
+//! integration-common crate):
+//! - `#[repr(C)]` with explicit padding fields, so no byte the kernel sees is undefined;
+//! - only integers and arrays of integers (no `bool`, `enum` or `Option` in map values);
+//! - addresses are 16 bytes so IPv6 can follow without a new layout; IPv4 uses the first
+//!   4 bytes (network order) and zeroes the rest;
+//! - ports are stored in network byte order (the program compares them as read from the wire).
+//!
+//! A layout test at the bottom pins sizes and offsets.
+#![no_std]
+
+pub mod flow_hash;
+pub mod reason;
+
+pub use reason::Reason;
+
+/// Names of the maps and programs in the eBPF object. Userspace looks them up by these
+/// constants; the eBPF side names its statics the same (checked by a test in lb-userspace).
+pub mod names {
+    pub const PROG_LB: &str = "lb_xdp";
+    pub const PROG_PASS: &str = "xdp_pass";
+    pub const MAP_VIPS: &str = "VIPS";
+    pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const MAP_SERVICES: &str = "SERVICES";
+    pub const MAP_BACKENDS: &str = "BACKENDS";
+    pub const MAP_MAGLEV: &str = "MAGLEV";
+    pub const MAP_CONNS: &str = "CONNS";
+    pub const MAP_SETTINGS: &str = "SETTINGS";
+    pub const MAP_VIP_STATS: &str = "VIP_STATS";
+    pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const MAP_REASONS: &str = "REASONS";
+    pub const MAP_PASS_COUNT: &str = "PASS_COUNT";
+}
+
+/// Limits compiled into the program. Map sizes that depend on the configuration
+/// (the Maglev table and the connection table) are set by the loader from [`Settings`].
+pub mod limits {
+    /// Forwarding rules (VIP, port, protocol) the program can hold.
+    pub const MAX_VIPS: u32 = 1024;
+    /// Distinct VIP addresses (for the fragment / truncated-L4 verdicts).
+    pub const MAX_VIP_ADDRS: u32 = 1024;
+    /// Backend slots, shared by all backend services.
+    pub const MAX_BACKENDS: u32 = 4096;
+    /// Default number of backend services; the Maglev map holds 2 tables per service.
+    pub const DEFAULT_MAX_SERVICES: u32 = 32;
+    /// Maglev's own default table size (a prime).
+    pub const DEFAULT_RING_SIZE: u32 = 65537;
+    /// Default connection-table capacity (LRU: the least recently used flow is evicted).
+    pub const DEFAULT_CONN_TABLE_SIZE: u32 = 262_144;
+}
+
+/// Maglev slot value meaning "no backend": the service has none usable, drop.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Which fields of a flow choose its backend (SEMANTICS.md, session affinity).
+pub mod hash_mode {
+    /// NONE and CLIENT_IP_PORT_PROTO: source and destination address and port, protocol.
+    pub const FIVE_TUPLE: u32 = 0;
+    /// CLIENT_IP_PROTO: source address, destination address, protocol.
+    pub const CLIENT_IP_PROTO: u32 = 1;
+    /// CLIENT_IP: source and destination address.
+    pub const CLIENT_IP: u32 = 2;
+    /// CLIENT_IP_NO_DESTINATION: source address only.
+    pub const CLIENT_IP_NO_DESTINATION: u32 = 3;
+}
+
+/// Flags of [`ServiceMeta::flags`].
+pub mod service_flags {
+    /// A TCP flow pinned to an unhealthy backend stays there (connection persistence).
+    pub const PERSIST_TCP: u32 = 1 << 0;
+    /// A UDP flow pinned to an unhealthy backend stays there.
+    pub const PERSIST_UDP: u32 = 1 << 1;
+    /// Connection tracking PER_SESSION: the connection table is keyed by the affinity
+    /// fields rather than the 5-tuple, so a whole session shares one entry.
+    pub const PER_SESSION: u32 = 1 << 2;
+}
+
+/// Flags of [`Backend::flags`].
+pub mod backend_flags {
+    /// The slot holds a configured backend. Cleared when the backend is removed: flows
+    /// pinned to it are hashed again.
+    pub const IN_USE: u32 = 1 << 0;
+    /// The health checker (or an override) says the backend is healthy.
+    pub const HEALTHY: u32 = 1 << 1;
+    /// Draining: out of the Maglev table, existing flows stay until the draining timeout.
+    pub const DRAINING: u32 = 1 << 2;
+    /// Existing flows must leave too (draining timeout expired, or maintenance).
+    pub const EVICT: u32 = 1 << 3;
+}
+
+/// Key of `VIPS`: one forwarding rule. `port_be == 0` means every port of that address and
+/// protocol; the program tries the exact port first, then port 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of `VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipMeta {
+    /// Index into `SERVICES` (and the service's pair of Maglev tables).
+    pub service: u32,
+    /// Index into `VIP_STATS`; also part of the connection-table key.
+    pub vip_id: u32,
+    pub flags: u32,
+}
+
+/// Key of `VIP_ADDRS`: an address that carries at least one VIP. Used to decide the verdict
+/// of packets whose ports cannot be read (fragments, truncated L4 headers): such packets
+/// to a VIP address are dropped, to any other address they pass untouched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct VipAddrKey {
+    pub addr: [u8; 16],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `SERVICES`, indexed by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceMeta {
+    /// Which of the service's two Maglev tables is live (0 or 1). Userspace fills the
+    /// other one completely, then flips this word: a packet reads one whole table.
+    pub active: u32,
+    /// One of [`hash_mode`].
+    pub hash_mode: u32,
+    /// [`service_flags`].
+    pub flags: u32,
+    /// Idle timeout of connection-table entries, seconds (SEMANTICS: 600 by default).
+    pub idle_timeout_s: u32,
+}
+
+/// Value of `BACKENDS`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    /// Destination MAC written into forwarded frames (L2 direct server return).
+    pub mac: [u8; 6],
+    pub family: u8,
+    pub _pad: u8,
+    /// [`backend_flags`].
+    pub flags: u32,
+    /// Bumped each time the slot gets a new backend, so a connection-table entry that
+    /// names the slot's previous occupant is recognised as stale.
+    pub generation: u32,
+    /// The service the slot belongs to; lets a restarted agent adopt slot assignments from
+    /// the pinned map instead of reshuffling them.
+    pub service: u32,
+}
+
+/// Key of `CONNS` (and the input of the flow hash). Fields not used by the service's
+/// tracking mode are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+    /// The VIP the flow was addressed to, so sessions keyed by the client address alone
+    /// stay distinct per VIP.
+    pub vip_id: u32,
+}
+
+/// Value of `CONNS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnEntry {
+    pub backend: u32,
+    pub generation: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet, refreshed at most once a
+    /// second to keep the hot path from writing on every packet.
+    pub last_seen_ns: u64,
+}
+
+/// Value of `SETTINGS[0]`: program-wide settings written by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Maglev table size M (prime). The `MAGLEV` array holds `2 * M` slots per service.
+    pub ring_size: u32,
+    pub max_services: u32,
+}
+
+/// Per-CPU counters of one VIP (`VIP_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that got a backend from the Maglev table (connection-table miss or stale entry).
+    pub new_flows: u64,
+    pub conn_hits: u64,
+    pub conn_misses: u64,
+    /// Packets dropped because the service had no usable backend.
+    pub no_backend: u64,
+}
+
+/// Per-CPU counters of one backend slot (`BACKEND_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl VipStats {
+    /// Sum of per-CPU values.
+    pub fn add(&mut self, o: &VipStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.conn_hits += o.conn_hits;
+        self.conn_misses += o.conn_misses;
+        self.no_backend += o.no_backend;
+    }
+}
+
+impl BackendStats {
+    /// Sum of per-CPU values.
+    pub fn add(&mut self, o: &BackendStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), made only of integers, with explicit padding
+    // (checked by the layout test), so every bit pattern is valid and none is undefined.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for VipAddrKey {}
+    unsafe impl aya::Pod for ServiceMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn sizes_have_no_implicit_padding() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(offset_of!(VipKey, port_be), 16);
+        assert_eq!(offset_of!(VipKey, family), 19);
+        assert_eq!(size_of::<VipMeta>(), 12);
+        assert_eq!(size_of::<VipAddrKey>(), 20);
+        assert_eq!(size_of::<ServiceMeta>(), 16);
+        assert_eq!(size_of::<Backend>(), 36);
+        assert_eq!(offset_of!(Backend, service), 32);
+        assert_eq!(offset_of!(Backend, mac), 16);
+        assert_eq!(offset_of!(Backend, flags), 24);
+        assert_eq!(offset_of!(Backend, generation), 28);
+        assert_eq!(size_of::<FlowKey>(), 44);
+        assert_eq!(offset_of!(FlowKey, sport_be), 32);
+        assert_eq!(offset_of!(FlowKey, proto), 36);
+        assert_eq!(offset_of!(FlowKey, vip_id), 40);
+        assert_eq!(size_of::<ConnEntry>(), 16);
+        assert_eq!(offset_of!(ConnEntry, last_seen_ns), 8);
+        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<VipStats>(), 48);
+        assert_eq!(size_of::<BackendStats>(), 24);
+    }
+}

@@ -1,0 +1,64 @@
+//! Every verdict other than "forwarded to a backend" has a named reason, counted per CPU in
+//! the `REASONS` array at the reason's index. The documented verdict of each is in the
+//! README ("Packet verdicts").
+
+/// Index into `REASONS`. A plain `u32` newtype rather than an enum so that the eBPF side can
+/// index the array without conversions and userspace can print names for unknown values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reason(pub u32);
+
+impl Reason {
+    /// Forwarded to a backend with XDP_TX.
+    pub const TX: Reason = Reason(0);
+    /// Pass: frame shorter than an Ethernet header.
+    pub const PASS_SHORT_ETH: Reason = Reason(1);
+    /// Pass: not IPv4 or IPv6 (ARP, LLDP, VLAN-tagged, ...).
+    pub const PASS_NOT_IP: Reason = Reason(2);
+    /// Pass: IPv6 (no IPv6 VIPs yet).
+    pub const PASS_IPV6: Reason = Reason(3);
+    /// Pass: shorter than the IPv4 header it claims (the kernel validates and drops it).
+    pub const PASS_SHORT_IP: Reason = Reason(4);
+    /// Pass: IPv4 header with a bad version, IHL < 5 or a total length below the header.
+    pub const PASS_BAD_IP: Reason = Reason(5);
+    /// Pass: neither TCP nor UDP (ICMP, ...).
+    pub const PASS_NOT_TCP_UDP: Reason = Reason(6);
+    /// Pass: TCP or UDP not addressed to a VIP.
+    pub const PASS_NOT_VIP: Reason = Reason(7);
+    /// Drop: an IPv4 fragment addressed to a VIP address (its ports cannot be read, so it
+    /// cannot be given the flow's backend).
+    pub const DROP_FRAGMENT: Reason = Reason(8);
+    /// Drop: a packet to a VIP address whose TCP/UDP header is truncated.
+    pub const DROP_SHORT_L4: Reason = Reason(9);
+    /// Drop: the VIP's service has no usable backend (none configured, or all unhealthy
+    /// with drop-traffic-if-unhealthy).
+    pub const DROP_NO_BACKEND: Reason = Reason(10);
+    /// Aborted: an internal lookup failed that configuration should make impossible
+    /// (service or backend index out of range). Counted so it is visible.
+    pub const ABORT_INTERNAL: Reason = Reason(11);
+    /// Pass: IPv4 with IP options addressed to a VIP are forwarded like any other packet
+    /// (counted here in addition to TX, for visibility).
+    pub const SEEN_IP_OPTIONS: Reason = Reason(12);
+
+    pub const COUNT: u32 = 13;
+
+    /// Stable names, used by `lb stats`, the admin socket and metrics.
+    pub const NAMES: [&'static str; Self::COUNT as usize] = [
+        "tx",
+        "pass_short_eth",
+        "pass_not_ip",
+        "pass_ipv6",
+        "pass_short_ip",
+        "pass_bad_ip",
+        "pass_not_tcp_udp",
+        "pass_not_vip",
+        "drop_fragment",
+        "drop_short_l4",
+        "drop_no_backend",
+        "abort_internal",
+        "seen_ip_options",
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES.get(self.0 as usize).copied().unwrap_or("unknown")
+    }
+}

@@ -1,0 +1,61 @@
+//! Every map of the program. Names match `lb_common::names` (a userspace test loads the
+//! object and finds each by its constant). Sizes that depend on configuration (`MAGLEV`,
+//! `CONNS`) are placeholders the loader overrides before load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    limits, Backend, BackendStats, ConnEntry, FlowKey, Reason, ServiceMeta, Settings, VipAddrKey,
+    VipKey, VipMeta, VipStats,
+};
+
+/// Forwarding rules: (address, port or 0, protocol) → service and VIP id.
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(limits::MAX_VIPS, 0);
+
+/// Addresses that carry a VIP, for packets whose ports cannot be read.
+#[map]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32> =
+    HashMap::with_max_entries(limits::MAX_VIP_ADDRS, 0);
+
+/// Per-service state: live Maglev table, hash mode, persistence flags, idle timeout.
+#[map]
+pub static SERVICES: Array<ServiceMeta> =
+    Array::with_max_entries(limits::DEFAULT_MAX_SERVICES, 0);
+
+/// Backend slots.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(limits::MAX_BACKENDS, 0);
+
+/// Maglev tables: service s, table t (0/1), slot i is at `(s * 2 + t) * M + i`; the value
+/// is a backend id or `NO_BACKEND`. Sized by the loader to `max_services * 2 * M`.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Connection table: flow → backend. LRU so a full table evicts the coldest flow rather
+/// than refusing new ones.
+#[map]
+pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, 0);
+
+/// `SETTINGS[0]`: ring size and service count.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(limits::MAX_VIPS, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
+
+/// Packets by verdict reason (`lb_common::Reason`).
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Packets seen by `xdp_pass`: its one counter makes it the same kind of floor as a real
+/// program that counts (TOOLCHAIN: a trivial program bumping one per-CPU counter).
+#[map]
+pub static PASS_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,21 @@
+//! Builds `lb-ebpf` for the BPF target with aya-build (nightly, `-Z build-std=core`,
+//! bpf-linker) and leaves the object in OUT_DIR, where `dataplane::object` embeds it.
+//! `scripts/bootstrap.sh` installs what this needs.
+
+fn main() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("lb-userspace has no parent folder"))?
+        .join("lb-ebpf");
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+}

@@ -1,0 +1,335 @@
+//! Validation of a parsed [`Config`]: every rule reports an error with its place, a dotted
+//! path such as `backend_services.web.backends[2].weight`, resolved to a line of the file
+//! when the text is at hand. All errors are collected, not just the first.
+
+use super::types::*;
+use std::fmt;
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigError {
+    /// Dotted path of the offending value.
+    pub place: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(place: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            place: place.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}: {}", self.place, self.message),
+            None => write!(f, "{}: {}", self.place, self.message),
+        }
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    pub fn single(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+
+    /// A TOML syntax or type error, with the line serde/toml reported.
+    pub fn from_toml(text: &str, e: &toml::de::Error) -> Self {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        ConfigErrors::single(ConfigError {
+            place: "file".into(),
+            line,
+            message: e.message().trim().to_string(),
+        })
+    }
+
+    /// Resolves each error's place to the line that defines it (best effort: the line of
+    /// the deepest table header or key of the path found in the text).
+    pub fn with_lines(mut self, text: &str) -> Self {
+        for e in &mut self.0 {
+            if e.line.is_none() {
+                e.line = super::validate::locate(text, &e.place);
+            }
+        }
+        self
+    }
+}
+
+/// Finds the line of a dotted place such as `backend_services.web.backends[1].weight`:
+/// the header `[backend_services.web]` (or `[[backend_services.web.backends]]`, counting
+/// occurrences for the index), then the key below it.
+pub fn locate(text: &str, place: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut table = String::new();
+    let mut best: Option<usize> = None;
+    let mut search_from = 0usize;
+    for part in place.split('.') {
+        let (name, index) = match part.find('[') {
+            Some(i) => (
+                &part[..i],
+                part[i + 1..part.len() - 1].parse::<usize>().ok(),
+            ),
+            None => (part, None),
+        };
+        let candidate = if table.is_empty() {
+            name.to_string()
+        } else {
+            format!("{table}.{name}")
+        };
+        let mut found = None;
+        let mut seen = 0usize;
+        for (i, l) in lines.iter().enumerate().skip(search_from) {
+            let t = l.trim();
+            let is_header = t == format!("[{candidate}]") || t == format!("[[{candidate}]]");
+            let is_key = t.starts_with(&format!("{name} ")) || t.starts_with(&format!("{name}="));
+            if is_header || (is_key && index.is_none()) {
+                if index.is_none_or(|ix| ix == seen) {
+                    found = Some(i);
+                    break;
+                }
+                seen += 1;
+            }
+        }
+        if let Some(i) = found {
+            best = Some(i + 1);
+            search_from = i;
+        }
+        table = candidate;
+    }
+    best
+}
+
+/// Checks every rule; returns all errors found.
+pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
+    let mut errs = Vec::new();
+    let mut err = |place: String, msg: String| errs.push(ConfigError::new(place, msg));
+
+    let d = &cfg.dataplane;
+    if !is_prime(d.ring_size) || d.ring_size < 7 {
+        err(
+            "dataplane.ring_size".into(),
+            format!("{} is not a prime ≥ 7 (Maglev needs a prime table size; the default is 65537)", d.ring_size),
+        );
+    }
+    if d.max_services == 0 || d.max_services > 1024 {
+        err("dataplane.max_services".into(), "must be 1..=1024".into());
+    }
+    if d.conn_table_size < 1024 {
+        err("dataplane.conn_table_size".into(), "must be at least 1024".into());
+    }
+
+    for (name, hc) in &cfg.health_checks {
+        let p = format!("health_checks.{name}");
+        if !(hc.check_interval_sec >= 0.1 && hc.check_interval_sec <= 300.0) {
+            err(format!("{p}.check_interval_sec"), "must be 0.1..=300 seconds".into());
+        }
+        if !(hc.timeout_sec > 0.0) || hc.timeout_sec > hc.check_interval_sec {
+            err(
+                format!("{p}.timeout_sec"),
+                format!(
+                    "{} must be positive and not above check_interval_sec ({})",
+                    hc.timeout_sec, hc.check_interval_sec
+                ),
+            );
+        }
+        if !(1..=10).contains(&hc.healthy_threshold) {
+            err(format!("{p}.healthy_threshold"), "must be 1..=10".into());
+        }
+        if !(1..=10).contains(&hc.unhealthy_threshold) {
+            err(format!("{p}.unhealthy_threshold"), "must be 1..=10".into());
+        }
+        if !hc.request_path.starts_with('/') {
+            err(format!("{p}.request_path"), "must start with '/'".into());
+        }
+        if hc.port == Some(0) {
+            err(format!("{p}.port"), "must be 1..=65535".into());
+        }
+    }
+
+    for (name, bs) in &cfg.backend_services {
+        let p = format!("backend_services.{name}");
+        if let Some(hc) = &bs.health_check {
+            if !cfg.health_checks.contains_key(hc) {
+                err(format!("{p}.health_check"), format!("no health check named {hc:?}"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, b) in bs.backends.iter().enumerate() {
+            let bp = format!("{p}.backends[{i}]");
+            if !names.insert(b.display_name()) {
+                err(format!("{bp}.name"), format!("duplicate backend {:?}", b.display_name()));
+            }
+            if !(1..=1000).contains(&b.weight) {
+                err(format!("{bp}.weight"), format!("{} is outside 1..=1000", b.weight));
+            }
+            if !(b.capacity_scaler == 0.0 || (0.1..=1.0).contains(&b.capacity_scaler)) {
+                err(format!("{bp}.capacity_scaler"), "must be 0 (drained) or 0.1..=1.0".into());
+            }
+            if let Some(m) = &b.mac {
+                if parse_mac(m).is_none() {
+                    err(format!("{bp}.mac"), format!("{m:?} is not a MAC address like 02:00:00:00:00:01"));
+                }
+            }
+            if !bs.protocol.is_l4() && b.port.is_none() {
+                err(format!("{bp}.port"), "an L7 backend needs its serving port".into());
+            }
+        }
+        let fp = &bs.failover_policy;
+        if !(0.0..=1.0).contains(&fp.failover_ratio) {
+            err(format!("{p}.failover_policy.failover_ratio"), "must be 0..=1".into());
+        }
+        if bs.connection_draining_timeout_sec > 3600 {
+            err(format!("{p}.connection_draining_timeout_sec"), "must be 0..=3600".into());
+        }
+        let ct = &bs.connection_tracking_policy;
+        let five_tuple = matches!(
+            bs.session_affinity,
+            SessionAffinity::None | SessionAffinity::ClientIpPortProto
+        );
+        let max_idle = if ct.tracking_mode == TrackingMode::PerSession && !five_tuple {
+            16 * 3600
+        } else {
+            600
+        };
+        if ct.idle_timeout_sec == 0 || ct.idle_timeout_sec > max_idle {
+            err(
+                format!("{p}.connection_tracking_policy.idle_timeout_sec"),
+                format!("must be 1..={max_idle} (above 600 s only with PER_SESSION tracking and less-than-5-tuple affinity)"),
+            );
+        }
+        if bs.protocol.is_l4()
+            && matches!(
+                bs.session_affinity,
+                SessionAffinity::GeneratedCookie | SessionAffinity::HeaderField | SessionAffinity::HttpCookie
+            )
+        {
+            err(format!("{p}.session_affinity"), "cookie and header affinity need an L7 (HTTP) backend service".into());
+        }
+        if !bs.protocol.is_l4()
+            && matches!(
+                bs.session_affinity,
+                SessionAffinity::ClientIpPortProto | SessionAffinity::ClientIpProto | SessionAffinity::ClientIpNoDestination
+            )
+        {
+            err(format!("{p}.session_affinity"), "L7 backend services support NONE, CLIENT_IP, GENERATED_COOKIE, HEADER_FIELD and HTTP_COOKIE".into());
+        }
+        if !(bs.timeout_sec > 0.0) {
+            err(format!("{p}.timeout_sec"), "must be positive".into());
+        }
+    }
+
+    let mut vips = std::collections::BTreeMap::new();
+    for (name, fr) in &cfg.forwarding_rules {
+        let p = format!("forwarding_rules.{name}");
+        match (&fr.backend_service, &fr.target) {
+            (Some(bs), None) => match cfg.backend_services.get(bs) {
+                None => err(format!("{p}.backend_service"), format!("no backend service named {bs:?}")),
+                Some(s) if !s.protocol.is_l4() => err(
+                    format!("{p}.backend_service"),
+                    format!("{bs:?} is an L7 service ({:?}); a passthrough rule needs TCP or UDP", s.protocol),
+                ),
+                Some(s) => {
+                    let want = if fr.ip_protocol == IpProtocol::Tcp { BackendProtocol::Tcp } else { BackendProtocol::Udp };
+                    if s.protocol != want {
+                        err(format!("{p}.ip_protocol"), format!("{:?} rule in front of a {:?} backend service", fr.ip_protocol, s.protocol));
+                    }
+                }
+            },
+            (None, Some(t)) => {
+                if !cfg.target_http_proxies.contains_key(t) && !cfg.target_https_proxies.contains_key(t) {
+                    err(format!("{p}.target"), format!("no target HTTP(S) proxy named {t:?}"));
+                }
+            }
+            _ => err(p.clone(), "needs exactly one of backend_service (L4) or target (L7)".into()),
+        }
+        if fr.all_ports == !fr.ports.is_empty() {
+            err(format!("{p}.ports"), "give 1 to 5 ports, or all_ports = true".into());
+        }
+        if fr.ports.len() > 5 {
+            err(format!("{p}.ports"), "at most 5 ports (use all_ports for more)".into());
+        }
+        if fr.ports.contains(&0) {
+            err(format!("{p}.ports"), "port 0 is not a port; use all_ports = true".into());
+        }
+        if fr.ip_address.is_ipv6() && fr.backend_service.is_some() {
+            err(format!("{p}.ip_address"), "IPv6 passthrough VIPs are not supported yet".into());
+        }
+        let ports: Vec<u16> = if fr.all_ports { vec![0] } else { fr.ports.clone() };
+        for port in ports {
+            if let Some(other) = vips.insert((fr.ip_address, port, fr.ip_protocol), name.clone()) {
+                err(format!("{p}.ports"), format!("{}:{port}/{:?} is also claimed by forwarding rule {other:?}", fr.ip_address, fr.ip_protocol));
+            }
+        }
+    }
+    for (name, t) in &cfg.target_http_proxies {
+        if !cfg.url_maps.contains_key(&t.url_map) {
+            err(format!("target_http_proxies.{name}.url_map"), format!("no URL map named {:?}", t.url_map));
+        }
+    }
+    for (name, t) in &cfg.target_https_proxies {
+        if !cfg.url_maps.contains_key(&t.url_map) {
+            err(format!("target_https_proxies.{name}.url_map"), format!("no URL map named {:?}", t.url_map));
+        }
+        if t.ssl_certificates.is_empty() {
+            err(format!("target_https_proxies.{name}.ssl_certificates"), "needs at least one certificate".into());
+        }
+        for c in &t.ssl_certificates {
+            if !cfg.ssl_certificates.contains_key(c) {
+                err(format!("target_https_proxies.{name}.ssl_certificates"), format!("no certificate named {c:?}"));
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut i = 2u64;
+    while i * i <= n as u64 {
+        if n as u64 % i == 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}

@@ -1,0 +1,70 @@
+//! The desired L4 state: what the maps should say, derived from the configuration, health
+//! and admin overrides (see `crate::model`). Pure data, so it can be diffed and tested.
+
+use lb_common::{VipKey, PROTO_TCP, PROTO_UDP};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct L4Plan {
+    pub services: Vec<L4Service>,
+    pub vips: Vec<L4Vip>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct L4Service {
+    pub name: String,
+    /// `lb_common::hash_mode`.
+    pub hash_mode: u32,
+    /// `lb_common::service_flags`.
+    pub flags: u32,
+    pub idle_timeout_s: u32,
+    pub backends: Vec<L4Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct L4Backend {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    /// None while the MAC is unknown: the backend cannot receive frames, so it stays out of
+    /// the table (and its flows are hashed again).
+    pub mac: Option<[u8; 6]>,
+    /// Maglev weight; 0 keeps it out of the table.
+    pub weight: u32,
+    /// In the Maglev table (chosen for new flows).
+    pub in_table: bool,
+    pub healthy: bool,
+    pub draining: bool,
+    /// Existing flows must leave (drain timeout over, maintenance, removed from failover).
+    pub evict: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct L4Vip {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    /// 0: every port.
+    pub port: u16,
+    pub proto: u8,
+    pub service: String,
+}
+
+impl L4Vip {
+    pub fn key(&self) -> VipKey {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&self.addr.octets());
+        VipKey {
+            addr,
+            port_be: self.port.to_be(),
+            proto: self.proto,
+            family: lb_common::FAMILY_V4,
+        }
+    }
+
+    pub fn proto_name(&self) -> &'static str {
+        match self.proto {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            _ => "?",
+        }
+    }
+}

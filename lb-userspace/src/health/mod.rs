@@ -1,0 +1,44 @@
+//! Health checking shared by both tiers. Probes produce events; the agent folds them into a
+//! [`HealthSnapshot`] that the L4 reconciler and the L7 router both read. Probes never write
+//! maps or routers directly.
+//!
+//! Contract used by other modules (keep stable):
+//! - [`BackendKey`] names a backend: (backend service name, backend display name);
+//! - [`HealthSnapshot::is_healthy`] is `true` for a backend with no verdict yet or with no
+//!   health check configured (a starting agent does not pull everything out of rotation);
+//! - the agent publishes snapshots through a `tokio::sync::watch` channel of
+//!   `Arc<HealthSnapshot>`; readers call `borrow()` per request/reconcile.
+
+use std::collections::BTreeMap;
+
+/// (backend service name, backend display name).
+pub type BackendKey = (String, String);
+
+/// Health verdict of one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+}
+
+/// Health of every checked backend at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthSnapshot {
+    pub backends: BTreeMap<BackendKey, Health>,
+}
+
+impl HealthSnapshot {
+    /// `true` unless the checker has declared the backend unhealthy.
+    pub fn is_healthy(&self, service: &str, backend: &str) -> bool {
+        self.backends
+            .get(&(service.to_string(), backend.to_string()))
+            .is_none_or(|h| *h == Health::Healthy)
+    }
+
+    /// The verdict, `None` before the first one.
+    pub fn get(&self, service: &str, backend: &str) -> Option<Health> {
+        self.backends
+            .get(&(service.to_string(), backend.to_string()))
+            .copied()
+    }
+}

@@ -1,0 +1,69 @@
+//! `lb`: thin entry point; parses arguments and hands off to the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "lb", version, about = "A local equivalent of Google Cloud's internal load balancers (XDP L4 + L7 proxy)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent: load (or adopt) the XDP dataplane and program it from the config.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and report every error with its place.
+    Validate { file: PathBuf },
+    /// Show the dataplane counters (read from the pinned maps).
+    Stats {
+        #[arg(long, default_value = "/sys/fs/bpf/lb")]
+        pin_path: PathBuf,
+    },
+    /// Detach the XDP program and remove every pinned object: flows are forgotten.
+    Down {
+        #[arg(long, default_value = "/sys/fs/bpf/lb")]
+        pin_path: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { config } => tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config)),
+        Cmd::Validate { file } => match lb_userspace::config::load(&file) {
+            Ok(_) => {
+                println!("{}: OK", file.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{}: {} error(s)\n{e}", file.display(), e.0.len());
+                std::process::exit(1);
+            }
+        },
+        Cmd::Stats { pin_path } => {
+            let c = lb_userspace::dataplane::stats::Counters::open(&pin_path)?;
+            for (name, v) in c.reasons()? {
+                println!("{name:<20} {v}");
+            }
+            Ok(())
+        }
+        Cmd::Down { pin_path } => {
+            let removed = lb_userspace::dataplane::loader::teardown(&pin_path)?;
+            println!("removed {} pinned object(s) from {}", removed.len(), pin_path.display());
+            Ok(())
+        }
+    }
+}
