@@ -1,0 +1,165 @@
+//! Selection and affinity: weights, draining, health, stability of hashed keys.
+
+use super::*;
+use crate::config::{ConsistentHash, HttpCookie};
+
+fn backends(n: usize) -> Vec<Arc<Backend>> {
+    (0..n)
+        .map(|i| Arc::new(Backend::new("svc", format!("b{i}"), format!("127.0.0.1:{}", 8000 + i).parse().unwrap())))
+        .collect()
+}
+
+fn selector(policy: LocalityLbPolicy, hashing: bool, bs: &[Arc<Backend>], weights: &[u32]) -> Selector {
+    Selector::new(policy, hashing, bs.iter().cloned().zip(weights.iter().copied()).collect(), None)
+}
+
+fn counts(s: &Selector, n: usize, key: impl Fn(usize) -> Key) -> Vec<usize> {
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut c = vec![0; s.backends.len()];
+    for i in 0..n {
+        c[s.pick(key(i), 1, &[], &mut rng).unwrap()] += 1;
+    }
+    c
+}
+
+#[test]
+fn round_robin_follows_weights_and_skips_drained() {
+    let bs = backends(3);
+    let s = selector(LocalityLbPolicy::RoundRobin, false, &bs, &[effective_weight(2, 1.0), effective_weight(1, 1.0), effective_weight(5, 0.0)]);
+    let c = counts(&s, 3000, |_| Key::None);
+    assert_eq!(c, vec![2000, 1000, 0]);
+}
+
+#[test]
+fn capacity_scaler_scales_share() {
+    let bs = backends(2);
+    let s = selector(LocalityLbPolicy::Random, false, &bs, &[effective_weight(1, 1.0), effective_weight(1, 0.25)]);
+    let c = counts(&s, 10_000, |_| Key::None);
+    let share = c[1] as f64 / 10_000.0;
+    assert!((share - 0.2).abs() < 0.02, "{share}");
+}
+
+#[test]
+fn unhealthy_and_ejected_backends_are_skipped() {
+    let bs = backends(3);
+    let s = selector(LocalityLbPolicy::RoundRobin, false, &bs, &[1000, 1000, 1000]);
+    bs[0].healthy.store(false, Ordering::Relaxed);
+    let c = counts(&s, 300, |_| Key::None);
+    assert_eq!(c[0], 0);
+    assert_eq!(c[1] + c[2], 300);
+    bs[1].healthy.store(false, Ordering::Relaxed);
+    bs[2].healthy.store(false, Ordering::Relaxed);
+    let mut rng = fastrand::Rng::with_seed(1);
+    assert_eq!(s.pick(Key::None, 1, &[], &mut rng), None, "no healthy backend: nothing to pick (503)");
+}
+
+#[test]
+fn retry_avoids_the_tried_backend_when_it_can() {
+    let bs = backends(2);
+    let s = selector(LocalityLbPolicy::Maglev, true, &bs, &[1000, 1000]);
+    let mut rng = fastrand::Rng::with_seed(1);
+    for k in 0..50u64 {
+        let first = s.pick(Key::Hash(k * 7919), 1, &[], &mut rng).unwrap();
+        let second = s.pick(Key::Hash(k * 7919), 1, &[first], &mut rng).unwrap();
+        assert_ne!(first, second);
+    }
+    bs[1].healthy.store(false, Ordering::Relaxed);
+    assert_eq!(s.pick(Key::None, 1, &[0], &mut rng), Some(0), "only one usable: retry on the same");
+}
+
+#[test]
+fn least_request_prefers_the_idle_backend() {
+    let bs = backends(2);
+    let s = selector(LocalityLbPolicy::LeastRequest, false, &bs, &[1000, 1000]);
+    bs[0].in_flight.store(50, Ordering::Relaxed);
+    let c = counts(&s, 1000, |_| Key::None);
+    // Two choices: the busy backend wins only when both draws land on it (≈25%).
+    assert!(c[1] > 650, "{c:?}");
+}
+
+#[test]
+fn hashed_keys_are_stable_and_move_little_when_a_backend_goes() {
+    for policy in [LocalityLbPolicy::Maglev, LocalityLbPolicy::RingHash] {
+        let bs = backends(5);
+        let s = selector(policy, true, &bs, &[1000; 5]);
+        let mut rng = fastrand::Rng::with_seed(9);
+        let keys: Vec<u64> = (0..2000u64).map(|i| stable_hash(&[&i.to_le_bytes()])).collect();
+        let before: Vec<usize> = keys.iter().map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap()).collect();
+        let again: Vec<usize> = keys.iter().map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap()).collect();
+        assert_eq!(before, again, "{policy:?}: same key, same backend");
+        bs[2].healthy.store(false, Ordering::Relaxed);
+        let after: Vec<usize> = keys.iter().map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap()).collect();
+        for (b, a) in before.iter().zip(&after) {
+            if *b != 2 {
+                assert_eq!(b, a, "{policy:?}: keys of healthy backends stay");
+            } else {
+                assert_ne!(*a, 2);
+            }
+        }
+        let share = before.iter().filter(|b| **b == 2).count() as f64 / 2000.0;
+        assert!((share - 0.2).abs() < 0.06, "{policy:?}: share {share}");
+    }
+}
+
+#[test]
+fn generated_cookie_pins_its_backend() {
+    let bs = backends(3);
+    let s = selector(LocalityLbPolicy::Maglev, true, &bs, &[1000; 3]);
+    let mut rng = fastrand::Rng::with_seed(5);
+    for b in &bs {
+        for _ in 0..20 {
+            assert_eq!(s.backends[s.pick(Key::Backend(b.id), 1, &[], &mut rng).unwrap()].name, b.name);
+        }
+    }
+    bs[1].healthy.store(false, Ordering::Relaxed);
+    let i = s.pick(Key::Backend(bs[1].id), 1, &[], &mut rng).unwrap();
+    assert_ne!(i, 1, "an unhealthy pinned backend is replaced");
+}
+
+fn service(aff: SessionAffinity, ch: ConsistentHash) -> BackendService {
+    let mut bs: BackendService = toml::from_str("protocol = \"HTTP\"").unwrap();
+    bs.session_affinity = aff;
+    bs.consistent_hash = ch;
+    bs
+}
+
+#[test]
+fn affinity_keys() {
+    let mut rng = fastrand::Rng::with_seed(2);
+    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    let mut h = http::HeaderMap::new();
+    let none = service(SessionAffinity::None, Default::default());
+    assert_eq!(affinity(&none, &h, ip, &mut rng).key, Key::None);
+
+    let cip = service(SessionAffinity::ClientIp, Default::default());
+    let a = affinity(&cip, &h, ip, &mut rng);
+    assert_eq!(a, affinity(&cip, &h, ip, &mut rng));
+    assert_ne!(a.key, affinity(&cip, &h, "10.0.0.2".parse().unwrap(), &mut rng).key);
+
+    let gen = service(SessionAffinity::GeneratedCookie, Default::default());
+    assert_eq!(affinity(&gen, &h, ip, &mut rng).key, Key::None);
+    h.insert(http::header::COOKIE, "a=b; GCILB=\"00000000000000ff\"".parse().unwrap());
+    assert_eq!(affinity(&gen, &h, ip, &mut rng).key, Key::Backend(255));
+
+    let hdr = service(SessionAffinity::HeaderField, ConsistentHash { http_header_name: Some("x-user".into()), ..Default::default() });
+    assert_eq!(affinity(&hdr, &h, ip, &mut rng).key, Key::None);
+    h.insert("x-user", "alice".parse().unwrap());
+    let k = affinity(&hdr, &h, ip, &mut rng).key;
+    assert_eq!(k, affinity(&hdr, &h, ip, &mut rng).key);
+
+    let hc = service(SessionAffinity::HttpCookie, ConsistentHash { http_cookie: Some(HttpCookie { name: Some("sid".into()), path: None, ttl_sec: 60 }), ..Default::default() });
+    let fresh = affinity(&hc, &h, ip, &mut rng);
+    let v = fresh.new_cookie_value.clone().expect("a cookie is generated");
+    h.insert(http::header::COOKIE, format!("sid={v}").parse().unwrap());
+    let back = affinity(&hc, &h, ip, &mut rng);
+    assert_eq!(back.key, fresh.key, "the generated cookie maps to the same hash");
+    assert_eq!(back.new_cookie_value, None);
+}
+
+#[test]
+fn default_policies_and_cookie_format() {
+    assert_eq!(policy_of(&service(SessionAffinity::None, Default::default())), LocalityLbPolicy::RoundRobin);
+    assert_eq!(policy_of(&service(SessionAffinity::ClientIp, Default::default())), LocalityLbPolicy::Maglev);
+    assert_eq!(set_cookie("GCILB", "ab", "/", 0), "GCILB=\"ab\"; Path=/; HttpOnly");
+    assert_eq!(set_cookie("GCILB", "ab", "/", 30), "GCILB=\"ab\"; Path=/; Max-Age=30; HttpOnly");
+}
