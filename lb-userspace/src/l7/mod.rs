@@ -1,7 +1,305 @@
-//! The L7 Application Load Balancer tier (SEMANTICS.md, "L7").
+//! The L7 Application Load Balancer tier (SEMANTICS.md, "L7 Application Load Balancer tier").
+//!
+//! Forwarding rules with a `target` bind listeners; a target HTTP(S) proxy hands requests to
+//! a URL map; the URL map picks a backend service; the service picks a backend. The pipeline
+//! per request is in [`proxy`]; the pure decisions live in [`router`], [`select`],
+//! [`retry`], [`outlier`] and [`edge`], unit-tested without sockets.
+//!
+//! [`L7::start`] returns an [`L7Handle`]; [`L7Handle::reload`] builds a new [`table::Table`]
+//! and swaps it atomically (arc-swap): requests already running keep the table they loaded,
+//! open WebSockets are independent tasks, new requests see the new table.
 
+pub mod body;
+pub mod client;
+pub mod edge;
+pub mod listener;
 pub mod outlier;
+pub mod proxy;
 pub mod retry;
 pub mod router;
 pub mod select;
 pub mod stats;
+pub mod table;
+pub mod tls;
+pub mod websocket;
+
+use crate::{config::Config, health::HealthSnapshot};
+use arc_swap::ArcSwap;
+use hyper_util::{
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
+};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, atomic::Ordering, Arc, Mutex},
+    time::Duration,
+};
+use tokio::{sync::watch, task::JoinHandle};
+
+pub use stats::{BackendStats, L7Stats, ServiceStats};
+
+/// Why the L7 tier could not start or reload. A failed reload leaves the running
+/// configuration as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum L7Error {
+    /// A listener address could not be bound (in use, or not local).
+    #[error("cannot listen on {addr}: {source} (is another process using the port, or is the address not on this host?)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A URL map does not compile or names a missing service.
+    #[error("{0}")]
+    Router(#[from] router::RouterError),
+    /// A certificate or key could not be loaded.
+    #[error("ssl_certificates.{certificate}: {message}")]
+    Tls { certificate: String, message: String },
+    /// Another configuration problem, with its place.
+    #[error("{place}: {message}")]
+    Config { place: String, message: String },
+}
+
+/// Limits and timeouts of the client side (not part of the configuration file).
+#[derive(Debug, Clone)]
+pub struct L7Options {
+    /// hyper's `header_read_timeout`: a client must send its whole request head within this.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers) accepted; above it, 431.
+    pub max_header_bytes: usize,
+    /// Longest request target (path + query); above it, 414.
+    pub max_url_bytes: usize,
+}
+
+impl Default for L7Options {
+    fn default() -> Self {
+        L7Options {
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_url_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// State shared by listeners and requests.
+pub struct Shared {
+    pub table: ArcSwap<table::Table>,
+    pub registry: table::Registry,
+    pub clients: client::Clients,
+    pub opts: L7Options,
+    pub server: auto::Builder<TokioExecutor>,
+    pub in_flight: AtomicU64,
+    health: watch::Receiver<Arc<HealthSnapshot>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("opts", &self.opts).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Mirrors the health snapshot into the backends' flags (done on every snapshot and
+    /// reload, so the request path reads one atomic instead of a map keyed by strings).
+    fn apply_health(&self) {
+        let snap = self.health.borrow().clone();
+        let table = self.table.load();
+        for s in table.services.values() {
+            for b in &s.selector.backends {
+                b.healthy.store(snap.is_healthy(&s.name, &b.name), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Entry point of the L7 tier.
+pub struct L7;
+
+/// A running L7 tier.
+pub struct L7Handle {
+    shared: Arc<Shared>,
+    listeners: Mutex<BTreeMap<SocketAddr, (JoinHandle<()>, SocketAddr)>>,
+    health_task: JoinHandle<()>,
+}
+
+impl L7 {
+    /// Starts listeners for every L7 forwarding rule of `cfg`. Must run inside a tokio
+    /// runtime.
+    pub fn start(cfg: &Config, health: watch::Receiver<Arc<HealthSnapshot>>) -> Result<L7Handle, L7Error> {
+        L7::start_with(cfg, health, L7Options::default())
+    }
+
+    /// [`L7::start`] with explicit client-side limits.
+    pub fn start_with(
+        cfg: &Config,
+        health: watch::Receiver<Arc<HealthSnapshot>>,
+        opts: L7Options,
+    ) -> Result<L7Handle, L7Error> {
+        let registry = table::Registry::default();
+        let table = table::build(cfg, 1, &registry)?;
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            .max_buf_size(opts.max_header_bytes.max(8192))
+            .keep_alive(true);
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(opts.max_header_bytes as u32);
+        let shared = Arc::new(Shared {
+            table: ArcSwap::from_pointee(table),
+            registry,
+            clients: client::Clients::new(),
+            opts,
+            server,
+            in_flight: AtomicU64::new(0),
+            health: health.clone(),
+        });
+        shared.apply_health();
+        let handle = L7Handle {
+            health_task: tokio::spawn(watch_health(Arc::downgrade(&shared), health)),
+            shared,
+            listeners: Mutex::new(BTreeMap::new()),
+        };
+        handle.sync_listeners()?;
+        Ok(handle)
+    }
+}
+
+async fn watch_health(shared: std::sync::Weak<Shared>, mut rx: watch::Receiver<Arc<HealthSnapshot>>) {
+    while rx.changed().await.is_ok() {
+        let Some(s) = shared.upgrade() else { return };
+        s.apply_health();
+    }
+}
+
+impl L7Handle {
+    /// Binds listeners the table has and the handle lacks; stops those it no longer has.
+    /// New ones are bound first, so a failure changes nothing.
+    fn sync_listeners(&self) -> Result<(), L7Error> {
+        let wanted: Vec<SocketAddr> = self.shared.table.load().listeners.iter().map(|l| l.addr).collect();
+        let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut started = Vec::new();
+        for addr in &wanted {
+            if running.contains_key(addr) {
+                continue;
+            }
+            match listener::spawn(self.shared.clone(), *addr) {
+                Ok(l) => started.push((*addr, l)),
+                Err(e) => {
+                    for (_, (task, _)) in started {
+                        task.abort();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        running.extend(started);
+        running.retain(|addr, (task, _)| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// Swaps in a new configuration atomically; on error the running one stays.
+    pub fn reload(&self, cfg: &Config) -> Result<(), L7Error> {
+        let old = self.shared.table.load_full();
+        let new = Arc::new(table::build(cfg, old.generation + 1, &self.shared.registry)?);
+        // Bind new listeners before swapping so a bind failure leaves everything as it was.
+        let wanted: Vec<SocketAddr> = new.listeners.iter().map(|l| l.addr).collect();
+        {
+            let running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            for addr in &wanted {
+                if !running.contains_key(addr) {
+                    if let Err(e) = std::net::TcpListener::bind(addr) {
+                        return Err(L7Error::Bind { addr: *addr, source: e });
+                    }
+                }
+            }
+        }
+        self.shared.table.store(new);
+        self.shared.apply_health();
+        self.sync_listeners()
+    }
+
+    /// The addresses actually bound, per configured address (they differ for port 0).
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        running.iter().map(|(a, (_, b))| (*a, *b)).collect()
+    }
+
+    /// Counters and state of every service and backend.
+    pub fn stats(&self) -> L7Stats {
+        let table = self.shared.table.load();
+        let now = outlier::now_ms();
+        let mut services: Vec<ServiceStats> = table
+            .services
+            .values()
+            .map(|s| {
+                let (requests, classes, latency, retries) = s.counters.snapshot();
+                let backends = s
+                    .selector
+                    .backends
+                    .iter()
+                    .zip(&s.config.backends)
+                    .map(|(b, c)| BackendStats {
+                        name: b.name.clone(),
+                        address: b.addr.to_string(),
+                        weight: c.weight,
+                        capacity_scaler: c.capacity_scaler,
+                        healthy: b.healthy.load(Ordering::Relaxed),
+                        ejected: b.outlier.is_ejected(now),
+                        ejections: b.outlier.ejections(),
+                        in_flight: b.in_flight.load(Ordering::Relaxed),
+                        requests: b.requests.load(Ordering::Relaxed),
+                    })
+                    .collect();
+                ServiceStats {
+                    name: s.name.clone(),
+                    protocol: format!("{:?}", s.config.protocol).to_uppercase(),
+                    locality_lb_policy: format!("{:?}", s.selector.policy),
+                    session_affinity: format!("{:?}", s.config.session_affinity),
+                    requests,
+                    retries,
+                    responses_by_class: classes,
+                    latency,
+                    backends,
+                }
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        L7Stats {
+            listeners: table.listeners.iter().map(|l| (l.addr.to_string(), l.proxy.clone())).collect(),
+            services,
+            in_flight: self.shared.in_flight.load(Ordering::Relaxed),
+            generation: table.generation,
+        }
+    }
+
+    /// Stops accepting connections (open connections finish on their own).
+    pub fn shutdown(&self) {
+        let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, (task, _)) in std::mem::take(&mut *running) {
+            task.abort();
+        }
+        self.health_task.abort();
+    }
+}
+
+impl Drop for L7Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Whether a configuration has L7 forwarding rules (the agent starts the tier only then).
+pub fn has_l7(cfg: &Config) -> bool {
+    table::has_l7(cfg)
+}

@@ -11,6 +11,7 @@
 //! - route rules: lowest priority number first, first match wins; within a rule any
 //!   match rule may match, and all conditions of one match rule must hold.
 
+use super::retry::RetryPlan;
 use crate::config::url_map::*;
 use http::HeaderMap;
 use regex::Regex;
@@ -58,7 +59,8 @@ pub struct Forward {
     pub url_rewrite: Option<UrlRewrite>,
     /// Per-route timeout, overriding the backend service's.
     pub timeout: Option<Duration>,
-    pub retry_policy: Option<RetryPolicy>,
+    /// The route's retry policy, or the default one (SEMANTICS: one retry).
+    pub retry: RetryPlan,
 }
 
 /// What a matched rule does.
@@ -271,7 +273,7 @@ fn compile_action(
         total_weight,
         url_rewrite: ra.url_rewrite,
         timeout,
-        retry_policy: ra.retry_policy,
+        retry: RetryPlan::from_policy(ra.retry_policy.as_ref()).map_err(|e| err(place, e.to_string()))?,
     })))
 }
 
@@ -528,6 +530,20 @@ impl Router {
             }
         }
         fallback
+    }
+
+    /// Every backend service a forward action of this map names (for reference checks).
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        let actions = std::iter::once(&self.default).chain(self.matchers.iter().flat_map(|m| {
+            m.default
+                .iter()
+                .chain(m.path_rules.iter().map(|r| &r.action))
+                .chain(m.route_rules.iter().map(|r| &r.action))
+        }));
+        actions.flat_map(|a| match a {
+            Action::Forward(f) => f.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
     }
 
     /// Priorities of the route rules of each path matcher, in evaluation order (for tests
