@@ -35,11 +35,12 @@ fn connector() -> HttpConnector {
     c
 }
 
-fn tls_connector(alpn: &[&[u8]]) -> HttpsConnector<HttpConnector> {
+/// A TLS connector offering ALPN `h2` (HTTP2 services) or `http/1.1` (HTTPS services).
+fn tls_connector(h2: bool) -> HttpsConnector<HttpConnector> {
     let b = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls::backend_client_config(alpn))
+        .with_tls_config(tls::backend_client_config())
         .https_only();
-    if alpn.first() == Some(&&b"h2"[..]) {
+    if h2 {
         b.enable_http2().wrap_connector(connector())
     } else {
         b.enable_http1().wrap_connector(connector())
@@ -59,8 +60,8 @@ impl Clients {
         Clients {
             http1: builder.build(connector()),
             h2c: h2.build(connector()),
-            https: builder.build(tls_connector(&[b"http/1.1"])),
-            http2: h2.build(tls_connector(&[b"h2"])),
+            https: builder.build(tls_connector(false)),
+            http2: h2.build(tls_connector(true)),
         }
     }
 

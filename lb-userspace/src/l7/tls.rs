@@ -154,15 +154,13 @@ impl ServerCertVerifier for NoBackendVerification {
     }
 }
 
-/// Client configuration towards TLS backends, offering `alpn`.
-pub fn backend_client_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
+/// Client configuration towards TLS backends (hyper-rustls sets ALPN itself).
+pub fn backend_client_config() -> rustls::ClientConfig {
     let p = provider();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(p.clone())
+    rustls::ClientConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
         .expect("the default provider supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NoBackendVerification(p)))
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    cfg
+        .with_no_client_auth()
 }
