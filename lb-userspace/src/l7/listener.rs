@@ -3,7 +3,10 @@
 //! in clear text). What a listener serves (its target proxy and TLS settings) is read from
 //! the current table for each new connection, so reloads apply to new connections.
 
-use super::{proxy, L7Error, Shared};
+use super::{
+    framing::{Observed, Verdicts},
+    proxy, L7Error, Shared,
+};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -49,11 +52,14 @@ async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketA
             None => return, // the listener was removed by a reload
         }
     };
+    let verdicts = Arc::new(Verdicts::default());
+    let limit = shared.opts.max_header_bytes + 1024;
     let conn = Arc::new(proxy::ConnInfo {
         client: peer,
         local,
         scheme: if route.tls.is_some() { "https" } else { "http" },
         proxy: route.proxy,
+        verdicts: verdicts.clone(),
     });
     let builder = shared.server.clone();
     let svc = {
@@ -71,9 +77,15 @@ async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketA
                 }
                 Err(_) => return,
             };
-            builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(Observed::new(tls, limit, verdicts)), svc)
+                .await
         }
-        None => builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await,
+        None => {
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(Observed::new(stream, limit, verdicts)), svc)
+                .await
+        }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

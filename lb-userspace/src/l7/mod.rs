@@ -12,6 +12,7 @@
 pub mod body;
 pub mod client;
 pub mod edge;
+pub mod framing;
 pub mod listener;
 pub mod outlier;
 pub mod proxy;

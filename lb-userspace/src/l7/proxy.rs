@@ -30,6 +30,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     pub scheme: &'static str,
     pub proxy: Arc<str>,
+    /// Framing verdicts of the raw HTTP/1.1 stream (see [`super::framing`]).
+    pub verdicts: Arc<super::framing::Verdicts>,
 }
 
 /// The hyper service function.
@@ -60,7 +62,11 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 type Outcome2 = (Response<ProxyBody>, Option<Arc<Service>>);
 
 async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Outcome2 {
-    if let Some(refusal) = edge::check_request(req.uri(), req.headers(), shared.opts.max_url_bytes) {
+    let framing = if req.version() < Version::HTTP_2 { conn.verdicts.pop() } else { None };
+    let refusal = framing
+        .map(edge::Refusal::BadFraming)
+        .or_else(|| edge::check_request(req.uri(), req.headers(), shared.opts.max_url_bytes));
+    if let Some(refusal) = refusal {
         let mut r = local(refusal.status(), refusal.reason());
         if req.version() < Version::HTTP_2 {
             // The body's framing is unknown, so the connection cannot be reused.

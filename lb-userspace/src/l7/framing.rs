@@ -1,0 +1,265 @@
+//! Observes the raw HTTP/1.1 byte stream of a client connection to catch the framing
+//! problems hyper normalizes away before the service sees the request: repeated equal
+//! Content-Length lines (hyper keeps one) and Content-Length together with
+//! Transfer-Encoding (hyper drops Content-Length). SEMANTICS.md wants both answered 400
+//! without reaching a backend; RFC 9112 §6.3 calls the second a likely smuggling attempt.
+//!
+//! Parsing is httparse's (the parser hyper itself uses), for request heads and chunk-size
+//! lines; this module only follows message boundaries so it knows where the next head
+//! starts. It pushes one verdict per request head, in order; hyper serves HTTP/1.1 requests
+//! of a connection in order, so the service pops them in step. When unsure (an upgrade, an
+//! HTTP/2 preface, a head httparse or hyper rejects) it stops observing for good, and the
+//! service then finds no verdict and lets hyper's own checks stand.
+
+use std::{
+    collections::VecDeque,
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Verdicts of the heads seen so far, oldest first: `Some(reason)` to refuse.
+#[derive(Debug, Default)]
+pub struct Verdicts(Mutex<VecDeque<Option<&'static str>>>);
+
+impl Verdicts {
+    /// The verdict of the next request the service handles.
+    pub fn pop(&self) -> Option<&'static str> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop_front().flatten()
+    }
+
+    fn push(&self, v: Option<&'static str>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(v);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Collecting a request head.
+    Head,
+    /// Skipping this many body bytes.
+    Body(u64),
+    /// Collecting a chunk-size line.
+    ChunkSize,
+    /// Skipping chunk data plus its CRLF.
+    ChunkData(u64),
+    /// Collecting trailer lines until the empty one.
+    Trailers,
+    /// Not observing any more.
+    Off,
+}
+
+/// An I/O wrapper that watches what the client sends.
+pub struct Observed<T> {
+    inner: T,
+    state: State,
+    line: Vec<u8>,
+    limit: usize,
+    verdicts: Arc<Verdicts>,
+}
+
+impl<T> Observed<T> {
+    /// `limit`: the largest head worth collecting (hyper refuses bigger ones anyway).
+    pub fn new(inner: T, limit: usize, verdicts: Arc<Verdicts>) -> Observed<T> {
+        Observed {
+            inner,
+            state: State::Head,
+            line: Vec::new(),
+            limit,
+            verdicts,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Off => return,
+                State::Body(n) | State::ChunkData(n) => {
+                    let take = (n.min(data.len() as u64)) as usize;
+                    data = &data[take..];
+                    let left = n - take as u64;
+                    self.state = match (self.state, left) {
+                        (State::Body(_), 0) => State::Head,
+                        (State::Body(_), l) => State::Body(l),
+                        (_, 0) => State::ChunkSize,
+                        (_, l) => State::ChunkData(l),
+                    };
+                }
+                State::Head => {
+                    let start = self.line.len().saturating_sub(3);
+                    self.line.extend_from_slice(data);
+                    let Some(end) = find(&self.line[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
+                        if self.line.len() > self.limit {
+                            self.state = State::Off;
+                        }
+                        return;
+                    };
+                    let rest = self.line.split_off(end);
+                    let head = std::mem::take(&mut self.line);
+                    self.state = self.judge(&head);
+                    // Continue with the bytes after the head (its body or the next head).
+                    self.feed_owned(rest);
+                    return;
+                }
+                State::ChunkSize | State::Trailers => {
+                    let Some(nl) = data.iter().position(|b| *b == b'\n') else {
+                        self.line.extend_from_slice(data);
+                        if self.line.len() > 4096 {
+                            self.state = State::Off;
+                        }
+                        return;
+                    };
+                    self.line.extend_from_slice(&data[..=nl]);
+                    data = &data[nl + 1..];
+                    let line = std::mem::take(&mut self.line);
+                    self.state = if self.state == State::Trailers {
+                        if line == b"\r\n" {
+                            State::Head
+                        } else {
+                            State::Trailers
+                        }
+                    } else {
+                        match httparse::parse_chunk_size(&line) {
+                            Ok(httparse::Status::Complete((_, 0))) => State::Trailers,
+                            // Chunk data is followed by CRLF (RFC 9112 §7.1).
+                            Ok(httparse::Status::Complete((_, n))) => State::ChunkData(n.saturating_add(2)),
+                            _ => State::Off,
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    fn feed_owned(&mut self, rest: Vec<u8>) {
+        if !rest.is_empty() {
+            self.feed(&rest);
+        }
+    }
+
+    /// Parses one head, records its verdict and returns the state after it.
+    fn judge(&mut self, head: &[u8]) -> State {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) if req.version == Some(1) => {}
+            // HTTP/1.0, HTTP/2 preface, or a head hyper will refuse itself.
+            _ => return State::Off,
+        }
+        let mut cl: Vec<&[u8]> = Vec::new();
+        let mut te = false;
+        let mut upgrade = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                cl.push(h.value);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        let verdict = if cl.len() > 1 {
+            Some("several Content-Length values")
+        } else if te && !cl.is_empty() {
+            Some("both Content-Length and Transfer-Encoding")
+        } else {
+            None
+        };
+        self.verdicts.push(verdict);
+        if upgrade || verdict.is_some() {
+            // After an upgrade the bytes are another protocol; after a refusal the
+            // connection closes.
+            return State::Off;
+        }
+        if te {
+            return State::ChunkSize;
+        }
+        match cl.first().map(|v| std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok())) {
+            None => State::Head,
+            Some(Some(0)) => State::Head,
+            Some(Some(n)) => State::Body(n),
+            Some(None) => State::Off,
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            if this.state != State::Off {
+                this.feed(&buf.filled()[before..]);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> Vec<Option<&'static str>> {
+        let v = Arc::new(Verdicts::default());
+        let mut o = Observed::new((), 65536, v.clone());
+        for c in chunks {
+            o.feed(c);
+        }
+        let q = v.0.lock().unwrap();
+        q.iter().copied().collect()
+    }
+
+    #[test]
+    fn follows_keep_alive_and_pipelined_requests() {
+        let two = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(run(&[two]), vec![None, None]);
+        // Split at every byte: boundaries do not depend on how reads fall.
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
+        let bytes: Vec<&[u8]> = chunked.chunks(1).collect();
+        assert_eq!(run(&bytes), vec![None, Some("several Content-Length values")]);
+    }
+
+    #[test]
+    fn refuses_cl_with_te_and_stops_after_upgrades_and_h2() {
+        assert_eq!(
+            run(&[b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"]),
+            vec![Some("both Content-Length and Transfer-Encoding")]
+        );
+        assert_eq!(
+            run(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"]),
+            vec![None],
+            "bytes after an upgrade are not HTTP"
+        );
+        assert!(run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).is_empty());
+    }
+}
