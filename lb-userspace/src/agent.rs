@@ -76,6 +76,9 @@ pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
 pub async fn run(config_path: &Path) -> Result<()> {
     let cfg = config::load(config_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
     let mut dp = start_l4(&cfg)?;
+    // ---- L7 tier (issue 4): starts listeners when the config has L7 forwarding rules. ----
+    // Pass the health checker's receiver here once the agent has one (None = all healthy).
+    let _l7 = crate::l7::start_if_configured(&cfg, None)?;
     let mut macs = MacCache::default();
     let mut last_plan = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));

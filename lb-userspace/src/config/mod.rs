@@ -7,6 +7,7 @@
 pub mod types;
 pub mod url_map;
 pub mod validate;
+pub mod validate_l7;
 
 pub use types::*;
 pub use validate::{ConfigError, ConfigErrors};

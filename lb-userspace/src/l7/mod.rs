@@ -304,3 +304,20 @@ impl Drop for L7Handle {
 pub fn has_l7(cfg: &Config) -> bool {
     table::has_l7(cfg)
 }
+
+/// The agent's entry point: starts the tier when `cfg` has L7 forwarding rules. Without a
+/// health receiver every backend counts as healthy (the shared contract's "no verdict yet").
+pub fn start_if_configured(
+    cfg: &Config,
+    health: Option<watch::Receiver<Arc<HealthSnapshot>>>,
+) -> Result<Option<L7Handle>, L7Error> {
+    if !has_l7(cfg) {
+        return Ok(None);
+    }
+    let health = health.unwrap_or_else(|| watch::channel(Arc::new(HealthSnapshot::default())).1);
+    let handle = L7::start(cfg, health)?;
+    for (configured, bound) in handle.local_addrs() {
+        tracing::info!(%configured, %bound, "L7 listener started");
+    }
+    Ok(Some(handle))
+}
