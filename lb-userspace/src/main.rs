@@ -18,6 +18,12 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run only the L7 proxy tier (no XDP dataplane, no root needed): hosts without XDP,
+    /// and `cargo xtask bench-l7`.
+    ServeL7 {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Check a configuration file and report every error with its place.
     Validate { file: PathBuf },
     /// Show the dataplane counters (read from the pinned maps).
@@ -43,6 +49,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config } => tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config)),
+        Cmd::ServeL7 { config } => tokio::runtime::Runtime::new()?.block_on(lb_userspace::l7::serve_forever(&config)),
         Cmd::Validate { file } => match lb_userspace::config::load(&file) {
             Ok(_) => {
                 println!("{}: OK", file.display());

@@ -321,3 +321,18 @@ pub fn start_if_configured(
     }
     Ok(Some(handle))
 }
+
+/// `lb serve-l7`: runs the L7 tier from a configuration file until SIGINT or SIGTERM.
+pub async fn serve_forever(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = crate::config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+    let Some(handle) = start_if_configured(&cfg, None)? else {
+        anyhow::bail!("{}: no forwarding rule has a target HTTP(S) proxy; nothing to serve", path.display());
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    handle.shutdown();
+    Ok(())
+}
