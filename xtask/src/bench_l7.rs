@@ -49,7 +49,16 @@ const PROXIES: [(&str, u16, u16); 3] = [("lb", 18081, 18081), ("nginx", 18082, 1
 struct Server(Child);
 
 impl Drop for Server {
+    /// SIGTERM first: an nginx master killed with SIGKILL leaves its workers running.
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -111,7 +120,7 @@ fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {
         &format!(
             "upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; keepalive_requests 1000000; }}\n\
              server {{ listen 127.0.0.1:{p1}; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
-             server {{ listen 127.0.0.1:{p2}; http2 on; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
+             server {{ listen 127.0.0.1:{p2} http2; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
             p1 = PROXIES[1].1,
             p2 = PROXIES[1].2
         ),
@@ -120,7 +129,7 @@ fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {
     std::fs::write(
         &haproxy_conf,
         format!(
-            "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\n\
+            "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\n\
              frontend h1\n  bind 127.0.0.1:{p1}\n  default_backend be\nfrontend h2\n  bind 127.0.0.1:{p2} proto h2\n  default_backend be\n\
              backend be\n  server s1 127.0.0.1:{BACKEND_PORT}\n",
             p1 = PROXIES[2].1,
