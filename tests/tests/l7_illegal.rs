@@ -11,7 +11,10 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn status_of(resp: &str) -> u16 {
-    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +26,10 @@ async fn illegal_requests_are_refused_before_any_backend() {
         ..L7Options::default()
     };
     let p = start_with(&http_config(free_port(), "", &[&b], ""), opts);
-    let big_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(20 * 1024));
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
     let long_url = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(6 * 1024));
     let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{many_headers}\r\n");
@@ -50,13 +56,20 @@ async fn illegal_requests_are_refused_before_any_backend() {
         let resp = raw(p.addr, req.as_bytes()).await;
         let got = status_of(&resp);
         if !want.contains(&got) {
-            failures.push(format!("{what}: got {got} ({:?}), want {want:?}", resp.lines().next()));
+            failures.push(format!(
+                "{what}: got {got} ({:?}), want {want:?}",
+                resp.lines().next()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(b.count(), 0, "no illegal request reached the backend");
     // The same proxy still serves a legal request.
-    let ok = raw(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let ok = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&ok), 200, "{ok}");
     assert_eq!(b.count(), 1);
 }
@@ -77,6 +90,9 @@ async fn slow_client_headers_time_out() {
     let r = tokio::time::timeout(STEP, s.read_to_end(&mut buf)).await;
     assert!(r.is_ok(), "the connection was closed by the proxy");
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(t.elapsed() >= Duration::from_millis(400), "not closed before the timeout");
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "not closed before the timeout"
+    );
     assert_eq!(b.count(), 0);
 }

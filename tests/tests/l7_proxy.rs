@@ -26,7 +26,11 @@ async fn get_is_retried_once_on_gateway_errors_and_succeeds_on_the_other_backend
             assert_eq!(headers["x-backend"], "good");
         }
         // Every request tried `bad` at most once: 6 requests, round robin, 3 started on bad.
-        assert_eq!(bad.count(), 3, "{code}: one attempt per request that landed on bad");
+        assert_eq!(
+            bad.count(),
+            3,
+            "{code}: one attempt per request that landed on bad"
+        );
         assert_eq!(good.count(), 6, "{code}");
         let stats = p.handle.stats();
         assert_eq!(stats.services[0].retries, 3);
@@ -39,10 +43,19 @@ async fn get_is_retried_only_once() {
     let a = backend("a", Behaviour::Status(503)).await;
     let b = backend("b", Behaviour::Status(503)).await;
     let c3 = backend("c", Behaviour::Status(503)).await;
-    let p = start(&http_config(free_port(), "outlier_detection = { consecutive_gateway_failure = 1000 }", &[&a, &b, &c3], ""));
+    let p = start(&http_config(
+        free_port(),
+        "outlier_detection = { consecutive_gateway_failure = 1000 }",
+        &[&a, &b, &c3],
+        "",
+    ));
     let (status, _, _) = send(&client(), get(p.addr, "/")).await;
     assert_eq!(status, 503, "the second 503 goes to the client");
-    assert_eq!(a.count() + b.count() + c3.count(), 2, "one try and one retry");
+    assert_eq!(
+        a.count() + b.count() + c3.count(),
+        2,
+        "one try and one retry"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,9 +64,14 @@ async fn post_is_never_retried() {
     let good = backend("good", Behaviour::Status(200)).await;
     let p = start(&http_config(free_port(), "", &[&bad, &good], ""));
     let c = client();
-    let post = Request::post(format!("http://{}/submit", p.addr)).body(Full::new(Bytes::from_static(b"payload"))).unwrap();
+    let post = Request::post(format!("http://{}/submit", p.addr))
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
     let (status, _, _) = send(&c, post).await;
-    assert_eq!(status, 503, "POST goes to bad first (round robin) and is not retried");
+    assert_eq!(
+        status, 503,
+        "POST goes to bad first (round robin) and is not retried"
+    );
     assert_eq!(bad.count(), 1);
     assert_eq!(good.count(), 0);
     assert_eq!(bad.last().body, Bytes::from_static(b"payload"));
@@ -66,7 +84,10 @@ async fn backend_timeout_answers_504() {
     let t = std::time::Instant::now();
     let (status, _, _) = send(&client(), get(p.addr, "/")).await;
     assert_eq!(status, 504);
-    assert!(t.elapsed() < Duration::from_secs(4), "answered at the timeout, not when the backend finished");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "answered at the timeout, not when the backend finished"
+    );
     // Only one attempt fits in the timeout budget.
     assert!(slow.count() >= 1);
 }
@@ -91,7 +112,11 @@ route_action = { timeout_sec = 3.0, retry_policy = { retry_conditions = ["gatewa
 "#;
     let p = start(&http_config(free_port(), "", &[&slow, &fast], map));
     let (status, _, body) = send(&client(), get(p.addr, "/retry/x")).await;
-    assert_eq!((status, body.as_str()), (200, "fast"), "per-try timeout on slow, retried on fast");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "fast"),
+        "per-try timeout on slow, retried on fast"
+    );
     assert_eq!(slow.count(), 1);
 }
 
@@ -133,10 +158,16 @@ async fn forwarded_headers_host_and_via() {
     assert!(headers["via"].to_str().unwrap().contains("lb"));
     let seen = b.last();
     assert_eq!(seen.headers["host"], "app.example.com");
-    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7,127.0.0.1,127.0.0.1");
+    assert_eq!(
+        seen.headers["x-forwarded-for"],
+        "203.0.113.7,127.0.0.1,127.0.0.1"
+    );
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["via"], "1.1 lb");
-    assert!(!seen.headers.contains_key("x-drop"), "headers named in Connection are hop-by-hop");
+    assert!(
+        !seen.headers.contains_key("x-drop"),
+        "headers named in Connection are hop-by-hop"
+    );
     assert_eq!(seen.uri, "/p?q=1");
 }
 
@@ -148,21 +179,35 @@ async fn generated_cookie_affinity_pins_a_client() {
         backend("b2", Behaviour::Status(200)).await,
     ];
     let refs: Vec<&TestBackend> = bs.iter().collect();
-    let p = start(&http_config(free_port(), "session_affinity = \"GENERATED_COOKIE\"\naffinity_cookie_ttl_sec = 60", &refs, ""));
+    let p = start(&http_config(
+        free_port(),
+        "session_affinity = \"GENERATED_COOKIE\"\naffinity_cookie_ttl_sec = 60",
+        &refs,
+        "",
+    ));
     let c = client();
     let mut chosen = std::collections::HashSet::new();
     for _ in 0..6 {
         let (status, headers, first) = send(&c, get(p.addr, "/")).await;
         assert_eq!(status, 200);
         let cookie = headers["set-cookie"].to_str().unwrap().to_string();
-        assert!(cookie.starts_with("GCILB=") && cookie.contains("Max-Age=60"), "{cookie}");
+        assert!(
+            cookie.starts_with("GCILB=") && cookie.contains("Max-Age=60"),
+            "{cookie}"
+        );
         let pair = cookie.split(';').next().unwrap().to_string();
         chosen.insert(first.clone());
         for _ in 0..10 {
-            let req = Request::get(format!("http://{}/", p.addr)).header("cookie", &pair).body(Full::new(Bytes::new())).unwrap();
+            let req = Request::get(format!("http://{}/", p.addr))
+                .header("cookie", &pair)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
             let (_, h, body) = send(&c, req).await;
             assert_eq!(body, first, "the cookie keeps the client on its backend");
-            assert!(!h.contains_key("set-cookie"), "a valid cookie is not set again");
+            assert!(
+                !h.contains_key("set-cookie"),
+                "a valid cookie is not set again"
+            );
         }
     }
     assert!(chosen.len() > 1, "new clients are still spread: {chosen:?}");
@@ -191,7 +236,10 @@ route_action = { url_rewrite = { path_prefix_rewrite = "/v2/", host_rewrite = "i
 "#;
     let p = start(&http_config(free_port(), "", &[&b], map));
     let c = client();
-    let req = Request::get(format!("http://{}/old/page?x=1", p.addr)).header("host", "site.test").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get(format!("http://{}/old/page?x=1", p.addr))
+        .header("host", "site.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let (status, headers, _) = send(&c, req).await;
     assert_eq!(status, 307);
     assert_eq!(headers["location"], "http://site.test/new/page?x=1");
@@ -206,16 +254,25 @@ route_action = { url_rewrite = { path_prefix_rewrite = "/v2/", host_rewrite = "i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_cleartext_from_client_and_to_backend() {
     let b = backend("b", Behaviour::Status(200)).await;
-    let text = http_config(free_port(), "", &[&b], "").replace("protocol = \"HTTP\"", "protocol = \"H2C\"");
+    let text = http_config(free_port(), "", &[&b], "")
+        .replace("protocol = \"HTTP\"", "protocol = \"H2C\"");
     let p = start(&text);
-    let c: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let req = Request::get(format!("http://{}/h2", p.addr)).header("x-t", "1").body(Full::new(Bytes::new())).unwrap();
+    let c: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = Request::get(format!("http://{}/h2", p.addr))
+        .header("x-t", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let (status, _, body) = send(&c, req).await;
     assert_eq!((status, body.as_str()), (200, "b"));
     let seen = b.last();
-    assert_eq!(seen.version, http::Version::HTTP_2, "H2C backend service speaks HTTP/2");
+    assert_eq!(
+        seen.version,
+        http::Version::HTTP_2,
+        "H2C backend service speaks HTTP/2"
+    );
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1,127.0.0.1");
 }
 
@@ -245,15 +302,33 @@ async fn websocket_upgrade_is_proxied_both_ways() {
     assert!(head.contains("upgrade: websocket"), "{head}");
     // A masked text frame "hello" (RFC 6455 §5.2); the backend echoes bytes unchanged.
     for round in 0..3 {
-        let frame = [0x81u8, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1];
+        let frame = [
+            0x81u8,
+            0x85,
+            1,
+            2,
+            3,
+            4,
+            b'h' ^ 1,
+            b'e' ^ 2,
+            b'l' ^ 3,
+            b'l' ^ 4,
+            b'o' ^ 1,
+        ];
         s.write_all(&frame).await.unwrap();
         let mut back = [0u8; 11];
-        tokio::time::timeout(STEP, s.read_exact(&mut back)).await.expect("echo in time").unwrap();
+        tokio::time::timeout(STEP, s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .unwrap();
         assert_eq!(back, frame, "round {round}");
     }
     let seen = b.last();
     assert_eq!(seen.headers["upgrade"], "websocket");
-    assert_eq!(seen.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(
+        seen.headers["sec-websocket-key"],
+        "dGhlIHNhbXBsZSBub25jZQ=="
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +358,11 @@ async fn reload_under_continuous_load_loses_nothing() {
             (ok, failed)
         }));
     }
-    let configs = [http_config(port, "", &[&new], ""), http_config(port, "", &[&old, &new], ""), http_config(port, "", &[&old], "")];
+    let configs = [
+        http_config(port, "", &[&new], ""),
+        http_config(port, "", &[&old, &new], ""),
+        http_config(port, "", &[&old], ""),
+    ];
     for i in 0..9 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         p.handle.reload(&parse(&configs[i % 3])).expect("reload");
@@ -324,8 +403,16 @@ async fn outlier_detection_ejects_after_three_gateway_failures() {
         assert_eq!(send(&c, get(p.addr, "/")).await.0, 200);
     }
     let s = p.handle.stats();
-    let b = s.services[0].backends.iter().find(|b| b.name == "bad").unwrap();
+    let b = s.services[0]
+        .backends
+        .iter()
+        .find(|b| b.name == "bad")
+        .unwrap();
     assert!(b.ejected, "{b:?}");
     assert_eq!(b.ejections, 1);
-    assert_eq!(bad.count(), 3, "after 3 consecutive 502s the backend gets no more requests");
+    assert_eq!(
+        bad.count(),
+        3,
+        "after 3 consecutive 502s the backend gets no more requests"
+    );
 }

@@ -24,11 +24,16 @@ impl Drop for Certs {
 }
 
 fn certs() -> Certs {
-    let dir = std::env::temp_dir().join(format!("lb-l7-tls-{}-{}", std::process::id(), free_port()));
+    let dir =
+        std::env::temp_dir().join(format!("lb-l7-tls-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut ders = Vec::new();
     for name in ["a", "b"] {
-        let ck = rcgen::generate_simple_self_signed(vec![format!("{name}.test"), format!("*.{name}.test")]).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec![
+            format!("{name}.test"),
+            format!("*.{name}.test"),
+        ])
+        .unwrap();
         std::fs::write(dir.join(format!("{name}.crt")), ck.cert.pem()).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), ck.key_pair.serialize_pem()).unwrap();
         ders.push(ck.cert.der().clone());
@@ -108,7 +113,9 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 
 fn client_config(roots: Option<&Certs>, alpn: &[&[u8]]) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
     let mut cfg = match roots {
         Some(c) => {
             let mut store = rustls::RootCertStore::empty();
@@ -116,7 +123,10 @@ fn client_config(roots: Option<&Certs>, alpn: &[&[u8]]) -> rustls::ClientConfig 
             store.add(c.b.clone()).unwrap();
             builder.with_root_certificates(store).with_no_client_auth()
         }
-        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth(),
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth(),
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     cfg
@@ -129,10 +139,13 @@ async fn connect(
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    tokio::time::timeout(STEP, conn.connect(ServerName::try_from(sni.to_string()).unwrap(), tcp))
-        .await
-        .expect("handshake in time")
-        .unwrap_or_else(|e| panic!("handshake for {sni}: {e}"))
+    tokio::time::timeout(
+        STEP,
+        conn.connect(ServerName::try_from(sni.to_string()).unwrap(), tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .unwrap_or_else(|e| panic!("handshake for {sni}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +154,12 @@ async fn certificate_is_chosen_by_sni() {
     let b = backend("b", Behaviour::Status(200)).await;
     let p = start(&https_config(free_port(), &c.dir, &b));
     // Verified handshakes: the served certificate must be valid for the SNI name.
-    for (sni, want) in [("a.test", &c.a), ("b.test", &c.b), ("www.b.test", &c.b), ("x.a.test", &c.a)] {
+    for (sni, want) in [
+        ("a.test", &c.a),
+        ("b.test", &c.b),
+        ("www.b.test", &c.b),
+        ("x.a.test", &c.a),
+    ] {
         let s = connect(p.addr, sni, client_config(Some(&c), &[b"http/1.1"])).await;
         let served = &s.get_ref().1.peer_certificates().unwrap()[0];
         assert_eq!(served, want, "{sni}");
@@ -157,29 +175,53 @@ async fn http2_and_http1_by_alpn() {
     let b = backend("b", Behaviour::Status(200)).await;
     let p = start(&https_config(free_port(), &c.dir, &b));
 
-    let s = connect(p.addr, "a.test", client_config(Some(&c), &[b"h2", b"http/1.1"])).await;
+    let s = connect(
+        p.addr,
+        "a.test",
+        client_config(Some(&c), &[b"h2", b"http/1.1"]),
+    )
+    .await;
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
     let driver = tokio::spawn(conn);
     for i in 0..3 {
-        let req = hyper::Request::get(format!("https://a.test/h2/{i}")).body(Full::new(Bytes::new())).unwrap();
-        let resp = tokio::time::timeout(STEP, send.send_request(req)).await.unwrap().unwrap();
+        let req = hyper::Request::get(format!("https://a.test/h2/{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(STEP, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), http::Version::HTTP_2);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, Bytes::from_static(b"b"));
     }
     let seen = b.last();
-    assert_eq!(seen.headers["host"], "a.test", "the :authority becomes the backend's Host");
+    assert_eq!(
+        seen.headers["host"], "a.test",
+        "the :authority becomes the backend's Host"
+    );
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
     driver.abort();
 
     let s = connect(p.addr, "b.test", client_config(Some(&c), &[b"http/1.1"])).await;
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
     let driver = tokio::spawn(conn);
-    let req = hyper::Request::get("/h1").header("host", "b.test").body(Full::new(Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(STEP, send.send_request(req)).await.unwrap().unwrap();
+    let req = hyper::Request::get("/h1")
+        .header("host", "b.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(STEP, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(b.last().headers["host"], "b.test");
     assert_eq!(b.count(), 4);

@@ -43,7 +43,11 @@ pub struct Options {
 
 const BACKEND_PORT: u16 = 18080;
 /// (name, HTTP/1.1 port, HTTP/2 cleartext port).
-const PROXIES: [(&str, u16, u16); 3] = [("lb", 18081, 18081), ("nginx", 18082, 18092), ("haproxy", 18083, 18093)];
+const PROXIES: [(&str, u16, u16); 3] = [
+    ("lb", 18081, 18081),
+    ("nginx", 18082, 18092),
+    ("haproxy", 18083, 18093),
+];
 
 /// Kills its child on drop, so no server outlives the run.
 struct Server(Child);
@@ -51,7 +55,9 @@ struct Server(Child);
 impl Drop for Server {
     /// SIGTERM first: an nginx master killed with SIGKILL leaves its workers running.
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -161,12 +167,28 @@ fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {
     };
     let nginx = Path::new("/usr/sbin/nginx");
     let haproxy = which("haproxy").context("haproxy")?;
-    let _backend = Server(pin(&o.load_cpus, nginx, &["-c", &backend_conf.display().to_string()])?);
+    let _backend = Server(pin(
+        &o.load_cpus,
+        nginx,
+        &["-c", &backend_conf.display().to_string()],
+    )?);
     wait_port(BACKEND_PORT)?;
     let mut servers = vec![
-        Server(pin(&o.proxy_cpus, lb, &["serve-l7", "--config", &lb_conf.display().to_string()])?),
-        Server(pin(&o.proxy_cpus, nginx, &["-c", &proxy_conf.display().to_string()])?),
-        Server(pin(&o.proxy_cpus, &haproxy, &["-db", "-f", &haproxy_conf.display().to_string()])?),
+        Server(pin(
+            &o.proxy_cpus,
+            lb,
+            &["serve-l7", "--config", &lb_conf.display().to_string()],
+        )?),
+        Server(pin(
+            &o.proxy_cpus,
+            nginx,
+            &["-c", &proxy_conf.display().to_string()],
+        )?),
+        Server(pin(
+            &o.proxy_cpus,
+            &haproxy,
+            &["-db", "-f", &haproxy_conf.display().to_string()],
+        )?),
     ];
     for (name, p1, p2) in PROXIES {
         wait_port(p1).with_context(|| format!("{name} did not start listening"))?;
@@ -180,12 +202,18 @@ fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {
         // Warm-up: pools filled, caches hot.
         wrk(o, &url, 2)?;
         let f = wrk(o, &url, o.duration)?;
-        println!("{name:<8} HTTP/1.1  {:>10.0} req/s   p99 {:>7.2} ms {}", f.rps, f.latency_ms, f.errors);
+        println!(
+            "{name:<8} HTTP/1.1  {:>10.0} req/s   p99 {:>7.2} ms {}",
+            f.rps, f.latency_ms, f.errors
+        );
         h1.push((name, f));
         if !o.no_h2 {
             let url = format!("http://127.0.0.1:{p2}/");
             let f = h2load(o, &url)?;
-            println!("{name:<8} HTTP/2    {:>10.0} req/s   mean {:>6.2} ms {}", f.rps, f.latency_ms, f.errors);
+            println!(
+                "{name:<8} HTTP/2    {:>10.0} req/s   mean {:>6.2} ms {}",
+                f.rps, f.latency_ms, f.errors
+            );
             h2.push((name, f));
         }
     }
@@ -201,7 +229,10 @@ fn report(o: &Options, h1: &[(&str, Figures)], h2: &[(&str, Figures)]) -> String
         "== bench-l7: {} s, {} connections, proxies on CPU {}, backend+load on CPU {} ==",
         o.duration, o.connections, o.proxy_cpus, o.load_cpus
     );
-    for (title, rows, lat) in [("HTTP/1.1 (wrk)", h1, "p99"), ("HTTP/2 h2c (h2load)", h2, "mean")] {
+    for (title, rows, lat) in [
+        ("HTTP/1.1 (wrk)", h1, "p99"),
+        ("HTTP/2 h2c (h2load)", h2, "mean"),
+    ] {
         if rows.is_empty() {
             continue;
         }
@@ -263,10 +294,19 @@ fn h2load(o: &Options, url: &str) -> Result<Figures> {
         let t = line.trim();
         if t.starts_with("finished in") {
             // "finished in 10.00s, 12345.60 req/s, 1.23MB/s"
-            f.rps = t.split(',').nth(1).and_then(|s| s.trim().strip_suffix(" req/s")).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+            f.rps = t
+                .split(',')
+                .nth(1)
+                .and_then(|s| s.trim().strip_suffix(" req/s"))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0.0);
         } else if let Some(v) = t.strip_prefix("time for request:") {
             // "min max mean sd +/- sd"
-            f.latency_ms = v.split_whitespace().nth(2).and_then(duration_ms).unwrap_or(f64::NAN);
+            f.latency_ms = v
+                .split_whitespace()
+                .nth(2)
+                .and_then(duration_ms)
+                .unwrap_or(f64::NAN);
         } else if t.starts_with("requests:") && !t.contains(" 0 failed") {
             f.errors.push_str(t);
         }
@@ -314,7 +354,10 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 #[cfg(test)]

@@ -31,7 +31,10 @@ pub fn validate_l7(cfg: &Config) -> Vec<ConfigError> {
                 }
             }
         }
-        if map.default_service.is_none() && map.default_url_redirect.is_none() && map.default_route_action.is_none() {
+        if map.default_service.is_none()
+            && map.default_url_redirect.is_none()
+            && map.default_route_action.is_none()
+        {
             errs.push(ConfigError::new(
                 format!("url_maps.{name}"),
                 "needs default_service, default_url_redirect or default_route_action (requests matching no host rule go there)",
@@ -41,10 +44,16 @@ pub fn validate_l7(cfg: &Config) -> Vec<ConfigError> {
     for (name, fr) in &cfg.forwarding_rules {
         if fr.target.is_some() {
             if fr.all_ports {
-                errs.push(ConfigError::new(format!("forwarding_rules.{name}.all_ports"), "an L7 listener needs explicit ports"));
+                errs.push(ConfigError::new(
+                    format!("forwarding_rules.{name}.all_ports"),
+                    "an L7 listener needs explicit ports",
+                ));
             }
             if fr.ip_protocol != IpProtocol::Tcp {
-                errs.push(ConfigError::new(format!("forwarding_rules.{name}.ip_protocol"), "an L7 listener is TCP"));
+                errs.push(ConfigError::new(
+                    format!("forwarding_rules.{name}.ip_protocol"),
+                    "an L7 listener is TCP",
+                ));
             }
         }
     }
@@ -53,7 +62,9 @@ pub fn validate_l7(cfg: &Config) -> Vec<ConfigError> {
             continue;
         }
         let p = format!("backend_services.{name}");
-        if bs.session_affinity == SessionAffinity::HeaderField && bs.consistent_hash.http_header_name.is_none() {
+        if bs.session_affinity == SessionAffinity::HeaderField
+            && bs.consistent_hash.http_header_name.is_none()
+        {
             errs.push(ConfigError::new(
                 format!("{p}.consistent_hash.http_header_name"),
                 "HEADER_FIELD affinity needs the header to hash",
@@ -61,15 +72,24 @@ pub fn validate_l7(cfg: &Config) -> Vec<ConfigError> {
         }
         if let Some(h) = &bs.consistent_hash.http_header_name {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                errs.push(ConfigError::new(format!("{p}.consistent_hash.http_header_name"), format!("{h:?} is not a header name")));
+                errs.push(ConfigError::new(
+                    format!("{p}.consistent_hash.http_header_name"),
+                    format!("{h:?} is not a header name"),
+                ));
             }
         }
         let od = &bs.outlier_detection;
         if od.max_ejection_percent > 100 || od.enforcing_consecutive_gateway_failure > 100 {
-            errs.push(ConfigError::new(format!("{p}.outlier_detection"), "percentages must be 0..=100"));
+            errs.push(ConfigError::new(
+                format!("{p}.outlier_detection"),
+                "percentages must be 0..=100",
+            ));
         }
         if !(od.base_ejection_time_sec >= 0.0 && od.interval_sec > 0.0) {
-            errs.push(ConfigError::new(format!("{p}.outlier_detection"), "interval must be positive and base ejection time not negative"));
+            errs.push(ConfigError::new(
+                format!("{p}.outlier_detection"),
+                "interval must be positive and base ejection time not negative",
+            ));
         }
     }
     errs
@@ -81,7 +101,10 @@ mod tests {
 
     fn errors(text: &str) -> Vec<String> {
         let cfg: Config = toml::from_str(text).unwrap();
-        validate_l7(&cfg).into_iter().map(|e| format!("{}: {}", e.place, e.message)).collect()
+        validate_l7(&cfg)
+            .into_iter()
+            .map(|e| format!("{}: {}", e.place, e.message))
+            .collect()
     }
 
     #[test]
@@ -110,8 +133,14 @@ session_affinity = "HEADER_FIELD"
         );
         let all = e.join("\n");
         assert!(all.contains("bogus"), "{all}");
-        assert!(all.contains("url_maps.empty: needs default_service"), "{all}");
-        assert!(all.contains("backend_services.h.consistent_hash.http_header_name"), "{all}");
+        assert!(
+            all.contains("url_maps.empty: needs default_service"),
+            "{all}"
+        );
+        assert!(
+            all.contains("backend_services.h.consistent_hash.http_header_name"),
+            "{all}"
+        );
         let e = errors(
             r#"
 [url_maps.m]

@@ -71,27 +71,32 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut *self {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Upstream { inner, deadline, guard } => {
-                match Pin::new(inner).poll_frame(cx) {
-                    Poll::Ready(None) => {
-                        guard.take();
-                        Poll::Ready(None)
-                    }
-                    Poll::Ready(Some(r)) => Poll::Ready(Some(r.map_err(Into::into))),
-                    Poll::Pending => {
-                        if let Some(d) = deadline {
-                            if d.as_mut().poll(cx).is_ready() {
-                                guard.take();
-                                return Poll::Ready(Some(Err(BodyTimeout.into())));
-                            }
-                        }
-                        Poll::Pending
-                    }
+            ProxyBody::Upstream {
+                inner,
+                deadline,
+                guard,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    guard.take();
+                    Poll::Ready(None)
                 }
-            }
+                Poll::Ready(Some(r)) => Poll::Ready(Some(r.map_err(Into::into))),
+                Poll::Pending => {
+                    if let Some(d) = deadline {
+                        if d.as_mut().poll(cx).is_ready() {
+                            guard.take();
+                            return Poll::Ready(Some(Err(BodyTimeout.into())));
+                        }
+                    }
+                    Poll::Pending
+                }
+            },
         }
     }
 

@@ -40,7 +40,11 @@ impl Refusal {
 }
 
 /// Checks a parsed request head; `None` means it may be routed.
-pub fn check_request(uri: &http::Uri, headers: &HeaderMap, max_url_bytes: usize) -> Option<Refusal> {
+pub fn check_request(
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    max_url_bytes: usize,
+) -> Option<Refusal> {
     let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > max_url_bytes {
         return Some(Refusal::UriTooLong);
@@ -64,7 +68,9 @@ pub fn check_request(uri: &http::Uri, headers: &HeaderMap, max_url_bytes: usize)
         }
     }
     if te_seen && headers.contains_key(header::CONTENT_LENGTH) {
-        return Some(Refusal::BadFraming("both Content-Length and Transfer-Encoding"));
+        return Some(Refusal::BadFraming(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     None
 }
@@ -87,7 +93,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if let Some(conn) = headers.get(header::CONNECTION).cloned() {
         if let Ok(s) = conn.to_str() {
             for name in s.split(',').map(str::trim) {
-                if !name.eq_ignore_ascii_case("upgrade") && !name.eq_ignore_ascii_case("keep-alive") {
+                if !name.eq_ignore_ascii_case("upgrade") && !name.eq_ignore_ascii_case("keep-alive")
+                {
                     if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
                         headers.remove(n);
                     }
@@ -136,7 +143,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, lb: IpAddr, scheme
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(scheme),
+    );
 }
 
 /// The Via value this proxy adds (RFC 9110 §7.6.3), like Google's `1.1 google`.
@@ -164,12 +174,20 @@ pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
 /// Applies the request side of a header action: removals, then additions (append, or
 /// replace when `replace`).
 pub fn apply_request_action(headers: &mut HeaderMap, a: &HeaderAction) {
-    apply(headers, &a.request_headers_to_remove, &a.request_headers_to_add);
+    apply(
+        headers,
+        &a.request_headers_to_remove,
+        &a.request_headers_to_add,
+    );
 }
 
 /// Applies the response side of a header action.
 pub fn apply_response_action(headers: &mut HeaderMap, a: &HeaderAction) {
-    apply(headers, &a.response_headers_to_remove, &a.response_headers_to_add);
+    apply(
+        headers,
+        &a.response_headers_to_remove,
+        &a.response_headers_to_add,
+    );
 }
 
 fn apply(headers: &mut HeaderMap, remove: &[String], add: &[crate::config::HeaderToAdd]) {
@@ -200,7 +218,10 @@ mod tests {
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -208,8 +229,14 @@ mod tests {
     #[test]
     fn refusals() {
         let u: http::Uri = "/x".parse().unwrap();
-        assert_eq!(check_request(&u, &hm(&[("content-length", "3")]), 100), None);
-        assert_eq!(check_request(&u, &hm(&[("transfer-encoding", "chunked")]), 100), None);
+        assert_eq!(
+            check_request(&u, &hm(&[("content-length", "3")]), 100),
+            None
+        );
+        assert_eq!(
+            check_request(&u, &hm(&[("transfer-encoding", "chunked")]), 100),
+            None
+        );
         for bad in [
             hm(&[("content-length", "3"), ("content-length", "3")]),
             hm(&[("content-length", "3, 3")]),
@@ -217,20 +244,37 @@ mod tests {
             hm(&[("transfer-encoding", "gzip, chunked")]),
             hm(&[("transfer-encoding", "foo")]),
         ] {
-            assert_eq!(check_request(&u, &bad, 100).map(Refusal::status), Some(StatusCode::BAD_REQUEST), "{bad:?}");
+            assert_eq!(
+                check_request(&u, &bad, 100).map(Refusal::status),
+                Some(StatusCode::BAD_REQUEST),
+                "{bad:?}"
+            );
         }
         let long: http::Uri = format!("/{}", "a".repeat(200)).parse().unwrap();
-        assert_eq!(check_request(&long, &HeaderMap::new(), 100), Some(Refusal::UriTooLong));
+        assert_eq!(
+            check_request(&long, &HeaderMap::new(), 100),
+            Some(Refusal::UriTooLong)
+        );
     }
 
     #[test]
     fn forwarded_headers() {
         let mut h = hm(&[("x-forwarded-for", "1.2.3.4")]);
-        add_forwarded(&mut h, "10.0.0.9".parse().unwrap(), "10.0.0.1".parse().unwrap(), "https");
+        add_forwarded(
+            &mut h,
+            "10.0.0.9".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            "https",
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4,10.0.0.9,10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "10.0.0.9".parse().unwrap(), "10.0.0.1".parse().unwrap(), "http");
+        add_forwarded(
+            &mut h,
+            "10.0.0.9".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.9,10.0.0.1");
         add_via(&mut h, http::Version::HTTP_11);
         add_via(&mut h, http::Version::HTTP_2);
@@ -239,7 +283,13 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_upgrade() {
-        let mut h = hm(&[("connection", "keep-alive, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("te", "trailers"), ("x-ok", "1")]);
+        let mut h = hm(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("x-ok", "1"),
+        ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         let mut ws = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);

@@ -27,11 +27,18 @@ pub struct Verdicts(Mutex<VecDeque<Option<&'static str>>>);
 impl Verdicts {
     /// The verdict of the next request the service handles.
     pub fn pop(&self) -> Option<&'static str> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop_front().flatten()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+            .flatten()
     }
 
     fn push(&self, v: Option<&'static str>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(v);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(v);
     }
 }
 
@@ -90,7 +97,8 @@ impl<T> Observed<T> {
                 State::Head => {
                     let start = self.line.len().saturating_sub(3);
                     self.line.extend_from_slice(data);
-                    let Some(end) = find(&self.line[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
+                    let Some(end) = find(&self.line[start..], b"\r\n\r\n").map(|i| start + i + 4)
+                    else {
                         if self.line.len() > self.limit {
                             self.state = State::Off;
                         }
@@ -124,7 +132,9 @@ impl<T> Observed<T> {
                         match httparse::parse_chunk_size(&line) {
                             Ok(httparse::Status::Complete((_, 0))) => State::Trailers,
                             // Chunk data is followed by CRLF (RFC 9112 §7.1).
-                            Ok(httparse::Status::Complete((_, n))) => State::ChunkData(n.saturating_add(2)),
+                            Ok(httparse::Status::Complete((_, n))) => {
+                                State::ChunkData(n.saturating_add(2))
+                            }
                             _ => State::Off,
                         }
                     };
@@ -176,7 +186,11 @@ impl<T> Observed<T> {
         if te {
             return State::ChunkSize;
         }
-        match cl.first().map(|v| std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok())) {
+        match cl.first().map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        }) {
             None => State::Head,
             Some(Some(0)) => State::Head,
             Some(Some(n)) => State::Body(n),
@@ -190,7 +204,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -204,7 +222,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -241,12 +263,16 @@ mod tests {
 
     #[test]
     fn follows_keep_alive_and_pipelined_requests() {
-        let two = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        let two =
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(run(&[two]), vec![None, None]);
         // Split at every byte: boundaries do not depend on how reads fall.
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
         let bytes: Vec<&[u8]> = chunked.chunks(1).collect();
-        assert_eq!(run(&bytes), vec![None, Some("several Content-Length values")]);
+        assert_eq!(
+            run(&bytes),
+            vec![None, Some("several Content-Length values")]
+        );
     }
 
     #[test]

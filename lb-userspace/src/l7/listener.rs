@@ -16,7 +16,10 @@ use tokio::{net::TcpListener, task::JoinHandle};
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `addr` and starts its accept loop; returns the task and the bound address.
-pub fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> Result<(JoinHandle<()>, SocketAddr), L7Error> {
+pub fn spawn(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+) -> Result<(JoinHandle<()>, SocketAddr), L7Error> {
     let bind = |e: std::io::Error| L7Error::Bind { addr, source: e };
     let std_listener = std::net::TcpListener::bind(addr).map_err(bind)?;
     std_listener.set_nonblocking(true).map_err(bind)?;
@@ -44,7 +47,13 @@ pub fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> Result<(JoinHandle<()>, S
     Ok((task, bound))
 }
 
-async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr, local: SocketAddr, bound: SocketAddr) {
+async fn serve(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    bound: SocketAddr,
+) {
     let route = {
         let table = shared.table.load();
         match table.routes.get(&bound) {
@@ -69,21 +78,28 @@ async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketA
     let result = match route.tls {
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             builder
-                .serve_connection_with_upgrades(TokioIo::new(Observed::new(tls, limit, verdicts)), svc)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(Observed::new(tls, limit, verdicts)),
+                    svc,
+                )
                 .await
         }
         None => {
             builder
-                .serve_connection_with_upgrades(TokioIo::new(Observed::new(stream, limit, verdicts)), svc)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(Observed::new(stream, limit, verdicts)),
+                    svc,
+                )
                 .await
         }
     };

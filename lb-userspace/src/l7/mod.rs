@@ -56,7 +56,10 @@ pub enum L7Error {
     Router(#[from] router::RouterError),
     /// A certificate or key could not be loaded.
     #[error("ssl_certificates.{certificate}: {message}")]
-    Tls { certificate: String, message: String },
+    Tls {
+        certificate: String,
+        message: String,
+    },
     /// Another configuration problem, with its place.
     #[error("{place}: {message}")]
     Config { place: String, message: String },
@@ -96,7 +99,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("opts", &self.opts).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,7 +113,8 @@ impl Shared {
         let table = self.table.load();
         for s in table.services.values() {
             for b in &s.selector.backends {
-                b.healthy.store(snap.is_healthy(&s.name, &b.name), Ordering::Relaxed);
+                b.healthy
+                    .store(snap.is_healthy(&s.name, &b.name), Ordering::Relaxed);
             }
         }
     }
@@ -127,7 +133,10 @@ pub struct L7Handle {
 impl L7 {
     /// Starts listeners for every L7 forwarding rule of `cfg`. Must run inside a tokio
     /// runtime.
-    pub fn start(cfg: &Config, health: watch::Receiver<Arc<HealthSnapshot>>) -> Result<L7Handle, L7Error> {
+    pub fn start(
+        cfg: &Config,
+        health: watch::Receiver<Arc<HealthSnapshot>>,
+    ) -> Result<L7Handle, L7Error> {
         L7::start_with(cfg, health, L7Options::default())
     }
 
@@ -170,7 +179,10 @@ impl L7 {
     }
 }
 
-async fn watch_health(shared: std::sync::Weak<Shared>, mut rx: watch::Receiver<Arc<HealthSnapshot>>) {
+async fn watch_health(
+    shared: std::sync::Weak<Shared>,
+    mut rx: watch::Receiver<Arc<HealthSnapshot>>,
+) {
     while rx.changed().await.is_ok() {
         let Some(s) = shared.upgrade() else { return };
         s.apply_health();
@@ -181,7 +193,14 @@ impl L7Handle {
     /// Binds listeners the table has and the handle lacks; stops those it no longer has.
     /// New ones are bound first, so a failure changes nothing.
     fn sync_listeners(&self) -> Result<(), L7Error> {
-        let wanted: Vec<SocketAddr> = self.shared.table.load().listeners.iter().map(|l| l.addr).collect();
+        let wanted: Vec<SocketAddr> = self
+            .shared
+            .table
+            .load()
+            .listeners
+            .iter()
+            .map(|l| l.addr)
+            .collect();
         let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let mut started = Vec::new();
         for addr in &wanted {
@@ -212,7 +231,11 @@ impl L7Handle {
     /// Swaps in a new configuration atomically; on error the running one stays.
     pub fn reload(&self, cfg: &Config) -> Result<(), L7Error> {
         let old = self.shared.table.load_full();
-        let new = Arc::new(table::build(cfg, old.generation + 1, &self.shared.registry)?);
+        let new = Arc::new(table::build(
+            cfg,
+            old.generation + 1,
+            &self.shared.registry,
+        )?);
         // Bind new listeners before swapping so a bind failure leaves everything as it was.
         let wanted: Vec<SocketAddr> = new.listeners.iter().map(|l| l.addr).collect();
         {
@@ -220,7 +243,10 @@ impl L7Handle {
             for addr in &wanted {
                 if !running.contains_key(addr) {
                     if let Err(e) = std::net::TcpListener::bind(addr) {
-                        return Err(L7Error::Bind { addr: *addr, source: e });
+                        return Err(L7Error::Bind {
+                            addr: *addr,
+                            source: e,
+                        });
                     }
                 }
             }
@@ -277,7 +303,11 @@ impl L7Handle {
             .collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
         L7Stats {
-            listeners: table.listeners.iter().map(|l| (l.addr.to_string(), l.proxy.clone())).collect(),
+            listeners: table
+                .listeners
+                .iter()
+                .map(|l| (l.addr.to_string(), l.proxy.clone()))
+                .collect(),
             services,
             in_flight: self.shared.in_flight.load(Ordering::Relaxed),
             generation: table.generation,
@@ -326,7 +356,10 @@ pub fn start_if_configured(
 pub async fn serve_forever(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = crate::config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
     let Some(handle) = start_if_configured(&cfg, None)? else {
-        anyhow::bail!("{}: no forwarding rule has a target HTTP(S) proxy; nothing to serve", path.display());
+        anyhow::bail!(
+            "{}: no forwarding rule has a target HTTP(S) proxy; nothing to serve",
+            path.display()
+        );
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -89,7 +89,8 @@ impl OutlierState {
         }
         let count = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let duration = policy.base_ejection.as_millis() as u64 * count as u64;
-        self.ejected_until_ms.store(now_ms + duration, Ordering::Relaxed);
+        self.ejected_until_ms
+            .store(now_ms + duration, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
         true
     }
@@ -150,7 +151,10 @@ mod tests {
         }
         let one = OutlierState::default();
         for _ in 0..5 {
-            assert!(!one.record(&p, true, 1, 0, 1, 0), "50% of one backend is zero");
+            assert!(
+                !one.record(&p, true, 1, 0, 1, 0),
+                "50% of one backend is zero"
+            );
         }
         let mut weak = p;
         weak.enforcing_percent = 0;

@@ -54,15 +54,21 @@ pub async fn handle(
 pub fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::text(text));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 type Outcome2 = (Response<ProxyBody>, Option<Arc<Service>>);
 
 async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Outcome2 {
-    let framing = if req.version() < Version::HTTP_2 { conn.verdicts.pop() } else { None };
+    let framing = if req.version() < Version::HTTP_2 {
+        conn.verdicts.pop()
+    } else {
+        None
+    };
     let refusal = framing
         .map(edge::Refusal::BadFraming)
         .or_else(|| edge::check_request(req.uri(), req.headers(), shared.opts.max_url_bytes));
@@ -70,13 +76,20 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         let mut r = local(refusal.status(), refusal.reason());
         if req.version() < Version::HTTP_2 {
             // The body's framing is unknown, so the connection cannot be reused.
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         return (r, None);
     }
     let table = shared.table.load_full();
     let Some(proxy) = table.proxies.get(&*conn.proxy) else {
-        return (local(StatusCode::SERVICE_UNAVAILABLE, "no target proxy for this listener\n"), None);
+        return (
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no target proxy for this listener\n",
+            ),
+            None,
+        );
     };
     let router = &table.routers[proxy.router];
     let upgrade = req.version() == Version::HTTP_11 && edge::is_upgrade(req.headers());
@@ -104,7 +117,8 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
             Action::Redirect(rd) => {
                 let (status, location) = router::redirect(rd, routed.matched, &view);
                 let mut r = Response::new(ProxyBody::empty());
-                *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+                *r.status_mut() =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r.headers_mut().insert(header::LOCATION, v);
                 }
@@ -119,7 +133,8 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
                     })
                 });
                 // HTTP/2 clients send `:authority`, not Host; HTTP/1.1 backends need Host.
-                let original_host = (!parts.headers.contains_key(header::HOST)).then(|| host.to_string());
+                let original_host =
+                    (!parts.headers.contains_key(header::HOST)).then(|| host.to_string());
                 (f, path, routed.header_actions, original_host)
             }
         }
@@ -128,16 +143,29 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     let ws = if forward.services.len() == 1 {
         &forward.services[0]
     } else {
-        router::pick_weighted(&forward.services, forward.total_weight, fastrand::u32(0..forward.total_weight))
+        router::pick_weighted(
+            &forward.services,
+            forward.total_weight,
+            fastrand::u32(0..forward.total_weight),
+        )
     };
     let Some(service) = table.services.get(&ws.service).cloned() else {
-        return (local(StatusCode::INTERNAL_SERVER_ERROR, "route names an unknown backend service\n"), None);
+        return (
+            local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "route names an unknown backend service\n",
+            ),
+            None,
+        );
     };
     let mut rng = fastrand::Rng::new();
     let affinity = if service.affinity {
         select::affinity(&service.config, &parts.headers, conn.client.ip(), &mut rng)
     } else {
-        select::Affinity { key: Key::None, new_cookie_value: None }
+        select::Affinity {
+            key: Key::None,
+            new_cookie_value: None,
+        }
     };
 
     // Request headers towards the backend.
@@ -148,12 +176,21 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
             h.insert(header::HOST, v);
         }
     }
-    if let Some(hr) = forward.url_rewrite.as_ref().and_then(|r| r.host_rewrite.as_deref()) {
+    if let Some(hr) = forward
+        .url_rewrite
+        .as_ref()
+        .and_then(|r| r.host_rewrite.as_deref())
+    {
         if let Ok(v) = HeaderValue::from_str(hr) {
             h.insert(header::HOST, v);
         }
     }
-    for a in header_actions.iter().flatten().copied().chain(ws.header_action.as_ref()) {
+    for a in header_actions
+        .iter()
+        .flatten()
+        .copied()
+        .chain(ws.header_action.as_ref())
+    {
         edge::apply_request_action(h, a);
     }
     edge::add_forwarded(h, conn.client.ip(), conn.local.ip(), conn.scheme);
@@ -161,12 +198,33 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     let pq: http::uri::PathAndQuery = match path {
         Some(p) => match p.parse() {
             Ok(pq) => pq,
-            Err(_) => return (local(StatusCode::INTERNAL_SERVER_ERROR, "URL rewrite produced an invalid path\n"), Some(service)),
+            Err(_) => {
+                return (
+                    local(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "URL rewrite produced an invalid path\n",
+                    ),
+                    Some(service),
+                )
+            }
         },
-        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
 
-    let resp = forward_with_retries(shared, &service, forward, &mut parts, pq, body, affinity.key).await;
+    let resp = forward_with_retries(
+        shared,
+        &service,
+        forward,
+        &mut parts,
+        pq,
+        body,
+        affinity.key,
+    )
+    .await;
     let (resp, backend) = match resp {
         Ok(x) => x,
         Err(r) => return (r, Some(service)),
@@ -175,7 +233,12 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     let guard = resp.1;
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     edge::strip_hop_by_hop(&mut rparts.headers, switching && on_upgrade.is_some());
-    for a in header_actions.iter().flatten().copied().chain(ws.header_action.as_ref()) {
+    for a in header_actions
+        .iter()
+        .flatten()
+        .copied()
+        .chain(ws.header_action.as_ref())
+    {
         edge::apply_response_action(&mut rparts.headers, a);
     }
     add_affinity_cookie(&mut rparts.headers, &service, &affinity, backend);
@@ -187,10 +250,21 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
                 let backend_side = hyper::upgrade::on(&mut backend_resp);
                 websocket::spawn_tunnel(client_side, backend_side, service.timeout, guard);
             }
-            None => return (local(StatusCode::BAD_GATEWAY, "backend switched protocols unasked\n"), Some(service)),
+            None => {
+                return (
+                    local(
+                        StatusCode::BAD_GATEWAY,
+                        "backend switched protocols unasked\n",
+                    ),
+                    Some(service),
+                )
+            }
         }
         let (rparts, _) = backend_resp.into_parts();
-        return (Response::from_parts(rparts, ProxyBody::empty()), Some(service));
+        return (
+            Response::from_parts(rparts, ProxyBody::empty()),
+            Some(service),
+        );
     }
     let deadline = tokio::time::Instant::from_std(resp.2);
     let body = ProxyBody::Upstream {
@@ -202,7 +276,12 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
 }
 
 /// Sets the affinity cookie when the client does not already hold the right one.
-fn add_affinity_cookie(h: &mut http::HeaderMap, service: &Service, aff: &select::Affinity, backend_id: u64) {
+fn add_affinity_cookie(
+    h: &mut http::HeaderMap,
+    service: &Service,
+    aff: &select::Affinity,
+    backend_id: u64,
+) {
     let cfg = &service.config;
     let path = cfg
         .consistent_hash
@@ -212,11 +291,20 @@ fn add_affinity_cookie(h: &mut http::HeaderMap, service: &Service, aff: &select:
         .unwrap_or("/");
     let value = match cfg.session_affinity {
         SessionAffinity::GeneratedCookie if aff.key != Key::Backend(backend_id) => {
-            select::set_cookie(select::cookie_name(cfg), &format!("{backend_id:016x}"), path, cfg.affinity_cookie_ttl_sec)
+            select::set_cookie(
+                select::cookie_name(cfg),
+                &format!("{backend_id:016x}"),
+                path,
+                cfg.affinity_cookie_ttl_sec,
+            )
         }
         SessionAffinity::HttpCookie => match &aff.new_cookie_value {
             Some(v) => {
-                let ttl = cfg.consistent_hash.http_cookie.as_ref().map_or(0, |c| c.ttl_sec);
+                let ttl = cfg
+                    .consistent_hash
+                    .http_cookie
+                    .as_ref()
+                    .map_or(0, |c| c.ttl_sec);
                 select::set_cookie(select::cookie_name(cfg), v, path, ttl)
             }
             None => return,
@@ -276,7 +364,10 @@ async fn forward_with_retries(
     loop {
         let now = now_ms();
         let Some(idx) = selector.pick(key, now, &tried, &mut rng) else {
-            return Err(local(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n"));
+            return Err(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy backend\n",
+            ));
         };
         let backend = &selector.backends[idx];
         let guard = InFlight::new(backend.clone());
@@ -303,7 +394,8 @@ async fn forward_with_retries(
         };
         let remaining = deadline.saturating_duration_since(std::time::Instant::now());
         let try_timeout = plan.per_try_timeout.map_or(remaining, |p| p.min(remaining));
-        let result = tokio::time::timeout(try_timeout, shared.clients.request(service.upstream, ureq)).await;
+        let result =
+            tokio::time::timeout(try_timeout, shared.clients.request(service.upstream, ureq)).await;
         let outcome = match &result {
             Err(_) => Outcome::Timeout,
             Ok(Ok(r)) => Outcome::Status(r.status().as_u16()),
@@ -311,7 +403,11 @@ async fn forward_with_retries(
         };
         let gateway_failure = !matches!(outcome, Outcome::Status(s) if !(502..=504).contains(&s));
         let ejected_now = if gateway_failure {
-            selector.backends.iter().filter(|b| b.outlier.is_ejected(now)).count()
+            selector
+                .backends
+                .iter()
+                .filter(|b| b.outlier.is_ejected(now))
+                .count()
         } else {
             0
         };
@@ -325,7 +421,10 @@ async fn forward_with_retries(
         ) {
             tracing::warn!(service = %service.name, backend = %backend.name, "backend ejected by outlier detection");
         }
-        if !last && plan.should_retry(outcome, attempt, has_body) && std::time::Instant::now() < deadline {
+        if !last
+            && plan.should_retry(outcome, attempt, has_body)
+            && std::time::Instant::now() < deadline
+        {
             tracing::debug!(service = %service.name, backend = %backend.name, ?outcome, "retrying on another backend");
             service.counters.record_retry();
             tried.push(idx);
@@ -337,7 +436,10 @@ async fn forward_with_retries(
             Err(_) => Err(local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n")),
             Ok(Err(e)) => {
                 tracing::debug!(service = %service.name, backend = %backend.name, error = %e, "backend request failed");
-                Err(local(StatusCode::BAD_GATEWAY, "backend unreachable or reset\n"))
+                Err(local(
+                    StatusCode::BAD_GATEWAY,
+                    "backend unreachable or reset\n",
+                ))
             }
         };
     }

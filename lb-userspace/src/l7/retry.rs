@@ -61,7 +61,9 @@ impl RetryPlan {
 
     /// Compiles a configured policy, or the default when there is none.
     pub fn from_policy(p: Option<&RetryPolicy>) -> Result<RetryPlan, UnknownCondition> {
-        let Some(p) = p else { return Ok(RetryPlan::DEFAULT) };
+        let Some(p) = p else {
+            return Ok(RetryPlan::DEFAULT);
+        };
         let mut conditions = 0;
         for c in &p.retry_conditions {
             conditions |= match c.as_str() {
@@ -92,11 +94,15 @@ impl RetryPlan {
         let c = self.conditions;
         let any = |bits: u32| c & bits != 0;
         match outcome {
-            Outcome::Status(s) if (502..=504).contains(&s) => any(cond::FIVE_XX | cond::GATEWAY_ERROR),
+            Outcome::Status(s) if (502..=504).contains(&s) => {
+                any(cond::FIVE_XX | cond::GATEWAY_ERROR)
+            }
             Outcome::Status(s) if (500..600).contains(&s) => any(cond::FIVE_XX),
             Outcome::Status(409) => any(cond::RETRIABLE_4XX),
             Outcome::Status(_) => false,
-            Outcome::ConnectFailure => any(cond::CONNECT_FAILURE | cond::FIVE_XX | cond::GATEWAY_ERROR),
+            Outcome::ConnectFailure => {
+                any(cond::CONNECT_FAILURE | cond::FIVE_XX | cond::GATEWAY_ERROR)
+            }
             Outcome::RefusedStream => any(cond::REFUSED_STREAM | cond::FIVE_XX),
             Outcome::Reset => any(cond::RESET | cond::FIVE_XX),
             Outcome::Timeout => any(cond::FIVE_XX | cond::GATEWAY_ERROR),
@@ -148,14 +154,23 @@ mod tests {
         let d = RetryPlan::from_policy(None).unwrap();
         for s in [502, 503, 504] {
             assert!(d.should_retry(Outcome::Status(s), 0, false), "{s}");
-            assert!(!d.should_retry(Outcome::Status(s), 1, false), "only one retry: {s}");
-            assert!(!d.should_retry(Outcome::Status(s), 0, true), "a POST with body: {s}");
+            assert!(
+                !d.should_retry(Outcome::Status(s), 1, false),
+                "only one retry: {s}"
+            );
+            assert!(
+                !d.should_retry(Outcome::Status(s), 0, true),
+                "a POST with body: {s}"
+            );
         }
         for s in [200, 404, 409, 500, 501] {
             assert!(!d.should_retry(Outcome::Status(s), 0, false), "{s}");
         }
         assert!(d.should_retry(Outcome::ConnectFailure, 0, false));
-        assert!(!d.should_retry(Outcome::ConnectFailure, 0, true), "implicit policy never retries a body");
+        assert!(
+            !d.should_retry(Outcome::ConnectFailure, 0, true),
+            "implicit policy never retries a body"
+        );
         assert!(!d.should_retry(Outcome::Reset, 0, false));
     }
 
@@ -182,7 +197,11 @@ mod tests {
             ("reset", Outcome::Status(502), false),
         ];
         for (c, o, want) in table {
-            assert_eq!(policy(&[c], None).should_retry(*o, 0, false), *want, "{c} {o:?}");
+            assert_eq!(
+                policy(&[c], None).should_retry(*o, 0, false),
+                *want,
+                "{c} {o:?}"
+            );
         }
     }
 

@@ -183,7 +183,10 @@ fn full_regex(place: &str, re: &str, ignore_case: bool) -> Result<Regex, RouterE
 /// one named group per variable. `*` is one path segment, `**` any number of segments.
 pub fn compile_template(place: &str, t: &str) -> Result<Regex, RouterError> {
     if !t.starts_with('/') {
-        return Err(err(place, format!("path template {t:?} must start with '/'")));
+        return Err(err(
+            place,
+            format!("path template {t:?} must start with '/'"),
+        ));
     }
     let mut re = String::from("^");
     for seg in t[1..].split('/') {
@@ -195,17 +198,28 @@ pub fn compile_template(place: &str, t: &str) -> Result<Regex, RouterError> {
                 let inner = &s[1..s.len() - 1];
                 let (name, pat) = inner.split_once('=').unwrap_or((inner, "*"));
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(err(place, format!("bad variable name {name:?} in template {t:?}")));
+                    return Err(err(
+                        place,
+                        format!("bad variable name {name:?} in template {t:?}"),
+                    ));
                 }
                 let body = match pat {
                     "*" => "[^/]+",
                     "**" => ".*",
-                    _ => return Err(err(place, format!("variable {name:?} must be {{{name}}}, {{{name}=*}} or {{{name}=**}}"))),
+                    _ => return Err(err(
+                        place,
+                        format!(
+                            "variable {name:?} must be {{{name}}}, {{{name}=*}} or {{{name}=**}}"
+                        ),
+                    )),
                 };
                 format!("(?P<{name}>{body})")
             }
             s if s.contains(['{', '}', '*']) => {
-                return Err(err(place, format!("segment {s:?} of template {t:?} mixes literals and wildcards")))
+                return Err(err(
+                    place,
+                    format!("segment {s:?} of template {t:?} mixes literals and wildcards"),
+                ))
             }
             s => regex::escape(s),
         };
@@ -261,7 +275,10 @@ fn compile_action(
     }
     let total_weight: u32 = services.iter().map(|s| s.weight).sum();
     if total_weight == 0 {
-        return Err(err(place, "weighted backend services all have weight 0; give at least one a weight"));
+        return Err(err(
+            place,
+            "weighted backend services all have weight 0; give at least one a weight",
+        ));
     }
     let timeout = match ra.timeout_sec {
         Some(t) if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
@@ -273,7 +290,8 @@ fn compile_action(
         total_weight,
         url_rewrite: ra.url_rewrite,
         timeout,
-        retry: RetryPlan::from_policy(ra.retry_policy.as_ref()).map_err(|e| err(place, e.to_string()))?,
+        retry: RetryPlan::from_policy(ra.retry_policy.as_ref())
+            .map_err(|e| err(place, e.to_string()))?,
     })))
 }
 
@@ -299,7 +317,13 @@ fn value_cond(
 }
 
 fn compile_match(place: &str, m: &MatchRule) -> Result<CompiledMatch, RouterError> {
-    let lc = |s: &str| if m.ignore_case { s.to_ascii_lowercase() } else { s.to_string() };
+    let lc = |s: &str| {
+        if m.ignore_case {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_string()
+        }
+    };
     let path = if let Some(p) = &m.prefix_match {
         PathCond::Prefix(lc(p))
     } else if let Some(p) = &m.full_path_match {
@@ -333,7 +357,14 @@ fn compile_match(place: &str, m: &MatchRule) -> Result<CompiledMatch, RouterErro
     let mut query = Vec::new();
     for (i, q) in m.query_parameter_matches.iter().enumerate() {
         let qp = format!("{place}.query_parameter_matches[{i}]");
-        let cond = value_cond(&qp, q.present_match, &q.exact_match, None, None, &q.regex_match)?;
+        let cond = value_cond(
+            &qp,
+            q.present_match,
+            &q.exact_match,
+            None,
+            None,
+            &q.regex_match,
+        )?;
         query.push(CompiledQueryMatch {
             name: q.name.clone(),
             cond,
@@ -367,7 +398,12 @@ impl Router {
             for (i, pr) in pm.path_rules.iter().enumerate() {
                 let pp = format!("{mp}.path_rules[{i}]");
                 let action = compile_action(&pp, &pr.service, &pr.route_action, &pr.url_redirect)?
-                    .ok_or_else(|| err(&pp, "needs service, route_action.weighted_backend_services or url_redirect"))?;
+                    .ok_or_else(|| {
+                        err(
+                            &pp,
+                            "needs service, route_action.weighted_backend_services or url_redirect",
+                        )
+                    })?;
                 let mut paths = Vec::new();
                 for p in &pr.paths {
                     if !p.starts_with('/') {
@@ -375,9 +411,17 @@ impl Router {
                     }
                     match p.strip_suffix('*') {
                         Some(lit) if lit.ends_with('/') => paths.push((lit.to_string(), true)),
-                        Some(_) => return Err(err(&pp, format!("{p:?}: '*' is only allowed as a final '/*'"))),
+                        Some(_) => {
+                            return Err(err(
+                                &pp,
+                                format!("{p:?}: '*' is only allowed as a final '/*'"),
+                            ))
+                        }
                         None if p.contains(['*', '?', '#']) => {
-                            return Err(err(&pp, format!("{p:?}: no '*', '?' or '#' inside a path")))
+                            return Err(err(
+                                &pp,
+                                format!("{p:?}: no '*', '?' or '#' inside a path"),
+                            ))
                         }
                         None => paths.push((p.clone(), false)),
                     }
@@ -388,7 +432,12 @@ impl Router {
             for (i, rr) in pm.route_rules.iter().enumerate() {
                 let rp = format!("{mp}.route_rules[{i}]");
                 let action = compile_action(&rp, &rr.service, &rr.route_action, &rr.url_redirect)?
-                    .ok_or_else(|| err(&rp, "needs service, route_action.weighted_backend_services or url_redirect"))?;
+                    .ok_or_else(|| {
+                        err(
+                            &rp,
+                            "needs service, route_action.weighted_backend_services or url_redirect",
+                        )
+                    })?;
                 let matches = rr
                     .match_rules
                     .iter()
@@ -407,7 +456,12 @@ impl Router {
                 return Err(err(&mp, "use either path_rules or route_rules, not both"));
             }
             matchers.push(Matcher {
-                default: compile_action(&mp, &pm.default_service, &pm.default_route_action, &pm.default_url_redirect)?,
+                default: compile_action(
+                    &mp,
+                    &pm.default_service,
+                    &pm.default_route_action,
+                    &pm.default_url_redirect,
+                )?,
                 header_action: pm.header_action.clone(),
                 path_rules,
                 route_rules,
@@ -423,9 +477,15 @@ impl Router {
             for h in &hr.hosts {
                 let h = h.to_ascii_lowercase();
                 match h.strip_prefix('*') {
-                    Some(suffix) if !suffix.contains('*') => wildcard_hosts.push((suffix.to_string(), m)),
-                    Some(_) => return Err(err(&hp, format!("{h:?}: only one leading '*' is allowed"))),
-                    None if h.contains('*') => return Err(err(&hp, format!("{h:?}: '*' only at the start"))),
+                    Some(suffix) if !suffix.contains('*') => {
+                        wildcard_hosts.push((suffix.to_string(), m))
+                    }
+                    Some(_) => {
+                        return Err(err(&hp, format!("{h:?}: only one leading '*' is allowed")))
+                    }
+                    None if h.contains('*') => {
+                        return Err(err(&hp, format!("{h:?}: '*' only at the start")))
+                    }
                     None => {
                         if exact_hosts.insert(h.clone(), m).is_some() {
                             return Err(err(&hp, format!("host {h:?} appears in two host rules")));
@@ -468,7 +528,11 @@ impl Router {
         // A Host with a port that matched nothing is tried without its port (rules written
         // as a bare host match every port). IPv6 literals keep their brackets.
         match host.rsplit_once(':') {
-            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => {
+            Some((h, port))
+                if !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && !h.is_empty() =>
+            {
                 find(h)
             }
             _ => None,
@@ -512,7 +576,11 @@ impl Router {
             return match best {
                 Some((_, rule, lit, wildcard)) => Routed {
                     action: &rule.action,
-                    matched: if wildcard { Matched::Prefix(lit) } else { Matched::Whole },
+                    matched: if wildcard {
+                        Matched::Prefix(lit)
+                    } else {
+                        Matched::Whole
+                    },
                     header_actions: [top, mid, None],
                 },
                 None => fallback,
@@ -541,7 +609,11 @@ impl Router {
                 .chain(m.route_rules.iter().map(|r| &r.action))
         }));
         actions.flat_map(|a| match a {
-            Action::Forward(f) => f.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>(),
+            Action::Forward(f) => f
+                .services
+                .iter()
+                .map(|s| s.service.as_str())
+                .collect::<Vec<_>>(),
             _ => Vec::new(),
         })
     }
@@ -580,12 +652,13 @@ pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
 impl CompiledMatch {
     fn matches<'a>(&'a self, req: &RequestView<'_>) -> Option<Matched<'a>> {
         let lower;
-        let path = if self.ignore_case && matches!(self.path, PathCond::Prefix(_) | PathCond::Full(_)) {
-            lower = req.path.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            req.path
-        };
+        let path =
+            if self.ignore_case && matches!(self.path, PathCond::Prefix(_) | PathCond::Full(_)) {
+                lower = req.path.to_ascii_lowercase();
+                lower.as_str()
+            } else {
+                req.path
+            };
         let matched = match &self.path {
             PathCond::Any => Matched::Whole,
             PathCond::Prefix(p) => {
@@ -681,7 +754,11 @@ pub fn redirect(r: &UrlRedirect, matched: Matched<'_>, req: &RequestView<'_>) ->
         RedirectResponseCode::TemporaryRedirect => 307,
         RedirectResponseCode::PermanentRedirect => 308,
     };
-    let scheme = if r.https_redirect { "https" } else { req.scheme };
+    let scheme = if r.https_redirect {
+        "https"
+    } else {
+        req.scheme
+    };
     let host = r.host_redirect.as_deref().unwrap_or(req.host);
     let path = if let Some(p) = &r.path_redirect {
         p.clone()

@@ -220,11 +220,14 @@ fn decide(r: &Router, host: &str, target: &str, headers: &[(&str, &str)]) -> Str
     }
 }
 
+/// (host, path and query, request headers, expected decision).
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn routing_table() {
     let r = router();
     #[rustfmt::skip]
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         // Host rules.
         ("unknown.test", "/", &[], "default"),
         ("example.com", "/", &[], "web"),
@@ -294,10 +297,17 @@ fn routing_table() {
     for (host, target, headers, want) in cases {
         let got = decide(&r, host, target, headers);
         if got != *want {
-            failures.push(format!("{host}{target} {headers:?}: got {got:?}, want {want:?}"));
+            failures.push(format!(
+                "{host}{target} {headers:?}: got {got:?}, want {want:?}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -312,12 +322,22 @@ fn route_rules_are_sorted_by_priority() {
 fn weighted_split_shares_within_two_percent() {
     let r = router();
     let hm = HeaderMap::new();
-    let req = RequestView { host: "split.test", path: "/", query: None, headers: &hm, scheme: "http" };
-    let Action::Forward(f) = r.route(&req).action else { panic!("split routes to a forward") };
+    let req = RequestView {
+        host: "split.test",
+        path: "/",
+        query: None,
+        headers: &hm,
+        scheme: "http",
+    };
+    let Action::Forward(f) = r.route(&req).action else {
+        panic!("split routes to a forward")
+    };
     let mut rng = fastrand::Rng::with_seed(7);
     let draws = 10_000;
     let blue = (0..draws)
-        .filter(|_| pick_weighted(&f.services, f.total_weight, rng.u32(0..f.total_weight)).service == "blue")
+        .filter(|_| {
+            pick_weighted(&f.services, f.total_weight, rng.u32(0..f.total_weight)).service == "blue"
+        })
         .count();
     let share = blue as f64 / draws as f64;
     assert!((share - 0.9).abs() < 0.02, "blue share {share}");
@@ -327,13 +347,23 @@ fn weighted_split_shares_within_two_percent() {
 fn three_way_split_shares() {
     let services: Vec<WeightedService> = [("a", 500), ("b", 300), ("c", 200), ("z", 0)]
         .iter()
-        .map(|(n, w)| WeightedService { service: n.to_string(), weight: *w, header_action: None })
+        .map(|(n, w)| WeightedService {
+            service: n.to_string(),
+            weight: *w,
+            header_action: None,
+        })
         .collect();
     let total = 1000;
     let mut counts = std::collections::HashMap::new();
     let mut rng = fastrand::Rng::with_seed(11);
     for _ in 0..10_000 {
-        *counts.entry(pick_weighted(&services, total, rng.u32(0..total)).service.clone()).or_insert(0) += 1;
+        *counts
+            .entry(
+                pick_weighted(&services, total, rng.u32(0..total))
+                    .service
+                    .clone(),
+            )
+            .or_insert(0) += 1;
     }
     for (n, w) in [("a", 0.5), ("b", 0.3), ("c", 0.2)] {
         let share = counts[n] as f64 / 10_000.0;
@@ -345,27 +375,39 @@ fn three_way_split_shares() {
 #[test]
 fn bad_maps_are_refused_with_places() {
     let bad = [
-        (r#"[[path_matchers]]
+        (
+            r#"[[path_matchers]]
 name = "p"
 default_service = "s"
 [[path_matchers.route_rules]]
 priority = 1
 service = "s"
-match_rules = [{ regex_match = "(" }]"#, "route_rules[0].match_rules[0]"),
-        (r#"[[host_rules]]
+match_rules = [{ regex_match = "(" }]"#,
+            "route_rules[0].match_rules[0]",
+        ),
+        (
+            r#"[[host_rules]]
 hosts = ["a"]
-path_matcher = "nope""#, "host_rules[0]"),
-        (r#"[[path_matchers]]
+path_matcher = "nope""#,
+            "host_rules[0]",
+        ),
+        (
+            r#"[[path_matchers]]
 name = "p"
 [[path_matchers.path_rules]]
 paths = ["/a*"]
-service = "s""#, "path_rules[0]"),
-        (r#"[[path_matchers]]
+service = "s""#,
+            "path_rules[0]",
+        ),
+        (
+            r#"[[path_matchers]]
 name = "p"
 [[path_matchers.route_rules]]
 priority = 1
 service = "s"
-match_rules = [{ path_template_match = "/x/{a=b}" }]"#, "route_rules[0]"),
+match_rules = [{ path_template_match = "/x/{a=b}" }]"#,
+            "route_rules[0]",
+        ),
     ];
     for (text, place) in bad {
         let map: UrlMap = toml::from_str(text).unwrap();
@@ -377,6 +419,9 @@ match_rules = [{ path_template_match = "/x/{a=b}" }]"#, "route_rules[0]"),
 #[test]
 fn template_rewrite_keeps_variables() {
     let re = compile_template("t", "/a/{x}/b/{rest=**}").unwrap();
-    assert_eq!(apply_template_rewrite(&re, "/{rest}/{x}", "/a/1/b/c/d").as_deref(), Some("/c/d/1"));
+    assert_eq!(
+        apply_template_rewrite(&re, "/{rest}/{x}", "/a/1/b/c/d").as_deref(),
+        Some("/c/d/1")
+    );
     assert!(apply_template_rewrite(&re, "/{x}", "/z/1/b/c").is_none());
 }

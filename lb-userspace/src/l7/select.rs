@@ -142,8 +142,8 @@ impl Selector {
             .collect();
         let mut maglev = Vec::new();
         let mut ring = Vec::new();
-        let use_maglev = policy == LocalityLbPolicy::Maglev
-            || (hashing && policy != LocalityLbPolicy::RingHash);
+        let use_maglev =
+            policy == LocalityLbPolicy::Maglev || (hashing && policy != LocalityLbPolicy::RingHash);
         if use_maglev && acc > 0 {
             let mb: Vec<MaglevBackend> = backends
                 .iter()
@@ -159,11 +159,16 @@ impl Selector {
                 .collect();
         }
         if policy == LocalityLbPolicy::RingHash && acc > 0 {
-            let size = min_ring_size.unwrap_or(DEFAULT_RING_SIZE).max(backends.len() as u32) as u64;
+            let size = min_ring_size
+                .unwrap_or(DEFAULT_RING_SIZE)
+                .max(backends.len() as u32) as u64;
             for (i, (b, w)) in backends.iter().zip(&weights).enumerate() {
                 let points = (size * *w as u64).div_ceil(acc);
                 for p in 0..points {
-                    ring.push((stable_hash(&[b.name.as_bytes(), &p.to_le_bytes()]), i as u32));
+                    ring.push((
+                        stable_hash(&[b.name.as_bytes(), &p.to_le_bytes()]),
+                        i as u32,
+                    ));
                 }
             }
             ring.sort_unstable();
@@ -199,15 +204,30 @@ impl Selector {
 
     /// Picks a backend index. `avoid` lists backends already tried for this request (a
     /// retry goes to another backend when one is usable, else to the same one).
-    pub fn pick(&self, key: Key, now_ms: u64, avoid: &[usize], rng: &mut fastrand::Rng) -> Option<usize> {
+    pub fn pick(
+        &self,
+        key: Key,
+        now_ms: u64,
+        avoid: &[usize],
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
         if self.total == 0 {
             return None;
         }
-        self.pick_avoiding(key, now_ms, avoid, rng)
-            .or_else(|| (!avoid.is_empty()).then(|| self.pick_avoiding(key, now_ms, &[], rng)).flatten())
+        self.pick_avoiding(key, now_ms, avoid, rng).or_else(|| {
+            (!avoid.is_empty())
+                .then(|| self.pick_avoiding(key, now_ms, &[], rng))
+                .flatten()
+        })
     }
 
-    fn pick_avoiding(&self, key: Key, now_ms: u64, avoid: &[usize], rng: &mut fastrand::Rng) -> Option<usize> {
+    fn pick_avoiding(
+        &self,
+        key: Key,
+        now_ms: u64,
+        avoid: &[usize],
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
         match key {
             Key::Backend(id) => {
                 if let Some(i) = self.backends.iter().position(|b| b.id == id) {
@@ -283,8 +303,16 @@ pub struct Affinity {
 
 /// Derives the affinity key of a request (SEMANTICS: NONE, CLIENT_IP, GENERATED_COOKIE,
 /// HEADER_FIELD, HTTP_COOKIE).
-pub fn affinity(bs: &BackendService, headers: &http::HeaderMap, client: IpAddr, rng: &mut fastrand::Rng) -> Affinity {
-    let none = Affinity { key: Key::None, new_cookie_value: None };
+pub fn affinity(
+    bs: &BackendService,
+    headers: &http::HeaderMap,
+    client: IpAddr,
+    rng: &mut fastrand::Rng,
+) -> Affinity {
+    let none = Affinity {
+        key: Key::None,
+        new_cookie_value: None,
+    };
     match bs.session_affinity {
         SessionAffinity::ClientIp => Affinity {
             key: Key::Hash(stable_hash(&[client.to_string().as_bytes()])),
@@ -293,22 +321,36 @@ pub fn affinity(bs: &BackendService, headers: &http::HeaderMap, client: IpAddr, 
         SessionAffinity::GeneratedCookie => {
             let name = cookie_name(bs);
             match cookie(headers, name).and_then(|v| u64::from_str_radix(v, 16).ok()) {
-                Some(id) => Affinity { key: Key::Backend(id), new_cookie_value: None },
+                Some(id) => Affinity {
+                    key: Key::Backend(id),
+                    new_cookie_value: None,
+                },
                 None => none,
             }
         }
         SessionAffinity::HeaderField => {
-            let Some(h) = bs.consistent_hash.http_header_name.as_deref() else { return none };
+            let Some(h) = bs.consistent_hash.http_header_name.as_deref() else {
+                return none;
+            };
             match headers.get(h) {
-                Some(v) => Affinity { key: Key::Hash(stable_hash(&[v.as_bytes()])), new_cookie_value: None },
+                Some(v) => Affinity {
+                    key: Key::Hash(stable_hash(&[v.as_bytes()])),
+                    new_cookie_value: None,
+                },
                 None => none,
             }
         }
         SessionAffinity::HttpCookie => match cookie(headers, cookie_name(bs)) {
-            Some(v) => Affinity { key: Key::Hash(stable_hash(&[v.as_bytes()])), new_cookie_value: None },
+            Some(v) => Affinity {
+                key: Key::Hash(stable_hash(&[v.as_bytes()])),
+                new_cookie_value: None,
+            },
             None => {
                 let v = format!("{:016x}", rng.u64(..));
-                Affinity { key: Key::Hash(stable_hash(&[v.as_bytes()])), new_cookie_value: Some(v) }
+                Affinity {
+                    key: Key::Hash(stable_hash(&[v.as_bytes()])),
+                    new_cookie_value: Some(v),
+                }
             }
         },
         _ => none,
@@ -317,7 +359,11 @@ pub fn affinity(bs: &BackendService, headers: &http::HeaderMap, client: IpAddr, 
 
 /// The affinity cookie's name for GENERATED_COOKIE or HTTP_COOKIE.
 pub fn cookie_name(bs: &BackendService) -> &str {
-    let configured = bs.consistent_hash.http_cookie.as_ref().and_then(|c| c.name.as_deref());
+    let configured = bs
+        .consistent_hash
+        .http_cookie
+        .as_ref()
+        .and_then(|c| c.name.as_deref());
     match bs.session_affinity {
         SessionAffinity::GeneratedCookie => configured.unwrap_or(GENERATED_COOKIE),
         _ => configured.unwrap_or(DEFAULT_HTTP_COOKIE),

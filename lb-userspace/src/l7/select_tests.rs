@@ -5,12 +5,28 @@ use crate::config::{ConsistentHash, HttpCookie};
 
 fn backends(n: usize) -> Vec<Arc<Backend>> {
     (0..n)
-        .map(|i| Arc::new(Backend::new("svc", format!("b{i}"), format!("127.0.0.1:{}", 8000 + i).parse().unwrap())))
+        .map(|i| {
+            Arc::new(Backend::new(
+                "svc",
+                format!("b{i}"),
+                format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
+            ))
+        })
         .collect()
 }
 
-fn selector(policy: LocalityLbPolicy, hashing: bool, bs: &[Arc<Backend>], weights: &[u32]) -> Selector {
-    Selector::new(policy, hashing, bs.iter().cloned().zip(weights.iter().copied()).collect(), None)
+fn selector(
+    policy: LocalityLbPolicy,
+    hashing: bool,
+    bs: &[Arc<Backend>],
+    weights: &[u32],
+) -> Selector {
+    Selector::new(
+        policy,
+        hashing,
+        bs.iter().cloned().zip(weights.iter().copied()).collect(),
+        None,
+    )
 }
 
 fn counts(s: &Selector, n: usize, key: impl Fn(usize) -> Key) -> Vec<usize> {
@@ -25,7 +41,16 @@ fn counts(s: &Selector, n: usize, key: impl Fn(usize) -> Key) -> Vec<usize> {
 #[test]
 fn round_robin_follows_weights_and_skips_drained() {
     let bs = backends(3);
-    let s = selector(LocalityLbPolicy::RoundRobin, false, &bs, &[effective_weight(2, 1.0), effective_weight(1, 1.0), effective_weight(5, 0.0)]);
+    let s = selector(
+        LocalityLbPolicy::RoundRobin,
+        false,
+        &bs,
+        &[
+            effective_weight(2, 1.0),
+            effective_weight(1, 1.0),
+            effective_weight(5, 0.0),
+        ],
+    );
     let c = counts(&s, 3000, |_| Key::None);
     assert_eq!(c, vec![2000, 1000, 0]);
 }
@@ -33,7 +58,12 @@ fn round_robin_follows_weights_and_skips_drained() {
 #[test]
 fn capacity_scaler_scales_share() {
     let bs = backends(2);
-    let s = selector(LocalityLbPolicy::Random, false, &bs, &[effective_weight(1, 1.0), effective_weight(1, 0.25)]);
+    let s = selector(
+        LocalityLbPolicy::Random,
+        false,
+        &bs,
+        &[effective_weight(1, 1.0), effective_weight(1, 0.25)],
+    );
     let c = counts(&s, 10_000, |_| Key::None);
     let share = c[1] as f64 / 10_000.0;
     assert!((share - 0.2).abs() < 0.02, "{share}");
@@ -42,7 +72,12 @@ fn capacity_scaler_scales_share() {
 #[test]
 fn unhealthy_and_ejected_backends_are_skipped() {
     let bs = backends(3);
-    let s = selector(LocalityLbPolicy::RoundRobin, false, &bs, &[1000, 1000, 1000]);
+    let s = selector(
+        LocalityLbPolicy::RoundRobin,
+        false,
+        &bs,
+        &[1000, 1000, 1000],
+    );
     bs[0].healthy.store(false, Ordering::Relaxed);
     let c = counts(&s, 300, |_| Key::None);
     assert_eq!(c[0], 0);
@@ -50,7 +85,11 @@ fn unhealthy_and_ejected_backends_are_skipped() {
     bs[1].healthy.store(false, Ordering::Relaxed);
     bs[2].healthy.store(false, Ordering::Relaxed);
     let mut rng = fastrand::Rng::with_seed(1);
-    assert_eq!(s.pick(Key::None, 1, &[], &mut rng), None, "no healthy backend: nothing to pick (503)");
+    assert_eq!(
+        s.pick(Key::None, 1, &[], &mut rng),
+        None,
+        "no healthy backend: nothing to pick (503)"
+    );
 }
 
 #[test]
@@ -64,7 +103,11 @@ fn retry_avoids_the_tried_backend_when_it_can() {
         assert_ne!(first, second);
     }
     bs[1].healthy.store(false, Ordering::Relaxed);
-    assert_eq!(s.pick(Key::None, 1, &[0], &mut rng), Some(0), "only one usable: retry on the same");
+    assert_eq!(
+        s.pick(Key::None, 1, &[0], &mut rng),
+        Some(0),
+        "only one usable: retry on the same"
+    );
 }
 
 #[test]
@@ -83,12 +126,23 @@ fn hashed_keys_are_stable_and_move_little_when_a_backend_goes() {
         let bs = backends(5);
         let s = selector(policy, true, &bs, &[1000; 5]);
         let mut rng = fastrand::Rng::with_seed(9);
-        let keys: Vec<u64> = (0..2000u64).map(|i| stable_hash(&[&i.to_le_bytes()])).collect();
-        let before: Vec<usize> = keys.iter().map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap()).collect();
-        let again: Vec<usize> = keys.iter().map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap()).collect();
+        let keys: Vec<u64> = (0..2000u64)
+            .map(|i| stable_hash(&[&i.to_le_bytes()]))
+            .collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap())
+            .collect();
+        let again: Vec<usize> = keys
+            .iter()
+            .map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap())
+            .collect();
         assert_eq!(before, again, "{policy:?}: same key, same backend");
         bs[2].healthy.store(false, Ordering::Relaxed);
-        let after: Vec<usize> = keys.iter().map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap()).collect();
+        let after: Vec<usize> = keys
+            .iter()
+            .map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap())
+            .collect();
         for (b, a) in before.iter().zip(&after) {
             if *b != 2 {
                 assert_eq!(b, a, "{policy:?}: keys of healthy backends stay");
@@ -108,7 +162,10 @@ fn generated_cookie_pins_its_backend() {
     let mut rng = fastrand::Rng::with_seed(5);
     for b in &bs {
         for _ in 0..20 {
-            assert_eq!(s.backends[s.pick(Key::Backend(b.id), 1, &[], &mut rng).unwrap()].name, b.name);
+            assert_eq!(
+                s.backends[s.pick(Key::Backend(b.id), 1, &[], &mut rng).unwrap()].name,
+                b.name
+            );
         }
     }
     bs[1].healthy.store(false, Ordering::Relaxed);
@@ -134,32 +191,72 @@ fn affinity_keys() {
     let cip = service(SessionAffinity::ClientIp, Default::default());
     let a = affinity(&cip, &h, ip, &mut rng);
     assert_eq!(a, affinity(&cip, &h, ip, &mut rng));
-    assert_ne!(a.key, affinity(&cip, &h, "10.0.0.2".parse().unwrap(), &mut rng).key);
+    assert_ne!(
+        a.key,
+        affinity(&cip, &h, "10.0.0.2".parse().unwrap(), &mut rng).key
+    );
 
     let gen = service(SessionAffinity::GeneratedCookie, Default::default());
     assert_eq!(affinity(&gen, &h, ip, &mut rng).key, Key::None);
-    h.insert(http::header::COOKIE, "a=b; GCILB=\"00000000000000ff\"".parse().unwrap());
+    h.insert(
+        http::header::COOKIE,
+        "a=b; GCILB=\"00000000000000ff\"".parse().unwrap(),
+    );
     assert_eq!(affinity(&gen, &h, ip, &mut rng).key, Key::Backend(255));
 
-    let hdr = service(SessionAffinity::HeaderField, ConsistentHash { http_header_name: Some("x-user".into()), ..Default::default() });
+    let hdr = service(
+        SessionAffinity::HeaderField,
+        ConsistentHash {
+            http_header_name: Some("x-user".into()),
+            ..Default::default()
+        },
+    );
     assert_eq!(affinity(&hdr, &h, ip, &mut rng).key, Key::None);
     h.insert("x-user", "alice".parse().unwrap());
     let k = affinity(&hdr, &h, ip, &mut rng).key;
     assert_eq!(k, affinity(&hdr, &h, ip, &mut rng).key);
 
-    let hc = service(SessionAffinity::HttpCookie, ConsistentHash { http_cookie: Some(HttpCookie { name: Some("sid".into()), path: None, ttl_sec: 60 }), ..Default::default() });
+    let hc = service(
+        SessionAffinity::HttpCookie,
+        ConsistentHash {
+            http_cookie: Some(HttpCookie {
+                name: Some("sid".into()),
+                path: None,
+                ttl_sec: 60,
+            }),
+            ..Default::default()
+        },
+    );
     let fresh = affinity(&hc, &h, ip, &mut rng);
-    let v = fresh.new_cookie_value.clone().expect("a cookie is generated");
+    let v = fresh
+        .new_cookie_value
+        .clone()
+        .expect("a cookie is generated");
     h.insert(http::header::COOKIE, format!("sid={v}").parse().unwrap());
     let back = affinity(&hc, &h, ip, &mut rng);
-    assert_eq!(back.key, fresh.key, "the generated cookie maps to the same hash");
+    assert_eq!(
+        back.key, fresh.key,
+        "the generated cookie maps to the same hash"
+    );
     assert_eq!(back.new_cookie_value, None);
 }
 
 #[test]
 fn default_policies_and_cookie_format() {
-    assert_eq!(policy_of(&service(SessionAffinity::None, Default::default())), LocalityLbPolicy::RoundRobin);
-    assert_eq!(policy_of(&service(SessionAffinity::ClientIp, Default::default())), LocalityLbPolicy::Maglev);
-    assert_eq!(set_cookie("GCILB", "ab", "/", 0), "GCILB=\"ab\"; Path=/; HttpOnly");
-    assert_eq!(set_cookie("GCILB", "ab", "/", 30), "GCILB=\"ab\"; Path=/; Max-Age=30; HttpOnly");
+    assert_eq!(
+        policy_of(&service(SessionAffinity::None, Default::default())),
+        LocalityLbPolicy::RoundRobin
+    );
+    assert_eq!(
+        policy_of(&service(SessionAffinity::ClientIp, Default::default())),
+        LocalityLbPolicy::Maglev
+    );
+    assert_eq!(
+        set_cookie("GCILB", "ab", "/", 0),
+        "GCILB=\"ab\"; Path=/; HttpOnly"
+    );
+    assert_eq!(
+        set_cookie("GCILB", "ab", "/", 30),
+        "GCILB=\"ab\"; Path=/; Max-Age=30; HttpOnly"
+    );
 }

@@ -161,19 +161,30 @@ pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table
     }
     let mut services = HashMap::new();
     for (name, bs) in &cfg.backend_services {
-        let Some(upstream) = upstream_of(bs.protocol) else { continue };
+        let Some(upstream) = upstream_of(bs.protocol) else {
+            continue;
+        };
         let mut members = Vec::new();
         for b in &bs.backends {
             let port = b.port.ok_or_else(|| L7Error::Config {
                 place: format!("backend_services.{name}"),
                 message: format!("backend {} has no port", b.display_name()),
             })?;
-            let backend = registry.backend(name, &b.display_name(), SocketAddr::new(b.address, port));
-            members.push((backend, select::effective_weight(b.weight, b.capacity_scaler)));
+            let backend =
+                registry.backend(name, &b.display_name(), SocketAddr::new(b.address, port));
+            members.push((
+                backend,
+                select::effective_weight(b.weight, b.capacity_scaler),
+            ));
         }
         let affinity = bs.session_affinity != SessionAffinity::None;
         let policy = select::policy_of(bs);
-        let selector = Selector::new(policy, affinity, members, bs.consistent_hash.minimum_ring_size);
+        let selector = Selector::new(
+            policy,
+            affinity,
+            members,
+            bs.consistent_hash.minimum_ring_size,
+        );
         services.insert(
             name.clone(),
             Arc::new(Service {
@@ -201,7 +212,13 @@ pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table
     }
     let mut proxies = HashMap::new();
     for (name, p) in &cfg.target_http_proxies {
-        proxies.insert(name.clone(), Proxy { router: router_of(&router_index, &p.url_map, name)?, tls: None });
+        proxies.insert(
+            name.clone(),
+            Proxy {
+                router: router_of(&router_index, &p.url_map, name)?,
+                tls: None,
+            },
+        );
     }
     for (name, p) in &cfg.target_https_proxies {
         let mut certs = Vec::new();
@@ -216,7 +233,10 @@ pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table
             name.clone(),
             Proxy {
                 router: router_of(&router_index, &p.url_map, name)?,
-                tls: Some(Arc::new(tls::server_config(name, Arc::new(CertSet::new(certs)))?)),
+                tls: Some(Arc::new(tls::server_config(
+                    name,
+                    Arc::new(CertSet::new(certs)),
+                )?)),
             },
         );
     }
@@ -225,7 +245,13 @@ pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table
         .iter()
         .map(|l| {
             let tls = proxies.get(&l.proxy).and_then(|p| p.tls.clone());
-            (l.addr, ListenerRoute { proxy: l.proxy.as_str().into(), tls })
+            (
+                l.addr,
+                ListenerRoute {
+                    proxy: l.proxy.as_str().into(),
+                    tls,
+                },
+            )
         })
         .collect();
     let table = Table {

@@ -35,8 +35,11 @@ impl Certificate {
     /// Whether the leaf certificate is valid for `sni` (SAN DNS names, wildcards per
     /// RFC 6125 §6.4.3, as webpki checks them).
     fn valid_for(&self, sni: &ServerName<'_>) -> bool {
-        let Some(leaf) = self.key.cert.first() else { return false };
-        webpki::EndEntityCert::try_from(leaf).is_ok_and(|c| c.verify_is_valid_for_subject_name(sni).is_ok())
+        let Some(leaf) = self.key.cert.first() else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(leaf)
+            .is_ok_and(|c| c.verify_is_valid_for_subject_name(sni).is_ok())
     }
 }
 
@@ -75,11 +78,19 @@ pub fn load_certificate(name: &str, sc: &SslCertificate) -> Result<Certificate, 
         .collect::<Result<_, _>>()
         .map_err(|e| fail(format!("{}: {e}", sc.certificate.display())))?;
     if chain.is_empty() {
-        return Err(fail(format!("{} holds no PEM certificate", sc.certificate.display())));
+        return Err(fail(format!(
+            "{} holds no PEM certificate",
+            sc.certificate.display()
+        )));
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| fail(format!("{}: {e}", sc.private_key.display())))?
-        .ok_or_else(|| fail(format!("{} holds no PEM private key", sc.private_key.display())))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "{} holds no PEM private key",
+                sc.private_key.display()
+            ))
+        })?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -137,7 +148,12 @@ impl ServerCertVerifier for NoBackendVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -146,7 +162,12 @@ impl ServerCertVerifier for NoBackendVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -24,7 +24,12 @@ pub fn spawn_tunnel(client: OnUpgrade, backend: OnUpgrade, limit: Duration, guar
         };
         let mut client = TokioIo::new(client);
         let mut backend = TokioIo::new(backend);
-        match tokio::time::timeout(limit, tokio::io::copy_bidirectional(&mut client, &mut backend)).await {
+        match tokio::time::timeout(
+            limit,
+            tokio::io::copy_bidirectional(&mut client, &mut backend),
+        )
+        .await
+        {
             Ok(Ok((up, down))) => tracing::debug!(up, down, "tunnel closed"),
             Ok(Err(e)) => tracing::debug!(error = %e, "tunnel broke"),
             Err(_) => tracing::debug!("tunnel reached the backend service timeout"),

@@ -68,7 +68,12 @@ impl TestBackend {
         self.count.load(Ordering::SeqCst)
     }
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("the backend saw a request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the backend saw a request")
     }
 }
 
@@ -80,10 +85,17 @@ pub async fn backend(name: &str, behaviour: Behaviour) -> TestBackend {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let behaviour = Arc::new(Mutex::new(behaviour));
-    let (c, s, b, n) = (count.clone(), seen.clone(), behaviour.clone(), name.to_string());
+    let (c, s, b, n) = (
+        count.clone(),
+        seen.clone(),
+        behaviour.clone(),
+        name.to_string(),
+    );
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let (c, s, b, n) = (c.clone(), s.clone(), b.clone(), n.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -96,7 +108,14 @@ pub async fn backend(name: &str, behaviour: Behaviour) -> TestBackend {
             });
         }
     });
-    TestBackend { name: name.into(), addr, count, seen, behaviour, task }
+    TestBackend {
+        name: name.into(),
+        addr,
+        count,
+        seen,
+        behaviour,
+        task,
+    }
 }
 
 async fn answer(
@@ -107,10 +126,20 @@ async fn answer(
     name: &str,
 ) -> Response<Full<Bytes>> {
     count.fetch_add(1, Ordering::SeqCst);
-    let ws = req.headers().get("upgrade").is_some_and(|v| v == "websocket");
+    let ws = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "websocket");
     let on_upgrade = ws.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let body = if ws { Bytes::new() } else { body.collect().await.map(|b| b.to_bytes()).unwrap_or_default() };
+    let body = if ws {
+        Bytes::new()
+    } else {
+        body.collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default()
+    };
     seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
@@ -150,7 +179,11 @@ async fn answer(
 
 /// A free loopback port (bound and released; fine for loopback tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Backends as TOML `[[backend_services.<svc>.backends]]` entries.
@@ -200,7 +233,8 @@ pub struct Proxy {
 }
 
 pub fn parse(text: &str) -> lb_userspace::config::Config {
-    lb_userspace::config::parse(text).unwrap_or_else(|e| panic!("config does not validate:\n{e}\n---\n{text}"))
+    lb_userspace::config::parse(text)
+        .unwrap_or_else(|e| panic!("config does not validate:\n{e}\n---\n{text}"))
 }
 
 /// Starts the proxy for `text` (must run inside a tokio runtime).
@@ -213,7 +247,11 @@ pub fn start_with(text: &str, opts: L7Options) -> Proxy {
     let (tx, rx) = watch::channel(Arc::new(HealthSnapshot::default()));
     let handle = L7::start_with(&cfg, rx, opts).expect("L7 starts");
     let addr = handle.local_addrs()[0].1;
-    Proxy { handle, addr, health: tx }
+    Proxy {
+        handle,
+        addr,
+        health: tx,
+    }
 }
 
 impl Proxy {
@@ -221,13 +259,17 @@ impl Proxy {
     pub fn set_unhealthy(&self, svc: &str, names: &[&str]) {
         let mut snap = HealthSnapshot::default();
         for n in names {
-            snap.backends.insert((svc.to_string(), n.to_string()), Health::Unhealthy);
+            snap.backends
+                .insert((svc.to_string(), n.to_string()), Health::Unhealthy);
         }
         self.health.send(Arc::new(snap)).unwrap();
     }
 }
 
-pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
@@ -235,15 +277,24 @@ pub fn client() -> Client {
 
 /// Sends a request through the proxy and returns status, headers and body.
 pub async fn send(c: &Client, req: Request<Full<Bytes>>) -> (u16, http::HeaderMap, String) {
-    let resp = tokio::time::timeout(STEP, c.request(req)).await.expect("response in time").expect("response");
+    let resp = tokio::time::timeout(STEP, c.request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = tokio::time::timeout(STEP, resp.into_body().collect()).await.expect("body in time").expect("body").to_bytes();
+    let body = tokio::time::timeout(STEP, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
-    Request::get(format!("http://{addr}{path}")).body(Full::new(Bytes::new())).unwrap()
+    Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 /// Writes raw bytes to the proxy and reads until the proxy closes or `STEP` passes.
