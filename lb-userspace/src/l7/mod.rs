@@ -9,6 +9,7 @@
 //! and swaps it atomically (arc-swap): requests already running keep the table they loaded,
 //! open WebSockets are independent tasks, new requests see the new table.
 
+pub mod actions;
 pub mod body;
 pub mod client;
 pub mod edge;
@@ -17,6 +18,7 @@ pub mod listener;
 pub mod outlier;
 pub mod proxy;
 pub mod retry;
+pub mod route_match;
 pub mod router;
 pub mod select;
 pub mod stats;

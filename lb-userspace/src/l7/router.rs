@@ -11,7 +11,12 @@
 //! - route rules: lowest priority number first, first match wins; within a rule any
 //!   match rule may match, and all conditions of one match rule must hold.
 
+pub use super::actions::{
+    apply_template_rewrite, compile_template, pick_weighted, redirect, rewrite_path,
+};
 use super::retry::RetryPlan;
+pub use super::route_match::query_param;
+use super::route_match::{compile_match, CompiledMatch};
 use crate::config::url_map::*;
 use http::HeaderMap;
 use regex::Regex;
@@ -126,122 +131,11 @@ struct CompiledRouteRule {
     header_action: Option<HeaderAction>,
 }
 
-#[derive(Debug)]
-enum PathCond {
-    Any,
-    Prefix(String),
-    Full(String),
-    Regex(Regex),
-    Template(Regex),
-}
-
-#[derive(Debug)]
-struct CompiledMatch {
-    path: PathCond,
-    ignore_case: bool,
-    headers: Vec<CompiledHeaderMatch>,
-    query: Vec<CompiledQueryMatch>,
-}
-
-#[derive(Debug)]
-enum ValueCond {
-    Present(bool),
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Regex(Regex),
-}
-
-#[derive(Debug)]
-struct CompiledHeaderMatch {
-    name: http::HeaderName,
-    cond: ValueCond,
-    invert: bool,
-}
-
-#[derive(Debug)]
-struct CompiledQueryMatch {
-    name: String,
-    cond: ValueCond,
-}
-
 fn err(place: &str, message: impl Into<String>) -> RouterError {
     RouterError {
         place: place.to_string(),
         message: message.into(),
     }
-}
-
-/// Compiles a regex that must match the whole subject (Google Cloud uses RE2 full matches).
-fn full_regex(place: &str, re: &str, ignore_case: bool) -> Result<Regex, RouterError> {
-    let flags = if ignore_case { "(?i)" } else { "" };
-    Regex::new(&format!("{flags}^(?:{re})$"))
-        .map_err(|e| err(place, format!("invalid regular expression {re:?}: {e}")))
-}
-
-/// Compiles a path template (`/users/{id}/*`, `/static/**`, `{rest=**}`) to a regex with
-/// one named group per variable. `*` is one path segment, `**` any number of segments.
-pub fn compile_template(place: &str, t: &str) -> Result<Regex, RouterError> {
-    if !t.starts_with('/') {
-        return Err(err(
-            place,
-            format!("path template {t:?} must start with '/'"),
-        ));
-    }
-    let mut re = String::from("^");
-    for seg in t[1..].split('/') {
-        re.push('/');
-        let piece = match seg {
-            "*" => "[^/]+".to_string(),
-            "**" => ".*".to_string(),
-            s if s.starts_with('{') && s.ends_with('}') => {
-                let inner = &s[1..s.len() - 1];
-                let (name, pat) = inner.split_once('=').unwrap_or((inner, "*"));
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(err(
-                        place,
-                        format!("bad variable name {name:?} in template {t:?}"),
-                    ));
-                }
-                let body = match pat {
-                    "*" => "[^/]+",
-                    "**" => ".*",
-                    _ => return Err(err(
-                        place,
-                        format!(
-                            "variable {name:?} must be {{{name}}}, {{{name}=*}} or {{{name}=**}}"
-                        ),
-                    )),
-                };
-                format!("(?P<{name}>{body})")
-            }
-            s if s.contains(['{', '}', '*']) => {
-                return Err(err(
-                    place,
-                    format!("segment {s:?} of template {t:?} mixes literals and wildcards"),
-                ))
-            }
-            s => regex::escape(s),
-        };
-        re.push_str(&piece);
-    }
-    re.push('$');
-    Regex::new(&re).map_err(|e| err(place, format!("template {t:?}: {e}")))
-}
-
-/// Fills `{var}` references of a `path_template_rewrite` from the template's captures.
-pub fn apply_template_rewrite(template: &Regex, rewrite: &str, path: &str) -> Option<String> {
-    let caps = template.captures(path)?;
-    let mut out = String::with_capacity(rewrite.len() + path.len());
-    let mut rest = rewrite;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let close = rest[open..].find('}')? + open;
-        out.push_str(caps.name(&rest[open + 1..close])?.as_str());
-        rest = &rest[close + 1..];
-    }
-    out.push_str(rest);
-    Some(out)
 }
 
 fn compile_action(
@@ -293,89 +187,6 @@ fn compile_action(
         retry: RetryPlan::from_policy(ra.retry_policy.as_ref())
             .map_err(|e| err(place, e.to_string()))?,
     })))
-}
-
-fn value_cond(
-    place: &str,
-    present: Option<bool>,
-    exact: &Option<String>,
-    prefix: Option<&String>,
-    suffix: Option<&String>,
-    regex: &Option<String>,
-) -> Result<ValueCond, RouterError> {
-    Ok(if let Some(e) = exact {
-        ValueCond::Exact(e.clone())
-    } else if let Some(p) = prefix {
-        ValueCond::Prefix(p.clone())
-    } else if let Some(s) = suffix {
-        ValueCond::Suffix(s.clone())
-    } else if let Some(r) = regex {
-        ValueCond::Regex(full_regex(place, r, false)?)
-    } else {
-        ValueCond::Present(present.unwrap_or(true))
-    })
-}
-
-fn compile_match(place: &str, m: &MatchRule) -> Result<CompiledMatch, RouterError> {
-    let lc = |s: &str| {
-        if m.ignore_case {
-            s.to_ascii_lowercase()
-        } else {
-            s.to_string()
-        }
-    };
-    let path = if let Some(p) = &m.prefix_match {
-        PathCond::Prefix(lc(p))
-    } else if let Some(p) = &m.full_path_match {
-        PathCond::Full(lc(p))
-    } else if let Some(r) = &m.regex_match {
-        PathCond::Regex(full_regex(place, r, m.ignore_case)?)
-    } else if let Some(t) = &m.path_template_match {
-        PathCond::Template(compile_template(place, t)?)
-    } else {
-        PathCond::Any
-    };
-    let mut headers = Vec::new();
-    for (i, h) in m.header_matches.iter().enumerate() {
-        let hp = format!("{place}.header_matches[{i}]");
-        let name = http::HeaderName::from_bytes(h.header_name.as_bytes())
-            .map_err(|_| err(&hp, format!("{:?} is not a header name", h.header_name)))?;
-        let cond = value_cond(
-            &hp,
-            h.present_match,
-            &h.exact_match,
-            h.prefix_match.as_ref(),
-            h.suffix_match.as_ref(),
-            &h.regex_match,
-        )?;
-        headers.push(CompiledHeaderMatch {
-            name,
-            cond,
-            invert: h.invert_match,
-        });
-    }
-    let mut query = Vec::new();
-    for (i, q) in m.query_parameter_matches.iter().enumerate() {
-        let qp = format!("{place}.query_parameter_matches[{i}]");
-        let cond = value_cond(
-            &qp,
-            q.present_match,
-            &q.exact_match,
-            None,
-            None,
-            &q.regex_match,
-        )?;
-        query.push(CompiledQueryMatch {
-            name: q.name.clone(),
-            cond,
-        });
-    }
-    Ok(CompiledMatch {
-        path,
-        ignore_case: m.ignore_case,
-        headers,
-        query,
-    })
 }
 
 impl Router {
@@ -626,156 +437,6 @@ impl Router {
             .map(|m| m.route_rules.iter().map(|r| r.priority).collect())
             .collect()
     }
-}
-
-impl ValueCond {
-    fn holds(&self, v: Option<&str>) -> bool {
-        match (self, v) {
-            (ValueCond::Present(p), v) => v.is_some() == *p,
-            (_, None) => false,
-            (ValueCond::Exact(e), Some(v)) => v == e,
-            (ValueCond::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
-            (ValueCond::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
-            (ValueCond::Regex(r), Some(v)) => r.is_match(v),
-        }
-    }
-}
-
-/// The value of query parameter `name` (`Some("")` for `?name` or `?name=`).
-pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
-}
-
-impl CompiledMatch {
-    fn matches<'a>(&'a self, req: &RequestView<'_>) -> Option<Matched<'a>> {
-        let lower;
-        let path =
-            if self.ignore_case && matches!(self.path, PathCond::Prefix(_) | PathCond::Full(_)) {
-                lower = req.path.to_ascii_lowercase();
-                lower.as_str()
-            } else {
-                req.path
-            };
-        let matched = match &self.path {
-            PathCond::Any => Matched::Whole,
-            PathCond::Prefix(p) => {
-                if !path.starts_with(p.as_str()) {
-                    return None;
-                }
-                Matched::Prefix(p)
-            }
-            PathCond::Full(f) => {
-                if path != f {
-                    return None;
-                }
-                Matched::Whole
-            }
-            PathCond::Regex(r) => {
-                if !r.is_match(path) {
-                    return None;
-                }
-                Matched::Whole
-            }
-            PathCond::Template(r) => {
-                if !r.is_match(path) {
-                    return None;
-                }
-                Matched::Template(r)
-            }
-        };
-        for h in &self.headers {
-            let mut values = req.headers.get_all(&h.name).iter().peekable();
-            let joined;
-            let value = match values.next() {
-                None => None,
-                Some(first) if values.peek().is_none() => first.to_str().ok(),
-                Some(first) => {
-                    // Several lines of one header are matched as one comma-joined value
-                    // (RFC 9110 §5.3).
-                    let mut s = first.to_str().unwrap_or("").to_string();
-                    for v in values {
-                        s.push(',');
-                        s.push_str(v.to_str().unwrap_or(""));
-                    }
-                    joined = s;
-                    Some(joined.as_str())
-                }
-            };
-            if h.cond.holds(value) == h.invert {
-                return None;
-            }
-        }
-        for q in &self.query {
-            if !q.cond.holds(query_param(req.query, &q.name)) {
-                return None;
-            }
-        }
-        Some(matched)
-    }
-}
-
-/// Picks one of `services` for a draw uniform in `0..total` (share = weight / total).
-pub fn pick_weighted(services: &[WeightedService], total: u32, draw: u32) -> &WeightedService {
-    debug_assert!(draw < total, "draw {draw} outside 0..{total}");
-    let mut acc = 0u32;
-    for s in services {
-        acc += s.weight;
-        if draw < acc {
-            return s;
-        }
-    }
-    // Only reachable with draw ≥ total; keep the last one rather than panic.
-    &services[services.len() - 1]
-}
-
-/// The path sent to the backend after a URL rewrite, or `None` to keep it.
-pub fn rewrite_path(rw: &UrlRewrite, matched: Matched<'_>, path: &str) -> Option<String> {
-    if let (Some(t), Matched::Template(re)) = (&rw.path_template_rewrite, matched) {
-        return apply_template_rewrite(re, t, path);
-    }
-    let new_prefix = rw.path_prefix_rewrite.as_ref()?;
-    Some(match matched {
-        Matched::Prefix(p) if path.starts_with(p) => format!("{new_prefix}{}", &path[p.len()..]),
-        // A full-path (or default) match has the whole path as its prefix.
-        _ => new_prefix.clone(),
-    })
-}
-
-/// The status and Location of a redirect (RFC 9110 §15.4). 301 by default; 307 and 308
-/// tell the client to repeat the same method and body.
-pub fn redirect(r: &UrlRedirect, matched: Matched<'_>, req: &RequestView<'_>) -> (u16, String) {
-    let status = match r.redirect_response_code {
-        RedirectResponseCode::MovedPermanentlyDefault => 301,
-        RedirectResponseCode::Found => 302,
-        RedirectResponseCode::SeeOther => 303,
-        RedirectResponseCode::TemporaryRedirect => 307,
-        RedirectResponseCode::PermanentRedirect => 308,
-    };
-    let scheme = if r.https_redirect {
-        "https"
-    } else {
-        req.scheme
-    };
-    let host = r.host_redirect.as_deref().unwrap_or(req.host);
-    let path = if let Some(p) = &r.path_redirect {
-        p.clone()
-    } else if let Some(p) = &r.prefix_redirect {
-        match matched {
-            Matched::Prefix(m) if req.path.starts_with(m) => format!("{p}{}", &req.path[m.len()..]),
-            _ => p.clone(),
-        }
-    } else {
-        req.path.to_string()
-    };
-    let mut loc = format!("{scheme}://{host}{path}");
-    if let (false, Some(q)) = (r.strip_query, req.query) {
-        loc.push('?');
-        loc.push_str(q);
-    }
-    (status, loc)
 }
 
 #[cfg(test)]
