@@ -42,14 +42,30 @@ impl Ns {
         sh(&v)
     }
 
+    /// Runs `f` on a thread that has entered the namespace (setns affects only the calling
+    /// thread), so sockets `f` opens live there. Returns `f`'s result.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || -> Result<T> {
+            enter(&path)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+    }
+
     /// Starts a long-running process in the namespace; killed when the guard drops.
     pub fn spawn(&self, args: &[&str]) -> Result<ProcGuard> {
         self.spawn_with(args, Stdio::null(), Stdio::null())
     }
 
     pub fn spawn_with(&self, args: &[&str], stdout: Stdio, stderr: Stdio) -> Result<ProcGuard> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.0])
+        // nsenter switches only the network namespace. `ip netns exec` would also give the
+        // process a private mount namespace with a fresh /sys, where a bpffs mount (and so
+        // every pin of the agent) would be invisible to the host and lost with the process.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.0))
+            .arg("--")
             .args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -192,6 +208,10 @@ impl Topology {
             b.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"])?;
             b.exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.rp_filter=0"])?;
         }
+        // veth leaves TCP/UDP checksums to "hardware" (CHECKSUM_PARTIAL); a frame bounced by
+        // XDP_TX carries the unfinished checksum to the backend, which drops it. A real NIC
+        // finishes checksums before the wire, so the client computes them in software here.
+        client.exec(&["ethtool", "-K", &self.iface, "tx", "off"])?;
         client.exec(&[
             "ip", "route", "add", &format!("{}/32", self.vip()), "via", &self.balancer_ip().to_string(),
         ])?;
@@ -213,6 +233,17 @@ impl Drop for Topology {
     }
 }
 
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter(path: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on a valid namespace fd; only this thread changes namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Attaches the project's trivial XDP_PASS program to `iface` inside `ns`, from a thread
 /// that enters the namespace (setns affects only the calling thread). The returned object
 /// keeps it attached; dropping it detaches.
@@ -220,12 +251,7 @@ pub fn attach_pass_in(ns: &Ns, iface: &str) -> Result<aya::Ebpf> {
     let ns_name = ns.0.clone();
     let iface = iface.to_string();
     std::thread::spawn(move || -> Result<aya::Ebpf> {
-        let f = std::fs::File::open(format!("/run/netns/{ns_name}"))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a valid namespace fd, in a thread of our own.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {ns_name}: {}", std::io::Error::last_os_error());
-        }
+        enter(&format!("/run/netns/{ns_name}"))?;
         let mut ebpf = aya::Ebpf::load(lb_userspace::dataplane::EBPF_OBJECT)?;
         let prog: &mut aya::programs::Xdp = ebpf
             .program_mut(lb_common::names::PROG_PASS)
