@@ -601,3 +601,72 @@ fn table_swaps_are_whole() {
     }
     let _ = CLIENT_MAC;
 }
+
+#[test]
+fn an_established_flow_of_a_removed_vip_is_no_longer_forwarded() {
+    // The fast path finds the entry without the VIP lookup; the VIP's generation must stop it.
+    let Some((mut h, plan)) = harness() else {
+        return;
+    };
+    let f = Frame::tcp(CLIENT, 46000, VIP, 80);
+    assert_eq!(h.run(&f.bytes()).unwrap().verdict, TX);
+    let mut without = plan.clone();
+    without.vips.retain(|v| v.name != "web");
+    h.apply(&without).unwrap();
+    let r = h.run(&f.bytes()).unwrap();
+    assert_eq!(
+        (r.verdict, r.frame),
+        (PASS, f.bytes()),
+        "a removed VIP kept forwarding"
+    );
+    // Back again: a fresh flow entry is made under the new generation.
+    h.apply(&plan).unwrap();
+    let r = h.run(&f.bytes()).unwrap();
+    assert_eq!(r.frame, forwarded(&f.bytes(), predict(&plan, "five", &f)));
+}
+
+#[test]
+fn per_session_tracking_keeps_a_session_on_its_backend() {
+    if !root_or_skip("xdp fixtures") {
+        return;
+    }
+    let mut h = XdpHarness::new(RING).unwrap();
+    let three = || vec![backend(1), backend(2), backend(3)];
+    let plan = L4Plan {
+        services: vec![service(
+            "sess",
+            hash_mode::CLIENT_IP,
+            service_flags::PER_SESSION,
+            three(),
+        )],
+        vips: vec![vip("s", VIP, 0, 6, "sess")],
+    };
+    h.apply(&plan).unwrap();
+    let first = Frame::tcp(CLIENT, 47000, VIP, 80);
+    let r = h.run(&first.bytes()).unwrap();
+    let chosen: [u8; 6] = r.frame[0..6].try_into().unwrap();
+    assert_eq!(chosen, predict(&plan, "sess", &first));
+    // Take the backend out of the table (draining): the whole session — other ports of
+    // the same client — stays on it through its one session entry.
+    let mut drained = plan.clone();
+    for b in &mut drained.services[0].backends {
+        if b.mac == Some(chosen) {
+            b.in_table = false;
+            b.draining = true;
+        }
+    }
+    h.apply(&drained).unwrap();
+    for port in [47001u16, 47002, 8080] {
+        let r = h.run(&Frame::tcp(CLIENT, port, VIP, port).bytes()).unwrap();
+        assert_eq!(&r.frame[0..6], &chosen[..], "the session left its backend");
+    }
+    // Another client starts a new session elsewhere.
+    let other = Frame::tcp([10, 0, 3, 3], 1000, VIP, 80);
+    let r = h.run(&other.bytes()).unwrap();
+    assert_eq!(
+        r.frame,
+        forwarded(&other.bytes(), predict(&drained, "sess", &other))
+    );
+    let vs = h.counters().unwrap().vip(0).unwrap();
+    assert_eq!((vs.new_flows, vs.conn_hits), (2, 3));
+}

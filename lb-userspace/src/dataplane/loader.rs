@@ -23,6 +23,7 @@ use super::EBPF_OBJECT;
 /// Every pinned map, by name.
 pub const PINNED_MAPS: &[&str] = &[
     names::MAP_VIPS,
+    names::MAP_VIP_STATE,
     names::MAP_VIP_ADDRS,
     names::MAP_SERVICES,
     names::MAP_BACKENDS,
