@@ -7,3 +7,4 @@ pub mod maglev;
 pub mod model;
 pub mod agent;
 pub mod health;
+pub mod metrics;
