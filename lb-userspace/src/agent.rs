@@ -74,17 +74,23 @@ pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
 pub async fn run(config_path: &Path) -> Result<()> {
-    let cfg = config::load(config_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
+    let mut cfg = config::load(config_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
     let mut dp = start_l4(&cfg)?;
     let mut macs = MacCache::default();
-    let mut last_plan = None;
+    let mut last_plan: Option<crate::dataplane::plan::L4Plan> = None;
+    let mut lingering = crate::dataplane::linger::Lingering::default();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         let macs_cell = std::cell::RefCell::new(&mut macs);
-        let plan = model::l4_plan(&cfg, &|_, _| BackendState::default(), &|a, m| {
+        let mut plan = model::l4_plan(&cfg, &|_, _| BackendState::default(), &|a, m| {
             macs_cell.borrow_mut().get(a, m)
         });
+        let drain_of = |svc: &str| {
+            Duration::from_secs(cfg.backend_services.get(svc).map_or(0, |s| s.connection_draining_timeout_sec as u64))
+        };
+        lingering.apply(last_plan.as_ref(), &mut plan, &drain_of, std::time::Instant::now());
         if last_plan.as_ref() != Some(&plan) {
             let missing: Vec<&str> = plan
                 .services
@@ -106,6 +112,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = hup.recv() => match config::load(config_path) {
+                // SIGHUP reloads the file; a broken file changes nothing.
+                Ok(new) => {
+                    info!("configuration reloaded");
+                    cfg = new;
+                }
+                Err(e) => warn!(errors = %e, "reload refused; the running configuration stays"),
+            },
         }
     }
     info!(pin = %dp.pin_dir.display(), "agent stopping; the dataplane stays attached (lb down removes it)");
