@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -58,6 +58,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// While set, requests are read but never answered (a hung backend).
+    pub hung: Arc<AtomicBool>,
     _tasks: JoinSet<()>,
 }
 
@@ -90,6 +92,8 @@ pub async fn start(addr: SocketAddr, mode: Mode, handler: Handler) -> Backend {
     let mut tasks = JoinSet::new();
     let counter = requests.clone();
     let log = seen.clone();
+    let hung = Arc::new(AtomicBool::new(false));
+    let hang = hung.clone();
     tasks.spawn(async move {
         // Connections live in this task's own set, so dropping the backend ends them too.
         let mut conns = JoinSet::new();
@@ -98,7 +102,7 @@ pub async fn start(addr: SocketAddr, mode: Mode, handler: Handler) -> Backend {
                 continue;
             };
             let (handler, tls, counter) = (handler.clone(), tls.clone(), counter.clone());
-            let log = log.clone();
+            let (log, hang) = (log.clone(), hang.clone());
             conns.spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -119,7 +123,13 @@ pub async fn start(addr: SocketAddr, mode: Mode, handler: Handler) -> Backend {
                     let (status, body) = handler(req.uri().path());
                     let mut resp = Response::new(Full::new(Bytes::from(body)));
                     *resp.status_mut() = status;
-                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                    let hang = hang.load(Ordering::Relaxed);
+                    async move {
+                        if hang {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
                 });
                 match tls {
                     None => {
@@ -150,6 +160,7 @@ pub async fn start(addr: SocketAddr, mode: Mode, handler: Handler) -> Backend {
         addr,
         requests,
         seen,
+        hung,
         _tasks: tasks,
     }
 }
@@ -185,6 +196,7 @@ pub async fn silent() -> Backend {
         addr,
         requests: Arc::new(AtomicU64::new(0)),
         seen: Arc::default(),
+        hung: Arc::default(),
         _tasks: tasks,
     }
 }
