@@ -187,8 +187,8 @@ pub struct FlowKey {
 pub struct ConnEntry {
     pub backend: u32,
     pub generation: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet, refreshed at most once a
-    /// second to keep the hot path from writing on every packet.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last packet, refreshed
+    /// at most once a second to keep the hot path from writing on every packet.
     pub last_seen_ns: u64,
 }
 

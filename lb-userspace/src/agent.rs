@@ -74,7 +74,8 @@ pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
 pub async fn run(config_path: &Path) -> Result<()> {
-    let mut cfg = config::load(config_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
+    let mut cfg = config::load(config_path)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
     let mut dp = start_l4(&cfg)?;
     let mut macs = MacCache::default();
     let mut last_plan: Option<crate::dataplane::plan::L4Plan> = None;
@@ -88,9 +89,18 @@ pub async fn run(config_path: &Path) -> Result<()> {
             macs_cell.borrow_mut().get(a, m)
         });
         let drain_of = |svc: &str| {
-            Duration::from_secs(cfg.backend_services.get(svc).map_or(0, |s| s.connection_draining_timeout_sec as u64))
+            Duration::from_secs(
+                cfg.backend_services
+                    .get(svc)
+                    .map_or(0, |s| s.connection_draining_timeout_sec as u64),
+            )
         };
-        lingering.apply(last_plan.as_ref(), &mut plan, &drain_of, std::time::Instant::now());
+        lingering.apply(
+            last_plan.as_ref(),
+            &mut plan,
+            &drain_of,
+            std::time::Instant::now(),
+        );
         if last_plan.as_ref() != Some(&plan) {
             let missing: Vec<&str> = plan
                 .services
@@ -100,11 +110,21 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 .map(|b| b.name.as_str())
                 .collect();
             if !missing.is_empty() {
-                warn!(?missing, "no MAC known yet for some backends (ARP pending); they stay out of rotation");
+                warn!(
+                    ?missing,
+                    "no MAC known yet for some backends (ARP pending); they stay out of rotation"
+                );
             }
             match dp.programmer.apply(&plan) {
-                Ok(a) => info!(services = a.service_ids.len(), vips = a.vip_ids.len(), backends = a.backend_slots.len(), "dataplane programmed"),
-                Err(e) => warn!(error = %e, "programming the dataplane failed; keeping the previous state"),
+                Ok(a) => info!(
+                    services = a.service_ids.len(),
+                    vips = a.vip_ids.len(),
+                    backends = a.backend_slots.len(),
+                    "dataplane programmed"
+                ),
+                Err(e) => {
+                    warn!(error = %e, "programming the dataplane failed; keeping the previous state")
+                }
             }
             last_plan = Some(plan);
         }

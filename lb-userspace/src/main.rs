@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "lb", version, about = "A local equivalent of Google Cloud's internal load balancers (XDP L4 + L7 proxy)")]
+#[command(
+    name = "lb",
+    version,
+    about = "A local equivalent of Google Cloud's internal load balancers (XDP L4 + L7 proxy)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -35,14 +39,15 @@ enum Cmd {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config } => tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config)),
+        Cmd::Run { config } => {
+            tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config))
+        }
         Cmd::Validate { file } => match lb_userspace::config::load(&file) {
             Ok(_) => {
                 println!("{}: OK", file.display());
@@ -62,7 +67,11 @@ fn main() -> Result<()> {
         }
         Cmd::Down { pin_path } => {
             let removed = lb_userspace::dataplane::loader::teardown(&pin_path)?;
-            println!("removed {} pinned object(s) from {}", removed.len(), pin_path.display());
+            println!(
+                "removed {} pinned object(s) from {}",
+                removed.len(),
+                pin_path.display()
+            );
             Ok(())
         }
     }
