@@ -263,6 +263,18 @@ impl HealthReader {
     }
 }
 
+impl HealthReader {
+    /// The status of one probed backend (`None` when it is not probed).
+    pub fn get(&self, service: &str, backend: &str) -> Option<BackendStatus> {
+        let key = (service.to_string(), backend.to_string());
+        self.shared
+            .lock()
+            .entries
+            .get(&key)
+            .map(|e| e.status.clone())
+    }
+}
+
 impl std::fmt::Debug for HealthReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthReader").finish_non_exhaustive()
@@ -615,6 +627,13 @@ mod tests {
         let st = c.status();
         assert_eq!(st.len(), 1);
         assert_eq!(st[0].backend, "a");
+        assert_eq!(
+            c.reader()
+                .get("checked", "a")
+                .map(|s| s.probe_address.port()),
+            Some(1)
+        );
+        assert!(c.reader().get("checked", "127.0.0.1").is_none());
         assert_eq!(c.targets.len(), 1);
         c.shutdown();
         assert!(c.targets.is_empty());
