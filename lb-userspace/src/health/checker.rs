@@ -599,6 +599,85 @@ mod tests {
         assert!(v.get("latency").is_none());
     }
 
+    /// Collects formatted log output of the current thread.
+    #[derive(Clone, Default)]
+    struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_transition_is_logged_with_its_reason() {
+        let buf = LogBuf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        // A current-thread runtime keeps the probe tasks on this thread, where the
+        // thread-local subscriber applies.
+        let _guard = tracing::subscriber::set_default(sub);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let text = format!(
+                r#"
+                [health_checks.hc]
+                protocol = "TCP"
+                port = {}
+                check_interval_sec = 0.1
+                timeout_sec = 0.1
+                healthy_threshold = 1
+                unhealthy_threshold = 1
+                [backend_services.svc]
+                protocol = "TCP"
+                health_check = "hc"
+                backends = [{{ address = "127.0.0.1", name = "b1" }}]
+                "#,
+                l.local_addr().unwrap().port()
+            );
+            let c = HealthChecker::start(&cfg(&text));
+            let mut rx = c.subscribe();
+            let wait = |rx: &mut watch::Receiver<Arc<HealthSnapshot>>, h| {
+                let rx = rx.clone();
+                async move {
+                    let mut rx = rx;
+                    tokio::time::timeout(
+                        Duration::from_secs(2),
+                        rx.wait_for(|s| s.get("svc", "b1") == Some(h)),
+                    )
+                    .await
+                    .expect("transition within 2 s")
+                    .map(|_| ())
+                    .expect("checker alive");
+                }
+            };
+            wait(&mut rx, Health::Healthy).await;
+            drop(l);
+            wait(&mut rx, Health::Unhealthy).await;
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            log.contains("backend unknown → healthy: 1 consecutive success"),
+            "{log}"
+        );
+        assert!(
+            log.contains("backend healthy → unhealthy: 1 consecutive failure: connect:"),
+            "{log}"
+        );
+        assert!(log.contains("service=svc backend=b1"), "{log}");
+    }
+
     #[tokio::test]
     async fn update_keeps_unchanged_and_replaces_changed() {
         let mut c = HealthChecker::start(&cfg(TWO_SERVICES));
