@@ -88,11 +88,11 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
         family: FAMILY_V4,
     };
     // SAFETY: map values are plain data; the reference is not kept past this packet.
-    let meta: VipMeta = match unsafe { VIPS.get(&vk) } {
+    let meta: VipMeta = match unsafe { VIPS.get(vk) } {
         Some(m) => *m,
         None => {
             vk.port_be = 0;
-            match unsafe { VIPS.get(&vk) } {
+            match unsafe { VIPS.get(vk) } {
                 Some(m) => *m,
                 None => return (PASS, Reason::PASS_NOT_VIP),
             }
@@ -120,7 +120,7 @@ fn verdict_without_ports(dst: [u8; 4], proto: u8, drop_reason: Reason) -> (u32, 
         family: FAMILY_V4,
         _pad: [0; 2],
     };
-    if unsafe { VIP_ADDRS.get(&key) }.is_some() {
+    if unsafe { VIP_ADDRS.get(key) }.is_some() {
         (DROP, drop_reason)
     } else {
         (PASS, Reason::PASS_NOT_VIP)
@@ -207,7 +207,7 @@ fn balance(ctx: &XdpContext, eth: *mut EthHdr, meta: &VipMeta, flow: &FlowKey) -
     };
     // A failed insert (only possible under memory pressure) still forwards this packet;
     // the next one is hashed again to the same backend.
-    let _ = CONNS.insert(conn_key, &entry, 0);
+    let _ = CONNS.insert(conn_key, entry, 0);
     vstats.new_flows += 1;
     counters::backend(id, len, true);
     rewrite(eth, be)

@@ -156,7 +156,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
                 "must be 0.1..=300 seconds".into(),
             );
         }
-        if !(hc.timeout_sec > 0.0) || hc.timeout_sec > hc.check_interval_sec {
+        if hc.timeout_sec.is_nan()
+            || hc.timeout_sec <= 0.0
+            || hc.timeout_sec > hc.check_interval_sec
+        {
             err(
                 format!("{p}.timeout_sec"),
                 format!(
@@ -277,7 +280,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
         {
             err(format!("{p}.session_affinity"), "L7 backend services support NONE, CLIENT_IP, GENERATED_COOKIE, HEADER_FIELD and HTTP_COOKIE".into());
         }
-        if !(bs.timeout_sec > 0.0) {
+        if bs.timeout_sec.is_nan() || bs.timeout_sec <= 0.0 {
             err(format!("{p}.timeout_sec"), "must be positive".into());
         }
     }
@@ -330,7 +333,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
                 "needs exactly one of backend_service (L4) or target (L7)".into(),
             ),
         }
-        if fr.all_ports == !fr.ports.is_empty() {
+        if fr.all_ports != fr.ports.is_empty() {
             err(
                 format!("{p}.ports"),
                 "give 1 to 5 ports, or all_ports = true".into(),
@@ -414,7 +417,7 @@ pub fn is_prime(n: u32) -> bool {
     }
     let mut i = 2u64;
     while i * i <= n as u64 {
-        if n as u64 % i == 0 {
+        if (n as u64).is_multiple_of(i) {
             return false;
         }
         i += 1;
