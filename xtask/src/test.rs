@@ -11,6 +11,8 @@ pub fn run() -> Result<()> {
         &[
             "clippy",
             "--workspace",
+            "--exclude",
+            "lb-ebpf",
             "--all-targets",
             "--",
             "-D",
