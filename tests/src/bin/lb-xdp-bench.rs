@@ -17,6 +17,10 @@ use lb_userspace::dataplane::plan::{L4Backend, L4Plan, L4Service, L4Vip};
 const REPEAT: u32 = 2_000_000;
 const ROUNDS: usize = 7;
 const SINGLE_RUNS: u16 = 20_000;
+/// `LB_BENCH_QUICK=1`: fewer rounds and no single runs, for trying ideas quickly.
+fn quick() -> bool {
+    std::env::var("LB_BENCH_QUICK").as_deref() == Ok("1")
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -63,7 +67,7 @@ fn main() -> Result<()> {
 
     let repeated = |f: &dyn Fn() -> Result<u32>| -> Result<f64> {
         let mut v = Vec::new();
-        for _ in 0..ROUNDS {
+        for _ in 0..if quick() { 3 } else { ROUNDS } {
             v.push(f()? as f64);
         }
         Ok(median(v))
@@ -72,6 +76,10 @@ fn main() -> Result<()> {
     let non_vip = repeated(&|| Ok(h.run_repeat(&other, REPEAT)?.duration_ns))?;
     let established = repeated(&|| Ok(h.run_repeat(&vip_frame, REPEAT)?.duration_ns))?;
 
+    if quick() {
+        println!("floor {floor} ns, non-VIP {non_vip} ns ({:.2}x), established {established} ns ({:.2}x)", non_vip / floor, established / floor);
+        return Ok(());
+    }
     let mut floor_single = Vec::new();
     let mut new_single = Vec::new();
     for port in 0..SINGLE_RUNS {
