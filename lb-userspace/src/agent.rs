@@ -1,26 +1,45 @@
 //! The long-running agent: loads (or adopts) the dataplane, programs it from the
-//! configuration, and keeps it in step. One reconcile function turns (configuration,
-//! health, overrides) into map contents; every trigger (start, timer, health event, admin
-//! change) goes through it.
+//! configuration, and keeps it in step. One task owns the [`state::Agent`]; every trigger
+//! (start, timer, health event, admin request, reload) reaches it through `select!`, so
+//! changes are serialized and each goes through the same reconcile.
+//!
+//! Restarts keep flows: the maps and the XDP link are pinned (see `dataplane::loader`), the
+//! programmer adopts them, and the first reconcile only writes what differs.
+
+pub mod overrides;
+pub mod state;
+#[cfg(test)]
+mod tests;
 
 use anyhow::{Context, Result};
 use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::{
+    admin,
     config::{self, Config},
     dataplane::{
         loader::{self, Sizes},
         neighbor,
-        programmer::Programmer,
+        plan::L4Plan,
+        programmer::{Assignment, Programmer},
+        stats::Counters,
     },
-    model::{self, BackendState},
+    health::HealthSnapshot,
 };
+use lb_common::{BackendStats, VipStats};
+use state::{Agent, L4Port};
+
+/// How often the agent reconciles without a trigger: resolves pending MACs and notices
+/// drain timeouts (a drain's own deadline also wakes it).
+const TICK: Duration = Duration::from_millis(250);
 
 /// Resolves backend MACs: configured, else the neighbour table, provoking ARP when unknown.
 #[derive(Default)]
@@ -43,9 +62,12 @@ impl MacCache {
     }
 }
 
+/// The XDP dataplane as the agent drives it.
 pub struct L4Dataplane {
     pub pin_dir: PathBuf,
     pub programmer: Programmer,
+    counters: Option<Counters>,
+    macs: MacCache,
     _ebpf: aya::Ebpf,
 }
 
@@ -64,50 +86,114 @@ pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
         info!(iface, mode = ?how, "XDP program attached");
     }
     let programmer = Programmer::open(&d.pin_path, d.ring_size, d.max_services)?;
+    let counters = Counters::open(&d.pin_path)
+        .inspect_err(|e| warn!(error = %e, "dataplane counters unavailable"))
+        .ok();
     Ok(L4Dataplane {
         pin_dir: d.pin_path.clone(),
         programmer,
+        counters,
+        macs: MacCache::default(),
         _ebpf: ebpf,
     })
+}
+
+impl L4Port for L4Dataplane {
+    fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String> {
+        self.programmer.apply(plan).map_err(|e| e.to_string())
+    }
+    fn mac(&mut self, addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]> {
+        self.macs.get(addr, configured)
+    }
+    fn vip_counters(&self, id: u32) -> Option<VipStats> {
+        self.counters.as_ref()?.vip(id).ok()
+    }
+    fn backend_counters(&self, slot: u32) -> Option<BackendStats> {
+        self.counters.as_ref()?.backend(slot).ok()
+    }
+    fn reasons(&self) -> Vec<(String, u64)> {
+        self.counters
+            .as_ref()
+            .and_then(|c| c.reasons().ok())
+            .map(|v| v.into_iter().map(|(n, c)| (n.to_string(), c)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// No interfaces configured: the L4 tier is off and plans go nowhere.
+pub struct NoL4;
+
+impl L4Port for NoL4 {
+    fn apply(&mut self, _plan: &L4Plan) -> Result<Assignment, String> {
+        Ok(Assignment::default())
+    }
+    fn mac(&mut self, _addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]> {
+        Some(
+            configured
+                .and_then(config::validate::parse_mac)
+                .unwrap_or([0; 6]),
+        )
+    }
+    fn vip_counters(&self, _id: u32) -> Option<VipStats> {
+        None
+    }
+    fn backend_counters(&self, _slot: u32) -> Option<BackendStats> {
+        None
+    }
+    fn reasons(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
 pub async fn run(config_path: &Path) -> Result<()> {
-    let cfg = config::load(config_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
-    let mut dp = start_l4(&cfg)?;
-    let mut macs = MacCache::default();
-    let mut last_plan = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let cfg = config::load(config_path)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
+    let port: Box<dyn L4Port> = if cfg.dataplane.interfaces.is_empty() {
+        info!("no dataplane.interfaces: the L4 tier is off");
+        Box::new(NoL4)
+    } else {
+        Box::new(start_l4(&cfg)?)
+    };
+    let socket = cfg.admin.socket.clone();
+    let listener = admin::server::bind(&socket)?;
+    // Health snapshots arrive on a watch channel; the health checker publishes into it.
+    let (_health_tx, mut health_rx) = watch::channel(Arc::new(HealthSnapshot::default()));
+
+    let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
+    agent.reconcile(Instant::now());
+
+    let (call_tx, mut calls) = mpsc::channel::<admin::server::Call>(64);
+    let server = tokio::spawn(admin::server::serve(listener, call_tx));
+    info!(socket = %socket.display(), "admin socket ready");
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let macs_cell = std::cell::RefCell::new(&mut macs);
-        let plan = model::l4_plan(&cfg, &|_, _| BackendState::default(), &|a, m| {
-            macs_cell.borrow_mut().get(a, m)
-        });
-        if last_plan.as_ref() != Some(&plan) {
-            let missing: Vec<&str> = plan
-                .services
-                .iter()
-                .flat_map(|s| s.backends.iter())
-                .filter(|b| b.mac.is_none())
-                .map(|b| b.name.as_str())
-                .collect();
-            if !missing.is_empty() {
-                warn!(?missing, "no MAC known yet for some backends (ARP pending); they stay out of rotation");
-            }
-            match dp.programmer.apply(&plan) {
-                Ok(a) => info!(services = a.service_ids.len(), vips = a.vip_ids.len(), backends = a.backend_slots.len(), "dataplane programmed"),
-                Err(e) => warn!(error = %e, "programming the dataplane failed; keeping the previous state"),
-            }
-            last_plan = Some(plan);
-        }
+        let deadline = agent
+            .next_deadline(Instant::now())
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
-            _ = tick.tick() => {}
+            Some(call) = calls.recv() => {
+                let resp = admin::handle::handle(&mut agent, call.verb, Instant::now());
+                let _gone = call.reply.send(resp);
+            }
+            Ok(()) = health_rx.changed() => {
+                let snap = health_rx.borrow_and_update().clone();
+                agent.set_health(snap, Instant::now());
+            }
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                agent.reconcile(Instant::now());
+            }
+            _ = tick.tick() => agent.reconcile(Instant::now()),
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
     }
-    info!(pin = %dp.pin_dir.display(), "agent stopping; the dataplane stays attached (lb down removes it)");
+    server.abort();
+    let _ignored = std::fs::remove_file(&socket);
+    info!("agent stopping; the dataplane stays attached (lb down removes it)");
     Ok(())
 }

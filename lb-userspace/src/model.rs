@@ -114,12 +114,15 @@ pub fn select(bs: &BackendService, states: &[BackendState]) -> (Vec<bool>, Vec<b
     (in_table, evict)
 }
 
+/// Resolves a backend's MAC from its address and configured MAC (None while unknown).
+pub type MacLookup<'a> = dyn Fn(IpAddr, Option<&str>) -> Option<[u8; 6]> + 'a;
+
 /// Builds the L4 plan. `state(service, backend_index)` gives each backend's state and
 /// `mac(addr, configured)` its MAC.
 pub fn l4_plan(
     cfg: &Config,
     state: &dyn Fn(&str, usize) -> BackendState,
-    mac: &dyn Fn(IpAddr, Option<&str>) -> Option<[u8; 6]>,
+    mac: &MacLookup,
 ) -> L4Plan {
     let mut services = Vec::new();
     let mut used = std::collections::BTreeSet::new();
