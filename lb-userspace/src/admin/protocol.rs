@@ -211,12 +211,14 @@ pub fn parse_request(line: &str) -> Result<Verb, ErrorBody> {
             )))
         }
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(VERSION as u64) => {}
-        Some(other) => return Err(ErrorBody::new(
-            ErrorKind::UnsupportedVersion,
-            format!(
+        Some(other) => {
+            return Err(ErrorBody::new(
+                ErrorKind::UnsupportedVersion,
+                format!(
                 "protocol version {other} is not supported; this agent speaks version {VERSION}"
             ),
-        )),
+            ))
+        }
     }
     if !o.contains_key("verb") {
         return Err(bad("request has no \"verb\" (status, list, describe-service, add-backend, remove-backend, set-weight, drain, undrain, maintenance, force-health, reload)".into()));
