@@ -59,9 +59,6 @@ impl Reason {
     ];
 
     pub fn name(self) -> &'static str {
-        Self::NAMES
-            .get(self.0 as usize)
-            .copied()
-            .unwrap_or("unknown")
+        Self::NAMES.get(self.0 as usize).copied().unwrap_or("unknown")
     }
 }

@@ -215,9 +215,7 @@ fn balance(ctx: &XdpContext, eth: *mut EthHdr, meta: &VipMeta, flow: &FlowKey) -
 #[inline(always)]
 fn keeps_flow(be: &Backend, generation: u32, svc: &ServiceMeta, proto: u8) -> bool {
     let f = be.flags;
-    if f & backend_flags::IN_USE == 0
-        || be.generation != generation
-        || f & backend_flags::EVICT != 0
+    if f & backend_flags::IN_USE == 0 || be.generation != generation || f & backend_flags::EVICT != 0
     {
         return false;
     }

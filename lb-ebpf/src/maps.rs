@@ -22,7 +22,8 @@ pub static VIP_ADDRS: HashMap<VipAddrKey, u32> =
 
 /// Per-service state: live Maglev table, hash mode, persistence flags, idle timeout.
 #[map]
-pub static SERVICES: Array<ServiceMeta> = Array::with_max_entries(limits::DEFAULT_MAX_SERVICES, 0);
+pub static SERVICES: Array<ServiceMeta> =
+    Array::with_max_entries(limits::DEFAULT_MAX_SERVICES, 0);
 
 /// Backend slots.
 #[map]

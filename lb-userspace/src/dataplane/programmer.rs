@@ -14,8 +14,8 @@
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
-    backend_flags, limits, names, Backend, BackendStats, ServiceMeta, VipAddrKey, VipKey, VipMeta,
-    VipStats, FAMILY_V4, NO_BACKEND,
+    backend_flags, limits, names, Backend, BackendStats, ServiceMeta, VipAddrKey, VipKey,
+    VipMeta, VipStats, FAMILY_V4, NO_BACKEND,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -115,9 +115,7 @@ impl Programmer {
             }
             if b.flags & backend_flags::IN_USE != 0 {
                 let addr = Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]);
-                self.cur
-                    .slots
-                    .insert((b.service, addr), (slot, b.generation));
+                self.cur.slots.insert((b.service, addr), (slot, b.generation));
                 self.cur.backends.insert(slot, b);
             }
         }
@@ -132,11 +130,7 @@ impl Programmer {
             self.cur.metas.insert(sid, meta);
             self.cur.tables.insert(sid, table);
         }
-        debug!(
-            vips = self.cur.vips.len(),
-            backends = self.cur.backends.len(),
-            "adopted pinned dataplane state"
-        );
+        debug!(vips = self.cur.vips.len(), backends = self.cur.backends.len(), "adopted pinned dataplane state");
         Ok(())
     }
 
@@ -199,7 +193,8 @@ impl Programmer {
                                 limits::MAX_BACKENDS
                             ))
                         })?;
-                        let generation = self.cur.generations.get(&slot).copied().unwrap_or(0) + 1;
+                        let generation =
+                            self.cur.generations.get(&slot).copied().unwrap_or(0) + 1;
                         (slot, generation)
                     }
                 };
@@ -213,9 +208,9 @@ impl Programmer {
             let k = v.key();
             let id = match self.cur.vips.get(&k) {
                 Some(m) => m.vip_id,
-                None => free_vids.next().ok_or_else(|| {
-                    ProgramError::NoRoom(format!("more than {} VIPs", limits::MAX_VIPS))
-                })?,
+                None => free_vids
+                    .next()
+                    .ok_or_else(|| ProgramError::NoRoom(format!("more than {} VIPs", limits::MAX_VIPS)))?,
             };
             vip_ids.insert(k, id);
         }
@@ -275,10 +270,7 @@ impl Programmer {
                 .collect();
             let mb: Vec<maglev::MaglevBackend> = members
                 .iter()
-                .map(|(n, w, _)| maglev::MaglevBackend {
-                    name: n,
-                    weight: *w,
-                })
+                .map(|(n, w, _)| maglev::MaglevBackend { name: n, weight: *w })
                 .collect();
             let table: Vec<u32> = maglev::build(&mb, self.ring_size)
                 .into_iter()
@@ -292,11 +284,7 @@ impl Programmer {
                 idle_timeout_s: s.idle_timeout_s,
             };
             if self.cur.tables.get(&sid) != Some(&table) {
-                let next = if old_meta.is_some() {
-                    meta.active ^ 1
-                } else {
-                    meta.active
-                };
+                let next = if old_meta.is_some() { meta.active ^ 1 } else { meta.active };
                 let base = (sid * 2 + next) * self.ring_size;
                 for (i, b) in table.iter().enumerate() {
                     self.maglev.set(base + i as u32, *b, 0)?;
