@@ -171,6 +171,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         let deadline = agent
             .next_deadline(Instant::now())
@@ -190,6 +191,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
             _ = tick.tick() => agent.reconcile(Instant::now()),
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            // SIGHUP reloads the file like `lb reload`; a broken file changes nothing.
+            _ = hup.recv() => match agent.reload(Instant::now()) {
+                Ok(()) => info!("configuration reloaded (SIGHUP)"),
+                Err(e) => warn!(error = %e, "reload refused; the running configuration stays"),
+            },
         }
     }
     server.abort();

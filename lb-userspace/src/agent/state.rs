@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::overrides::{self, Overrides};
 use crate::{
     config::{self, Config, ConfigErrors},
-    dataplane::{plan::L4Plan, programmer::Assignment},
+    dataplane::{linger::Lingering, plan::L4Plan, programmer::Assignment},
     health::{Health, HealthSnapshot},
     model,
 };
@@ -78,6 +78,8 @@ pub struct Agent {
     /// The plan the maps hold (None before the first successful apply).
     applied: Option<L4Plan>,
     assignment: Assignment,
+    /// Backends removed from the configuration, draining until their service's timeout.
+    lingering: Lingering,
     started: Instant,
     /// Plans applied (each rebuilds at least one table or backend entry).
     pub table_rebuilds: u64,
@@ -96,6 +98,7 @@ impl Agent {
             port,
             applied: None,
             assignment: Assignment::default(),
+            lingering: Lingering::default(),
             started: Instant::now(),
             table_rebuilds: 0,
             config_changes: 0,
@@ -141,8 +144,23 @@ impl Agent {
         )
     }
 
-    /// The plan for a candidate state.
+    /// The plan for a candidate state, with removed backends still draining. Updates the
+    /// lingering set; callers that may refuse keep a copy to restore.
     fn plan_for(&mut self, cfg: &Config, ov: &Overrides, now: Instant) -> L4Plan {
+        let mut plan = self.base_plan(cfg, ov, now);
+        let drain_of = |svc: &str| {
+            Duration::from_secs(
+                cfg.backend_services
+                    .get(svc)
+                    .map_or(0, |s| s.connection_draining_timeout_sec as u64),
+            )
+        };
+        self.lingering
+            .apply(self.applied.as_ref(), &mut plan, &drain_of, now);
+        plan
+    }
+
+    fn base_plan(&mut self, cfg: &Config, ov: &Overrides, now: Instant) -> L4Plan {
         let health = self.health.clone();
         let port = RefCell::new(&mut self.port);
         model::l4_plan(
@@ -188,6 +206,7 @@ impl Agent {
     pub fn reconcile(&mut self, now: Instant) {
         let cfg = self.config.clone();
         let ov = self.overrides.clone();
+        let lingering = self.lingering.clone();
         let plan = self.plan_for(&cfg, &ov, now);
         let missing: Vec<&str> = plan
             .services
@@ -211,6 +230,7 @@ impl Agent {
                 self.last_error = None;
             }
             Err(e) => {
+                self.lingering = lingering;
                 if self.last_error.as_deref() != Some(&e) {
                     warn!(error = %e, "programming the dataplane failed; keeping the previous state");
                 }
@@ -241,14 +261,19 @@ impl Agent {
         self.reconcile(now);
     }
 
-    /// When the next drain timeout ends, so the caller can reconcile then.
+    /// When the next drain timeout ends (admin drains and removed backends), so the caller
+    /// can reconcile then.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        self.overrides
+        let drains = self
+            .overrides
             .by_backend
             .iter()
-            .filter_map(|((s, _), o)| overrides::drain_deadline(*o, self.drain_timeout(s)))
-            .filter(|t| *t > now)
-            .min()
+            .filter_map(|((s, _), o)| overrides::drain_deadline(*o, self.drain_timeout(s)));
+        let removed = self
+            .lingering
+            .draining()
+            .map(|((s, _), at)| *at + self.drain_timeout(s));
+        drains.chain(removed).filter(|t| *t > now).min()
     }
 
     /// The all-or-nothing change: `cfg` and `ov` become the running state only if `cfg`
@@ -265,8 +290,12 @@ impl Agent {
                 .get(s)
                 .is_some_and(|bs| bs.backends.iter().any(|x| x.display_name() == b))
         });
+        let lingering = self.lingering.clone();
         let plan = self.plan_for(&cfg, &ov, now);
-        self.apply(plan).map_err(ChangeError::Dataplane)?;
+        if let Err(e) = self.apply(plan) {
+            self.lingering = lingering;
+            return Err(ChangeError::Dataplane(e));
+        }
         self.config = cfg;
         self.overrides = ov;
         self.config_changes += 1;
