@@ -1,13 +1,23 @@
-//! Health checking shared by both tiers. Probes produce events; the agent folds them into a
-//! [`HealthSnapshot`] that the L4 reconciler and the L7 router both read. Probes never write
-//! maps or routers directly.
+//! Health checking shared by both tiers. Probes produce results; the [`HealthChecker`] folds
+//! them into a [`HealthSnapshot`] that the L4 reconciler and the L7 router both read. Probes
+//! never write maps or routers directly.
 //!
 //! Contract used by other modules (keep stable):
 //! - [`BackendKey`] names a backend: (backend service name, backend display name);
 //! - [`HealthSnapshot::is_healthy`] is `true` for a backend with no verdict yet or with no
 //!   health check configured (a starting agent does not pull everything out of rotation);
-//! - the agent publishes snapshots through a `tokio::sync::watch` channel of
-//!   `Arc<HealthSnapshot>`; readers call `borrow()` per request/reconcile.
+//! - the checker publishes snapshots through a `tokio::sync::watch` channel of
+//!   `Arc<HealthSnapshot>` ([`HealthChecker::subscribe`]); readers call `borrow()` per
+//!   request/reconcile.
+//!
+//! Parts: [`state`] is the pure per-backend state machine, [`probe`] runs one probe,
+//! [`checker`] schedules probes (one task per backend) and publishes snapshots.
+
+pub mod checker;
+pub mod probe;
+pub mod state;
+
+pub use checker::{BackendStatus, HealthChecker, HealthReader};
 
 use std::collections::BTreeMap;
 
