@@ -16,10 +16,10 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
@@ -32,7 +32,8 @@ use crate::{
         programmer::{Assignment, Programmer},
         stats::Counters,
     },
-    health::HealthSnapshot,
+    health::HealthChecker,
+    metrics::{self, BackendCounters, DataplaneCounters, Metrics, SourceError, VipCounters},
 };
 use lb_common::{BackendStats, VipStats};
 use state::{Agent, L4Port};
@@ -158,11 +159,22 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     let socket = cfg.admin.socket.clone();
     let listener = admin::server::bind(&socket)?;
-    // Health snapshots arrive on a watch channel; the health checker publishes into it.
-    let (_health_tx, mut health_rx) = watch::channel(Arc::new(HealthSnapshot::default()));
+    let l4_pins = (!cfg.dataplane.interfaces.is_empty()).then(|| cfg.dataplane.pin_path.clone());
+
+    // Health checks are probes whose verdicts arrive as snapshots; they never touch maps.
+    let mut checker = HealthChecker::start(&cfg);
+    let mut health_rx = checker.subscribe();
+    let metrics = Arc::new(Metrics::new());
+    metrics.register_health(checker.reader());
+    let published = Arc::new(Mutex::new(Published::default()));
+    if let Some(pins) = l4_pins {
+        metrics.register_dataplane(dataplane_source(pins, published.clone()));
+    }
+    let _metrics_server = metrics::serve_from_config(&cfg, metrics.clone()).await?;
 
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
     agent.reconcile(Instant::now());
+    publish(&agent, &published);
 
     let (call_tx, mut calls) = mpsc::channel::<admin::server::Call>(64);
     let server = tokio::spawn(admin::server::serve(listener, call_tx));
@@ -173,6 +185,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
+        let changes_before = agent.config_changes;
         let deadline = agent
             .next_deadline(Instant::now())
             .map(tokio::time::Instant::from_std);
@@ -197,9 +210,76 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 Err(e) => warn!(error = %e, "reload refused; the running configuration stays"),
             },
         }
+        if agent.config_changes != changes_before {
+            // New, removed or changed backends and checks: probes follow the configuration.
+            checker.update(agent.config());
+        }
+        publish(&agent, &published);
     }
+    checker.shutdown();
     server.abort();
     let _ignored = std::fs::remove_file(&socket);
     info!("agent stopping; the dataplane stays attached (lb down removes it)");
     Ok(())
+}
+
+/// What the metrics endpoint needs from the agent's task: the names behind VIP ids and
+/// backend slots, and the rebuild count. Updated after every event.
+#[derive(Default)]
+struct Published {
+    assignment: Assignment,
+    rebuilds: u64,
+}
+
+fn publish(agent: &Agent, shared: &Mutex<Published>) {
+    let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
+    if p.rebuilds != agent.table_rebuilds || p.assignment != *agent.assignment() {
+        p.assignment = agent.assignment().clone();
+        p.rebuilds = agent.table_rebuilds;
+    }
+}
+
+/// Reads the pinned counters at scrape time, named through the agent's last assignment.
+fn dataplane_source(
+    pins: PathBuf,
+    shared: Arc<Mutex<Published>>,
+) -> impl Fn() -> Result<DataplaneCounters, SourceError> + Send + Sync + 'static {
+    move || {
+        let c = Counters::open(&pins)?;
+        let p = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = DataplaneCounters {
+            maglev_rebuilds: p.rebuilds,
+            ..Default::default()
+        };
+        for (name, id) in &p.assignment.vip_ids {
+            // Assignment names VIPs "rule/address:port/proto".
+            let (rule, vip) = name.split_once('/').unwrap_or((name.as_str(), ""));
+            let v = c.vip(*id)?;
+            out.vips.push(VipCounters {
+                rule: rule.into(),
+                vip: vip.into(),
+                packets: v.packets,
+                bytes: v.bytes,
+                new_flows: v.new_flows,
+                conn_hits: v.conn_hits,
+                conn_misses: v.conn_misses,
+            });
+        }
+        for ((service, backend), slot) in &p.assignment.backend_slots {
+            let b = c.backend(*slot)?;
+            out.backends.push(BackendCounters {
+                service: service.clone(),
+                backend: backend.clone(),
+                packets: b.packets,
+                bytes: b.bytes,
+                new_flows: b.new_flows,
+            });
+        }
+        out.reasons = c
+            .reasons()?
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        Ok(out)
+    }
 }
