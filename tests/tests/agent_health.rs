@@ -45,22 +45,44 @@ fn a_stopped_backend_leaves_within_the_bound_and_returns_after_restart() {
 
     let stopped = Instant::now();
     backends[1].kill();
-    until_maps(&pins, down_bound() + Duration::from_secs(3), |m| !m.shares().contains_key(&ip1))
-        .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+    until_maps(&pins, down_bound() + Duration::from_secs(3), |m| {
+        !m.shares().contains_key(&ip1)
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
     let down = stopped.elapsed();
-    println!("stopped backend out of rotation after {down:?} (bound {:?})", down_bound());
-    assert!(down <= down_bound(), "detection took {down:?} > {:?}", down_bound());
+    println!(
+        "stopped backend out of rotation after {down:?} (bound {:?})",
+        down_bound()
+    );
+    assert!(
+        down <= down_bound(),
+        "detection took {down:?} > {:?}",
+        down_bound()
+    );
     let per = new_flows(&t, 60).unwrap();
     assert!(!per.contains_key("backend-1"), "{per:?}");
-    assert_eq!(per.values().sum::<usize>(), 60, "no new flow may fail once it is out");
-    assert!(agent.log().contains("backend-1 is now UNHEALTHY"), "transition not logged:\n{}", agent.log());
+    assert_eq!(
+        per.values().sum::<usize>(),
+        60,
+        "no new flow may fail once it is out"
+    );
+    assert!(
+        agent.log().contains("backend-1 is now UNHEALTHY"),
+        "transition not logged:\n{}",
+        agent.log()
+    );
 
     backends[1] = start_backend(&t, 1).unwrap();
     let restarted = Instant::now();
-    until_maps(&pins, up_bound() + Duration::from_secs(3), |m| m.shares().contains_key(&ip1))
-        .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+    until_maps(&pins, up_bound() + Duration::from_secs(3), |m| {
+        m.shares().contains_key(&ip1)
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
     let up = restarted.elapsed();
-    println!("restarted backend back in rotation after {up:?} (bound {:?})", up_bound());
+    println!(
+        "restarted backend back in rotation after {up:?} (bound {:?})",
+        up_bound()
+    );
     assert!(up <= up_bound(), "recovery took {up:?} > {:?}", up_bound());
     let per = new_flows(&t, 60).unwrap();
     assert!(per.contains_key("backend-1"), "{per:?}");
@@ -84,8 +106,20 @@ fn a_black_holed_backend_does_not_delay_the_probes_of_the_others() {
     // Backend 0 silently drops every SYN to port 80: probes time out, nothing resets.
     let b0 = &t.backends[0];
     b0.exec(&["nft", "add", "table", "inet", "lbtest"]).unwrap();
-    b0.exec(&["nft", "add", "chain", "inet", "lbtest", "in", "{ type filter hook input priority 0 ; }"]).unwrap();
-    b0.exec(&["nft", "add", "rule", "inet", "lbtest", "in", "tcp", "dport", "80", "drop"]).unwrap();
+    b0.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "lbtest",
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    ])
+    .unwrap();
+    b0.exec(&[
+        "nft", "add", "rule", "inet", "lbtest", "in", "tcp", "dport", "80", "drop",
+    ])
+    .unwrap();
     // At the same moment backend 1 stops (refused at once).
     let t0 = Instant::now();
     backends[1].kill();
@@ -107,15 +141,26 @@ fn a_black_holed_backend_does_not_delay_the_probes_of_the_others() {
     }
     println!("with backend-0 black-holed: stopped backend-1 out after {d1:?}, black-holed backend-0 out after {d0:?}");
     let d1 = d1.unwrap_or_else(|| panic!("backend-1 never left; log:\n{}", agent.log()));
-    assert!(d1 <= down_bound(), "the black hole delayed backend-1's detection: {d1:?} > {:?}", down_bound());
+    assert!(
+        d1 <= down_bound(),
+        "the black hole delayed backend-1's detection: {d1:?} > {:?}",
+        down_bound()
+    );
     // Sharper: with probes independent per backend, two failed probes take at most two
     // intervals (plus a reconcile). Probes queued behind the black hole's 0.5 s timeouts
     // would space rounds a full timeout apart and need up to twice as long.
     let independent = Duration::from_secs_f64(INTERVAL * UNHEALTHY as f64 + 0.4);
-    assert!(d1 <= independent, "backend-1 detected after {d1:?} > {independent:?}: probes wait on the black hole");
+    assert!(
+        d1 <= independent,
+        "backend-1 detected after {d1:?} > {independent:?}: probes wait on the black hole"
+    );
     // A timed-out probe counts as failed after the timeout (here = the interval).
-    let d0 = d0.unwrap_or_else(|| panic!("black-holed backend-0 never left; log:\n{}", agent.log()));
-    assert!(d0 <= down_bound() + Duration::from_secs_f64(INTERVAL), "{d0:?}");
+    let d0 =
+        d0.unwrap_or_else(|| panic!("black-holed backend-0 never left; log:\n{}", agent.log()));
+    assert!(
+        d0 <= down_bound() + Duration::from_secs_f64(INTERVAL),
+        "{d0:?}"
+    );
     let per = new_flows(&t, 30).unwrap();
     assert_eq!(per.keys().collect::<Vec<_>>(), vec!["backend-2"], "{per:?}");
 }

@@ -23,7 +23,11 @@ fn sigkill_and_restart_lose_no_exchange_and_down_removes_everything() {
     let conv = Conversation::open(&t).unwrap();
     let mut i = 0;
     let mut exchange = |phase: &str, agent: &Agent| {
-        assert!(conv.works(i), "exchange {i} failed ({phase}); log:\n{}", agent.log());
+        assert!(
+            conv.works(i),
+            "exchange {i} failed ({phase}); log:\n{}",
+            agent.log()
+        );
         i += 1;
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -41,14 +45,27 @@ fn sigkill_and_restart_lose_no_exchange_and_down_removes_everything() {
     while started.elapsed() < Duration::from_secs(15) && lb(&agent, &["status"]).code != 0 {
         exchange("agent starting", &agent);
     }
-    assert_eq!(lb(&agent, &["status"]).code, 0, "restarted agent never answered on {}", sock.display());
+    assert_eq!(
+        lb(&agent, &["status"]).code,
+        0,
+        "restarted agent never answered on {}",
+        sock.display()
+    );
     for _ in 0..10 {
         exchange("after the restart", &agent);
     }
     println!("{i} exchanges at 100 ms across SIGKILL and restart, none failed");
     // The restarted agent adopted slots, generations and tables rather than rebuilding.
-    assert_eq!(Maps::read(&pins).unwrap(), before, "restart reshuffled the dataplane");
-    assert!(agent.log().contains("adopted the pinned XDP link"), "log:\n{}", agent.log());
+    assert_eq!(
+        Maps::read(&pins).unwrap(),
+        before,
+        "restart reshuffled the dataplane"
+    );
+    assert!(
+        agent.log().contains("adopted the pinned XDP link"),
+        "log:\n{}",
+        agent.log()
+    );
     let per = new_flows(&t, 30).unwrap();
     assert_eq!(per.values().sum::<usize>(), 30);
     drop(conv);
@@ -63,5 +80,8 @@ fn sigkill_and_restart_lose_no_exchange_and_down_removes_everything() {
     assert!(!pins.exists(), "pins left in {}", pins.display());
     let link = t.balancer.exec(&["ip", "link", "show", &t.iface]).unwrap();
     assert!(!link.contains("xdp"), "XDP still attached: {link}");
-    assert!(new_flows(&t, 1).is_err(), "the VIP still forwards after lb down");
+    assert!(
+        new_flows(&t, 1).is_err(),
+        "the VIP still forwards after lb down"
+    );
 }

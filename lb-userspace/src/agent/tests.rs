@@ -440,10 +440,23 @@ fn verbs_on_the_wire_match_the_cli() {
 #[test]
 fn a_removed_backend_drains_for_the_timeout_then_leaves() {
     let (mut a, fake, t0) = agent(None);
-    assert!(req(&mut a, r#"{"version":1,"verb":"remove-backend","service":"web","backend":"b2"}"#, t0).ok);
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"remove-backend","service":"web","backend":"b2"}"#,
+            t0
+        )
+        .ok
+    );
     let b = backend(&fake.last(), "b2").clone();
-    assert!(!b.in_table && b.draining && !b.evict, "kept for its flows: {b:?}");
+    assert!(
+        !b.in_table && b.draining && !b.evict,
+        "kept for its flows: {b:?}"
+    );
     assert_eq!(a.next_deadline(t0), Some(t0 + Duration::from_secs(10)));
     a.reconcile(t0 + Duration::from_secs(10));
-    assert!(fake.last().services[0].backends.iter().all(|b| b.name != "b2"));
+    assert!(fake.last().services[0]
+        .backends
+        .iter()
+        .all(|b| b.name != "b2"));
 }

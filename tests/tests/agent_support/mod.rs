@@ -99,11 +99,22 @@ failover_policy = {{ failover_ratio = {ratio} }}
 
 /// Starts `lb-backend` in backend `i`'s namespace (TCP 80 banner + echo).
 pub fn start_backend(t: &Topology, i: usize) -> Result<ProcGuard> {
-    let g = t.backends[i].spawn(&[BACKEND_BIN, &format!("backend-{i}"), "80", "53", &t.vip().to_string()])?;
+    let g = t.backends[i].spawn(&[
+        BACKEND_BIN,
+        &format!("backend-{i}"),
+        "80",
+        "53",
+        &t.vip().to_string(),
+    ])?;
     // Wait until it listens, so a health check does not see a starting backend as down.
     let addr = SocketAddr::new(t.backend_ip(i).into(), 80);
     t.balancer.run_in(move || {
-        lb_tests::lbrun::wait_for(Duration::from_secs(5), || Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(200))?))
+        lb_tests::lbrun::wait_for(Duration::from_secs(5), || {
+            Ok(TcpStream::connect_timeout(
+                &addr,
+                Duration::from_millis(200),
+            )?)
+        })
     })??;
     Ok(g)
 }
@@ -126,7 +137,8 @@ pub struct Out {
 
 impl Out {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 }
 
@@ -168,7 +180,12 @@ pub fn lb(agent: &Agent, args: &[&str]) -> Out {
 /// Runs a change and insists it worked.
 pub fn lb_ok(agent: &Agent, args: &[&str]) -> serde_json::Value {
     let o = lb(agent, args);
-    assert_eq!(o.code, 0, "lb {args:?} failed: {o:?}\nagent log:\n{}", agent.log());
+    assert_eq!(
+        o.code,
+        0,
+        "lb {args:?} failed: {o:?}\nagent log:\n{}",
+        agent.log()
+    );
     o.json()
 }
 
@@ -217,7 +234,8 @@ impl Maps {
         for t in self.tables.values() {
             for id in t {
                 if let Some(b) = self.backends.get(id) {
-                    *out.entry(Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3])).or_default() += 1;
+                    *out.entry(Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]))
+                        .or_default() += 1;
                 }
             }
         }
@@ -234,7 +252,11 @@ impl Maps {
 }
 
 /// Polls the maps every 20 ms until `pred` holds; returns the time it took.
-pub fn until_maps(pin_dir: &Path, within: Duration, mut pred: impl FnMut(&Maps) -> bool) -> Result<Duration> {
+pub fn until_maps(
+    pin_dir: &Path,
+    within: Duration,
+    mut pred: impl FnMut(&Maps) -> bool,
+) -> Result<Duration> {
     let start = Instant::now();
     loop {
         if let Ok(m) = Maps::read(pin_dir) {
@@ -252,14 +274,20 @@ pub fn until_maps(pin_dir: &Path, within: Duration, mut pred: impl FnMut(&Maps) 
 /// `n` new TCP connections through the VIP from the client; backend name per connection.
 pub fn new_flows(t: &Topology, n: usize) -> Result<BTreeMap<String, usize>> {
     let to = SocketAddr::new(t.vip().into(), 80);
-    t.client.run_in(move || -> Result<BTreeMap<String, usize>> {
-        let mut per = BTreeMap::new();
-        for _ in 0..n {
-            let b = tcp_banner(to, Duration::from_secs(2))?;
-            *per.entry(field(&b, "name").context("banner without a name")?.to_string()).or_default() += 1;
-        }
-        Ok(per)
-    })?
+    t.client
+        .run_in(move || -> Result<BTreeMap<String, usize>> {
+            let mut per = BTreeMap::new();
+            for _ in 0..n {
+                let b = tcp_banner(to, Duration::from_secs(2))?;
+                *per.entry(
+                    field(&b, "name")
+                        .context("banner without a name")?
+                        .to_string(),
+                )
+                .or_default() += 1;
+            }
+            Ok(per)
+        })?
 }
 
 /// A long-lived TCP connection through the VIP, held by a thread in the client namespace.
@@ -293,7 +321,13 @@ impl Conversation {
                     let res = writeln!(w, "{msg}")
                         .map_err(|e| e.to_string())
                         .and_then(|_| r.read_line(&mut line).map_err(|e| e.to_string()))
-                        .and_then(|n| if n == 0 { Err("closed".into()) } else { Ok(line.trim().to_string()) });
+                        .and_then(|n| {
+                            if n == 0 {
+                                Err("closed".into())
+                            } else {
+                                Ok(line.trim().to_string())
+                            }
+                        });
                     if res_tx.send(res).is_err() {
                         return;
                     }
@@ -304,7 +338,9 @@ impl Conversation {
             .recv_timeout(Duration::from_secs(5))
             .context("no banner")?
             .map_err(anyhow::Error::msg)?;
-        let backend = field(&banner, "name").context("banner without name")?.to_string();
+        let backend = field(&banner, "name")
+            .context("banner without name")?
+            .to_string();
         Ok(Conversation {
             backend,
             cmd: cmd_tx,
@@ -315,7 +351,9 @@ impl Conversation {
 
     /// One exchange: a line out, the backend's echo back (within 3 s).
     pub fn exchange(&self, msg: &str) -> Result<String, String> {
-        self.cmd.send(Some(msg.to_string())).map_err(|e| e.to_string())?;
+        self.cmd
+            .send(Some(msg.to_string()))
+            .map_err(|e| e.to_string())?;
         self.res
             .recv_timeout(Duration::from_secs(3))
             .map_err(|e| format!("no reply: {e}"))?
@@ -338,7 +376,9 @@ impl Drop for Conversation {
 
 /// Index of a backend name `backend-<i>`.
 pub fn index_of(name: &str) -> usize {
-    name.trim_start_matches("backend-").parse().expect("backend-<i>")
+    name.trim_start_matches("backend-")
+        .parse()
+        .expect("backend-<i>")
 }
 
 /// Waits until the agent answers on its socket and the VIP forwards.
@@ -347,7 +387,8 @@ pub fn wait_ready(t: &Topology, agent: &Agent) {
     let ok = lb_tests::lbrun::wait_for(Duration::from_secs(20), || {
         anyhow::ensure!(sock.exists(), "no socket yet");
         let to = SocketAddr::new(t.vip().into(), 80);
-        t.client.run_in(move || tcp_banner(to, Duration::from_millis(500)))??;
+        t.client
+            .run_in(move || tcp_banner(to, Duration::from_millis(500)))??;
         Ok(())
     });
     assert!(ok.is_ok(), "agent not ready: {ok:?}\nlog:\n{}", agent.log());
