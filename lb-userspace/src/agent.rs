@@ -7,6 +7,7 @@
 //! programmer adopts them, and the first reconcile only writes what differs.
 
 pub mod overrides;
+pub mod persist;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -173,6 +174,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let _metrics_server = metrics::serve_from_config(&cfg, metrics.clone()).await?;
 
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
+    let state_file = persist::state_file(&socket);
+    let saved = persist::load(&state_file).unwrap_or_else(|e| {
+        warn!(error = %e, "ignoring unreadable saved overrides");
+        Default::default()
+    });
+    agent.restore(saved, state_file);
     agent.reconcile(Instant::now());
     publish(&agent, &published);
 

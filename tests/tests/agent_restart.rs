@@ -18,9 +18,18 @@ fn sigkill_and_restart_lose_no_exchange_and_down_removes_everything() {
     let mut agent = Agent::start(&t.balancer, &config(&t, &Opts::default())).unwrap();
     wait_ready(&t, &agent);
     let pins = agent.pin_dir.clone();
-    let before = Maps::read(&pins).unwrap();
 
     let conv = Conversation::open(&t).unwrap();
+    // Admin overrides on the other two backends must survive the restart too: one drained,
+    // one in maintenance (neither may come back into rotation when the agent restarts).
+    let others: Vec<String> = (0..3)
+        .map(|i| format!("backend-{i}"))
+        .filter(|n| *n != conv.backend)
+        .collect();
+    lb_ok(&agent, &["drain", "web", &others[0]]);
+    lb_ok(&agent, &["maintenance", "web", &others[1], "on"]);
+    let before = Maps::read(&pins).unwrap();
+    assert_eq!(before.shares().len(), 1);
     let mut i = 0;
     let mut exchange = |phase: &str, agent: &Agent| {
         assert!(
@@ -67,7 +76,11 @@ fn sigkill_and_restart_lose_no_exchange_and_down_removes_everything() {
         agent.log()
     );
     let per = new_flows(&t, 30).unwrap();
-    assert_eq!(per.values().sum::<usize>(), 30);
+    assert_eq!(
+        per.keys().collect::<Vec<_>>(),
+        vec![&conv.backend],
+        "{per:?}"
+    );
     drop(conv);
 
     // `lb down` detaches and removes every pin; the VIP no longer forwards.

@@ -86,6 +86,8 @@ pub struct Agent {
     /// Successful configuration changes (admin or reload).
     pub config_changes: u64,
     last_error: Option<String>,
+    /// Where overrides are saved so a restarted agent keeps them (see `persist`).
+    state_file: Option<PathBuf>,
 }
 
 impl Agent {
@@ -103,7 +105,28 @@ impl Agent {
             table_rebuilds: 0,
             config_changes: 0,
             last_error: None,
+            state_file: None,
         }
+    }
+
+    /// Takes overrides saved by a previous run (forgetting those of backends no longer
+    /// configured) and saves future changes to `path`. Call before the first reconcile.
+    pub fn restore(&mut self, mut saved: Overrides, path: PathBuf) {
+        let cfg = &self.config;
+        saved.retain(|s, b| {
+            cfg.backend_services
+                .get(s)
+                .is_some_and(|bs| bs.backends.iter().any(|x| x.display_name() == b))
+        });
+        if !saved.by_backend.is_empty() {
+            info!(
+                overrides = saved.by_backend.len(),
+                "restored admin overrides (drain, maintenance, forced health) from {}",
+                path.display()
+            );
+        }
+        self.overrides = saved;
+        self.state_file = Some(path);
     }
 
     pub fn config(&self) -> &Config {
@@ -297,8 +320,17 @@ impl Agent {
             return Err(ChangeError::Dataplane(e));
         }
         self.config = cfg;
+        let overrides_changed = self.overrides != ov;
         self.overrides = ov;
         self.config_changes += 1;
+        if overrides_changed {
+            if let Some(path) = &self.state_file {
+                // The change is live already; failing to save only loses it at a restart.
+                if let Err(e) = super::persist::save(path, &self.overrides) {
+                    warn!(error = %e, file = %path.display(), "saving admin overrides failed; a restart will forget them");
+                }
+            }
+        }
         self.last_error = None;
         Ok(())
     }

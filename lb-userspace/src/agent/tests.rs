@@ -460,3 +460,50 @@ fn a_removed_backend_drains_for_the_timeout_then_leaves() {
         .iter()
         .all(|b| b.name != "b2"));
 }
+
+#[test]
+fn overrides_survive_a_restart_through_the_state_file() {
+    let path = std::env::temp_dir().join(format!("lb-agent-state-{}.json", std::process::id()));
+    let _ignored = std::fs::remove_file(&path);
+    let (mut a, _fake, t0) = agent(None);
+    a.restore(Default::default(), path.clone());
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"drain","service":"web","backend":"b1"}"#,
+            t0
+        )
+        .ok
+    );
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"maintenance","service":"web","backend":"b2","on":true}"#,
+            t0
+        )
+        .ok
+    );
+    // A new agent (as after a restart) starts from the saved overrides.
+    let fake = Fake::default();
+    let mut b = Agent::new(config::parse(CFG).unwrap(), None, Box::new(fake.clone()));
+    b.restore(super::persist::load(&path).unwrap(), path.clone());
+    b.reconcile(Instant::now());
+    let p = fake.last();
+    assert!(backend(&p, "b1").draining && !backend(&p, "b1").in_table);
+    assert!(backend(&p, "b2").evict && !backend(&p, "b2").in_table);
+    // Undoing them is saved too.
+    assert!(
+        req(
+            &mut b,
+            r#"{"version":1,"verb":"undrain","service":"web","backend":"b1"}"#,
+            t0
+        )
+        .ok
+    );
+    assert!(super::persist::load(&path)
+        .unwrap()
+        .get("web", "b1")
+        .drain_started
+        .is_none());
+    std::fs::remove_file(&path).unwrap();
+}
