@@ -419,6 +419,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ChangeErro
     if old.admin.socket != new.admin.socket {
         diffs.insert("admin.socket");
     }
+    if old.admin.metrics_listen != new.admin.metrics_listen {
+        diffs.insert("admin.metrics_listen");
+    }
     if diffs.is_empty() {
         Ok(())
     } else {

@@ -37,6 +37,8 @@ pub struct Opts {
     pub drain_sec: u32,
     /// TCP health check every `interval` s with these thresholds (none when `None`).
     pub check: Option<(f64, u32, u32)>,
+    /// Port of the metrics endpoint on the balancer's 127.0.0.1.
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for Opts {
@@ -47,6 +49,7 @@ impl Default for Opts {
             failover_ratio: 0.0,
             drain_sec: 300,
             check: None,
+            metrics_port: None,
         }
     }
 }
@@ -80,6 +83,12 @@ failover_policy = {{ failover_ratio = {ratio} }}
         drain = o.drain_sec,
         ratio = o.failover_ratio,
     );
+    if let Some(p) = o.metrics_port {
+        c = c.replace(
+            "[admin]\n",
+            &format!("[admin]\nmetrics_listen = \"127.0.0.1:{p}\"\n"),
+        );
+    }
     if let Some((interval, healthy, unhealthy)) = o.check {
         c += &format!(
             "health_check = \"tcp\"\n\n[health_checks.tcp]\nprotocol = \"TCP\"\nport = 80\n\
