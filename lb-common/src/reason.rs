@@ -59,6 +59,9 @@ impl Reason {
     ];
 
     pub fn name(self) -> &'static str {
-        Self::NAMES.get(self.0 as usize).copied().unwrap_or("unknown")
+        Self::NAMES
+            .get(self.0 as usize)
+            .copied()
+            .unwrap_or("unknown")
     }
 }

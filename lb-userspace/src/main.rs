@@ -68,10 +68,7 @@ fn main() -> Result<()> {
             }
         },
         Cmd::Stats { pin_path } => {
-            let c = lb_userspace::dataplane::stats::Counters::open(&pin_path)?;
-            for (name, v) in c.reasons()? {
-                println!("{name:<20} {v}");
-            }
+            print!("{}", lb_userspace::dataplane::stats::report(&pin_path)?);
             Ok(())
         }
         Cmd::Down { pin_path } => {

@@ -33,14 +33,28 @@ impl Agent {
         let path = dir.join("lb.toml");
         std::fs::write(&path, text)?;
         let proc = Self::spawn(ns, &path, &dir)?;
-        Ok(Agent { ns: ns.clone(), config: path, pin_dir, dir, proc })
+        Ok(Agent {
+            ns: ns.clone(),
+            config: path,
+            pin_dir,
+            dir,
+            proc,
+        })
     }
 
     fn spawn(ns: &Ns, config: &std::path::Path, dir: &std::path::Path) -> Result<ProcGuard> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("lb.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("lb.log"))?;
         let lb = crate::lb_binary();
         ns.spawn_with(
-            &[lb.to_str().unwrap(), "run", "--config", config.to_str().unwrap()],
+            &[
+                lb.to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
             Stdio::null(),
             Stdio::from(log),
         )
@@ -78,7 +92,12 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.proc.kill();
         let lb = crate::lb_binary();
-        let _ignored = sh(&[lb.to_str().unwrap(), "down", "--pin-path", self.pin_dir.to_str().unwrap()]);
+        let _ignored = sh(&[
+            lb.to_str().unwrap(),
+            "down",
+            "--pin-path",
+            self.pin_dir.to_str().unwrap(),
+        ]);
         let _ignored = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -26,8 +26,13 @@ pub fn is_root() -> bool {
 /// The `lb` binary built alongside the tests (target/<profile>/lb).
 pub fn lb_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/lb
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    // Tests run from target/<profile>/deps/, binaries (the demo) from target/<profile>/.
+    let dir = exe.parent().expect("target dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
     let lb = dir.join("lb");
     assert!(
         lb.exists(),

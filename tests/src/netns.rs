@@ -176,12 +176,32 @@ impl Topology {
     fn plug(&mut self, host: &Ns, port: &str, addr: Ipv4Addr) -> Result<()> {
         let tmp = format!("{}{}", &self.prefix, port);
         let tmp = &tmp[..tmp.len().min(15)];
-        sh(&["ip", "link", "add", tmp, "type", "veth", "peer", "name", port, "netns", &self.switch.0])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            tmp,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &self.switch.0,
+        ])?;
         sh(&["ip", "link", "set", tmp, "netns", &host.0])?;
         host.exec(&["ip", "link", "set", tmp, "name", &self.iface])?;
-        host.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", &self.iface])?;
+        host.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &self.iface,
+        ])?;
         host.exec(&["ip", "link", "set", &self.iface, "up"])?;
-        self.switch.exec(&["ip", "link", "set", port, "master", "br0"])?;
+        self.switch
+            .exec(&["ip", "link", "set", port, "master", "br0"])?;
         self.switch.exec(&["ip", "link", "set", port, "up"])?;
         Ok(())
     }
@@ -213,7 +233,12 @@ impl Topology {
         // finishes checksums before the wire, so the client computes them in software here.
         client.exec(&["ethtool", "-K", &self.iface, "tx", "off"])?;
         client.exec(&[
-            "ip", "route", "add", &format!("{}/32", self.vip()), "via", &self.balancer_ip().to_string(),
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", self.vip()),
+            "via",
+            &self.balancer_ip().to_string(),
         ])?;
         self._peer_xdp = Some(attach_pass_in(&switch, "plb")?);
         Ok(())

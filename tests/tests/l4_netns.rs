@@ -91,16 +91,28 @@ fn wait_ready(t: &Topology, agent: &Agent) {
     let to = SocketAddr::new(t.vip().into(), 80);
     let ok = t
         .client
-        .run_in(move || wait_for(Duration::from_secs(20), || tcp_banner(to, Duration::from_millis(500))))
+        .run_in(move || {
+            wait_for(Duration::from_secs(20), || {
+                tcp_banner(to, Duration::from_millis(500))
+            })
+        })
         .unwrap();
     if ok.is_err() {
         if let Ok(secs) = std::env::var("LB_TEST_HOLD") {
             // Debugging aid: keep the topology up for inspection.
-            eprintln!("holding {} / {} for {secs} s", t.prefix, agent.pin_dir.display());
+            eprintln!(
+                "holding {} / {} for {secs} s",
+                t.prefix,
+                agent.pin_dir.display()
+            );
             std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(60)));
         }
     }
-    assert!(ok.is_ok(), "the VIP never answered; agent log:\n{}", agent.log());
+    assert!(
+        ok.is_ok(),
+        "the VIP never answered; agent log:\n{}",
+        agent.log()
+    );
 }
 
 #[test]
@@ -113,24 +125,34 @@ fn tcp_and_udp_reach_all_three_backends_with_the_client_address() {
     let agent = Agent::start(&t.balancer, &config(&t, &[0, 1, 2])).unwrap();
     wait_ready(&t, &agent);
     for udp in [false, true] {
-        let banners = flows(&t, 300, udp).unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+        let banners =
+            flows(&t, 300, udp).unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
         let mut per: BTreeMap<String, usize> = BTreeMap::new();
         for b in &banners {
-            *per.entry(field(b, "name").unwrap().to_string()).or_default() += 1;
+            *per.entry(field(b, "name").unwrap().to_string())
+                .or_default() += 1;
             let client = field(b, "client").unwrap();
             assert!(
                 client.starts_with(&format!("{}:", t.client_ip())),
                 "backend saw {client}, not the client's address"
             );
             if !udp {
-                assert_eq!(field(b, "local").unwrap(), format!("{}:80", t.vip()), "backend did not see the VIP");
+                assert_eq!(
+                    field(b, "local").unwrap(),
+                    format!("{}:80", t.vip()),
+                    "backend did not see the VIP"
+                );
             }
         }
         println!("{} flows: {per:?}", if udp { "UDP" } else { "TCP" });
         assert_eq!(per.len(), 3, "not all backends reached: {per:?}");
         for (name, n) in &per {
             let share = *n as f64 / banners.len() as f64;
-            assert!((0.25..=0.42).contains(&share), "{name} got {:.1}% of flows", share * 100.0);
+            assert!(
+                (0.25..=0.42).contains(&share),
+                "{name} got {:.1}% of flows",
+                share * 100.0
+            );
         }
     }
 }
@@ -167,13 +189,22 @@ fn an_open_connection_survives_removal_of_its_backend_while_new_ones_avoid_it() 
                 let res = writeln!(w, "{msg}")
                     .map_err(|e| e.to_string())
                     .and_then(|_| r.read_line(&mut line).map_err(|e| e.to_string()))
-                    .and_then(|n| if n == 0 { Err("closed".into()) } else { Ok(line.trim().to_string()) });
+                    .and_then(|n| {
+                        if n == 0 {
+                            Err("closed".into())
+                        } else {
+                            Ok(line.trim().to_string())
+                        }
+                    });
                 res_tx.send(res).unwrap();
             }
         })
         .unwrap()
     });
-    let banner = res_rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    let banner = res_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
     let pinned = field(&banner, "name").unwrap().to_string();
     let idx: usize = pinned.trim_start_matches("backend-").parse().unwrap();
     let rest: Vec<usize> = (0..3).filter(|i| *i != idx).collect();
@@ -181,17 +212,31 @@ fn an_open_connection_survives_removal_of_its_backend_while_new_ones_avoid_it() 
     // New connections stop reaching the removed backend (within a bounded wait).
     let ok = wait_for(Duration::from_secs(10), || {
         let b = flows(&t, 30, false)?;
-        anyhow::ensure!(b.iter().all(|b| field(b, "name") != Some(pinned.as_str())), "still reaching {pinned}");
+        anyhow::ensure!(
+            b.iter().all(|b| field(b, "name") != Some(pinned.as_str())),
+            "still reaching {pinned}"
+        );
         Ok(())
     });
-    assert!(ok.is_ok(), "new connections still reach the removed backend; log:\n{}", agent.log());
+    assert!(
+        ok.is_ok(),
+        "new connections still reach the removed backend; log:\n{}",
+        agent.log()
+    );
     let after = flows(&t, 60, false).unwrap();
-    assert!(after.iter().all(|b| field(b, "name") != Some(pinned.as_str())));
+    assert!(after
+        .iter()
+        .all(|b| field(b, "name") != Some(pinned.as_str())));
     // The old connection keeps exchanging data with its backend every 100 ms.
     for i in 0..20 {
         cmd_tx.send(Some(format!("ping{i}"))).unwrap();
         let reply = res_rx.recv_timeout(Duration::from_secs(3)).unwrap();
-        assert_eq!(reply, Ok(format!("{pinned} ping{i}")), "exchange {i} failed; log:\n{}", agent.log());
+        assert_eq!(
+            reply,
+            Ok(format!("{pinned} ping{i}")),
+            "exchange {i} failed; log:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     cmd_tx.send(None).unwrap();

@@ -70,9 +70,24 @@ fn base_plan() -> L4Plan {
     let three = || vec![backend(1), backend(2), backend(3)];
     L4Plan {
         services: vec![
-            service("five", hash_mode::FIVE_TUPLE, service_flags::PERSIST_TCP, three()),
-            service("cip", hash_mode::CLIENT_IP, service_flags::PERSIST_TCP, three()),
-            service("cipp", hash_mode::CLIENT_IP_PROTO, service_flags::PERSIST_TCP, three()),
+            service(
+                "five",
+                hash_mode::FIVE_TUPLE,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
+            service(
+                "cip",
+                hash_mode::CLIENT_IP,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
+            service(
+                "cipp",
+                hash_mode::CLIENT_IP_PROTO,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
             service("empty", hash_mode::FIVE_TUPLE, 0, vec![]),
         ],
         vips: vec![
@@ -93,7 +108,10 @@ fn predict(plan: &L4Plan, svc: &str, f: &Frame) -> [u8; 6] {
     let members: Vec<&L4Backend> = s.backends.iter().filter(|b| b.in_table).collect();
     let mb: Vec<maglev::MaglevBackend> = members
         .iter()
-        .map(|b| maglev::MaglevBackend { name: &b.name, weight: b.weight })
+        .map(|b| maglev::MaglevBackend {
+            name: &b.name,
+            weight: b.weight,
+        })
         .collect();
     let table = maglev::build(&mb, RING);
     let mut k = FlowKey {
@@ -160,10 +178,30 @@ fn new_flows_are_forwarded_with_only_the_macs_changed() {
     check(
         &h,
         &[
-            Case { what: "TCP SYN to VIP", output: forwarded(&syn.bytes(), predict(&plan, "five", &syn)), input: syn.bytes(), verdict: TX },
-            Case { what: "UDP to VIP", output: forwarded(&udp.bytes(), predict(&plan, "five", &udp)), input: udp.bytes(), verdict: TX },
-            Case { what: "TCP with IP options to VIP", output: forwarded(&opts.bytes(), predict(&plan, "five", &opts)), input: opts.bytes(), verdict: TX },
-            Case { what: "TCP to an all-ports VIP", output: forwarded(&any_port.bytes(), predict(&plan, "cipp", &any_port)), input: any_port.bytes(), verdict: TX },
+            Case {
+                what: "TCP SYN to VIP",
+                output: forwarded(&syn.bytes(), predict(&plan, "five", &syn)),
+                input: syn.bytes(),
+                verdict: TX,
+            },
+            Case {
+                what: "UDP to VIP",
+                output: forwarded(&udp.bytes(), predict(&plan, "five", &udp)),
+                input: udp.bytes(),
+                verdict: TX,
+            },
+            Case {
+                what: "TCP with IP options to VIP",
+                output: forwarded(&opts.bytes(), predict(&plan, "five", &opts)),
+                input: opts.bytes(),
+                verdict: TX,
+            },
+            Case {
+                what: "TCP to an all-ports VIP",
+                output: forwarded(&any_port.bytes(), predict(&plan, "cipp", &any_port)),
+                input: any_port.bytes(),
+                verdict: TX,
+            },
         ],
     );
     assert_eq!(h.reason("tx").unwrap(), 4);
@@ -172,7 +210,9 @@ fn new_flows_are_forwarded_with_only_the_macs_changed() {
 
 #[test]
 fn the_same_flow_stays_on_its_backend_through_the_connection_table() {
-    let Some((mut h, plan)) = harness() else { return };
+    let Some((mut h, plan)) = harness() else {
+        return;
+    };
     let f = Frame::tcp(CLIENT, 41000, VIP, 80);
     let first = h.run(&f.bytes()).unwrap();
     assert_eq!(first.verdict, TX);
@@ -190,7 +230,11 @@ fn the_same_flow_stays_on_its_backend_through_the_connection_table() {
     h.apply(&drained).unwrap();
     for _ in 0..3 {
         let again = h.run(&f.bytes()).unwrap();
-        assert_eq!((again.verdict, &again.frame[0..6]), (TX, &chosen[..]), "established flow moved");
+        assert_eq!(
+            (again.verdict, &again.frame[0..6]),
+            (TX, &chosen[..]),
+            "established flow moved"
+        );
     }
     // A new flow that Maglev would have given to the drained backend now goes elsewhere.
     let c = h.counters().unwrap();
@@ -201,7 +245,11 @@ fn the_same_flow_stays_on_its_backend_through_the_connection_table() {
     for port in 42000..42100u16 {
         let n = Frame::tcp(CLIENT, port, VIP, 80);
         let r = h.run(&n.bytes()).unwrap();
-        assert_ne!(&r.frame[0..6], &chosen[..], "a new flow reached a draining backend");
+        assert_ne!(
+            &r.frame[0..6],
+            &chosen[..],
+            "a new flow reached a draining backend"
+        );
         assert_eq!(&r.frame[0..6], &predict(&drained, "five", &n)[..]);
         moved += 1;
     }
@@ -210,21 +258,30 @@ fn the_same_flow_stays_on_its_backend_through_the_connection_table() {
 
 #[test]
 fn a_flow_whose_backend_is_removed_is_hashed_again() {
-    let Some((mut h, plan)) = harness() else { return };
+    let Some((mut h, plan)) = harness() else {
+        return;
+    };
     let f = Frame::tcp(CLIENT, 43000, VIP, 80);
     let chosen: [u8; 6] = h.run(&f.bytes()).unwrap().frame[0..6].try_into().unwrap();
     let mut without = plan.clone();
-    without.services[0].backends.retain(|b| b.mac != Some(chosen));
+    without.services[0]
+        .backends
+        .retain(|b| b.mac != Some(chosen));
     h.apply(&without).unwrap();
     let r = h.run(&f.bytes()).unwrap();
     assert_eq!(r.verdict, TX);
-    assert_eq!(r.frame, forwarded(&f.bytes(), predict(&without, "five", &f)));
+    assert_eq!(
+        r.frame,
+        forwarded(&f.bytes(), predict(&without, "five", &f))
+    );
     assert_ne!(&r.frame[0..6], &chosen[..]);
 }
 
 #[test]
 fn unhealthy_backend_keeps_tcp_flows_and_loses_udp_flows() {
-    let Some((mut h, plan)) = harness() else { return };
+    let Some((mut h, plan)) = harness() else {
+        return;
+    };
     // Find a TCP and a UDP flow that land on the same backend.
     let tcp = Frame::tcp(CLIENT, 44000, VIP, 80);
     let target = predict(&plan, "five", &tcp);
@@ -245,7 +302,10 @@ fn unhealthy_backend_keeps_tcp_flows_and_loses_udp_flows() {
     // DEFAULT_FOR_PROTOCOL with per-connection tracking: TCP persists, UDP never does.
     assert_eq!(&h.run(&tcp.bytes()).unwrap().frame[0..6], &target[..]);
     let moved = h.run(&udp.bytes()).unwrap();
-    assert_eq!(moved.frame, forwarded(&udp.bytes(), predict(&sick, "five", &udp)));
+    assert_eq!(
+        moved.frame,
+        forwarded(&udp.bytes(), predict(&sick, "five", &udp))
+    );
     assert_ne!(&moved.frame[0..6], &target[..]);
 }
 
@@ -254,28 +314,49 @@ fn affinity_modes_hash_the_right_fields() {
     let Some((h, plan)) = harness() else { return };
     // CLIENT_IP: many source ports of one client land together, on both VIPs of the service
     // as predicted from (src, dst) alone.
-    let first = h.run(&Frame::tcp(CLIENT, 50000, VIP, 8080).bytes()).unwrap();
+    let first = h
+        .run(&Frame::tcp(CLIENT, 50000, VIP, 8080).bytes())
+        .unwrap();
     for port in 50001..50050u16 {
         let f = Frame::tcp(CLIENT, port, VIP, 8080);
         let r = h.run(&f.bytes()).unwrap();
-        assert_eq!(r.frame[0..6], first.frame[0..6], "CLIENT_IP split one client");
+        assert_eq!(
+            r.frame[0..6],
+            first.frame[0..6],
+            "CLIENT_IP split one client"
+        );
         assert_eq!(r.frame, forwarded(&f.bytes(), predict(&plan, "cip", &f)));
     }
     let b = Frame::tcp(CLIENT, 50000, VIP2, 8080);
-    assert_eq!(h.run(&b.bytes()).unwrap().frame, forwarded(&b.bytes(), predict(&plan, "cip", &b)));
+    assert_eq!(
+        h.run(&b.bytes()).unwrap().frame,
+        forwarded(&b.bytes(), predict(&plan, "cip", &b))
+    );
     // CLIENT_IP_PROTO: any destination port of the all-ports VIP, same backend.
     let p0 = h.run(&Frame::tcp(CLIENT, 1, VIP2, 1).bytes()).unwrap();
     for port in [22u16, 80, 443, 5000, 65535] {
-        let r = h.run(&Frame::tcp(CLIENT, port, VIP2, port).bytes()).unwrap();
-        assert_eq!(r.frame[0..6], p0.frame[0..6], "CLIENT_IP_PROTO split by port");
+        let r = h
+            .run(&Frame::tcp(CLIENT, port, VIP2, port).bytes())
+            .unwrap();
+        assert_eq!(
+            r.frame[0..6],
+            p0.frame[0..6],
+            "CLIENT_IP_PROTO split by port"
+        );
     }
     // Different clients spread (the hash does use the source address).
     let mut seen = std::collections::BTreeSet::new();
     for i in 1..60u8 {
-        let r = h.run(&Frame::tcp([10, 0, 1, i], 1000, VIP, 8080).bytes()).unwrap();
+        let r = h
+            .run(&Frame::tcp([10, 0, 1, i], 1000, VIP, 8080).bytes())
+            .unwrap();
         seen.insert(r.frame[0..6].to_vec());
     }
-    assert_eq!(seen.len(), 3, "CLIENT_IP did not spread clients over 3 backends");
+    assert_eq!(
+        seen.len(),
+        3,
+        "CLIENT_IP did not spread clients over 3 backends"
+    );
     // NONE (5-tuple): one client's source ports spread over all backends.
     let mut seen = std::collections::BTreeSet::new();
     for port in 51000..51060u16 {
@@ -298,14 +379,23 @@ fn client_ip_no_destination_ignores_the_vip() {
             0,
             vec![backend(1), backend(2), backend(3)],
         )],
-        vips: vec![vip("a", VIP, 80, 6, "nodst"), vip("b", VIP2, 443, 6, "nodst")],
+        vips: vec![
+            vip("a", VIP, 80, 6, "nodst"),
+            vip("b", VIP2, 443, 6, "nodst"),
+        ],
     };
     h.apply(&plan).unwrap();
     for i in 1..30u8 {
         let c = [10, 0, 2, i];
-        let a = h.run(&Frame::tcp(c, 1000 + i as u16, VIP, 80).bytes()).unwrap();
+        let a = h
+            .run(&Frame::tcp(c, 1000 + i as u16, VIP, 80).bytes())
+            .unwrap();
         let b = h.run(&Frame::tcp(c, 2000, VIP2, 443).bytes()).unwrap();
-        assert_eq!(a.frame[0..6], b.frame[0..6], "one client, two VIPs, two backends");
+        assert_eq!(
+            a.frame[0..6],
+            b.frame[0..6],
+            "one client, two VIPs, two backends"
+        );
     }
 }
 
@@ -321,12 +411,42 @@ fn traffic_not_for_a_vip_passes_unchanged() {
     check(
         &h,
         &[
-            Case { what: "TCP to another address", output: not_vip.clone(), input: not_vip, verdict: PASS },
-            Case { what: "TCP to a VIP address, other port", output: wrong_port.clone(), input: wrong_port, verdict: PASS },
-            Case { what: "UDP to a TCP-only VIP port", output: wrong_proto.clone(), input: wrong_proto, verdict: PASS },
-            Case { what: "ICMP to a VIP", output: icmp.clone(), input: icmp, verdict: PASS },
-            Case { what: "ARP", output: arp_request(), input: arp_request(), verdict: PASS },
-            Case { what: "IPv6", output: ipv6_udp(), input: ipv6_udp(), verdict: PASS },
+            Case {
+                what: "TCP to another address",
+                output: not_vip.clone(),
+                input: not_vip,
+                verdict: PASS,
+            },
+            Case {
+                what: "TCP to a VIP address, other port",
+                output: wrong_port.clone(),
+                input: wrong_port,
+                verdict: PASS,
+            },
+            Case {
+                what: "UDP to a TCP-only VIP port",
+                output: wrong_proto.clone(),
+                input: wrong_proto,
+                verdict: PASS,
+            },
+            Case {
+                what: "ICMP to a VIP",
+                output: icmp.clone(),
+                input: icmp,
+                verdict: PASS,
+            },
+            Case {
+                what: "ARP",
+                output: arp_request(),
+                input: arp_request(),
+                verdict: PASS,
+            },
+            Case {
+                what: "IPv6",
+                output: ipv6_udp(),
+                input: ipv6_udp(),
+                verdict: PASS,
+            },
         ],
     );
     assert_eq!(h.reason("pass_not_vip").unwrap(), 3);
@@ -365,17 +485,72 @@ fn malformed_packets_get_their_documented_verdicts() {
     check(
         &h,
         &[
-            Case { what: "Ethernet header only", output: eth_only.clone(), input: eth_only, verdict: PASS },
-            Case { what: "truncated IPv4 header", output: short_ip.clone(), input: short_ip, verdict: PASS },
-            Case { what: "IHL 4", output: bad_ihl.clone(), input: bad_ihl, verdict: PASS },
-            Case { what: "IP version 6 in an IPv4 frame", output: bad_version.clone(), input: bad_version, verdict: PASS },
-            Case { what: "total length below header", output: bad_len.clone(), input: bad_len, verdict: PASS },
-            Case { what: "truncated TCP to a VIP", output: short_tcp_vip.clone(), input: short_tcp_vip, verdict: DROP },
-            Case { what: "truncated TCP elsewhere", output: short_tcp_other.clone(), input: short_tcp_other, verdict: PASS },
-            Case { what: "options past the end, to a VIP", output: opts_truncated.clone(), input: opts_truncated, verdict: DROP },
-            Case { what: "first fragment to a VIP", output: first_frag.bytes(), input: first_frag.bytes(), verdict: DROP },
-            Case { what: "later fragment to a VIP", output: later_frag.bytes(), input: later_frag.bytes(), verdict: DROP },
-            Case { what: "fragment elsewhere", output: frag_other.bytes(), input: frag_other.bytes(), verdict: PASS },
+            Case {
+                what: "Ethernet header only",
+                output: eth_only.clone(),
+                input: eth_only,
+                verdict: PASS,
+            },
+            Case {
+                what: "truncated IPv4 header",
+                output: short_ip.clone(),
+                input: short_ip,
+                verdict: PASS,
+            },
+            Case {
+                what: "IHL 4",
+                output: bad_ihl.clone(),
+                input: bad_ihl,
+                verdict: PASS,
+            },
+            Case {
+                what: "IP version 6 in an IPv4 frame",
+                output: bad_version.clone(),
+                input: bad_version,
+                verdict: PASS,
+            },
+            Case {
+                what: "total length below header",
+                output: bad_len.clone(),
+                input: bad_len,
+                verdict: PASS,
+            },
+            Case {
+                what: "truncated TCP to a VIP",
+                output: short_tcp_vip.clone(),
+                input: short_tcp_vip,
+                verdict: DROP,
+            },
+            Case {
+                what: "truncated TCP elsewhere",
+                output: short_tcp_other.clone(),
+                input: short_tcp_other,
+                verdict: PASS,
+            },
+            Case {
+                what: "options past the end, to a VIP",
+                output: opts_truncated.clone(),
+                input: opts_truncated,
+                verdict: DROP,
+            },
+            Case {
+                what: "first fragment to a VIP",
+                output: first_frag.bytes(),
+                input: first_frag.bytes(),
+                verdict: DROP,
+            },
+            Case {
+                what: "later fragment to a VIP",
+                output: later_frag.bytes(),
+                input: later_frag.bytes(),
+                verdict: DROP,
+            },
+            Case {
+                what: "fragment elsewhere",
+                output: frag_other.bytes(),
+                input: frag_other.bytes(),
+                verdict: PASS,
+            },
         ],
     );
     assert_eq!(h.reason("pass_short_ip").unwrap(), 2);
@@ -391,7 +566,15 @@ fn malformed_packets_get_their_documented_verdicts() {
 fn a_service_without_backends_drops_and_counts() {
     let Some((h, _)) = harness() else { return };
     let f = Frame::tcp(CLIENT, 40000, VIP, 9999).bytes();
-    check(&h, &[Case { what: "VIP with no backend", output: f.clone(), input: f, verdict: DROP }]);
+    check(
+        &h,
+        &[Case {
+            what: "VIP with no backend",
+            output: f.clone(),
+            input: f,
+            verdict: DROP,
+        }],
+    );
     assert_eq!(h.reason("drop_no_backend").unwrap(), 1);
 }
 
@@ -399,7 +582,9 @@ fn a_service_without_backends_drops_and_counts() {
 fn table_swaps_are_whole() {
     // Every rebuild flips to a completely written table: after each of many changes, every
     // new flow goes exactly where a freshly built table says.
-    let Some((mut h, plan)) = harness() else { return };
+    let Some((mut h, plan)) = harness() else {
+        return;
+    };
     let mut p = plan.clone();
     for round in 0..6u8 {
         p.services[0].backends = (1..=3 + round).map(backend).collect();
@@ -407,8 +592,81 @@ fn table_swaps_are_whole() {
         for port in 0..20u16 {
             let f = Frame::tcp([10, 9, round, 1], 30000 + port, VIP, 80);
             let r = h.run(&f.bytes()).unwrap();
-            assert_eq!(r.frame, forwarded(&f.bytes(), predict(&p, "five", &f)), "round {round}");
+            assert_eq!(
+                r.frame,
+                forwarded(&f.bytes(), predict(&p, "five", &f)),
+                "round {round}"
+            );
         }
     }
     let _ = CLIENT_MAC;
+}
+
+#[test]
+fn an_established_flow_of_a_removed_vip_is_no_longer_forwarded() {
+    // The fast path finds the entry without the VIP lookup; the VIP's generation must stop it.
+    let Some((mut h, plan)) = harness() else {
+        return;
+    };
+    let f = Frame::tcp(CLIENT, 46000, VIP, 80);
+    assert_eq!(h.run(&f.bytes()).unwrap().verdict, TX);
+    let mut without = plan.clone();
+    without.vips.retain(|v| v.name != "web");
+    h.apply(&without).unwrap();
+    let r = h.run(&f.bytes()).unwrap();
+    assert_eq!(
+        (r.verdict, r.frame),
+        (PASS, f.bytes()),
+        "a removed VIP kept forwarding"
+    );
+    // Back again: a fresh flow entry is made under the new generation.
+    h.apply(&plan).unwrap();
+    let r = h.run(&f.bytes()).unwrap();
+    assert_eq!(r.frame, forwarded(&f.bytes(), predict(&plan, "five", &f)));
+}
+
+#[test]
+fn per_session_tracking_keeps_a_session_on_its_backend() {
+    if !root_or_skip("xdp fixtures") {
+        return;
+    }
+    let mut h = XdpHarness::new(RING).unwrap();
+    let three = || vec![backend(1), backend(2), backend(3)];
+    let plan = L4Plan {
+        services: vec![service(
+            "sess",
+            hash_mode::CLIENT_IP,
+            service_flags::PER_SESSION,
+            three(),
+        )],
+        vips: vec![vip("s", VIP, 0, 6, "sess")],
+    };
+    h.apply(&plan).unwrap();
+    let first = Frame::tcp(CLIENT, 47000, VIP, 80);
+    let r = h.run(&first.bytes()).unwrap();
+    let chosen: [u8; 6] = r.frame[0..6].try_into().unwrap();
+    assert_eq!(chosen, predict(&plan, "sess", &first));
+    // Take the backend out of the table (draining): the whole session — other ports of
+    // the same client — stays on it through its one session entry.
+    let mut drained = plan.clone();
+    for b in &mut drained.services[0].backends {
+        if b.mac == Some(chosen) {
+            b.in_table = false;
+            b.draining = true;
+        }
+    }
+    h.apply(&drained).unwrap();
+    for port in [47001u16, 47002, 8080] {
+        let r = h.run(&Frame::tcp(CLIENT, port, VIP, port).bytes()).unwrap();
+        assert_eq!(&r.frame[0..6], &chosen[..], "the session left its backend");
+    }
+    // Another client starts a new session elsewhere.
+    let other = Frame::tcp([10, 0, 3, 3], 1000, VIP, 80);
+    let r = h.run(&other.bytes()).unwrap();
+    assert_eq!(
+        r.frame,
+        forwarded(&other.bytes(), predict(&drained, "sess", &other))
+    );
+    let vs = h.counters().unwrap().vip(0).unwrap();
+    assert_eq!((vs.new_flows, vs.conn_hits), (2, 3));
 }

@@ -1,1 +1,39 @@
-fn main() {}
+//! Project tasks: `cargo xtask <command>`. Each command installs what it needs first
+//! (scripts/bootstrap.sh, idempotent and quick when everything is present).
+
+mod bench;
+mod bootstrap;
+mod demo;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "lb project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install toolchain pieces and packages (nightly rust-src, bpf-linker, Debian packages).
+    Bootstrap,
+    /// Bootstrap, then fmt and clippy checks (userspace and eBPF), then every test.
+    Test,
+    /// Bootstrap, then the demo: a namespace topology with a client, `lb` and three backends.
+    Demo,
+    /// Nanoseconds per packet of the XDP program from BPF_PROG_TEST_RUN, beside a trivial
+    /// pass program built by the project.
+    BenchXdp,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Bootstrap => bootstrap::run(),
+        Cmd::Test => test::run(),
+        Cmd::Demo => demo::run(),
+        Cmd::BenchXdp => bench::xdp(),
+    }
+}

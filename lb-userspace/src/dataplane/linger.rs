@@ -25,19 +25,31 @@ impl Lingering {
     ) {
         if let Some(prev) = prev {
             for ps in &prev.services {
-                let Some(ns) = next.services.iter().find(|s| s.name == ps.name) else { continue };
+                let Some(ns) = next.services.iter().find(|s| s.name == ps.name) else {
+                    continue;
+                };
                 for b in &ps.backends {
                     let key = (ps.name.clone(), b.name.clone());
-                    let present = ns.backends.iter().any(|n| n.name == b.name && n.addr == b.addr);
-                    if !present && !self.removed.contains_key(&key) && !timeout(&ps.name).is_zero() {
+                    let present = ns
+                        .backends
+                        .iter()
+                        .any(|n| n.name == b.name && n.addr == b.addr);
+                    if !present && !self.removed.contains_key(&key) && !timeout(&ps.name).is_zero()
+                    {
                         self.removed.insert(key, (b.clone(), now));
                     }
                 }
             }
         }
         self.removed.retain(|(svc, name), (b, at)| {
-            let Some(ns) = next.services.iter_mut().find(|s| &s.name == svc) else { return false };
-            if ns.backends.iter().any(|n| &n.name == name || n.addr == b.addr) {
+            let Some(ns) = next.services.iter_mut().find(|s| &s.name == svc) else {
+                return false;
+            };
+            if ns
+                .backends
+                .iter()
+                .any(|n| &n.name == name || n.addr == b.addr)
+            {
                 return false;
             }
             if now.duration_since(*at) >= timeout(svc) {
@@ -83,7 +95,13 @@ mod tests {
 
     fn plan(bs: Vec<L4Backend>) -> L4Plan {
         L4Plan {
-            services: vec![L4Service { name: "s".into(), hash_mode: 0, flags: 0, idle_timeout_s: 600, backends: bs }],
+            services: vec![L4Service {
+                name: "s".into(),
+                hash_mode: 0,
+                flags: 0,
+                idle_timeout_s: 600,
+                backends: bs,
+            }],
             vips: vec![],
         }
     }
@@ -96,14 +114,22 @@ mod tests {
         let prev = plan(vec![b(1), b(2)]);
         let mut next = plan(vec![b(1)]);
         l.apply(Some(&prev), &mut next, &to, t0);
-        let d = next.services[0].backends.iter().find(|x| x.name == "b2").unwrap();
+        let d = next.services[0]
+            .backends
+            .iter()
+            .find(|x| x.name == "b2")
+            .unwrap();
         assert!(d.draining && !d.in_table);
         let mut later = plan(vec![b(1)]);
         l.apply(Some(&next), &mut later, &to, t0 + Duration::from_secs(5));
         assert_eq!(later.services[0].backends.len(), 2, "still draining at 5 s");
         let mut gone = plan(vec![b(1)]);
         l.apply(Some(&later), &mut gone, &to, t0 + Duration::from_secs(11));
-        assert_eq!(gone.services[0].backends.len(), 1, "freed after the timeout");
+        assert_eq!(
+            gone.services[0].backends.len(),
+            1,
+            "freed after the timeout"
+        );
         assert!(l.is_empty());
     }
 
