@@ -106,6 +106,56 @@ async fn stopped_backend_detected_and_recovers() {
     );
 }
 
+/// A backend that stops answering (no RST, no response) costs the timeout on top of the
+/// probes: detection is within U·I + T. The stop happens at a random point of the interval,
+/// so the figures printed are typical rather than worst-case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_backend_detected_and_recovers() {
+    init_log();
+    let (interval, timeout, threshold) = (0.5, 0.25, 2.0);
+    let b = start("127.0.0.1:0".parse().unwrap(), Mode::Http, routes()).await;
+    let cfg = config(
+        r#"protocol = "HTTP"
+        request_path = "/healthz"
+        check_interval_sec = 0.5
+        timeout_sec = 0.25
+        healthy_threshold = 2
+        unhealthy_threshold = 2"#,
+        &[("a", b.addr.port())],
+    );
+    let checker = HealthChecker::start(&cfg);
+    let mut rx = checker.subscribe();
+    wait_for(&mut rx, "a", Health::Healthy, Duration::from_secs(3)).await;
+    tokio::time::sleep(random_fraction_of(interval)).await;
+
+    b.hung.store(true, std::sync::atomic::Ordering::Relaxed);
+    let bound = Duration::from_secs_f64(interval * threshold + timeout + 1.0);
+    let down = wait_for(&mut rx, "a", Health::Unhealthy, bound).await;
+    assert_eq!(
+        checker.status()[0].last_error.as_deref(),
+        Some("response timeout")
+    );
+    tokio::time::sleep(random_fraction_of(interval)).await;
+    b.hung.store(false, std::sync::atomic::Ordering::Relaxed);
+    let up_bound = Duration::from_secs_f64(interval * threshold + 1.0);
+    let up = wait_for(&mut rx, "a", Health::Healthy, up_bound).await;
+    println!(
+        "DETECTION hung backend (interval {interval} s, timeout {timeout} s, thresholds 2/2, \
+         random phase): stops answering → unhealthy after {down:?} (bound {bound:?}); \
+         answers again → healthy after {up:?} (bound {up_bound:?})"
+    );
+}
+
+/// A pseudo-random duration in [0, secs) from the clock, to stop backends at a random
+/// point of the probe interval.
+fn random_fraction_of(secs: f64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    Duration::from_secs_f64(secs * f64::from(nanos % 1000) / 1000.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_holes_do_not_delay_other_backends() {
     init_log();

@@ -5,7 +5,7 @@ mod health_support;
 
 use health_support::{routes, start, Mode};
 use lb_userspace::{
-    config::HealthCheckProtocol,
+    config::{BackendConfig, HealthCheck, HealthCheckProtocol},
     health::probe::{probe, ProbeError, ProbeSpec},
 };
 use std::{
@@ -193,4 +193,42 @@ async fn syn_black_hole_times_out_in_connect() {
     s.timeout = Duration::from_millis(300);
     let e = probe(&s).await.unwrap_err();
     assert_eq!(e.to_string(), "connect timeout");
+}
+
+/// Host header: the configured `host`, else the backend's address; one connection per
+/// probe (`Connection: close`) on HTTP/1.1; `:authority` on HTTP/2.
+#[tokio::test]
+async fn host_header_and_connection_close() {
+    let b = start("127.0.0.1:0".parse().unwrap(), Mode::Http, routes()).await;
+    let backend: BackendConfig = toml::from_str(&format!(
+        "address = \"127.0.0.1\"\nport = {}",
+        b.addr.port()
+    ))
+    .unwrap();
+    let mut check: HealthCheck = toml::from_str(
+        "protocol = \"HTTP\"\nrequest_path = \"/healthz\"\nport_specification = \"USE_SERVING_PORT\"",
+    )
+    .unwrap();
+    probe(&ProbeSpec::new(&check, &backend)).await.unwrap();
+    let seen = b.last_seen();
+    assert_eq!(seen.path, "/healthz");
+    assert_eq!(seen.host.as_deref(), Some("127.0.0.1"));
+    assert_eq!(seen.connection.as_deref(), Some("close"));
+    assert_eq!(seen.version, hyper::Version::HTTP_11);
+
+    check.host = Some("app.example".into());
+    probe(&ProbeSpec::new(&check, &backend)).await.unwrap();
+    assert_eq!(b.last_seen().host.as_deref(), Some("app.example"));
+
+    let h2 = start("127.0.0.1:0".parse().unwrap(), Mode::H2, routes()).await;
+    let backend: BackendConfig = toml::from_str(&format!(
+        "address = \"127.0.0.1\"\nport = {}",
+        h2.addr.port()
+    ))
+    .unwrap();
+    check.protocol = HealthCheckProtocol::Http2;
+    probe(&ProbeSpec::new(&check, &backend)).await.unwrap();
+    let seen = h2.last_seen();
+    assert_eq!(seen.version, hyper::Version::HTTP_2);
+    assert_eq!(seen.host.as_deref(), Some("app.example"));
 }

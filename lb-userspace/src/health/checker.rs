@@ -72,16 +72,43 @@ pub struct BackendStatus {
     pub health: Option<Health>,
     pub consecutive_successes: u32,
     pub consecutive_failures: u32,
+    /// Serialized as `last_latency_ms` (float milliseconds) for the admin API.
+    #[serde(rename = "last_latency_ms", serialize_with = "ser::millis")]
     pub last_latency: Option<Duration>,
     /// The last failure's reason, kept after later successes for diagnosis.
     pub last_error: Option<String>,
     /// Whether the last probe succeeded (`None` before the first probe).
     pub last_ok: Option<bool>,
+    /// Serialized as `last_probe_unix_ms`.
+    #[serde(rename = "last_probe_unix_ms", serialize_with = "ser::unix_millis")]
     pub last_probe: Option<SystemTime>,
     /// Probes by result: "success" or a [`ProbeError::kind`].
     pub probes: BTreeMap<&'static str, u64>,
     #[serde(skip)]
     pub latency: LatencyHistogram,
+}
+
+mod ser {
+    //! Admin-friendly JSON for times: plain numbers instead of serde's {secs, nanos}.
+    use serde::Serializer;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    pub(super) fn millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64() * 1e3),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn unix_millis<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            Some(d) => s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 impl BackendStatus {
@@ -107,25 +134,56 @@ struct Entry {
     status: BackendStatus,
 }
 
-struct Shared {
-    entries: Mutex<BTreeMap<BackendKey, Entry>>,
-    tx: watch::Sender<Arc<HealthSnapshot>>,
+#[derive(Default)]
+struct Table {
+    entries: BTreeMap<BackendKey, Entry>,
+    /// Bumped for every snapshot taken, so publishing can drop an older one that lost a
+    /// race with a newer one.
+    version: u64,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<BackendKey, Entry>> {
-        // A panic while holding the lock leaves plain counters behind: still usable.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Publishes the snapshot of `entries` if it differs from the current one.
-    fn publish(&self, entries: &BTreeMap<BackendKey, Entry>) {
+impl Table {
+    /// The verdicts of the table now, stamped with a fresh version.
+    fn stamp(&mut self) -> Stamped {
+        self.version += 1;
         let snap = HealthSnapshot {
-            backends: entries
+            backends: self
+                .entries
                 .iter()
                 .filter_map(|(k, e)| e.state.health().map(|h| (k.clone(), h)))
                 .collect(),
         };
+        Stamped(self.version, snap)
+    }
+}
+
+struct Stamped(u64, HealthSnapshot);
+
+struct Shared {
+    table: Mutex<Table>,
+    /// Version of the last snapshot sent.
+    published: Mutex<u64>,
+    tx: watch::Sender<Arc<HealthSnapshot>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock leaves plain counters behind: still usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `stamped` unless a newer snapshot went out already or nothing changed.
+    ///
+    /// Called WITHOUT the table lock: a reader may hold a `watch` borrow while calling
+    /// [`HealthReader::status`], and sending waits for that borrow to end; holding the
+    /// table lock here could deadlock the two.
+    fn publish(&self, stamped: Stamped) {
+        let Stamped(version, snap) = stamped;
+        let mut last = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        if version <= *last {
+            return;
+        }
+        *last = version;
         self.tx.send_if_modified(|cur| {
             if **cur == snap {
                 return false;
@@ -144,8 +202,9 @@ impl Shared {
         latency: Duration,
         result: &Result<(), ProbeError>,
     ) -> Option<Transition> {
-        let mut entries = self.lock();
-        let e = entries
+        let mut table = self.lock();
+        let e = table
+            .entries
             .get_mut(key)
             .filter(|e| e.generation == generation)?;
         let s = &mut e.status;
@@ -165,8 +224,10 @@ impl Shared {
         s.health = e.state.health();
         s.consecutive_successes = e.state.consecutive_successes();
         s.consecutive_failures = e.state.consecutive_failures();
-        if t.is_some() {
-            self.publish(&entries);
+        let stamped = t.is_some().then(|| table.stamp());
+        drop(table);
+        if let Some(st) = stamped {
+            self.publish(st);
         }
         t
     }
@@ -195,9 +256,22 @@ impl HealthReader {
     pub fn status(&self) -> Vec<BackendStatus> {
         self.shared
             .lock()
+            .entries
             .values()
             .map(|e| e.status.clone())
             .collect()
+    }
+}
+
+impl HealthReader {
+    /// The status of one probed backend (`None` when it is not probed).
+    pub fn get(&self, service: &str, backend: &str) -> Option<BackendStatus> {
+        let key = (service.to_string(), backend.to_string());
+        self.shared
+            .lock()
+            .entries
+            .get(&key)
+            .map(|e| e.status.clone())
     }
 }
 
@@ -224,9 +298,17 @@ impl HealthChecker {
     /// A checker with no targets and an empty snapshot.
     pub fn new() -> Self {
         let (tx, _) = watch::channel(Arc::new(HealthSnapshot::default()));
+        Self::with_sender(tx)
+    }
+
+    /// A checker with no targets that publishes into an existing channel (for an agent
+    /// that created its channel before the checker). The channel's current value is kept
+    /// until the first change.
+    pub fn with_sender(tx: watch::Sender<Arc<HealthSnapshot>>) -> Self {
         HealthChecker {
             shared: Arc::new(Shared {
-                entries: Mutex::new(BTreeMap::new()),
+                table: Mutex::new(Table::default()),
+                published: Mutex::new(0),
                 tx,
             }),
             targets: HashMap::new(),
@@ -270,16 +352,17 @@ impl HealthChecker {
             .filter(|(k, t)| desired.get(*k) != Some(&t.spec))
             .map(|(k, _)| k.clone())
             .collect();
-        {
-            let mut entries = self.shared.lock();
+        let stamped = {
+            let mut table = self.shared.lock();
             for k in &stale {
                 if let Some(t) = self.targets.remove(k) {
                     t.task.abort();
                 }
-                entries.remove(k);
+                table.entries.remove(k);
             }
-            self.shared.publish(&entries);
-        }
+            table.stamp()
+        };
+        self.shared.publish(stamped);
         for (key, spec) in desired {
             if self.targets.contains_key(&key) {
                 continue;
@@ -303,7 +386,7 @@ impl HealthChecker {
                 probes: BTreeMap::new(),
                 latency: LatencyHistogram::new(),
             };
-            self.shared.lock().insert(
+            self.shared.lock().entries.insert(
                 key.clone(),
                 Entry {
                     generation,
@@ -491,12 +574,121 @@ mod tests {
         }
     }
 
+    #[test]
+    fn status_json_uses_plain_numbers() {
+        let st = BackendStatus {
+            service: "s".into(),
+            backend: "b".into(),
+            health_check: "hc".into(),
+            probe_address: "127.0.0.1:80".parse().unwrap(),
+            health: Some(Health::Unhealthy),
+            consecutive_successes: 0,
+            consecutive_failures: 3,
+            last_latency: Some(Duration::from_micros(1500)),
+            last_error: Some("connect timeout".into()),
+            last_ok: Some(false),
+            last_probe: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1234)),
+            probes: BTreeMap::from([("timeout", 3)]),
+            latency: LatencyHistogram::new(),
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["last_latency_ms"], 1.5);
+        assert_eq!(v["last_probe_unix_ms"], 1234);
+        assert_eq!(v["health"], "Unhealthy");
+        assert_eq!(v["probes"]["timeout"], 3);
+        assert!(v.get("latency").is_none());
+    }
+
+    /// Collects formatted log output of the current thread.
+    #[derive(Clone, Default)]
+    struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_transition_is_logged_with_its_reason() {
+        let buf = LogBuf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        // A current-thread runtime keeps the probe tasks on this thread, where the
+        // thread-local subscriber applies.
+        let _guard = tracing::subscriber::set_default(sub);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let text = format!(
+                r#"
+                [health_checks.hc]
+                protocol = "TCP"
+                port = {}
+                check_interval_sec = 0.1
+                timeout_sec = 0.1
+                healthy_threshold = 1
+                unhealthy_threshold = 1
+                [backend_services.svc]
+                protocol = "TCP"
+                health_check = "hc"
+                backends = [{{ address = "127.0.0.1", name = "b1" }}]
+                "#,
+                l.local_addr().unwrap().port()
+            );
+            let c = HealthChecker::start(&cfg(&text));
+            let mut rx = c.subscribe();
+            let wait = |rx: &mut watch::Receiver<Arc<HealthSnapshot>>, h| {
+                let rx = rx.clone();
+                async move {
+                    let mut rx = rx;
+                    tokio::time::timeout(
+                        Duration::from_secs(2),
+                        rx.wait_for(|s| s.get("svc", "b1") == Some(h)),
+                    )
+                    .await
+                    .expect("transition within 2 s")
+                    .map(|_| ())
+                    .expect("checker alive");
+                }
+            };
+            wait(&mut rx, Health::Healthy).await;
+            drop(l);
+            wait(&mut rx, Health::Unhealthy).await;
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            log.contains("backend unknown → healthy: 1 consecutive success"),
+            "{log}"
+        );
+        assert!(
+            log.contains("backend healthy → unhealthy: 1 consecutive failure: connect:"),
+            "{log}"
+        );
+        assert!(log.contains("service=svc backend=b1"), "{log}");
+    }
+
     #[tokio::test]
     async fn update_keeps_unchanged_and_replaces_changed() {
         let mut c = HealthChecker::start(&cfg(TWO_SERVICES));
         assert_eq!(c.status().len(), 2);
         let gens = |c: &HealthChecker| -> Vec<u64> {
-            c.shared.lock().values().map(|e| e.generation).collect()
+            c.shared
+                .lock()
+                .entries
+                .values()
+                .map(|e| e.generation)
+                .collect()
         };
         let before = gens(&c);
         c.update(&cfg(TWO_SERVICES));
@@ -514,6 +706,13 @@ mod tests {
         let st = c.status();
         assert_eq!(st.len(), 1);
         assert_eq!(st[0].backend, "a");
+        assert_eq!(
+            c.reader()
+                .get("checked", "a")
+                .map(|s| s.probe_address.port()),
+            Some(1)
+        );
+        assert!(c.reader().get("checked", "127.0.0.1").is_none());
         assert_eq!(c.targets.len(), 1);
         c.shutdown();
         assert!(c.targets.is_empty());

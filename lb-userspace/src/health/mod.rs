@@ -12,6 +12,20 @@
 //!
 //! Parts: [`state`] is the pure per-backend state machine, [`probe`] runs one probe,
 //! [`checker`] schedules probes (one task per backend) and publishes snapshots.
+//!
+//! Use from the agent (inside the tokio runtime):
+//! ```text
+//! let mut checker = HealthChecker::start(&cfg);      // or with_sender(tx) + update(&cfg)
+//! let mut health_rx = checker.subscribe();           // watch::Receiver<Arc<HealthSnapshot>>
+//! metrics.register_health(checker.reader());         // HealthReader: Clone + Send + Sync
+//! loop { select! {
+//!     Ok(()) = health_rx.changed() => reconcile(&health_rx.borrow_and_update()),
+//!     reload => checker.update(&new_cfg),            // keeps unchanged targets' state
+//! } }
+//! checker.shutdown();                                // or drop it
+//! ```
+//! Admin `status`: [`HealthReader::status`] (serde-serializable [`BackendStatus`]).
+//! Do not hold a `borrow()` of the snapshot across an `.await`: it blocks publishing.
 
 pub mod checker;
 pub mod probe;

@@ -8,6 +8,11 @@
 //!   address;
 //! - one fresh connection per probe (`Connection: close` on HTTP/1.1), so a probe measures
 //!   whether a new client could be served, not whether an old connection is still alive.
+//!
+//! Deviation: Google Cloud sends passthrough (L4) health probes to the forwarding rule's IP
+//! on the backend. Here every probe goes to the backend's own address: a probe from the
+//! balancer host to a VIP would be routed locally and never reach the backend the way
+//! client traffic does.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -163,7 +168,8 @@ pub async fn probe(spec: &ProbeSpec) -> Result<(), ProbeError> {
     let tcp = step(deadline, Phase::Connect, TcpStream::connect(spec.addr))
         .await?
         .map_err(ProbeError::Connect)?;
-    // Probes are tiny request/response exchanges: do not let Nagle delay them.
+    // Probes are tiny request/response exchanges: do not let Nagle delay them. Failing to
+    // set it only costs latency, never the verdict, so the error is deliberately ignored.
     let _ = tcp.set_nodelay(true);
     match spec.protocol {
         // Google Cloud's TCP check without request/response: the handshake is the test.

@@ -12,8 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -43,16 +43,38 @@ pub enum Mode {
     H2,
 }
 
+/// What a test backend saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    /// Host header, or the URI authority for HTTP/2.
+    pub host: Option<String>,
+    pub connection: Option<String>,
+    pub version: hyper::Version,
+}
+
 /// A running test backend; dropping it closes the listener and every connection.
 pub struct Backend {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// While set, requests are read but never answered (a hung backend).
+    pub hung: Arc<AtomicBool>,
     _tasks: JoinSet<()>,
 }
 
 impl Backend {
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request")
     }
 }
 
@@ -66,8 +88,12 @@ pub async fn start(addr: SocketAddr, mode: Mode, handler: Handler) -> Backend {
         Mode::H2 => Some(tls_acceptor(&[b"h2"])),
     };
     let requests = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = JoinSet::new();
     let counter = requests.clone();
+    let log = seen.clone();
+    let hung = Arc::new(AtomicBool::new(false));
+    let hang = hung.clone();
     tasks.spawn(async move {
         // Connections live in this task's own set, so dropping the backend ends them too.
         let mut conns = JoinSet::new();
@@ -76,13 +102,34 @@ pub async fn start(addr: SocketAddr, mode: Mode, handler: Handler) -> Backend {
                 continue;
             };
             let (handler, tls, counter) = (handler.clone(), tls.clone(), counter.clone());
+            let (log, hang) = (log.clone(), hang.clone());
             conns.spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
+                    let header = |n: hyper::header::HeaderName| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    let host = header(hyper::header::HOST)
+                        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+                    log.lock().unwrap().push(Seen {
+                        path: req.uri().path().to_string(),
+                        host,
+                        connection: header(hyper::header::CONNECTION),
+                        version: req.version(),
+                    });
                     let (status, body) = handler(req.uri().path());
                     let mut resp = Response::new(Full::new(Bytes::from(body)));
                     *resp.status_mut() = status;
-                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                    let hang = hang.load(Ordering::Relaxed);
+                    async move {
+                        if hang {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
                 });
                 match tls {
                     None => {
@@ -112,6 +159,8 @@ pub async fn start(addr: SocketAddr, mode: Mode, handler: Handler) -> Backend {
     Backend {
         addr,
         requests,
+        seen,
+        hung,
         _tasks: tasks,
     }
 }
@@ -146,6 +195,8 @@ pub async fn silent() -> Backend {
     Backend {
         addr,
         requests: Arc::new(AtomicU64::new(0)),
+        seen: Arc::default(),
+        hung: Arc::default(),
         _tasks: tasks,
     }
 }
