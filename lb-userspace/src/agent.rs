@@ -173,6 +173,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     let _metrics_server = metrics::serve_from_config(&cfg, metrics.clone()).await?;
 
+    // ---- L7 tier (issue 4) starts here when merged: ----
+    // let _l7 = crate::l7::start_if_configured(&cfg, Some(checker.subscribe()))?;
+    // (the health receiver replaces l7's `None`; after a successful admin change or
+    // reload, the same `config_changes` check below that updates the checker is where the
+    // L7 router would take `agent.config()`.)
+
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
     let state_file = persist::state_file(&socket);
     let saved = persist::load(&state_file).unwrap_or_else(|e| {
