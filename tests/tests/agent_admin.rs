@@ -64,20 +64,29 @@ fn every_verb_works_and_every_refusal_leaves_the_dataplane_unchanged() {
     assert_eq!(bs[0]["state"], "ready");
     let d = lb_ok(&agent, &["describe", "service", "web"]);
     assert_eq!(d["backends"][1]["name"], "backend-1");
-    let human = std::process::Command::new(lb_tests::lb_binary())
-        .args([
-            "--socket",
-            socket(&agent).to_str().unwrap(),
-            "list",
-            "backends",
-        ])
-        .output()
-        .unwrap();
-    let human = String::from_utf8_lossy(&human.stdout);
+    let human = |args: &[&str]| {
+        let o = std::process::Command::new(lb_tests::lb_binary())
+            .args(["--socket", socket(&agent).to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "lb {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let text = human(&["list", "backends"]);
     assert!(
-        human.starts_with("SERVICE") && human.contains("backend-1"),
-        "{human}"
+        text.starts_with("SERVICE") && text.contains("backend-1"),
+        "{text}"
     );
+    let text = human(&["status"]);
+    assert!(
+        text.contains("forwarding rules 1, backend services 1, backends 2"),
+        "{text}"
+    );
+    println!("$ lb status\n{text}");
+    let text = human(&["list", "rules"]);
+    assert!(text.starts_with("RULE") && text.contains("web"), "{text}");
+    println!("$ lb list rules\n{text}");
 
     // ---- Changes, each checked in the maps ----
     lb_ok(
@@ -162,6 +171,11 @@ fn every_verb_works_and_every_refusal_leaves_the_dataplane_unchanged() {
     assert!(
         share < 0.4,
         "reload returns to the file's weight 1: {share}"
+    );
+
+    println!(
+        "$ lb describe service web\n{}",
+        human(&["describe", "service", "web"])
     );
 
     // ---- Refusals ----

@@ -285,7 +285,8 @@ pub struct BackendInfo {
     pub port: Option<u16>,
     pub weight: u32,
     pub failover: bool,
-    /// "healthy", "unhealthy" or "unknown" (the checker's verdict).
+    /// "healthy", "unhealthy", "unknown" (no verdict yet) or "unchecked" (the service has
+    /// no health check); the checker's verdict, before any forced override.
     pub health: String,
     /// "up"/"down" when forced by the admin.
     pub forced: Option<String>,

@@ -125,6 +125,8 @@ pub fn service(agent: &Agent, name: &str, now: Instant) -> Result<ServiceInfo, C
             let health = match agent.health().get(name, &bname) {
                 Some(crate::health::Health::Healthy) => "healthy",
                 Some(crate::health::Health::Unhealthy) => "unhealthy",
+                // No check configured: never probed, counted as healthy.
+                None if bs.health_check.is_none() => "unchecked",
                 None => "unknown",
             };
             let state = match overrides::admin_state(ov, timeout, now) {
