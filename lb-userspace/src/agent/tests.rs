@@ -402,6 +402,7 @@ fn reads_answer() {
     let v = r.result.unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
     assert_eq!(v[0]["state"], "ready");
+    assert_eq!(v[0]["health"], "unchecked", "no health check configured");
     assert_eq!(v[2]["in_table"], false, "failover backend idle");
     let r = req(&mut a, r#"{"version":1,"verb":"list","what":"rules"}"#, t0);
     assert_eq!(r.result.unwrap()[0]["ports"], "80");
