@@ -6,6 +6,7 @@
 mod agent_support;
 
 use agent_support::*;
+use lb_common::backend_flags;
 use lb_tests::{lbrun::Agent, netns::Topology, root_or_skip};
 use std::time::{Duration, Instant};
 
@@ -163,4 +164,63 @@ fn a_black_holed_backend_does_not_delay_the_probes_of_the_others() {
     );
     let per = new_flows(&t, 30).unwrap();
     assert_eq!(per.keys().collect::<Vec<_>>(), vec!["backend-2"], "{per:?}");
+}
+
+#[test]
+fn a_backend_added_through_the_socket_is_health_checked() {
+    if !root_or_skip("agent health after add") {
+        return;
+    }
+    let t = Topology::new(3).expect("topology");
+    let _b0 = start_backend(&t, 0).unwrap();
+    let _b1 = start_backend(&t, 1).unwrap();
+    let o = Opts {
+        backends: vec![0, 1],
+        ..opts()
+    };
+    let agent = Agent::start(&t.balancer, &config(&t, &o)).unwrap();
+    wait_ready(&t, &agent);
+    let pins = agent.pin_dir.clone();
+    let ip2 = t.backend_ip(2);
+    // Nothing listens on backend 2 yet: once added, its probes are refused and the
+    // dataplane marks it unhealthy (its MAC may still be resolving, so the HEALTHY flag,
+    // which only health sets, is what shows the checker follows admin changes).
+    lb_ok(
+        &agent,
+        &[
+            "backend",
+            "add",
+            "web",
+            "--address",
+            &ip2.to_string(),
+            "--name",
+            "backend-2",
+        ],
+    );
+    let added = Instant::now();
+    let m = Maps::read(&pins).unwrap();
+    assert!(
+        m.flags(ip2).unwrap() & backend_flags::HEALTHY != 0,
+        "a new backend starts healthy (no verdict yet)"
+    );
+    until_maps(&pins, down_bound() + Duration::from_secs(3), |m| {
+        m.flags(ip2)
+            .is_some_and(|f| f & backend_flags::HEALTHY == 0)
+            && !m.shares().contains_key(&ip2)
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+    println!(
+        "added backend without a server marked unhealthy after {:?}",
+        added.elapsed()
+    );
+    assert!(added.elapsed() <= down_bound(), "{:?}", added.elapsed());
+    let st = lb_ok(&agent, &["describe", "service", "web"]);
+    assert_eq!(st["backends"][2]["health"], "unhealthy");
+    let _b2 = start_backend(&t, 2).unwrap();
+    until_maps(&pins, up_bound() + Duration::from_secs(3), |m| {
+        m.shares().contains_key(&ip2)
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+    let per = new_flows(&t, 60).unwrap();
+    assert!(per.contains_key("backend-2"), "{per:?}");
 }
