@@ -152,14 +152,16 @@ impl L4Port for NoL4 {
 pub async fn run(config_path: &Path) -> Result<()> {
     let cfg = config::load(config_path)
         .map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
+    // The socket first: a live socket means another agent runs, and it must be found out
+    // before this one swaps its program into that agent's pinned link.
+    let socket = cfg.admin.socket.clone();
+    let listener = admin::server::bind(&socket)?;
     let port: Box<dyn L4Port> = if cfg.dataplane.interfaces.is_empty() {
         info!("no dataplane.interfaces: the L4 tier is off");
         Box::new(NoL4)
     } else {
         Box::new(start_l4(&cfg)?)
     };
-    let socket = cfg.admin.socket.clone();
-    let listener = admin::server::bind(&socket)?;
     let l4_pins = (!cfg.dataplane.interfaces.is_empty()).then(|| cfg.dataplane.pin_path.clone());
 
     // Health checks are probes whose verdicts arrive as snapshots; they never touch maps.

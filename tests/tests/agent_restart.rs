@@ -30,6 +30,12 @@ fn sigkill_and_restart_lose_no_exchange_and_down_removes_everything() {
     lb_ok(&agent, &["maintenance", "web", &others[1], "on"]);
     let before = Maps::read(&pins).unwrap();
     assert_eq!(before.shares().len(), 1);
+    second_agent_is_refused(&t, &agent);
+    assert_eq!(
+        Maps::read(&pins).unwrap(),
+        before,
+        "a refused second agent touched the maps"
+    );
     let mut i = 0;
     let mut exchange = |phase: &str, agent: &Agent| {
         assert!(
@@ -97,4 +103,34 @@ fn sigkill_and_restart_lose_no_exchange_and_down_removes_everything() {
         new_flows(&t, 1).is_err(),
         "the VIP still forwards after lb down"
     );
+}
+
+/// A second `lb run` on the same config finds the live socket and exits before touching
+/// the dataplane.
+fn second_agent_is_refused(t: &Topology, agent: &Agent) {
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", t.balancer.0))
+        .arg("--")
+        .arg(lb_tests::lb_binary())
+        .args(["run", "--config", agent.config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ignored = child.kill();
+            let _ignored = child.wait();
+            panic!("a second agent kept running next to the first");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("in use by a running agent"), "{err}");
 }

@@ -508,3 +508,49 @@ fn overrides_survive_a_restart_through_the_state_file() {
         .is_none());
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn only_start_time_settings_need_a_restart() {
+    use super::state::restart_only_changes;
+    let a = config::parse(CFG).unwrap();
+    let mut b = a.clone();
+    b.backend_services
+        .get_mut("web")
+        .unwrap()
+        .connection_draining_timeout_sec = 20;
+    assert!(
+        restart_only_changes(&a, &b).is_ok(),
+        "service settings reload"
+    );
+    for (f, name) in [
+        (
+            (|c: &mut Config| c.dataplane.conn_table_size = 2048) as fn(&mut Config),
+            "dataplane.conn_table_size",
+        ),
+        (
+            |c: &mut Config| c.dataplane.max_services = 8,
+            "dataplane.max_services",
+        ),
+        (
+            |c: &mut Config| c.dataplane.pin_path = "/sys/fs/bpf/other".into(),
+            "dataplane.pin_path",
+        ),
+        (
+            |c: &mut Config| c.dataplane.interfaces = vec!["eth9".into()],
+            "dataplane.interfaces",
+        ),
+        (
+            |c: &mut Config| c.admin.socket = "/tmp/x.sock".into(),
+            "admin.socket",
+        ),
+        (
+            |c: &mut Config| c.admin.metrics_listen = Some("127.0.0.1:9".into()),
+            "admin.metrics_listen",
+        ),
+    ] {
+        let mut b = a.clone();
+        f(&mut b);
+        let e = restart_only_changes(&a, &b).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains("restart"), "{e}");
+    }
+}
