@@ -12,10 +12,11 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs:
 use lb_common::{
     backend_flags, flow_hash::flow_hash, flow_hash::mask_for_hash, service_flags, Backend,
     ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipKey, VipMeta, FAMILY_V4, KEY_FLOW,
-    KEY_SESSION, NO_BACKEND, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
+    KEY_SESSION, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
     ip::Ipv4Hdr,
     tcp::TcpHdr,
     udp::UdpHdr,
@@ -60,6 +61,9 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
         return (PASS, Reason::PASS_BAD_IP);
     }
     let proto = ip.proto;
+    if proto == PROTO_ICMP && u16::from_be_bytes(ip.frags) & IP_MF_OFFSET_MASK == 0 {
+        return icmp_frag_needed(ctx, eth, EthHdr::LEN + ihl, ip.dst_addr);
+    }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return (PASS, Reason::PASS_NOT_TCP_UDP);
     }
@@ -109,25 +113,100 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
     let Some(addr_flags) = vip_addr_flags(dst, proto) else {
         return (PASS, Reason::PASS_NOT_VIP);
     };
+    let Some(meta) = lookup_vip(&flow, addr_flags) else {
+        return (PASS, Reason::PASS_NOT_VIP);
+    };
+    balance(eth, &meta, &flow, len, now, true)
+}
+
+/// The forwarding rule of a flow: exact port first, then the all-ports rule where the
+/// address has one.
+#[inline(always)]
+fn lookup_vip(flow: &FlowKey, addr_flags: u32) -> Option<VipMeta> {
     let mut vk = VipKey {
         addr: flow.dst,
         port_be: flow.dport_be,
-        proto,
+        proto: flow.proto,
         family: FAMILY_V4,
     };
-    // SAFETY: map values are plain data; the reference is not kept past this packet.
-    let meta: VipMeta = match unsafe { VIPS.get(vk) } {
-        Some(m) => *m,
-        None if addr_flags & VIP_ADDR_ALL_PORTS != 0 => {
-            vk.port_be = 0;
-            match unsafe { VIPS.get(vk) } {
-                Some(m) => *m,
-                None => return (PASS, Reason::PASS_NOT_VIP),
-            }
-        }
-        None => return (PASS, Reason::PASS_NOT_VIP),
+    // SAFETY: map values are plain data; copied out at once.
+    if let Some(m) = unsafe { VIPS.get(vk) } {
+        return Some(*m);
+    }
+    if addr_flags & VIP_ADDR_ALL_PORTS == 0 {
+        return None;
+    }
+    vk.port_be = 0;
+    unsafe { VIPS.get(vk) }.copied()
+}
+
+/// ICMP "fragmentation needed" (type 3, code 4; RFC 792, RFC 1191) about a VIP flow goes
+/// to that flow's backend: the backend sent the too-big packet (direct server return), so
+/// only it can lower its path MTU. The quoted header is the backend's reply (VIP → client);
+/// reversed, it is the client's flow, looked up like any packet of that flow. Other ICMP,
+/// or a quote that is not a VIP flow, passes untouched. No connection entry is created.
+#[inline(always)]
+fn icmp_frag_needed(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    off: usize,
+    outer_dst: [u8; 4],
+) -> (u32, Reason) {
+    let not_ours = (PASS, Reason::PASS_NOT_TCP_UDP);
+    let Some(icmp) = ptr_at::<Icmpv4Hdr>(ctx, off) else {
+        return not_ours;
     };
-    balance(eth, &meta, &flow, len, now)
+    // SAFETY (header reads): bounds checked by `ptr_at`.
+    let (ty, code) = unsafe { ((*icmp).type_, (*icmp).code) };
+    if ty != 3 || code != 4 {
+        return not_ours;
+    }
+    let inner_off = off + Icmpv4Hdr::LEN;
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_off) else {
+        return not_ours;
+    };
+    let inner = unsafe { &*inner };
+    let ihl = ((inner.vihl & 0x0f) as usize) * 4;
+    if inner.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || inner.src_addr != outer_dst {
+        return not_ours;
+    }
+    if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP {
+        return not_ours;
+    }
+    // RFC 792 quotes at least the first 8 bytes of the datagram: both ports are there.
+    let Some(ports) = ptr_at::<[u8; 4]>(ctx, inner_off + ihl) else {
+        return not_ours;
+    };
+    let ports = unsafe { *ports };
+    let flow = FlowKey {
+        src: v4_addr(inner.dst_addr),
+        dst: v4_addr(inner.src_addr),
+        sport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+        dport_be: u16::from_ne_bytes([ports[0], ports[1]]),
+        proto: inner.proto,
+        family: FAMILY_V4,
+        kind: KEY_FLOW,
+        _pad: 0,
+        vip_id: 0,
+    };
+    let len = frame_len(ctx);
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let verdict = match established(eth, &flow, len, now) {
+        Some(v) => v,
+        None => {
+            let Some(flags) = vip_addr_flags(inner.src_addr, inner.proto) else {
+                return not_ours;
+            };
+            let Some(meta) = lookup_vip(&flow, flags) else {
+                return not_ours;
+            };
+            balance(eth, &meta, &flow, len, now, false)
+        }
+    };
+    if verdict.0 == TX {
+        counters::reason(Reason::SEEN_ICMP_TO_BACKEND);
+    }
+    verdict
 }
 
 /// The connection-table fast path for PER_CONNECTION flows; `None` sends the packet down the
@@ -210,9 +289,17 @@ fn v4_addr(a: [u8; 4]) -> [u8; 16] {
     out
 }
 
-/// The full path: a packet for a VIP that had no usable fast-path entry.
+/// The full path: a packet for a VIP that had no usable fast-path entry. `create` records
+/// the choice in the connection table (not for ICMP errors, which are not flows).
 #[inline(always)]
-fn balance(eth: *mut EthHdr, meta: &VipMeta, flow: &FlowKey, len: u64, now: u64) -> (u32, Reason) {
+fn balance(
+    eth: *mut EthHdr,
+    meta: &VipMeta,
+    flow: &FlowKey,
+    len: u64,
+    now: u64,
+    create: bool,
+) -> (u32, Reason) {
     let Some(vstats) = counters::vip(meta.vip_id) else {
         return (ABORT, Reason::ABORT_INTERNAL);
     };
@@ -274,9 +361,11 @@ fn balance(eth: *mut EthHdr, meta: &VipMeta, flow: &FlowKey, len: u64, now: u64)
     };
     // A failed insert (only possible under memory pressure) still forwards this packet;
     // the next one is hashed again to the same backend.
-    let _ = CONNS.insert(conn_key, entry, 0);
-    vstats.new_flows += 1;
-    counters::backend(id, len, true);
+    if create {
+        let _ = CONNS.insert(conn_key, entry, 0);
+        vstats.new_flows += 1;
+    }
+    counters::backend(id, len, create);
     rewrite(eth, be)
 }
 

@@ -132,3 +132,26 @@ pub fn ipv6_udp() -> Vec<u8> {
     f.extend_from_slice(b"hello");
     f
 }
+
+/// An ICMP "fragmentation needed" (type 3, code 4) from `router` to `to`, quoting the first
+/// 28 bytes of `quoted` (an IPv4 frame built by [`Frame`], Ethernet header skipped).
+pub fn icmp_frag_needed(router: [u8; 4], to: [u8; 4], quoted: &[u8], mtu: u16) -> Vec<u8> {
+    let inner = &quoted[14..14 + 28];
+    let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(inner);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Frame::udp(router, 0, to, 0);
+    f.proto = 1;
+    let mut out = f.bytes();
+    // Replace the UDP part with the ICMP message and fix the IPv4 length and checksum.
+    out.truncate(14 + 20);
+    out.extend_from_slice(&icmp);
+    let total = (20 + icmp.len()) as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&out[14..34]);
+    out[24..26].copy_from_slice(&c.to_be_bytes());
+    out
+}

@@ -670,3 +670,57 @@ fn per_session_tracking_keeps_a_session_on_its_backend() {
     let vs = h.counters().unwrap().vip(0).unwrap();
     assert_eq!((vs.new_flows, vs.conn_hits), (2, 3));
 }
+
+#[test]
+fn icmp_fragmentation_needed_reaches_the_flows_backend() {
+    let Some((h, plan)) = harness() else { return };
+    let flow = Frame::tcp(CLIENT, 48000, VIP, 80);
+    let owner = h.run(&flow.bytes()).unwrap().frame[0..6].to_vec();
+    // The backend's reply (VIP:80 → client) was too big for a router on the way back.
+    let reply = Frame::tcp(VIP, 80, CLIENT, 48000).bytes();
+    let router = [10, 0, 0, 254];
+    let icmp = lb_tests::packet::icmp_frag_needed(router, VIP, &reply, 1400);
+    // A quoted flow the balancer never saw is hashed like its first packet would be.
+    let unseen_reply = Frame::tcp(VIP, 80, CLIENT, 48001).bytes();
+    let unseen = lb_tests::packet::icmp_frag_needed(router, VIP, &unseen_reply, 1400);
+    let unseen_flow = Frame::tcp(CLIENT, 48001, VIP, 80);
+    // Quoting something that is not a VIP flow, or ICMP of another kind: untouched.
+    let foreign_reply = Frame::tcp(OTHER, 80, CLIENT, 48000).bytes();
+    let foreign = lb_tests::packet::icmp_frag_needed(router, VIP, &foreign_reply, 1400);
+    let mut echo = icmp.clone();
+    echo[34] = 8; // echo request
+    echo[35] = 0;
+    check(
+        &h,
+        &[
+            Case {
+                what: "frag-needed about an established flow",
+                output: forwarded(&icmp, owner.clone().try_into().unwrap()),
+                input: icmp.clone(),
+                verdict: TX,
+            },
+            Case {
+                what: "frag-needed about an unseen VIP flow",
+                output: forwarded(&unseen, predict(&plan, "five", &unseen_flow)),
+                input: unseen.clone(),
+                verdict: TX,
+            },
+            Case {
+                what: "frag-needed quoting a non-VIP flow",
+                output: foreign.clone(),
+                input: foreign,
+                verdict: PASS,
+            },
+            Case {
+                what: "ICMP echo to a VIP",
+                output: echo.clone(),
+                input: echo,
+                verdict: PASS,
+            },
+        ],
+    );
+    assert_eq!(h.reason("seen_icmp_to_backend").unwrap(), 2);
+    // ICMP errors are not flows: the unseen flow got no connection entry.
+    let vs = h.counters().unwrap().vip(0).unwrap();
+    assert_eq!(vs.new_flows, 1);
+}
