@@ -114,7 +114,14 @@ fn run_change(agent: &mut Agent, verb: Verb, now: Instant) -> Result<String, Err
             };
             agent
                 .change_override(&service, &backend, now, |o| o.forced = forced)
-                .map(|()| format!("{service}/{backend} health is {health:?}").to_lowercase())
+                .map(|()| format!(
+                        "{service}/{backend} health is {}",
+                        match health {
+                            ForcedHealth::Up => "forced up",
+                            ForcedHealth::Down => "forced down",
+                            ForcedHealth::Auto => "decided by the health checker",
+                        }
+                    ))
         }
         Verb::Reload => agent.reload(now).map(|()| {
             let p = agent.config_path().map(|p| p.display().to_string()).unwrap_or_default();
