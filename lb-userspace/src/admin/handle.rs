@@ -107,21 +107,14 @@ fn run_change(agent: &mut Agent, verb: Verb, now: Instant) -> Result<String, Err
             backend,
             health,
         } => {
-            let forced = match health {
-                ForcedHealth::Up => Some(true),
-                ForcedHealth::Down => Some(false),
-                ForcedHealth::Auto => None,
+            let (forced, word) = match health {
+                ForcedHealth::Up => (Some(true), "forced up"),
+                ForcedHealth::Down => (Some(false), "forced down"),
+                ForcedHealth::Auto => (None, "decided by the health checker"),
             };
             agent
                 .change_override(&service, &backend, now, |o| o.forced = forced)
-                .map(|()| format!(
-                        "{service}/{backend} health is {}",
-                        match health {
-                            ForcedHealth::Up => "forced up",
-                            ForcedHealth::Down => "forced down",
-                            ForcedHealth::Auto => "decided by the health checker",
-                        }
-                    ))
+                .map(|()| format!("{service}/{backend} health is {word}"))
         }
         Verb::Reload => agent.reload(now).map(|()| {
             let p = agent.config_path().map(|p| p.display().to_string()).unwrap_or_default();
