@@ -6,6 +6,7 @@
 //! Restarts keep flows: the maps and the XDP link are pinned (see `dataplane::loader`), the
 //! programmer adopts them, and the first reconcile only writes what differs.
 
+pub mod adopt;
 pub mod overrides;
 pub mod persist;
 pub mod state;
@@ -170,7 +171,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.register_health(checker.reader());
     let published = Arc::new(Mutex::new(Published::default()));
-    if let Some(pins) = l4_pins {
+    if let Some(pins) = l4_pins.clone() {
         metrics.register_dataplane(dataplane_source(pins, published.clone()));
     }
     let _metrics_server = metrics::serve_from_config(&cfg, metrics.clone()).await?;
@@ -188,6 +189,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
         Default::default()
     });
     agent.restore(saved, state_file);
+    if l4_pins.is_some() {
+        match adopt::pinned_unhealthy(agent.config()) {
+            Ok(down) => agent.seed_unhealthy(down),
+            Err(e) => warn!(
+                error = %e,
+                "could not read health from the pinned maps; every backend starts healthy"
+            ),
+        }
+    }
     agent.reconcile(Instant::now());
     publish(&agent, &published);
 

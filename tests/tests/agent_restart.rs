@@ -134,3 +134,55 @@ fn second_agent_is_refused(t: &Topology, agent: &Agent) {
     assert!(!status.success());
     assert!(err.contains("in use by a running agent"), "{err}");
 }
+
+#[test]
+fn a_backend_down_before_a_restart_gets_no_new_flows_after_it() {
+    if !root_or_skip("agent restart with a down backend") {
+        return;
+    }
+    let t = Topology::new(3).expect("topology");
+    let mut backends = start_backends(&t).unwrap();
+    let o = Opts {
+        check: Some((0.5, 2, 2)),
+        ..Default::default()
+    };
+    let mut agent = Agent::start(&t.balancer, &config(&t, &o)).unwrap();
+    wait_ready(&t, &agent);
+    let pins = agent.pin_dir.clone();
+    let ip1 = t.backend_ip(1);
+    until_maps(&pins, Duration::from_secs(5), |m| m.shares().len() == 3).unwrap();
+    backends[1].kill();
+    until_maps(&pins, Duration::from_secs(5), |m| {
+        !m.shares().contains_key(&ip1)
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+    agent.restart().unwrap();
+    // From the restart on, through the new agent's first reconciles and until its own
+    // checker has judged backend-1 (at least two 0.5 s probes), it never re-enters.
+    let t0 = Instant::now();
+    let mut reads = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        if let Ok(m) = Maps::read(&pins) {
+            reads += 1;
+            assert!(
+                !m.shares().contains_key(&ip1),
+                "backend-1 back in the table {:?} after the restart; log:\n{}",
+                t0.elapsed(),
+                agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reads > 50, "the maps could not be read");
+    assert!(
+        agent
+            .log()
+            .contains("backend-1 was unhealthy before the restart"),
+        "{}",
+        agent.log()
+    );
+    let d = lb_ok(&agent, &["describe", "service", "web"]);
+    assert_eq!(d["backends"][1]["health"], "unhealthy");
+    let per = new_flows(&t, 30).unwrap();
+    assert!(!per.contains_key("backend-1"), "{per:?}");
+}

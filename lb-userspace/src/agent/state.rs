@@ -88,6 +88,9 @@ pub struct Agent {
     last_error: Option<String>,
     /// Where overrides are saved so a restarted agent keeps them (see `persist`).
     state_file: Option<PathBuf>,
+    /// Backends the previous agent held unhealthy, until the checker has a verdict (see
+    /// `adopt`).
+    seeded_down: BTreeSet<(String, String)>,
 }
 
 impl Agent {
@@ -106,7 +109,16 @@ impl Agent {
             config_changes: 0,
             last_error: None,
             state_file: None,
+            seeded_down: BTreeSet::new(),
         }
+    }
+
+    /// Starts these backends unhealthy until the health checker gives them a verdict.
+    pub fn seed_unhealthy(&mut self, keys: Vec<(String, String)>) {
+        for k in &keys {
+            info!("backend {}/{} was unhealthy before the restart; it stays out until its health check decides", k.0, k.1);
+        }
+        self.seeded_down.extend(keys);
     }
 
     /// Takes overrides saved by a previous run (forgetting those of backends no longer
@@ -135,8 +147,16 @@ impl Agent {
     pub fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
     }
-    pub fn health(&self) -> &HealthSnapshot {
-        &self.health
+    /// The checker's verdicts, with carried-over ones for backends it has not judged yet.
+    pub fn health(&self) -> Arc<HealthSnapshot> {
+        if self.seeded_down.is_empty() {
+            return self.health.clone();
+        }
+        let mut h = (*self.health).clone();
+        for k in &self.seeded_down {
+            h.backends.entry(k.clone()).or_insert(Health::Unhealthy);
+        }
+        Arc::new(h)
     }
     pub fn overrides(&self) -> &Overrides {
         &self.overrides
@@ -184,7 +204,7 @@ impl Agent {
     }
 
     fn base_plan(&mut self, cfg: &Config, ov: &Overrides, now: Instant) -> L4Plan {
-        let health = self.health.clone();
+        let health = self.health();
         let port = RefCell::new(&mut self.port);
         model::l4_plan(
             cfg,
@@ -280,6 +300,7 @@ impl Agent {
                 }
             }
         }
+        self.seeded_down.retain(|k| !snap.backends.contains_key(k));
         self.health = snap;
         self.reconcile(now);
     }

@@ -554,3 +554,29 @@ fn only_start_time_settings_need_a_restart() {
         assert!(e.contains(name) && e.contains("restart"), "{e}");
     }
 }
+
+#[test]
+fn carried_over_unhealthy_backends_wait_for_the_checker() {
+    use crate::health::{Health, HealthSnapshot};
+    let (mut a, fake, t0) = agent(None);
+    a.seed_unhealthy(vec![("web".into(), "b1".into())]);
+    a.reconcile(t0);
+    assert!(!backend(&fake.last(), "b1").in_table && !backend(&fake.last(), "b1").healthy);
+    // A snapshot without a verdict for b1 keeps the carried-over one.
+    let mut snap = HealthSnapshot::default();
+    snap.backends
+        .insert(("web".into(), "b2".into()), Health::Healthy);
+    a.set_health(Arc::new(snap.clone()), t0);
+    assert!(!backend(&fake.last(), "b1").in_table);
+    // The checker's own verdict replaces it.
+    snap.backends
+        .insert(("web".into(), "b1".into()), Health::Healthy);
+    a.set_health(Arc::new(snap.clone()), t0);
+    assert!(backend(&fake.last(), "b1").in_table);
+    snap.backends.remove(&("web".to_string(), "b1".to_string()));
+    a.set_health(Arc::new(snap), t0);
+    assert!(
+        backend(&fake.last(), "b1").in_table,
+        "the seed is gone once the checker spoke"
+    );
+}
