@@ -86,22 +86,9 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
     let Some((sport, dport)) = ports else {
         return verdict_without_ports(dst, proto, Reason::DROP_SHORT_L4);
     };
-    let flow = FlowKey {
-        src: v4_addr(ip.src_addr),
-        dst: v4_addr(dst),
-        sport_be: u16::from_ne_bytes(sport),
-        dport_be: u16::from_ne_bytes(dport),
-        proto,
-        family: FAMILY_V4,
-        kind: KEY_FLOW,
-        _pad: 0,
-        vip_id: 0,
-    };
+    let flow = v4_flow(ip.src_addr, dst, sport, dport, proto);
     let len = frame_len(ctx);
-    // SAFETY: the clock helper has no preconditions. The coarse clock (tick resolution, a
-    // few ms) is plenty for idle timeouts counted in seconds and costs a memory read
-    // instead of a clocksource read per packet.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now_ns();
     // Fast path: an established PER_CONNECTION flow finds its entry from its own headers,
     // with one hash lookup; the entry names its VIP, whose state says whether it still
     // stands. Anything else falls through to the full VIP lookup.
@@ -178,19 +165,15 @@ fn icmp_frag_needed(
         return not_ours;
     };
     let ports = unsafe { *ports };
-    let flow = FlowKey {
-        src: v4_addr(inner.dst_addr),
-        dst: v4_addr(inner.src_addr),
-        sport_be: u16::from_ne_bytes([ports[2], ports[3]]),
-        dport_be: u16::from_ne_bytes([ports[0], ports[1]]),
-        proto: inner.proto,
-        family: FAMILY_V4,
-        kind: KEY_FLOW,
-        _pad: 0,
-        vip_id: 0,
-    };
+    let flow = v4_flow(
+        inner.dst_addr,
+        inner.src_addr,
+        [ports[2], ports[3]],
+        [ports[0], ports[1]],
+        inner.proto,
+    );
     let len = frame_len(ctx);
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now_ns();
     let verdict = match established(eth, &flow, len, now) {
         Some(v) => v,
         None => {
@@ -277,6 +260,30 @@ fn verdict_without_ports(dst: [u8; 4], proto: u8, drop_reason: Reason) -> (u32, 
     } else {
         (PASS, Reason::PASS_NOT_VIP)
     }
+}
+
+/// The raw 5-tuple key of an IPv4 flow (ports as on the wire).
+#[inline(always)]
+fn v4_flow(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey {
+    FlowKey {
+        src: v4_addr(src),
+        dst: v4_addr(dst),
+        sport_be: u16::from_ne_bytes(sport),
+        dport_be: u16::from_ne_bytes(dport),
+        proto,
+        family: FAMILY_V4,
+        kind: KEY_FLOW,
+        _pad: 0,
+        vip_id: 0,
+    }
+}
+
+/// The coarse monotonic clock: tick resolution (a few ms) is plenty for idle timeouts
+/// counted in seconds, and it costs a memory read instead of a clocksource read per packet.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

@@ -11,6 +11,8 @@ pub fn run() -> Result<()> {
         &[
             "clippy",
             "--workspace",
+            "--exclude",
+            "lb-ebpf",
             "--all-targets",
             "--",
             "-D",
@@ -39,7 +41,14 @@ pub fn run() -> Result<()> {
     cargo(&["build", "-p", "lb-userspace", "--bins"], &[])?;
     // Root-only tests fail rather than skip here.
     cargo(
-        &["test", "--workspace", "--exclude", "lb-ebpf", "--", "--nocapture"],
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--",
+            "--nocapture",
+        ],
         &[("LB_REQUIRE_ROOT", "1")],
     )?;
     eprintln!("all checks and tests passed");
