@@ -1,7 +1,9 @@
 //! `lb`: a local equivalent of Google Cloud's internal load balancers. This library holds
 //! everything the `lb` binary does, so integration tests drive the same code.
 
+pub mod admin;
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod health;

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use lb_userspace::cli::{self, ClientCmd, Output};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -11,6 +12,12 @@ use std::path::PathBuf;
     about = "A local equivalent of Google Cloud's internal load balancers (XDP L4 + L7 proxy)"
 )]
 struct Cli {
+    /// Admin socket of the running agent (client verbs).
+    #[arg(long, global = true, default_value = cli::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Output of client verbs: aligned tables, or JSON for scripts.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -34,6 +41,8 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         pin_path: PathBuf,
     },
+    #[command(flatten)]
+    Client(ClientCmd),
 }
 
 fn main() -> Result<()> {
@@ -71,5 +80,6 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Client(c) => std::process::exit(cli::run(&cli.socket, cli.output, c)?),
     }
 }

@@ -7,6 +7,8 @@
 pub mod types;
 pub mod url_map;
 pub mod validate;
+#[cfg(test)]
+mod validate_tests;
 
 pub use types::*;
 pub use validate::{ConfigError, ConfigErrors};

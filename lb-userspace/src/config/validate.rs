@@ -193,6 +193,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
             }
         }
         let mut names = std::collections::BTreeSet::new();
+        let mut addrs = std::collections::BTreeMap::new();
         for (i, b) in bs.backends.iter().enumerate() {
             let bp = format!("{p}.backends[{i}]");
             if !names.insert(b.display_name()) {
@@ -200,6 +201,26 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
                     format!("{bp}.name"),
                     format!("duplicate backend {:?}", b.display_name()),
                 );
+            }
+            if bs.protocol.is_l4() {
+                // Passthrough forwards to an address (the VIP's port is kept), so two
+                // backends at one address would be one backend counted twice; the
+                // dataplane also keys backend slots by (service, address).
+                if let Some(j) = addrs.insert(b.address, i) {
+                    err(
+                        format!("{bp}.address"),
+                        format!(
+                            "{} is also backends[{j}]; an L4 backend service needs distinct addresses",
+                            b.address
+                        ),
+                    );
+                }
+                if b.address.is_ipv6() {
+                    err(
+                        format!("{bp}.address"),
+                        "IPv6 backends of L4 passthrough services are not supported yet".into(),
+                    );
+                }
             }
             if !(1..=1000).contains(&b.weight) {
                 err(

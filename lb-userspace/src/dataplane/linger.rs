@@ -8,7 +8,7 @@ use super::plan::{L4Backend, L4Plan};
 use std::{collections::BTreeMap, time::Duration, time::Instant};
 
 /// Backends removed from the plan and still draining, by (service, backend name).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Lingering {
     removed: BTreeMap<(String, String), (L4Backend, Instant)>,
 }
