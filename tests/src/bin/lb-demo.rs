@@ -109,12 +109,12 @@ fn demo() -> Result<()> {
     check_stop()?;
     for (proto, port) in [("TCP", 80u16), ("UDP", 53)] {
         println!(
-            "== 12 {proto} connections from the client to {}:{port}",
+            "== 24 {proto} connections from the client to {}:{port}",
             t.vip()
         );
         let to = SocketAddr::new(t.vip().into(), port);
         let banners = t.client.run_in(move || -> Result<Vec<String>> {
-            (0..12)
+            (0..24)
                 .map(|_| {
                     if port == 53 {
                         // UDP may lose a datagram: ask again, at most 3 times.
@@ -144,7 +144,40 @@ fn demo() -> Result<()> {
         println!("   spread: {per:?}");
         check_stop()?;
     }
-    println!("== dataplane counters (lb stats)");
+    let sock = agent.dir.join("admin.sock");
+    let lb = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(lb_tests::lb_binary())
+            .args(args)
+            .arg("--socket")
+            .arg(&sock)
+            .output()?;
+        print!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    println!("== the agent's view (lb list backends)");
+    lb(&["list", "backends"])?;
+    check_stop()?;
+    println!("== lb drain web backend-0: no new flows for it, open ones may finish");
+    lb(&["drain", "web", "backend-0"])?;
+    let to = SocketAddr::new(t.vip().into(), 80);
+    let banners = t.client.run_in(move || -> Result<Vec<String>> {
+        (0..12)
+            .map(|_| tcp_banner(to, Duration::from_secs(2)))
+            .collect()
+    })??;
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for b in &banners {
+        *per.entry(field(b, "name").unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    println!("   12 new TCP connections after the drain: {per:?}");
+    lb(&["undrain", "web", "backend-0"])?;
+    check_stop()?;
+    println!("== dataplane counters (lb stats, read from the pinned maps)");
     let out = std::process::Command::new(lb_tests::lb_binary())
         .args(["stats", "--pin-path", agent.pin_dir.to_str().unwrap()])
         .output()?;
