@@ -102,6 +102,16 @@ impl Drop for Agent {
     }
 }
 
+/// The `[dataplane]` and `[admin]` sections of a test agent: XDP on the topology's interface,
+/// room for 4 services, private pins and socket (`{PIN}`/`{SOCK}`, filled in by
+/// [`Agent::start`]).
+pub fn agent_sections(t: &crate::netns::Topology) -> String {
+    format!(
+        "[dataplane]\ninterfaces = [\"{}\"]\npin_path = \"{{PIN}}\"\nmax_services = 4\n\n[admin]\nsocket = \"{{SOCK}}\"\n\n",
+        t.iface
+    )
+}
+
 /// One TCP exchange: connect, read the backend's banner line. Returns the banner.
 pub fn tcp_banner(to: SocketAddr, timeout: Duration) -> Result<String> {
     let s = TcpStream::connect_timeout(&to, timeout)?;

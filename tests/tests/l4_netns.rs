@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use lb_tests::{
-    lbrun::{field, tcp_banner, udp_banner, wait_for, Agent},
+    lbrun::{agent_sections, field, tcp_banner, udp_banner, wait_for, Agent},
     netns::{ProcGuard, Topology},
     root_or_skip,
 };
@@ -18,16 +18,9 @@ use std::{
 const BACKEND_BIN: &str = env!("CARGO_BIN_EXE_lb-backend");
 
 fn config(t: &Topology, backends: &[usize]) -> String {
-    let mut c = format!(
+    let mut c = agent_sections(t);
+    c += &format!(
         r#"
-[dataplane]
-interfaces = ["{iface}"]
-pin_path = "{{PIN}}"
-max_services = 4
-
-[admin]
-socket = "{{SOCK}}"
-
 [forwarding_rules.web]
 ip_address = "{vip}"
 ip_protocol = "TCP"
@@ -47,7 +40,6 @@ connection_draining_timeout_sec = 300
 [backend_services.udp-svc]
 protocol = "UDP"
 "#,
-        iface = t.iface,
         vip = t.vip()
     );
     for svc in ["tcp-svc", "udp-svc"] {
@@ -115,15 +107,21 @@ fn wait_ready(t: &Topology, agent: &Agent) {
     );
 }
 
+/// A topology with three backends serving, and `lb` balancing them, answering on the VIP.
+fn running() -> (Topology, Vec<ProcGuard>, Agent) {
+    let t = Topology::new(3).expect("topology");
+    let backends = start_backends(&t).unwrap();
+    let agent = Agent::start(&t.balancer, &config(&t, &[0, 1, 2])).unwrap();
+    wait_ready(&t, &agent);
+    (t, backends, agent)
+}
+
 #[test]
 fn tcp_and_udp_reach_all_three_backends_with_the_client_address() {
     if !root_or_skip("l4 netns") {
         return;
     }
-    let t = Topology::new(3).expect("topology");
-    let _backends = start_backends(&t).unwrap();
-    let agent = Agent::start(&t.balancer, &config(&t, &[0, 1, 2])).unwrap();
-    wait_ready(&t, &agent);
+    let (t, _backends, agent) = running();
     for udp in [false, true] {
         let banners =
             flows(&t, 300, udp).unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
@@ -162,10 +160,7 @@ fn an_open_connection_survives_removal_of_its_backend_while_new_ones_avoid_it() 
     if !root_or_skip("l4 netns") {
         return;
     }
-    let t = Topology::new(3).expect("topology");
-    let _backends = start_backends(&t).unwrap();
-    let agent = Agent::start(&t.balancer, &config(&t, &[0, 1, 2])).unwrap();
-    wait_ready(&t, &agent);
+    let (t, _backends, agent) = running();
     let to = SocketAddr::new(t.vip().into(), 80);
     // Open the long-lived connection inside the client namespace and keep it on that thread:
     // the thread does the whole conversation, driven by a channel.

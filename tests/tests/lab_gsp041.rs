@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use lb_tests::{
-    lbrun::{wait_for, Agent},
+    lbrun::{agent_sections, wait_for, Agent},
     netns::Topology,
     root_or_skip,
 };
@@ -45,16 +45,9 @@ fn the_prime_number_lab_works_through_the_vip() {
                 .unwrap()
         })
         .collect();
-    let mut cfg = format!(
+    let mut cfg = agent_sections(&t);
+    cfg += &format!(
         r#"
-[dataplane]
-interfaces = ["{iface}"]
-pin_path = "{{PIN}}"
-max_services = 4
-
-[admin]
-socket = "{{SOCK}}"
-
 [health_checks.http-2]
 protocol = "HTTP"
 port = 80
@@ -73,7 +66,6 @@ ip_protocol = "TCP"
 ports = [80]
 backend_service = "primes"
 "#,
-        iface = t.iface,
         vip = t.vip()
     );
     for i in 0..3 {

@@ -134,6 +134,19 @@ fn pad(a: [u8; 4]) -> [u8; 16] {
     o
 }
 
+/// `plan` with the backend of MAC `mac` (in the first service) out of the table but still
+/// in use, as a drain leaves it.
+fn draining(plan: &L4Plan, mac: [u8; 6]) -> L4Plan {
+    let mut p = plan.clone();
+    for b in &mut p.services[0].backends {
+        if b.mac == Some(mac) {
+            b.in_table = false;
+            b.draining = true;
+        }
+    }
+    p
+}
+
 /// The input frame with only the MACs rewritten as L2 DSR does.
 fn forwarded(input: &[u8], to: [u8; 6]) -> Vec<u8> {
     let mut out = input.to_vec();
@@ -220,13 +233,7 @@ fn the_same_flow_stays_on_its_backend_through_the_connection_table() {
     assert_eq!(chosen, predict(&plan, "five", &f));
     // Change the backend set so that Maglev would now send this flow elsewhere: drop the
     // chosen backend from the table but keep it in use (draining). The entry keeps it there.
-    let mut drained = plan.clone();
-    for b in &mut drained.services[0].backends {
-        if b.mac == Some(chosen) {
-            b.in_table = false;
-            b.draining = true;
-        }
-    }
+    let drained = draining(&plan, chosen);
     h.apply(&drained).unwrap();
     for _ in 0..3 {
         let again = h.run(&f.bytes()).unwrap();
@@ -648,13 +655,7 @@ fn per_session_tracking_keeps_a_session_on_its_backend() {
     assert_eq!(chosen, predict(&plan, "sess", &first));
     // Take the backend out of the table (draining): the whole session — other ports of
     // the same client — stays on it through its one session entry.
-    let mut drained = plan.clone();
-    for b in &mut drained.services[0].backends {
-        if b.mac == Some(chosen) {
-            b.in_table = false;
-            b.draining = true;
-        }
-    }
+    let drained = draining(&plan, chosen);
     h.apply(&drained).unwrap();
     for port in [47001u16, 47002, 8080] {
         let r = h.run(&Frame::tcp(CLIENT, port, VIP, port).bytes()).unwrap();
