@@ -23,6 +23,7 @@ pub mod names {
     pub const PROG_LB: &str = "lb_xdp";
     pub const PROG_PASS: &str = "xdp_pass";
     pub const MAP_VIPS: &str = "VIPS";
+    pub const MAP_VIP_STATE: &str = "VIP_STATE";
     pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
     pub const MAP_SERVICES: &str = "SERVICES";
     pub const MAP_BACKENDS: &str = "BACKENDS";
@@ -57,6 +58,7 @@ pub const NO_BACKEND: u32 = u32::MAX;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
@@ -113,12 +115,29 @@ pub struct VipKey {
 pub struct VipMeta {
     /// Index into `SERVICES` (and the service's pair of Maglev tables).
     pub service: u32,
-    /// Index into `VIP_STATS`; also part of the connection-table key.
+    /// Index into `VIP_STATS` and `VIP_STATE`; part of PER_SESSION connection keys.
     pub vip_id: u32,
-    pub flags: u32,
+    /// Equal to `VIP_STATE[vip_id].generation` while the rule is unchanged.
+    pub generation: u32,
 }
 
-/// Key of `VIP_ADDRS`: an address that carries at least one VIP. Used to decide the verdict
+/// Value of `VIP_STATE`, indexed by VIP id: lets a connection-table hit, which skips the
+/// `VIPS` lookup, check that its VIP still exists and still points to the same service.
+/// Userspace bumps `generation` whenever the rule behind the id changes or goes away.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipState {
+    pub service: u32,
+    pub generation: u32,
+}
+
+/// Flag of a `VIP_ADDRS` value: the address has an all-ports (port 0) rule for the
+/// protocol, so a miss on the exact port must try port 0.
+pub const VIP_ADDR_ALL_PORTS: u32 = 1 << 0;
+/// Flag of a `VIP_ADDRS` value: the address has at least one rule with a specific port.
+pub const VIP_ADDR_PORTS: u32 = 1 << 1;
+
+/// Key of `VIP_ADDRS` (value: `VIP_ADDR_*` flags): an address that carries at least one VIP. Used to decide the verdict
 /// of packets whose ports cannot be read (fragments, truncated L4 headers): such packets
 /// to a VIP address are dropped, to any other address they pass untouched.
 #[repr(C)]
@@ -164,8 +183,12 @@ pub struct Backend {
     pub service: u32,
 }
 
-/// Key of `CONNS` (and the input of the flow hash). Fields not used by the service's
-/// tracking mode are zero.
+/// Key of `CONNS` (and the input of the flow hash).
+///
+/// PER_CONNECTION flows (the default) are keyed by the raw 5-tuple with `vip_id = 0` and
+/// `kind = KEY_FLOW`, so an established packet finds its entry straight from its headers,
+/// before and without the VIP lookup. PER_SESSION keys zero the fields the affinity
+/// ignores, carry the VIP id and `kind = KEY_SESSION`, so they never collide with raw keys.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -175,20 +198,31 @@ pub struct FlowKey {
     pub dport_be: u16,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
-    /// The VIP the flow was addressed to, so sessions keyed by the client address alone
-    /// stay distinct per VIP.
+    /// `KEY_FLOW` or `KEY_SESSION`.
+    pub kind: u8,
+    pub _pad: u8,
+    /// PER_SESSION: the VIP the flow was addressed to, so sessions keyed by the client
+    /// address alone stay distinct per VIP. 0 in raw flow keys.
     pub vip_id: u32,
 }
+
+/// [`FlowKey::kind`] of a raw 5-tuple key.
+pub const KEY_FLOW: u8 = 0;
+/// [`FlowKey::kind`] of a PER_SESSION key.
+pub const KEY_SESSION: u8 = 1;
 
 /// Value of `CONNS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConnEntry {
     pub backend: u32,
+    /// The backend slot's generation when the entry was made.
     pub generation: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet, refreshed at most once a
-    /// second to keep the hot path from writing on every packet.
+    pub vip_id: u32,
+    /// `VIP_STATE[vip_id].generation` when the entry was made.
+    pub vip_generation: u32,
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last packet, refreshed
+    /// at most once a second to keep the hot path from writing on every packet.
     pub last_seen_ns: u64,
 }
 
@@ -252,6 +286,7 @@ mod pod {
     // (checked by the layout test), so every bit pattern is valid and none is undefined.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for VipState {}
     unsafe impl aya::Pod for VipAddrKey {}
     unsafe impl aya::Pod for ServiceMeta {}
     unsafe impl aya::Pod for Backend {}
@@ -284,8 +319,10 @@ mod layout {
         assert_eq!(offset_of!(FlowKey, sport_be), 32);
         assert_eq!(offset_of!(FlowKey, proto), 36);
         assert_eq!(offset_of!(FlowKey, vip_id), 40);
-        assert_eq!(size_of::<ConnEntry>(), 16);
-        assert_eq!(offset_of!(ConnEntry, last_seen_ns), 8);
+        assert_eq!(size_of::<ConnEntry>(), 24);
+        assert_eq!(offset_of!(ConnEntry, last_seen_ns), 16);
+        assert_eq!(size_of::<VipState>(), 8);
+        assert_eq!(offset_of!(FlowKey, kind), 38);
         assert_eq!(size_of::<Settings>(), 8);
         assert_eq!(size_of::<VipStats>(), 48);
         assert_eq!(size_of::<BackendStats>(), 24);

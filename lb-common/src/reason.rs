@@ -39,7 +39,11 @@ impl Reason {
     /// (counted here in addition to TX, for visibility).
     pub const SEEN_IP_OPTIONS: Reason = Reason(12);
 
-    pub const COUNT: u32 = 13;
+    /// An ICMP "fragmentation needed" about a VIP flow, forwarded to that flow's backend
+    /// (counted in addition to TX).
+    pub const SEEN_ICMP_TO_BACKEND: Reason = Reason(13);
+
+    pub const COUNT: u32 = 14;
 
     /// Stable names, used by `lb stats`, the admin socket and metrics.
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
@@ -56,9 +60,13 @@ impl Reason {
         "drop_no_backend",
         "abort_internal",
         "seen_ip_options",
+        "seen_icmp_to_backend",
     ];
 
     pub fn name(self) -> &'static str {
-        Self::NAMES.get(self.0 as usize).copied().unwrap_or("unknown")
+        Self::NAMES
+            .get(self.0 as usize)
+            .copied()
+            .unwrap_or("unknown")
     }
 }

@@ -4,17 +4,19 @@
 //!    applies its own validation exactly as if the balancer were not there;
 //! 3. TCP or UDP only; fragments and truncated L4 headers are dropped only when addressed to
 //!    a VIP address (their ports cannot be read, so no backend can be chosen), else passed;
-//! 4. VIP lookup on (address, port, protocol), then (address, 0, protocol);
-//! 5. connection table, else Maglev; rewrite MACs; XDP_TX.
+//! 4. fast path: the connection table by raw 5-tuple (established PER_CONNECTION flows);
+//! 5. VIP lookup on (address, port, protocol), then (address, 0, protocol);
+//! 6. PER_SESSION entry, else Maglev; rewrite MACs; XDP_TX.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     backend_flags, flow_hash::flow_hash, flow_hash::mask_for_hash, service_flags, Backend,
-    ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipKey, VipMeta, FAMILY_V4, NO_BACKEND,
-    PROTO_TCP, PROTO_UDP,
+    ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipKey, VipMeta, FAMILY_V4, KEY_FLOW,
+    KEY_SESSION, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
     ip::Ipv4Hdr,
     tcp::TcpHdr,
     udp::UdpHdr,
@@ -22,7 +24,7 @@ use network_types::{
 
 use crate::{
     counters,
-    maps::{BACKENDS, CONNS, MAGLEV, SERVICES, SETTINGS, VIPS, VIP_ADDRS},
+    maps::{BACKENDS, CONNS, MAGLEV, SERVICES, SETTINGS, VIPS, VIP_ADDRS, VIP_STATE},
     parse::{frame_len, ptr_at},
 };
 
@@ -59,6 +61,9 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
         return (PASS, Reason::PASS_BAD_IP);
     }
     let proto = ip.proto;
+    if proto == PROTO_ICMP && u16::from_be_bytes(ip.frags) & IP_MF_OFFSET_MASK == 0 {
+        return icmp_frag_needed(ctx, eth, EthHdr::LEN + ihl, ip.dst_addr);
+    }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return (PASS, Reason::PASS_NOT_TCP_UDP);
     }
@@ -81,50 +86,204 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
     let Some((sport, dport)) = ports else {
         return verdict_without_ports(dst, proto, Reason::DROP_SHORT_L4);
     };
-    let mut vk = VipKey {
-        addr: v4_addr(dst),
-        port_be: u16::from_ne_bytes(dport),
-        proto,
-        family: FAMILY_V4,
+    let flow = v4_flow(ip.src_addr, dst, sport, dport, proto);
+    let len = frame_len(ctx);
+    let now = now_ns();
+    // Fast path: an established PER_CONNECTION flow finds its entry from its own headers,
+    // with one hash lookup; the entry names its VIP, whose state says whether it still
+    // stands. Anything else falls through to the full VIP lookup.
+    if let Some(verdict) = established(eth, &flow, len, now) {
+        return verdict;
+    }
+    // Which VIP: the address map first (one lookup settles all traffic not for a VIP
+    // address), then the exact port, then the all-ports rule only where one exists.
+    let Some(addr_flags) = vip_addr_flags(dst, proto) else {
+        return (PASS, Reason::PASS_NOT_VIP);
     };
-    // SAFETY: map values are plain data; the reference is not kept past this packet.
-    let meta: VipMeta = match unsafe { VIPS.get(&vk) } {
-        Some(m) => *m,
-        None => {
-            vk.port_be = 0;
-            match unsafe { VIPS.get(&vk) } {
-                Some(m) => *m,
-                None => return (PASS, Reason::PASS_NOT_VIP),
-            }
-        }
+    let Some(meta) = lookup_vip(&flow, addr_flags) else {
+        return (PASS, Reason::PASS_NOT_VIP);
     };
-    let flow = FlowKey {
-        src: v4_addr(ip.src_addr),
-        dst: vk.addr,
-        sport_be: u16::from_ne_bytes(sport),
-        dport_be: u16::from_ne_bytes(dport),
-        proto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
-        vip_id: meta.vip_id,
-    };
-    balance(ctx, eth, &meta, &flow)
+    balance(eth, &meta, &flow, len, now, true)
 }
 
-/// Fragments and truncated L4 headers: dropped when addressed to a VIP address, else passed.
+/// The forwarding rule of a flow: exact port first, then the all-ports rule where the
+/// address has one.
 #[inline(always)]
-fn verdict_without_ports(dst: [u8; 4], proto: u8, drop_reason: Reason) -> (u32, Reason) {
+fn lookup_vip(flow: &FlowKey, addr_flags: u32) -> Option<VipMeta> {
+    let mut vk = VipKey {
+        addr: flow.dst,
+        port_be: flow.dport_be,
+        proto: flow.proto,
+        family: FAMILY_V4,
+    };
+    // SAFETY: map values are plain data; copied out at once.
+    if let Some(m) = unsafe { VIPS.get(vk) } {
+        return Some(*m);
+    }
+    if addr_flags & VIP_ADDR_ALL_PORTS == 0 {
+        return None;
+    }
+    vk.port_be = 0;
+    unsafe { VIPS.get(vk) }.copied()
+}
+
+/// ICMP "fragmentation needed" (type 3, code 4; RFC 792, RFC 1191) about a VIP flow goes
+/// to that flow's backend: the backend sent the too-big packet (direct server return), so
+/// only it can lower its path MTU. The quoted header is the backend's reply (VIP → client);
+/// reversed, it is the client's flow, looked up like any packet of that flow. Other ICMP,
+/// or a quote that is not a VIP flow, passes untouched. No connection entry is created.
+#[inline(always)]
+fn icmp_frag_needed(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    off: usize,
+    outer_dst: [u8; 4],
+) -> (u32, Reason) {
+    let not_ours = (PASS, Reason::PASS_NOT_TCP_UDP);
+    let Some(icmp) = ptr_at::<Icmpv4Hdr>(ctx, off) else {
+        return not_ours;
+    };
+    // SAFETY (header reads): bounds checked by `ptr_at`.
+    let (ty, code) = unsafe { ((*icmp).type_, (*icmp).code) };
+    if ty != 3 || code != 4 {
+        return not_ours;
+    }
+    let inner_off = off + Icmpv4Hdr::LEN;
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, inner_off) else {
+        return not_ours;
+    };
+    let inner = unsafe { &*inner };
+    let ihl = ((inner.vihl & 0x0f) as usize) * 4;
+    if inner.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || inner.src_addr != outer_dst {
+        return not_ours;
+    }
+    if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP {
+        return not_ours;
+    }
+    // RFC 792 quotes at least the first 8 bytes of the datagram: both ports are there.
+    let Some(ports) = ptr_at::<[u8; 4]>(ctx, inner_off + ihl) else {
+        return not_ours;
+    };
+    let ports = unsafe { *ports };
+    let flow = v4_flow(
+        inner.dst_addr,
+        inner.src_addr,
+        [ports[2], ports[3]],
+        [ports[0], ports[1]],
+        inner.proto,
+    );
+    let len = frame_len(ctx);
+    let now = now_ns();
+    let verdict = match established(eth, &flow, len, now) {
+        Some(v) => v,
+        None => {
+            let Some(flags) = vip_addr_flags(inner.src_addr, inner.proto) else {
+                return not_ours;
+            };
+            let Some(meta) = lookup_vip(&flow, flags) else {
+                return not_ours;
+            };
+            balance(eth, &meta, &flow, len, now, false)
+        }
+    };
+    if verdict.0 == TX {
+        counters::reason(Reason::SEEN_ICMP_TO_BACKEND);
+    }
+    verdict
+}
+
+/// The connection-table fast path for PER_CONNECTION flows; `None` sends the packet down the
+/// full path (no entry, stale entry, or a service now tracking sessions).
+#[inline(always)]
+fn established(eth: *mut EthHdr, flow: &FlowKey, len: u64, now: u64) -> Option<(u32, Reason)> {
+    let entry = unsafe { &mut *CONNS.get_ptr_mut(flow)? };
+    let state = VIP_STATE.get(entry.vip_id)?;
+    if state.generation != entry.vip_generation {
+        return None;
+    }
+    let svc = SERVICES.get(state.service)?;
+    if svc.flags & service_flags::PER_SESSION != 0 {
+        return None;
+    }
+    let be = usable_entry(entry, svc, flow.proto, now)?;
+    let vstats = counters::vip(entry.vip_id)?;
+    vstats.packets += 1;
+    vstats.bytes += len;
+    vstats.conn_hits += 1;
+    counters::backend(entry.backend, len, false);
+    Some(rewrite(eth, be))
+}
+
+/// The backend of a connection-table entry, if the flow may stay there: not idle past the
+/// service's timeout, and the backend keeps the flow (see `keeps_flow`). Refreshes the
+/// entry's timestamp.
+#[inline(always)]
+fn usable_entry(
+    entry: &mut ConnEntry,
+    svc: &ServiceMeta,
+    proto: u8,
+    now: u64,
+) -> Option<&'static Backend> {
+    let idle_ns = svc.idle_timeout_s as u64 * 1_000_000_000;
+    let age = now.wrapping_sub(entry.last_seen_ns);
+    if age > idle_ns {
+        return None;
+    }
+    let be = BACKENDS.get(entry.backend)?;
+    if !keeps_flow(be, entry.generation, svc, proto) {
+        return None;
+    }
+    if age > LAST_SEEN_GRANULARITY_NS {
+        entry.last_seen_ns = now;
+    }
+    Some(be)
+}
+
+/// Flags of the VIP address, or `None` when no VIP uses this address and protocol.
+#[inline(always)]
+fn vip_addr_flags(dst: [u8; 4], proto: u8) -> Option<u32> {
     let key = VipAddrKey {
         addr: v4_addr(dst),
         proto,
         family: FAMILY_V4,
         _pad: [0; 2],
     };
-    if unsafe { VIP_ADDRS.get(&key) }.is_some() {
+    // SAFETY: plain data, read once.
+    unsafe { VIP_ADDRS.get(key) }.copied()
+}
+
+/// Fragments and truncated L4 headers: dropped when addressed to a VIP address, else passed.
+#[inline(always)]
+fn verdict_without_ports(dst: [u8; 4], proto: u8, drop_reason: Reason) -> (u32, Reason) {
+    if vip_addr_flags(dst, proto).is_some() {
         (DROP, drop_reason)
     } else {
         (PASS, Reason::PASS_NOT_VIP)
     }
+}
+
+/// The raw 5-tuple key of an IPv4 flow (ports as on the wire).
+#[inline(always)]
+fn v4_flow(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey {
+    FlowKey {
+        src: v4_addr(src),
+        dst: v4_addr(dst),
+        sport_be: u16::from_ne_bytes(sport),
+        dport_be: u16::from_ne_bytes(dport),
+        proto,
+        family: FAMILY_V4,
+        kind: KEY_FLOW,
+        _pad: 0,
+        vip_id: 0,
+    }
+}
+
+/// The coarse monotonic clock: tick resolution (a few ms) is plenty for idle timeouts
+/// counted in seconds, and it costs a memory read instead of a clocksource read per packet.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
@@ -137,9 +296,17 @@ fn v4_addr(a: [u8; 4]) -> [u8; 16] {
     out
 }
 
+/// The full path: a packet for a VIP that had no usable fast-path entry. `create` records
+/// the choice in the connection table (not for ICMP errors, which are not flows).
 #[inline(always)]
-fn balance(ctx: &XdpContext, eth: *mut EthHdr, meta: &VipMeta, flow: &FlowKey) -> (u32, Reason) {
-    let len = frame_len(ctx);
+fn balance(
+    eth: *mut EthHdr,
+    meta: &VipMeta,
+    flow: &FlowKey,
+    len: u64,
+    now: u64,
+    create: bool,
+) -> (u32, Reason) {
     let Some(vstats) = counters::vip(meta.vip_id) else {
         return (ABORT, Reason::ABORT_INTERNAL);
     };
@@ -151,24 +318,18 @@ fn balance(ctx: &XdpContext, eth: *mut EthHdr, meta: &VipMeta, flow: &FlowKey) -
     let mut hashed = *flow;
     mask_for_hash(&mut hashed, svc.hash_mode);
     // PER_SESSION tracking keys the table by the affinity fields, so a session shares one
-    // entry; PER_CONNECTION (default) keys it by the 5-tuple.
-    let conn_key = if svc.flags & service_flags::PER_SESSION != 0 {
-        &hashed
-    } else {
-        flow
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-
-    if let Some(entry) = CONNS.get_ptr_mut(conn_key) {
-        let entry = unsafe { &mut *entry };
-        let idle_ns = svc.idle_timeout_s as u64 * 1_000_000_000;
-        if now.wrapping_sub(entry.last_seen_ns) <= idle_ns {
-            if let Some(be) = BACKENDS.get(entry.backend) {
-                if keeps_flow(be, entry.generation, svc, flow.proto) {
+    // entry; PER_CONNECTION (default) keys it by the raw 5-tuple (the fast path's key).
+    let per_session = svc.flags & service_flags::PER_SESSION != 0;
+    let mut session = hashed;
+    session.kind = KEY_SESSION;
+    session.vip_id = meta.vip_id;
+    let conn_key = if per_session { &session } else { flow };
+    if per_session {
+        if let Some(entry) = CONNS.get_ptr_mut(conn_key) {
+            let entry = unsafe { &mut *entry };
+            if entry.vip_id == meta.vip_id && entry.vip_generation == meta.generation {
+                if let Some(be) = usable_entry(entry, svc, flow.proto, now) {
                     vstats.conn_hits += 1;
-                    if now.wrapping_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-                        entry.last_seen_ns = now;
-                    }
                     counters::backend(entry.backend, len, false);
                     return rewrite(eth, be);
                 }
@@ -201,13 +362,17 @@ fn balance(ctx: &XdpContext, eth: *mut EthHdr, meta: &VipMeta, flow: &FlowKey) -
     let entry = ConnEntry {
         backend: id,
         generation: be.generation,
+        vip_id: meta.vip_id,
+        vip_generation: meta.generation,
         last_seen_ns: now,
     };
     // A failed insert (only possible under memory pressure) still forwards this packet;
     // the next one is hashed again to the same backend.
-    let _ = CONNS.insert(conn_key, &entry, 0);
-    vstats.new_flows += 1;
-    counters::backend(id, len, true);
+    if create {
+        let _ = CONNS.insert(conn_key, entry, 0);
+        vstats.new_flows += 1;
+    }
+    counters::backend(id, len, create);
     rewrite(eth, be)
 }
 
@@ -215,7 +380,9 @@ fn balance(ctx: &XdpContext, eth: *mut EthHdr, meta: &VipMeta, flow: &FlowKey) -
 #[inline(always)]
 fn keeps_flow(be: &Backend, generation: u32, svc: &ServiceMeta, proto: u8) -> bool {
     let f = be.flags;
-    if f & backend_flags::IN_USE == 0 || be.generation != generation || f & backend_flags::EVICT != 0
+    if f & backend_flags::IN_USE == 0
+        || be.generation != generation
+        || f & backend_flags::EVICT != 0
     {
         return false;
     }

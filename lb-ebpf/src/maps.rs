@@ -8,12 +8,16 @@ use aya_ebpf::{
 };
 use lb_common::{
     limits, Backend, BackendStats, ConnEntry, FlowKey, Reason, ServiceMeta, Settings, VipAddrKey,
-    VipKey, VipMeta, VipStats,
+    VipKey, VipMeta, VipState, VipStats,
 };
 
 /// Forwarding rules: (address, port or 0, protocol) → service and VIP id.
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(limits::MAX_VIPS, 0);
+
+/// Per VIP id: service and generation, checked by connection-table hits.
+#[map]
+pub static VIP_STATE: Array<VipState> = Array::with_max_entries(limits::MAX_VIPS, 0);
 
 /// Addresses that carry a VIP, for packets whose ports cannot be read.
 #[map]
@@ -22,8 +26,7 @@ pub static VIP_ADDRS: HashMap<VipAddrKey, u32> =
 
 /// Per-service state: live Maglev table, hash mode, persistence flags, idle timeout.
 #[map]
-pub static SERVICES: Array<ServiceMeta> =
-    Array::with_max_entries(limits::DEFAULT_MAX_SERVICES, 0);
+pub static SERVICES: Array<ServiceMeta> = Array::with_max_entries(limits::DEFAULT_MAX_SERVICES, 0);
 
 /// Backend slots.
 #[map]

@@ -1,26 +1,48 @@
 //! The long-running agent: loads (or adopts) the dataplane, programs it from the
-//! configuration, and keeps it in step. One reconcile function turns (configuration,
-//! health, overrides) into map contents; every trigger (start, timer, health event, admin
-//! change) goes through it.
+//! configuration, and keeps it in step. One task owns the [`state::Agent`]; every trigger
+//! (start, timer, health event, admin request, reload) reaches it through `select!`, so
+//! changes are serialized and each goes through the same reconcile.
+//!
+//! Restarts keep flows: the maps and the XDP link are pinned (see `dataplane::loader`), the
+//! programmer adopts them, and the first reconcile only writes what differs.
+
+pub mod adopt;
+pub mod overrides;
+pub mod persist;
+pub mod state;
+#[cfg(test)]
+mod tests;
 
 use anyhow::{Context, Result};
 use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
+    admin,
     config::{self, Config},
     dataplane::{
         loader::{self, Sizes},
         neighbor,
-        programmer::Programmer,
+        plan::L4Plan,
+        programmer::{Assignment, Programmer},
+        stats::Counters,
     },
-    model::{self, BackendState},
+    health::HealthChecker,
+    metrics::{self, BackendCounters, DataplaneCounters, Metrics, SourceError, VipCounters},
 };
+use lb_common::{BackendStats, VipStats};
+use state::{Agent, L4Port};
+
+/// How often the agent reconciles without a trigger: resolves pending MACs and notices
+/// drain timeouts (a drain's own deadline also wakes it).
+const TICK: Duration = Duration::from_millis(250);
 
 /// Resolves backend MACs: configured, else the neighbour table, provoking ARP when unknown.
 #[derive(Default)]
@@ -43,9 +65,12 @@ impl MacCache {
     }
 }
 
+/// The XDP dataplane as the agent drives it.
 pub struct L4Dataplane {
     pub pin_dir: PathBuf,
     pub programmer: Programmer,
+    counters: Option<Counters>,
+    macs: MacCache,
     _ebpf: aya::Ebpf,
 }
 
@@ -64,53 +89,221 @@ pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
         info!(iface, mode = ?how, "XDP program attached");
     }
     let programmer = Programmer::open(&d.pin_path, d.ring_size, d.max_services)?;
+    let counters = Counters::open(&d.pin_path)
+        .inspect_err(|e| warn!(error = %e, "dataplane counters unavailable"))
+        .ok();
     Ok(L4Dataplane {
         pin_dir: d.pin_path.clone(),
         programmer,
+        counters,
+        macs: MacCache::default(),
         _ebpf: ebpf,
     })
+}
+
+impl L4Port for L4Dataplane {
+    fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String> {
+        self.programmer.apply(plan).map_err(|e| e.to_string())
+    }
+    fn mac(&mut self, addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]> {
+        self.macs.get(addr, configured)
+    }
+    fn vip_counters(&self, id: u32) -> Option<VipStats> {
+        self.counters.as_ref()?.vip(id).ok()
+    }
+    fn backend_counters(&self, slot: u32) -> Option<BackendStats> {
+        self.counters.as_ref()?.backend(slot).ok()
+    }
+    fn reasons(&self) -> Vec<(String, u64)> {
+        self.counters
+            .as_ref()
+            .and_then(|c| c.reasons().ok())
+            .map(|v| v.into_iter().map(|(n, c)| (n.to_string(), c)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// No interfaces configured: the L4 tier is off and plans go nowhere.
+pub struct NoL4;
+
+impl L4Port for NoL4 {
+    fn apply(&mut self, _plan: &L4Plan) -> Result<Assignment, String> {
+        Ok(Assignment::default())
+    }
+    fn mac(&mut self, _addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]> {
+        Some(
+            configured
+                .and_then(config::validate::parse_mac)
+                .unwrap_or([0; 6]),
+        )
+    }
+    fn vip_counters(&self, _id: u32) -> Option<VipStats> {
+        None
+    }
+    fn backend_counters(&self, _slot: u32) -> Option<BackendStats> {
+        None
+    }
+    fn reasons(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
 pub async fn run(config_path: &Path) -> Result<()> {
-    let cfg = config::load(config_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
-    let mut dp = start_l4(&cfg)?;
-    // ---- L7 tier (issue 4): starts listeners when the config has L7 forwarding rules. ----
-    // Pass the health checker's receiver here once the agent has one (None = all healthy).
-    let _l7 = crate::l7::start_if_configured(&cfg, None)?;
-    let mut macs = MacCache::default();
-    let mut last_plan = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let macs_cell = std::cell::RefCell::new(&mut macs);
-        let plan = model::l4_plan(&cfg, &|_, _| BackendState::default(), &|a, m| {
-            macs_cell.borrow_mut().get(a, m)
-        });
-        if last_plan.as_ref() != Some(&plan) {
-            let missing: Vec<&str> = plan
-                .services
-                .iter()
-                .flat_map(|s| s.backends.iter())
-                .filter(|b| b.mac.is_none())
-                .map(|b| b.name.as_str())
-                .collect();
-            if !missing.is_empty() {
-                warn!(?missing, "no MAC known yet for some backends (ARP pending); they stay out of rotation");
-            }
-            match dp.programmer.apply(&plan) {
-                Ok(a) => info!(services = a.service_ids.len(), vips = a.vip_ids.len(), backends = a.backend_slots.len(), "dataplane programmed"),
-                Err(e) => warn!(error = %e, "programming the dataplane failed; keeping the previous state"),
-            }
-            last_plan = Some(plan);
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+    let cfg = config::load(config_path)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
+    // The socket first: a live socket means another agent runs, and it must be found out
+    // before this one swaps its program into that agent's pinned link.
+    let socket = cfg.admin.socket.clone();
+    let listener = admin::server::bind(&socket)?;
+    let port: Box<dyn L4Port> = if cfg.dataplane.interfaces.is_empty() {
+        info!("no dataplane.interfaces: the L4 tier is off");
+        Box::new(NoL4)
+    } else {
+        Box::new(start_l4(&cfg)?)
+    };
+    let l4_pins = (!cfg.dataplane.interfaces.is_empty()).then(|| cfg.dataplane.pin_path.clone());
+
+    // Health checks are probes whose verdicts arrive as snapshots; they never touch maps.
+    let mut checker = HealthChecker::start(&cfg);
+    let mut health_rx = checker.subscribe();
+    let metrics = Arc::new(Metrics::new());
+    metrics.register_health(checker.reader());
+    let published = Arc::new(Mutex::new(Published::default()));
+    if let Some(pins) = l4_pins.clone() {
+        metrics.register_dataplane(dataplane_source(pins, published.clone()));
+    }
+    let _metrics_server = metrics::serve_from_config(&cfg, metrics.clone()).await?;
+
+    // ---- L7 tier (issue 4): listeners for forwarding rules with a target proxy, fed by the
+    // shared health checker. (Reloads: call `_l7.reload(agent.config())` where the
+    // checker takes a changed configuration.)
+    let _l7 = crate::l7::start_if_configured(&cfg, Some(checker.subscribe()))?;
+
+    let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
+    let state_file = persist::state_file(&socket);
+    let saved = persist::load(&state_file).unwrap_or_else(|e| {
+        warn!(error = %e, "ignoring unreadable saved overrides");
+        Default::default()
+    });
+    agent.restore(saved, state_file);
+    if l4_pins.is_some() {
+        match adopt::pinned_unhealthy(agent.config()) {
+            Ok(down) => agent.seed_unhealthy(down),
+            Err(e) => warn!(
+                error = %e,
+                "could not read health from the pinned maps; every backend starts healthy"
+            ),
         }
     }
-    info!(pin = %dp.pin_dir.display(), "agent stopping; the dataplane stays attached (lb down removes it)");
+    agent.reconcile(Instant::now());
+    publish(&agent, &published);
+
+    let (call_tx, mut calls) = mpsc::channel::<admin::server::Call>(64);
+    let server = tokio::spawn(admin::server::serve(listener, call_tx));
+    info!(socket = %socket.display(), "admin socket ready");
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        let changes_before = agent.config_changes;
+        let deadline = agent
+            .next_deadline(Instant::now())
+            .map(tokio::time::Instant::from_std);
+        tokio::select! {
+            Some(call) = calls.recv() => {
+                let resp = admin::handle::handle(&mut agent, call.verb, Instant::now());
+                let _gone = call.reply.send(resp);
+            }
+            Ok(()) = health_rx.changed() => {
+                let snap = health_rx.borrow_and_update().clone();
+                agent.set_health(snap, Instant::now());
+            }
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                agent.reconcile(Instant::now());
+            }
+            _ = tick.tick() => agent.reconcile(Instant::now()),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            // SIGHUP reloads the file like `lb reload`; a broken file changes nothing.
+            _ = hup.recv() => match agent.reload(Instant::now()) {
+                Ok(()) => info!("configuration reloaded (SIGHUP)"),
+                Err(e) => warn!(error = %e, "reload refused; the running configuration stays"),
+            },
+        }
+        if agent.config_changes != changes_before {
+            // New, removed or changed backends and checks: probes follow the configuration.
+            checker.update(agent.config());
+        }
+        publish(&agent, &published);
+    }
+    checker.shutdown();
+    server.abort();
+    let _ignored = std::fs::remove_file(&socket);
+    info!("agent stopping; the dataplane stays attached (lb down removes it)");
     Ok(())
+}
+
+/// What the metrics endpoint needs from the agent's task: the names behind VIP ids and
+/// backend slots, and the rebuild count. Updated after every event.
+#[derive(Default)]
+struct Published {
+    assignment: Assignment,
+    rebuilds: u64,
+}
+
+fn publish(agent: &Agent, shared: &Mutex<Published>) {
+    let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
+    if p.rebuilds != agent.table_rebuilds || p.assignment != *agent.assignment() {
+        p.assignment = agent.assignment().clone();
+        p.rebuilds = agent.table_rebuilds;
+    }
+}
+
+/// Reads the pinned counters at scrape time, named through the agent's last assignment.
+fn dataplane_source(
+    pins: PathBuf,
+    shared: Arc<Mutex<Published>>,
+) -> impl Fn() -> Result<DataplaneCounters, SourceError> + Send + Sync + 'static {
+    move || {
+        let c = Counters::open(&pins)?;
+        let p = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = DataplaneCounters {
+            maglev_rebuilds: p.rebuilds,
+            ..Default::default()
+        };
+        for (name, id) in &p.assignment.vip_ids {
+            // Assignment names VIPs "rule/address:port/proto".
+            let (rule, vip) = name.split_once('/').unwrap_or((name.as_str(), ""));
+            let v = c.vip(*id)?;
+            out.vips.push(VipCounters {
+                rule: rule.into(),
+                vip: vip.into(),
+                packets: v.packets,
+                bytes: v.bytes,
+                new_flows: v.new_flows,
+                conn_hits: v.conn_hits,
+                conn_misses: v.conn_misses,
+            });
+        }
+        for ((service, backend), slot) in &p.assignment.backend_slots {
+            let b = c.backend(*slot)?;
+            out.backends.push(BackendCounters {
+                service: service.clone(),
+                backend: backend.clone(),
+                packets: b.packets,
+                bytes: b.bytes,
+                new_flows: b.new_flows,
+            });
+        }
+        out.reasons = c
+            .reasons()?
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        Ok(out)
+    }
 }

@@ -1,10 +1,13 @@
 //! `lb`: a local equivalent of Google Cloud's internal load balancers. This library holds
 //! everything the `lb` binary does, so integration tests drive the same code.
 
+pub mod admin;
+pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
-pub mod maglev;
-pub mod model;
-pub mod agent;
 pub mod health;
+pub mod maglev;
+pub mod metrics;
+pub mod model;
 pub mod l7;

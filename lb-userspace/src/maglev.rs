@@ -97,7 +97,9 @@ mod tests {
     const M: u32 = 65537;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1)).collect()
+        (0..n)
+            .map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1))
+            .collect()
     }
 
     fn equal(names: &[String]) -> Vec<MaglevBackend<'_>> {
@@ -125,7 +127,10 @@ mod tests {
             let max = *c.iter().max().unwrap() as f64;
             let min = *c.iter().min().unwrap() as f64;
             println!("N={n}: ideal {ideal:.1}, max {max}, min {min}");
-            assert!(max <= ideal * 1.01 + 1.0, "N={n}: max {max} > ideal {ideal} + 1%");
+            assert!(
+                max <= ideal * 1.01 + 1.0,
+                "N={n}: max {max} > ideal {ideal} + 1%"
+            );
         }
     }
 
@@ -149,8 +154,15 @@ mod tests {
                 .filter(|(b, a)| ns[b.unwrap() as usize] != rest[a.unwrap() as usize])
                 .count();
             let frac = changed as f64 / M as f64;
-            println!("N={n}: {:.3}% of slots changed (1/N = {:.3}%)", frac * 100.0, 100.0 / n as f64);
-            assert!(frac <= 1.0 / n as f64 + 0.01, "N={n}: {frac} of slots moved");
+            println!(
+                "N={n}: {:.3}% of slots changed (1/N = {:.3}%)",
+                frac * 100.0,
+                100.0 / n as f64
+            );
+            assert!(
+                frac <= 1.0 / n as f64 + 0.01,
+                "N={n}: {frac} of slots moved"
+            );
         }
     }
 
@@ -167,7 +179,10 @@ mod tests {
         for (i, w) in weights.iter().enumerate() {
             let ideal = M as f64 * *w as f64 / 10.0;
             let got = c[i] as f64;
-            assert!((got - ideal).abs() <= ideal * 0.01 + 1.0, "weight {w}: {got} vs {ideal}");
+            assert!(
+                (got - ideal).abs() <= ideal * 0.01 + 1.0,
+                "weight {w}: {got} vs {ideal}"
+            );
         }
     }
 
@@ -176,8 +191,14 @@ mod tests {
         assert!(build(&[], 7).iter().all(Option::is_none));
         let ns = names(2);
         let bs = vec![
-            MaglevBackend { name: &ns[0], weight: 0 },
-            MaglevBackend { name: &ns[1], weight: 5 },
+            MaglevBackend {
+                name: &ns[0],
+                weight: 0,
+            },
+            MaglevBackend {
+                name: &ns[1],
+                weight: 5,
+            },
         ];
         assert!(build(&bs, 7).iter().all(|s| *s == Some(1)));
     }

@@ -2,11 +2,22 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use lb_userspace::cli::{self, ClientCmd, Output};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "lb", version, about = "A local equivalent of Google Cloud's internal load balancers (XDP L4 + L7 proxy)")]
+#[command(
+    name = "lb",
+    version,
+    about = "A local equivalent of Google Cloud's internal load balancers (XDP L4 + L7 proxy)"
+)]
 struct Cli {
+    /// Admin socket of the running agent (client verbs).
+    #[arg(long, global = true, default_value = cli::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Output of client verbs: aligned tables, or JSON for scripts.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -36,20 +47,25 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         pin_path: PathBuf,
     },
+    #[command(flatten)]
+    Client(ClientCmd),
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config } => tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config)),
-        Cmd::ServeL7 { config } => tokio::runtime::Runtime::new()?.block_on(lb_userspace::l7::serve_forever(&config)),
+        Cmd::Run { config } => {
+            tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config))
+        }
+        Cmd::ServeL7 { config } => {
+            tokio::runtime::Runtime::new()?.block_on(lb_userspace::l7::serve_forever(&config))
+        }
         Cmd::Validate { file } => match lb_userspace::config::load(&file) {
             Ok(_) => {
                 println!("{}: OK", file.display());
@@ -61,16 +77,18 @@ fn main() -> Result<()> {
             }
         },
         Cmd::Stats { pin_path } => {
-            let c = lb_userspace::dataplane::stats::Counters::open(&pin_path)?;
-            for (name, v) in c.reasons()? {
-                println!("{name:<20} {v}");
-            }
+            print!("{}", lb_userspace::dataplane::stats::report(&pin_path)?);
             Ok(())
         }
         Cmd::Down { pin_path } => {
             let removed = lb_userspace::dataplane::loader::teardown(&pin_path)?;
-            println!("removed {} pinned object(s) from {}", removed.len(), pin_path.display());
+            println!(
+                "removed {} pinned object(s) from {}",
+                removed.len(),
+                pin_path.display()
+            );
             Ok(())
         }
+        Cmd::Client(c) => std::process::exit(cli::run(&cli.socket, cli.output, c)?),
     }
 }

@@ -78,8 +78,16 @@ pub fn select(bs: &BackendService, states: &[BackendState]) -> (Vec<bool>, Vec<b
     let usable = |i: usize| !st(i).draining && !st(i).evict;
     let primaries: Vec<usize> = (0..n).filter(|i| !bs.backends[*i].failover).collect();
     let failovers: Vec<usize> = (0..n).filter(|i| bs.backends[*i].failover).collect();
-    let healthy_p: Vec<usize> = primaries.iter().copied().filter(|i| st(*i).healthy() && usable(*i)).collect();
-    let healthy_f: Vec<usize> = failovers.iter().copied().filter(|i| st(*i).healthy() && usable(*i)).collect();
+    let healthy_p: Vec<usize> = primaries
+        .iter()
+        .copied()
+        .filter(|i| st(*i).healthy() && usable(*i))
+        .collect();
+    let healthy_f: Vec<usize> = failovers
+        .iter()
+        .copied()
+        .filter(|i| st(*i).healthy() && usable(*i))
+        .collect();
     let fp = &bs.failover_policy;
     let ratio = if primaries.is_empty() {
         0.0
@@ -92,7 +100,11 @@ pub fn select(bs: &BackendService, states: &[BackendState]) -> (Vec<bool>, Vec<b
     let pool = if pool.is_empty() && !fp.drop_traffic_if_unhealthy {
         // Last resort: every primary that is not administratively out (or every backend
         // when there are only failover backends).
-        let base = if primaries.is_empty() { &failovers } else { &primaries };
+        let base = if primaries.is_empty() {
+            &failovers
+        } else {
+            &primaries
+        };
         base.iter().copied().filter(|i| usable(*i)).collect()
     } else {
         pool
@@ -114,24 +126,35 @@ pub fn select(bs: &BackendService, states: &[BackendState]) -> (Vec<bool>, Vec<b
     (in_table, evict)
 }
 
+/// Finds a backend's MAC from its address and configured MAC, if any.
+pub type MacLookup<'a> = dyn Fn(IpAddr, Option<&str>) -> Option<[u8; 6]> + 'a;
+
 /// Builds the L4 plan. `state(service, backend_index)` gives each backend's state and
 /// `mac(addr, configured)` its MAC.
 pub fn l4_plan(
     cfg: &Config,
     state: &dyn Fn(&str, usize) -> BackendState,
-    mac: &dyn Fn(IpAddr, Option<&str>) -> Option<[u8; 6]>,
+    mac: &MacLookup,
 ) -> L4Plan {
     let mut services = Vec::new();
     let mut used = std::collections::BTreeSet::new();
     let mut vips = Vec::new();
     for (name, fr) in &cfg.forwarding_rules {
-        let Some(bs_name) = &fr.backend_service else { continue };
-        let IpAddr::V4(addr) = fr.ip_address else { continue };
+        let Some(bs_name) = &fr.backend_service else {
+            continue;
+        };
+        let IpAddr::V4(addr) = fr.ip_address else {
+            continue;
+        };
         let proto = match fr.ip_protocol {
             IpProtocol::Tcp => PROTO_TCP,
             IpProtocol::Udp => PROTO_UDP,
         };
-        let ports = if fr.all_ports { vec![0] } else { fr.ports.clone() };
+        let ports = if fr.all_ports {
+            vec![0]
+        } else {
+            fr.ports.clone()
+        };
         for port in ports {
             vips.push(L4Vip {
                 name: name.clone(),
@@ -144,7 +167,9 @@ pub fn l4_plan(
         used.insert(bs_name.clone());
     }
     for name in used {
-        let Some(bs) = cfg.backend_services.get(&name) else { continue };
+        let Some(bs) = cfg.backend_services.get(&name) else {
+            continue;
+        };
         let states: Vec<BackendState> = (0..bs.backends.len()).map(|i| state(&name, i)).collect();
         let (in_table, evict) = select(bs, &states);
         let backends = bs
@@ -152,7 +177,9 @@ pub fn l4_plan(
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
-                let IpAddr::V4(addr) = b.address else { return None };
+                let IpAddr::V4(addr) = b.address else {
+                    return None;
+                };
                 Some(L4Backend {
                     name: b.display_name(),
                     addr,
@@ -190,16 +217,28 @@ mod tests {
     }
 
     fn st(h: &[bool]) -> Vec<BackendState> {
-        h.iter().map(|h| BackendState { health: Some(*h), ..Default::default() }).collect()
+        h.iter()
+            .map(|h| BackendState {
+                health: Some(*h),
+                ..Default::default()
+            })
+            .collect()
     }
 
     #[test]
     fn healthy_primaries_take_all_traffic() {
-        let bs = svc("", &[("10.0.0.1", false), ("10.0.0.2", false), ("10.0.0.3", true)]);
+        let bs = svc(
+            "",
+            &[("10.0.0.1", false), ("10.0.0.2", false), ("10.0.0.3", true)],
+        );
         let (t, _) = select(&bs, &st(&[true, true, true]));
         assert_eq!(t, vec![true, true, false]);
         let (t, _) = select(&bs, &st(&[true, false, true]));
-        assert_eq!(t, vec![true, false, false], "ratio 0: no failover while a primary lives");
+        assert_eq!(
+            t,
+            vec![true, false, false],
+            "ratio 0: no failover while a primary lives"
+        );
     }
 
     #[test]
@@ -213,7 +252,11 @@ mod tests {
         let (t, _) = select(&bs, &st(&[true, false, true]));
         assert_eq!(t, vec![false, false, true], "0.5 < 0.6: failover");
         let (t, _) = select(&bs, &st(&[true, false, false]));
-        assert_eq!(t, vec![true, false, false], "no healthy failover: stay on primaries");
+        assert_eq!(
+            t,
+            vec![true, false, false],
+            "no healthy failover: stay on primaries"
+        );
     }
 
     #[test]
@@ -247,12 +290,19 @@ mod tests {
             "session_affinity = \"CLIENT_IP\"\nconnection_tracking_policy = { tracking_mode = \"PER_SESSION\" }",
             &[],
         );
-        assert_eq!(persistence_flags(&bs), service_flags::PER_SESSION, "TCP does not persist with per-session, 2-tuple");
+        assert_eq!(
+            persistence_flags(&bs),
+            service_flags::PER_SESSION,
+            "TCP does not persist with per-session, 2-tuple"
+        );
         let bs = svc(
             "connection_tracking_policy = { connection_persistence_on_unhealthy_backends = \"ALWAYS_PERSIST\" }",
             &[],
         );
-        assert_eq!(persistence_flags(&bs), service_flags::PERSIST_TCP | service_flags::PERSIST_UDP);
+        assert_eq!(
+            persistence_flags(&bs),
+            service_flags::PERSIST_TCP | service_flags::PERSIST_UDP
+        );
         let bs = svc(
             "connection_tracking_policy = { connection_persistence_on_unhealthy_backends = \"NEVER_PERSIST\" }",
             &[],

@@ -1,18 +1,43 @@
-//! `cargo xtask <command>`: project automation, one module per command.
+//! Project tasks: `cargo xtask <command>`. Each command installs what it needs first
+//! (scripts/bootstrap.sh, idempotent and quick when everything is present).
 
+mod bench;
 mod bench_l7;
+mod bootstrap;
+mod demo;
+mod test;
 
-use clap::Parser;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask")]
+#[command(about = "lb project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
-    /// Benchmark lb's L7 proxy against nginx and HAProxy on loopback (wrk, h2load).
+    /// Install toolchain pieces and packages (nightly rust-src, bpf-linker, Debian packages).
+    Bootstrap,
+    /// Bootstrap, then fmt and clippy checks (userspace and eBPF), then every test.
+    Test,
+    /// Bootstrap, then the demo: a namespace topology with a client, `lb` and three backends.
+    Demo,
+    /// Nanoseconds per packet of the XDP program from BPF_PROG_TEST_RUN, beside a trivial
+    /// pass program built by the project.
+    BenchXdp,
+    /// lb's L7 proxy against nginx and HAProxy on loopback (wrk, h2load), side by side.
     BenchL7(bench_l7::Options),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cmd::parse() {
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Bootstrap => bootstrap::run(),
+        Cmd::Test => test::run(),
+        Cmd::Demo => demo::run(),
+        Cmd::BenchXdp => bench::xdp(),
         Cmd::BenchL7(o) => bench_l7::run(o),
     }
 }

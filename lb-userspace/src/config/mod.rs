@@ -8,6 +8,8 @@ pub mod types;
 pub mod url_map;
 pub mod validate;
 pub mod validate_l7;
+#[cfg(test)]
+mod validate_tests;
 
 pub use types::*;
 pub use validate::{ConfigError, ConfigErrors};

@@ -132,22 +132,34 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
     if !is_prime(d.ring_size) || d.ring_size < 7 {
         err(
             "dataplane.ring_size".into(),
-            format!("{} is not a prime ≥ 7 (Maglev needs a prime table size; the default is 65537)", d.ring_size),
+            format!(
+                "{} is not a prime ≥ 7 (Maglev needs a prime table size; the default is 65537)",
+                d.ring_size
+            ),
         );
     }
     if d.max_services == 0 || d.max_services > 1024 {
         err("dataplane.max_services".into(), "must be 1..=1024".into());
     }
     if d.conn_table_size < 1024 {
-        err("dataplane.conn_table_size".into(), "must be at least 1024".into());
+        err(
+            "dataplane.conn_table_size".into(),
+            "must be at least 1024".into(),
+        );
     }
 
     for (name, hc) in &cfg.health_checks {
         let p = format!("health_checks.{name}");
         if !(hc.check_interval_sec >= 0.1 && hc.check_interval_sec <= 300.0) {
-            err(format!("{p}.check_interval_sec"), "must be 0.1..=300 seconds".into());
+            err(
+                format!("{p}.check_interval_sec"),
+                "must be 0.1..=300 seconds".into(),
+            );
         }
-        if !(hc.timeout_sec > 0.0) || hc.timeout_sec > hc.check_interval_sec {
+        if hc.timeout_sec.is_nan()
+            || hc.timeout_sec <= 0.0
+            || hc.timeout_sec > hc.check_interval_sec
+        {
             err(
                 format!("{p}.timeout_sec"),
                 format!(
@@ -174,36 +186,81 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
         let p = format!("backend_services.{name}");
         if let Some(hc) = &bs.health_check {
             if !cfg.health_checks.contains_key(hc) {
-                err(format!("{p}.health_check"), format!("no health check named {hc:?}"));
+                err(
+                    format!("{p}.health_check"),
+                    format!("no health check named {hc:?}"),
+                );
             }
         }
         let mut names = std::collections::BTreeSet::new();
+        let mut addrs = std::collections::BTreeMap::new();
         for (i, b) in bs.backends.iter().enumerate() {
             let bp = format!("{p}.backends[{i}]");
             if !names.insert(b.display_name()) {
-                err(format!("{bp}.name"), format!("duplicate backend {:?}", b.display_name()));
+                err(
+                    format!("{bp}.name"),
+                    format!("duplicate backend {:?}", b.display_name()),
+                );
+            }
+            if bs.protocol.is_l4() {
+                // Passthrough forwards to an address (the VIP's port is kept), so two
+                // backends at one address would be one backend counted twice; the
+                // dataplane also keys backend slots by (service, address).
+                if let Some(j) = addrs.insert(b.address, i) {
+                    err(
+                        format!("{bp}.address"),
+                        format!(
+                            "{} is also backends[{j}]; an L4 backend service needs distinct addresses",
+                            b.address
+                        ),
+                    );
+                }
+                if b.address.is_ipv6() {
+                    err(
+                        format!("{bp}.address"),
+                        "IPv6 backends of L4 passthrough services are not supported yet".into(),
+                    );
+                }
             }
             if !(1..=1000).contains(&b.weight) {
-                err(format!("{bp}.weight"), format!("{} is outside 1..=1000", b.weight));
+                err(
+                    format!("{bp}.weight"),
+                    format!("{} is outside 1..=1000", b.weight),
+                );
             }
             if !(b.capacity_scaler == 0.0 || (0.1..=1.0).contains(&b.capacity_scaler)) {
-                err(format!("{bp}.capacity_scaler"), "must be 0 (drained) or 0.1..=1.0".into());
+                err(
+                    format!("{bp}.capacity_scaler"),
+                    "must be 0 (drained) or 0.1..=1.0".into(),
+                );
             }
             if let Some(m) = &b.mac {
                 if parse_mac(m).is_none() {
-                    err(format!("{bp}.mac"), format!("{m:?} is not a MAC address like 02:00:00:00:00:01"));
+                    err(
+                        format!("{bp}.mac"),
+                        format!("{m:?} is not a MAC address like 02:00:00:00:00:01"),
+                    );
                 }
             }
             if !bs.protocol.is_l4() && b.port.is_none() {
-                err(format!("{bp}.port"), "an L7 backend needs its serving port".into());
+                err(
+                    format!("{bp}.port"),
+                    "an L7 backend needs its serving port".into(),
+                );
             }
         }
         let fp = &bs.failover_policy;
         if !(0.0..=1.0).contains(&fp.failover_ratio) {
-            err(format!("{p}.failover_policy.failover_ratio"), "must be 0..=1".into());
+            err(
+                format!("{p}.failover_policy.failover_ratio"),
+                "must be 0..=1".into(),
+            );
         }
         if bs.connection_draining_timeout_sec > 3600 {
-            err(format!("{p}.connection_draining_timeout_sec"), "must be 0..=3600".into());
+            err(
+                format!("{p}.connection_draining_timeout_sec"),
+                "must be 0..=3600".into(),
+            );
         }
         let ct = &bs.connection_tracking_policy;
         let five_tuple = matches!(
@@ -224,20 +281,27 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
         if bs.protocol.is_l4()
             && matches!(
                 bs.session_affinity,
-                SessionAffinity::GeneratedCookie | SessionAffinity::HeaderField | SessionAffinity::HttpCookie
+                SessionAffinity::GeneratedCookie
+                    | SessionAffinity::HeaderField
+                    | SessionAffinity::HttpCookie
             )
         {
-            err(format!("{p}.session_affinity"), "cookie and header affinity need an L7 (HTTP) backend service".into());
+            err(
+                format!("{p}.session_affinity"),
+                "cookie and header affinity need an L7 (HTTP) backend service".into(),
+            );
         }
         if !bs.protocol.is_l4()
             && matches!(
                 bs.session_affinity,
-                SessionAffinity::ClientIpPortProto | SessionAffinity::ClientIpProto | SessionAffinity::ClientIpNoDestination
+                SessionAffinity::ClientIpPortProto
+                    | SessionAffinity::ClientIpProto
+                    | SessionAffinity::ClientIpNoDestination
             )
         {
             err(format!("{p}.session_affinity"), "L7 backend services support NONE, CLIENT_IP, GENERATED_COOKIE, HEADER_FIELD and HTTP_COOKIE".into());
         }
-        if !(bs.timeout_sec > 0.0) {
+        if bs.timeout_sec.is_nan() || bs.timeout_sec <= 0.0 {
             err(format!("{p}.timeout_sec"), "must be positive".into());
         }
     }
@@ -247,59 +311,117 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
         let p = format!("forwarding_rules.{name}");
         match (&fr.backend_service, &fr.target) {
             (Some(bs), None) => match cfg.backend_services.get(bs) {
-                None => err(format!("{p}.backend_service"), format!("no backend service named {bs:?}")),
+                None => err(
+                    format!("{p}.backend_service"),
+                    format!("no backend service named {bs:?}"),
+                ),
                 Some(s) if !s.protocol.is_l4() => err(
                     format!("{p}.backend_service"),
-                    format!("{bs:?} is an L7 service ({:?}); a passthrough rule needs TCP or UDP", s.protocol),
+                    format!(
+                        "{bs:?} is an L7 service ({:?}); a passthrough rule needs TCP or UDP",
+                        s.protocol
+                    ),
                 ),
                 Some(s) => {
-                    let want = if fr.ip_protocol == IpProtocol::Tcp { BackendProtocol::Tcp } else { BackendProtocol::Udp };
+                    let want = if fr.ip_protocol == IpProtocol::Tcp {
+                        BackendProtocol::Tcp
+                    } else {
+                        BackendProtocol::Udp
+                    };
                     if s.protocol != want {
-                        err(format!("{p}.ip_protocol"), format!("{:?} rule in front of a {:?} backend service", fr.ip_protocol, s.protocol));
+                        err(
+                            format!("{p}.ip_protocol"),
+                            format!(
+                                "{:?} rule in front of a {:?} backend service",
+                                fr.ip_protocol, s.protocol
+                            ),
+                        );
                     }
                 }
             },
             (None, Some(t)) => {
-                if !cfg.target_http_proxies.contains_key(t) && !cfg.target_https_proxies.contains_key(t) {
-                    err(format!("{p}.target"), format!("no target HTTP(S) proxy named {t:?}"));
+                if !cfg.target_http_proxies.contains_key(t)
+                    && !cfg.target_https_proxies.contains_key(t)
+                {
+                    err(
+                        format!("{p}.target"),
+                        format!("no target HTTP(S) proxy named {t:?}"),
+                    );
                 }
             }
-            _ => err(p.clone(), "needs exactly one of backend_service (L4) or target (L7)".into()),
+            _ => err(
+                p.clone(),
+                "needs exactly one of backend_service (L4) or target (L7)".into(),
+            ),
         }
-        if fr.all_ports == !fr.ports.is_empty() {
-            err(format!("{p}.ports"), "give 1 to 5 ports, or all_ports = true".into());
+        if fr.all_ports != fr.ports.is_empty() {
+            err(
+                format!("{p}.ports"),
+                "give 1 to 5 ports, or all_ports = true".into(),
+            );
         }
         if fr.ports.len() > 5 {
-            err(format!("{p}.ports"), "at most 5 ports (use all_ports for more)".into());
+            err(
+                format!("{p}.ports"),
+                "at most 5 ports (use all_ports for more)".into(),
+            );
         }
         if fr.ports.contains(&0) {
-            err(format!("{p}.ports"), "port 0 is not a port; use all_ports = true".into());
+            err(
+                format!("{p}.ports"),
+                "port 0 is not a port; use all_ports = true".into(),
+            );
         }
         if fr.ip_address.is_ipv6() && fr.backend_service.is_some() {
-            err(format!("{p}.ip_address"), "IPv6 passthrough VIPs are not supported yet".into());
+            err(
+                format!("{p}.ip_address"),
+                "IPv6 passthrough VIPs are not supported yet".into(),
+            );
         }
-        let ports: Vec<u16> = if fr.all_ports { vec![0] } else { fr.ports.clone() };
+        let ports: Vec<u16> = if fr.all_ports {
+            vec![0]
+        } else {
+            fr.ports.clone()
+        };
         for port in ports {
             if let Some(other) = vips.insert((fr.ip_address, port, fr.ip_protocol), name.clone()) {
-                err(format!("{p}.ports"), format!("{}:{port}/{:?} is also claimed by forwarding rule {other:?}", fr.ip_address, fr.ip_protocol));
+                err(
+                    format!("{p}.ports"),
+                    format!(
+                        "{}:{port}/{:?} is also claimed by forwarding rule {other:?}",
+                        fr.ip_address, fr.ip_protocol
+                    ),
+                );
             }
         }
     }
     for (name, t) in &cfg.target_http_proxies {
         if !cfg.url_maps.contains_key(&t.url_map) {
-            err(format!("target_http_proxies.{name}.url_map"), format!("no URL map named {:?}", t.url_map));
+            err(
+                format!("target_http_proxies.{name}.url_map"),
+                format!("no URL map named {:?}", t.url_map),
+            );
         }
     }
     for (name, t) in &cfg.target_https_proxies {
         if !cfg.url_maps.contains_key(&t.url_map) {
-            err(format!("target_https_proxies.{name}.url_map"), format!("no URL map named {:?}", t.url_map));
+            err(
+                format!("target_https_proxies.{name}.url_map"),
+                format!("no URL map named {:?}", t.url_map),
+            );
         }
         if t.ssl_certificates.is_empty() {
-            err(format!("target_https_proxies.{name}.ssl_certificates"), "needs at least one certificate".into());
+            err(
+                format!("target_https_proxies.{name}.ssl_certificates"),
+                "needs at least one certificate".into(),
+            );
         }
         for c in &t.ssl_certificates {
             if !cfg.ssl_certificates.contains_key(c) {
-                err(format!("target_https_proxies.{name}.ssl_certificates"), format!("no certificate named {c:?}"));
+                err(
+                    format!("target_https_proxies.{name}.ssl_certificates"),
+                    format!("no certificate named {c:?}"),
+                );
             }
         }
     }
@@ -317,7 +439,7 @@ pub fn is_prime(n: u32) -> bool {
     }
     let mut i = 2u64;
     while i * i <= n as u64 {
-        if n as u64 % i == 0 {
+        if (n as u64).is_multiple_of(i) {
             return false;
         }
         i += 1;

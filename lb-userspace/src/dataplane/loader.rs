@@ -23,6 +23,7 @@ use super::EBPF_OBJECT;
 /// Every pinned map, by name.
 pub const PINNED_MAPS: &[&str] = &[
     names::MAP_VIPS,
+    names::MAP_VIP_STATE,
     names::MAP_VIP_ADDRS,
     names::MAP_SERVICES,
     names::MAP_BACKENDS,
@@ -78,7 +79,13 @@ pub fn ensure_bpffs() -> Result<(), LoadError> {
     let target = c"/sys/fs/bpf";
     // SAFETY: plain mount(2) with static C strings.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(LoadError::Io(format!(
@@ -134,10 +141,7 @@ pub fn load(pin_dir: &Path, sizes: Sizes) -> Result<Ebpf, LoadError> {
     std::fs::create_dir_all(pin_dir)
         .map_err(|e| LoadError::Io(format!("creating {}: {e}", pin_dir.display())))?;
     drop_mismatched_pins(pin_dir, &sizes);
-    let paths: Vec<(&str, PathBuf)> = PINNED_MAPS
-        .iter()
-        .map(|n| (*n, pin_dir.join(n)))
-        .collect();
+    let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|n| (*n, pin_dir.join(n))).collect();
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::MAP_MAGLEV, sizes.maglev_entries())
@@ -201,7 +205,10 @@ pub fn attach(
                 // The link stays pinned; dropping our handle must not detach it.
                 let link = prog.take_link(id)?;
                 std::mem::forget(link);
-                info!(iface, "adopted the pinned XDP link and swapped in this program");
+                info!(
+                    iface,
+                    "adopted the pinned XDP link and swapped in this program"
+                );
                 return Ok(Attached::Replaced);
             }
             Err(e) => {

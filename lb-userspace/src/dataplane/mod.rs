@@ -2,6 +2,7 @@
 //! a desired state into map contents (`programmer`), reading counters (`stats`), running the
 //! program on fixture frames (`testrun`) and finding backend MACs (`neighbor`).
 
+pub mod linger;
 pub mod loader;
 pub mod neighbor;
 pub mod plan;

@@ -14,8 +14,8 @@
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
-    backend_flags, limits, names, Backend, BackendStats, ServiceMeta, VipAddrKey, VipKey,
-    VipMeta, VipStats, FAMILY_V4, NO_BACKEND,
+    backend_flags, limits, names, Backend, BackendStats, ServiceMeta, VipAddrKey, VipKey, VipMeta,
+    VipState, VipStats, FAMILY_V4, NO_BACKEND, VIP_ADDR_ALL_PORTS, VIP_ADDR_PORTS,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -55,12 +55,15 @@ struct Current {
     tables: BTreeMap<u32, Vec<u32>>,
     metas: BTreeMap<u32, ServiceMeta>,
     vips: BTreeMap<VipKey, VipMeta>,
-    vip_addrs: BTreeSet<VipAddrKey>,
+    vip_addrs: BTreeMap<VipAddrKey, u32>,
+    /// Last generation written to `VIP_STATE` per VIP id.
+    vip_gens: BTreeMap<u32, u32>,
 }
 
 pub struct Programmer {
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    vip_state: Array<MapData, VipState>,
     services: Array<MapData, ServiceMeta>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
@@ -87,6 +90,7 @@ impl Programmer {
         let mut p = Programmer {
             vips: open_pinned(pin_dir, names::MAP_VIPS)?,
             vip_addrs: open_pinned(pin_dir, names::MAP_VIP_ADDRS)?,
+            vip_state: open_pinned(pin_dir, names::MAP_VIP_STATE)?,
             services: open_pinned(pin_dir, names::MAP_SERVICES)?,
             backends: open_pinned(pin_dir, names::MAP_BACKENDS)?,
             maglev: open_pinned(pin_dir, names::MAP_MAGLEV)?,
@@ -105,8 +109,15 @@ impl Programmer {
             let (k, v) = item?;
             self.cur.vips.insert(k, v);
         }
-        for item in self.vip_addrs.keys() {
-            self.cur.vip_addrs.insert(item?);
+        for item in self.vip_addrs.iter() {
+            let (k, v) = item?;
+            self.cur.vip_addrs.insert(k, v);
+        }
+        for id in 0..limits::MAX_VIPS {
+            let st = self.vip_state.get(&id, 0)?;
+            if st.generation != 0 {
+                self.cur.vip_gens.insert(id, st.generation);
+            }
         }
         for slot in 0..limits::MAX_BACKENDS {
             let b = self.backends.get(&slot, 0)?;
@@ -115,7 +126,9 @@ impl Programmer {
             }
             if b.flags & backend_flags::IN_USE != 0 {
                 let addr = Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]);
-                self.cur.slots.insert((b.service, addr), (slot, b.generation));
+                self.cur
+                    .slots
+                    .insert((b.service, addr), (slot, b.generation));
                 self.cur.backends.insert(slot, b);
             }
         }
@@ -130,7 +143,11 @@ impl Programmer {
             self.cur.metas.insert(sid, meta);
             self.cur.tables.insert(sid, table);
         }
-        debug!(vips = self.cur.vips.len(), backends = self.cur.backends.len(), "adopted pinned dataplane state");
+        debug!(
+            vips = self.cur.vips.len(),
+            backends = self.cur.backends.len(),
+            "adopted pinned dataplane state"
+        );
         Ok(())
     }
 
@@ -193,8 +210,7 @@ impl Programmer {
                                 limits::MAX_BACKENDS
                             ))
                         })?;
-                        let generation =
-                            self.cur.generations.get(&slot).copied().unwrap_or(0) + 1;
+                        let generation = self.cur.generations.get(&slot).copied().unwrap_or(0) + 1;
                         (slot, generation)
                     }
                 };
@@ -208,9 +224,9 @@ impl Programmer {
             let k = v.key();
             let id = match self.cur.vips.get(&k) {
                 Some(m) => m.vip_id,
-                None => free_vids
-                    .next()
-                    .ok_or_else(|| ProgramError::NoRoom(format!("more than {} VIPs", limits::MAX_VIPS)))?,
+                None => free_vids.next().ok_or_else(|| {
+                    ProgramError::NoRoom(format!("more than {} VIPs", limits::MAX_VIPS))
+                })?,
             };
             vip_ids.insert(k, id);
         }
@@ -270,7 +286,10 @@ impl Programmer {
                 .collect();
             let mb: Vec<maglev::MaglevBackend> = members
                 .iter()
-                .map(|(n, w, _)| maglev::MaglevBackend { name: n, weight: *w })
+                .map(|(n, w, _)| maglev::MaglevBackend {
+                    name: n,
+                    weight: *w,
+                })
                 .collect();
             let table: Vec<u32> = maglev::build(&mb, self.ring_size)
                 .into_iter()
@@ -284,7 +303,11 @@ impl Programmer {
                 idle_timeout_s: s.idle_timeout_s,
             };
             if self.cur.tables.get(&sid) != Some(&table) {
-                let next = if old_meta.is_some() { meta.active ^ 1 } else { meta.active };
+                let next = if old_meta.is_some() {
+                    meta.active ^ 1
+                } else {
+                    meta.active
+                };
                 let base = (sid * 2 + next) * self.ring_size;
                 for (i, b) in table.iter().enumerate() {
                     self.maglev.set(base + i as u32, *b, 0)?;
@@ -301,21 +324,34 @@ impl Programmer {
 
         // ---- 4. VIPs: add and change, then remove the ones gone. ----
         let mut wanted_vips = BTreeSet::new();
-        let mut wanted_addrs = BTreeSet::new();
+        let mut wanted_addrs: BTreeMap<VipAddrKey, u32> = BTreeMap::new();
         for v in &plan.vips {
             let k = v.key();
-            let meta = VipMeta {
-                service: service_ids[&v.service],
-                vip_id: vip_ids[&k],
-                flags: 0,
+            let service = service_ids[&v.service];
+            let vip_id = vip_ids[&k];
+            let meta = match self.cur.vips.get(&k) {
+                // Same rule, same service: keep the generation, so its flows stay valid.
+                Some(m) if m.service == service => *m,
+                _ => VipMeta {
+                    service,
+                    vip_id,
+                    generation: self.cur.vip_gens.get(&vip_id).copied().unwrap_or(0) + 1,
+                },
             };
             wanted_vips.insert(k);
-            wanted_addrs.insert(VipAddrKey {
-                addr: k.addr,
-                proto: k.proto,
-                family: k.family,
-                _pad: [0; 2],
-            });
+            let addr_flag = if v.port == 0 {
+                VIP_ADDR_ALL_PORTS
+            } else {
+                VIP_ADDR_PORTS
+            };
+            *wanted_addrs
+                .entry(VipAddrKey {
+                    addr: k.addr,
+                    proto: k.proto,
+                    family: k.family,
+                    _pad: [0; 2],
+                })
+                .or_default() |= addr_flag;
             assignment.vip_ids.insert(
                 format!("{}/{}:{}/{}", v.name, v.addr, v.port, v.proto_name()),
                 meta.vip_id,
@@ -324,14 +360,24 @@ impl Programmer {
                 if !self.cur.vips.contains_key(&k) {
                     self.zero_vip_stats(meta.vip_id)?;
                 }
+                // State before the rule: a packet that finds the rule finds its state.
+                self.vip_state.set(
+                    vip_id,
+                    VipState {
+                        service,
+                        generation: meta.generation,
+                    },
+                    0,
+                )?;
+                self.cur.vip_gens.insert(vip_id, meta.generation);
                 self.vips.insert(k, meta, 0)?;
                 self.cur.vips.insert(k, meta);
             }
         }
-        for a in &wanted_addrs {
-            if !self.cur.vip_addrs.contains(a) {
-                self.vip_addrs.insert(*a, 1, 0)?;
-                self.cur.vip_addrs.insert(*a);
+        for (a, flags) in &wanted_addrs {
+            if self.cur.vip_addrs.get(a) != Some(flags) {
+                self.vip_addrs.insert(*a, *flags, 0)?;
+                self.cur.vip_addrs.insert(*a, *flags);
             }
         }
         let gone: Vec<VipKey> = self
@@ -343,13 +389,25 @@ impl Programmer {
             .collect();
         for k in gone {
             self.vips.remove(&k)?;
-            self.cur.vips.remove(&k);
+            if let Some(m) = self.cur.vips.remove(&k) {
+                // Invalidate the flows of the rule that went away.
+                let generation = self.cur.vip_gens.get(&m.vip_id).copied().unwrap_or(0) + 1;
+                self.vip_state.set(
+                    m.vip_id,
+                    VipState {
+                        service: u32::MAX,
+                        generation,
+                    },
+                    0,
+                )?;
+                self.cur.vip_gens.insert(m.vip_id, generation);
+            }
         }
         let gone: Vec<VipAddrKey> = self
             .cur
             .vip_addrs
-            .iter()
-            .filter(|k| !wanted_addrs.contains(k))
+            .keys()
+            .filter(|k| !wanted_addrs.contains_key(k))
             .copied()
             .collect();
         for k in gone {

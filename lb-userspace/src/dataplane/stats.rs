@@ -47,3 +47,88 @@ impl Counters {
         Ok(total)
     }
 }
+
+/// A readable report of every counter: verdict reasons, then per VIP and per backend slot.
+/// Names come from the maps themselves (addresses), so it needs no running agent.
+pub fn report(pin_dir: &Path) -> Result<String, LoadError> {
+    use aya::maps::{Array, HashMap};
+    use lb_common::{backend_flags, Backend, VipKey, VipMeta};
+    use std::fmt::Write as _;
+    let c = Counters::open(pin_dir)?;
+    let vips: HashMap<MapData, VipKey, VipMeta> = open_pinned(pin_dir, names::MAP_VIPS)?;
+    let backends: Array<MapData, Backend> = open_pinned(pin_dir, names::MAP_BACKENDS)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<28} {:>12}", "verdict reason", "packets");
+    for (name, v) in c.reasons()? {
+        let _ = writeln!(out, "{name:<28} {v:>12}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<28} {:>10} {:>12} {:>9} {:>9} {:>9} {:>10}",
+        "VIP", "packets", "bytes", "new", "hits", "misses", "no_backend"
+    );
+    let mut rows = Vec::new();
+    for item in vips.iter() {
+        let (k, m) = item?;
+        let proto = match k.proto {
+            lb_common::PROTO_TCP => "tcp",
+            lb_common::PROTO_UDP => "udp",
+            _ => "?",
+        };
+        let port = u16::from_be(k.port_be);
+        let port = if port == 0 {
+            "*".to_string()
+        } else {
+            port.to_string()
+        };
+        let name = format!(
+            "{}.{}.{}.{}:{port}/{proto}",
+            k.addr[0], k.addr[1], k.addr[2], k.addr[3]
+        );
+        rows.push((name, c.vip(m.vip_id)?));
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, s) in rows {
+        let _ = writeln!(
+            out,
+            "{name:<28} {:>10} {:>12} {:>9} {:>9} {:>9} {:>10}",
+            s.packets, s.bytes, s.new_flows, s.conn_hits, s.conn_misses, s.no_backend
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<6} {:<16} {:>4} {:<22} {:>10} {:>12} {:>9}",
+        "slot", "backend", "svc", "state", "packets", "bytes", "new"
+    );
+    for slot in 0..lb_common::limits::MAX_BACKENDS {
+        let b = backends.get(&slot, 0)?;
+        if b.flags & backend_flags::IN_USE == 0 {
+            continue;
+        }
+        let mut state = Vec::new();
+        for (f, n) in [
+            (backend_flags::HEALTHY, "healthy"),
+            (backend_flags::DRAINING, "draining"),
+            (backend_flags::EVICT, "evict"),
+        ] {
+            if b.flags & f != 0 {
+                state.push(n);
+            }
+        }
+        if b.flags & backend_flags::HEALTHY == 0 {
+            state.insert(0, "unhealthy");
+        }
+        let s = c.backend(slot)?;
+        let addr = format!("{}.{}.{}.{}", b.addr[0], b.addr[1], b.addr[2], b.addr[3]);
+        let _ = writeln!(
+            out,
+            "{slot:<6} {addr:<16} {:>4} {:<22} {:>10} {:>12} {:>9}",
+            b.service,
+            state.join(","),
+            s.packets,
+            s.bytes,
+            s.new_flows
+        );
+    }
+    Ok(out)
+}

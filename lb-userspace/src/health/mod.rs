@@ -1,13 +1,37 @@
-//! Health checking shared by both tiers. Probes produce events; the agent folds them into a
-//! [`HealthSnapshot`] that the L4 reconciler and the L7 router both read. Probes never write
-//! maps or routers directly.
+//! Health checking shared by both tiers. Probes produce results; the [`HealthChecker`] folds
+//! them into a [`HealthSnapshot`] that the L4 reconciler and the L7 router both read. Probes
+//! never write maps or routers directly.
 //!
 //! Contract used by other modules (keep stable):
 //! - [`BackendKey`] names a backend: (backend service name, backend display name);
 //! - [`HealthSnapshot::is_healthy`] is `true` for a backend with no verdict yet or with no
 //!   health check configured (a starting agent does not pull everything out of rotation);
-//! - the agent publishes snapshots through a `tokio::sync::watch` channel of
-//!   `Arc<HealthSnapshot>`; readers call `borrow()` per request/reconcile.
+//! - the checker publishes snapshots through a `tokio::sync::watch` channel of
+//!   `Arc<HealthSnapshot>` ([`HealthChecker::subscribe`]); readers call `borrow()` per
+//!   request/reconcile.
+//!
+//! Parts: [`state`] is the pure per-backend state machine, [`probe`] runs one probe,
+//! [`checker`] schedules probes (one task per backend) and publishes snapshots.
+//!
+//! Use from the agent (inside the tokio runtime):
+//! ```text
+//! let mut checker = HealthChecker::start(&cfg);      // or with_sender(tx) + update(&cfg)
+//! let mut health_rx = checker.subscribe();           // watch::Receiver<Arc<HealthSnapshot>>
+//! metrics.register_health(checker.reader());         // HealthReader: Clone + Send + Sync
+//! loop { select! {
+//!     Ok(()) = health_rx.changed() => reconcile(&health_rx.borrow_and_update()),
+//!     reload => checker.update(&new_cfg),            // keeps unchanged targets' state
+//! } }
+//! checker.shutdown();                                // or drop it
+//! ```
+//! Admin `status`: [`HealthReader::status`] (serde-serializable [`BackendStatus`]).
+//! Do not hold a `borrow()` of the snapshot across an `.await`: it blocks publishing.
+
+pub mod checker;
+pub mod probe;
+pub mod state;
+
+pub use checker::{BackendStatus, HealthChecker, HealthReader};
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,455 @@
+//! The agent's state: validated configuration + health snapshot + admin overrides, and the
+//! one function that turns them into a dataplane ([`Agent::reconcile`]).
+//!
+//! Every change (admin verb, reload) goes through [`Agent::change`]: the candidate
+//! configuration is checked by the same validation as the file, the plan it yields is
+//! applied, and only when both succeed does the candidate become the running state. When
+//! either refuses, the configuration, the overrides and the maps stay as they were (the
+//! programmer checks room before writing; after an unexpected map error mid-way the
+//! previous plan is applied again). This is the single all-or-nothing property, tested once
+//! with a dataplane that refuses.
+
+use std::{
+    cell::RefCell,
+    collections::BTreeSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tracing::{info, warn};
+
+use super::overrides::{self, Overrides};
+use crate::{
+    config::{self, Config, ConfigErrors},
+    dataplane::{linger::Lingering, plan::L4Plan, programmer::Assignment},
+    health::{Health, HealthSnapshot},
+    model,
+};
+use lb_common::{BackendStats, VipStats};
+
+/// What the agent needs from the L4 dataplane; a fake implements it in unit tests.
+pub trait L4Port: Send {
+    /// Makes the maps say what `plan` says, or refuses and leaves them as they were.
+    fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String>;
+    /// A backend's MAC (configured, else resolved); `None` while unknown.
+    fn mac(&mut self, addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]>;
+    /// Counters of a VIP id, summed over CPUs.
+    fn vip_counters(&self, id: u32) -> Option<VipStats>;
+    /// Counters of a backend slot, summed over CPUs.
+    fn backend_counters(&self, slot: u32) -> Option<BackendStats>;
+    /// Packets per verdict reason.
+    fn reasons(&self) -> Vec<(String, u64)>;
+}
+
+/// Why a change was refused. In every case nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The named backend service does not exist.
+    #[error("no backend service named {name:?} (known: {known})")]
+    NoService { name: String, known: String },
+    /// The named backend does not exist in that service.
+    #[error("backend service {service:?} has no backend named {backend:?} (known: {known})")]
+    NoBackend {
+        service: String,
+        backend: String,
+        known: String,
+    },
+    /// The candidate configuration breaks a validation rule.
+    #[error("the change would make the configuration invalid; nothing was changed:\n{0}")]
+    Invalid(ConfigErrors),
+    /// The reloaded file differs in a setting that only a restart can apply.
+    #[error("{0}; nothing was changed (restart the agent to apply it)")]
+    NeedsRestart(String),
+    /// The dataplane refused the plan.
+    #[error("the dataplane refused the change; nothing was changed: {0}")]
+    Dataplane(String),
+    /// Nothing to reload from.
+    #[error("the agent was not started from a file; nothing to reload")]
+    NoFile,
+}
+
+pub struct Agent {
+    config: Config,
+    config_path: Option<PathBuf>,
+    health: Arc<HealthSnapshot>,
+    overrides: Overrides,
+    port: Box<dyn L4Port>,
+    /// The plan the maps hold (None before the first successful apply).
+    applied: Option<L4Plan>,
+    assignment: Assignment,
+    /// Backends removed from the configuration, draining until their service's timeout.
+    lingering: Lingering,
+    started: Instant,
+    /// Plans applied (each rebuilds at least one table or backend entry).
+    pub table_rebuilds: u64,
+    /// Successful configuration changes (admin or reload).
+    pub config_changes: u64,
+    last_error: Option<String>,
+    /// Where overrides are saved so a restarted agent keeps them (see `persist`).
+    state_file: Option<PathBuf>,
+    /// Backends the previous agent held unhealthy, until the checker has a verdict (see
+    /// `adopt`).
+    seeded_down: BTreeSet<(String, String)>,
+}
+
+impl Agent {
+    pub fn new(config: Config, config_path: Option<PathBuf>, port: Box<dyn L4Port>) -> Self {
+        Agent {
+            config,
+            config_path,
+            health: Arc::new(HealthSnapshot::default()),
+            overrides: Overrides::default(),
+            port,
+            applied: None,
+            assignment: Assignment::default(),
+            lingering: Lingering::default(),
+            started: Instant::now(),
+            table_rebuilds: 0,
+            config_changes: 0,
+            last_error: None,
+            state_file: None,
+            seeded_down: BTreeSet::new(),
+        }
+    }
+
+    /// Starts these backends unhealthy until the health checker gives them a verdict.
+    pub fn seed_unhealthy(&mut self, keys: Vec<(String, String)>) {
+        for k in &keys {
+            info!("backend {}/{} was unhealthy before the restart; it stays out until its health check decides", k.0, k.1);
+        }
+        self.seeded_down.extend(keys);
+    }
+
+    /// Takes overrides saved by a previous run (forgetting those of backends no longer
+    /// configured) and saves future changes to `path`. Call before the first reconcile.
+    pub fn restore(&mut self, mut saved: Overrides, path: PathBuf) {
+        let cfg = &self.config;
+        saved.retain(|s, b| {
+            cfg.backend_services
+                .get(s)
+                .is_some_and(|bs| bs.backends.iter().any(|x| x.display_name() == b))
+        });
+        if !saved.by_backend.is_empty() {
+            info!(
+                overrides = saved.by_backend.len(),
+                "restored admin overrides (drain, maintenance, forced health) from {}",
+                path.display()
+            );
+        }
+        self.overrides = saved;
+        self.state_file = Some(path);
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+    /// The checker's verdicts, with carried-over ones for backends it has not judged yet.
+    pub fn health(&self) -> Arc<HealthSnapshot> {
+        if self.seeded_down.is_empty() {
+            return self.health.clone();
+        }
+        let mut h = (*self.health).clone();
+        for k in &self.seeded_down {
+            h.backends.entry(k.clone()).or_insert(Health::Unhealthy);
+        }
+        Arc::new(h)
+    }
+    pub fn overrides(&self) -> &Overrides {
+        &self.overrides
+    }
+    pub fn applied(&self) -> Option<&L4Plan> {
+        self.applied.as_ref()
+    }
+    pub fn assignment(&self) -> &Assignment {
+        &self.assignment
+    }
+    pub fn port(&self) -> &dyn L4Port {
+        self.port.as_ref()
+    }
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// The service's connection draining timeout.
+    pub fn drain_timeout(&self, service: &str) -> Duration {
+        Duration::from_secs(
+            self.config
+                .backend_services
+                .get(service)
+                .map_or(0, |s| s.connection_draining_timeout_sec as u64),
+        )
+    }
+
+    /// The plan for a candidate state, with removed backends still draining. Updates the
+    /// lingering set; callers that may refuse keep a copy to restore.
+    fn plan_for(&mut self, cfg: &Config, ov: &Overrides, now: Instant) -> L4Plan {
+        let mut plan = self.base_plan(cfg, ov, now);
+        let drain_of = |svc: &str| {
+            Duration::from_secs(
+                cfg.backend_services
+                    .get(svc)
+                    .map_or(0, |s| s.connection_draining_timeout_sec as u64),
+            )
+        };
+        self.lingering
+            .apply(self.applied.as_ref(), &mut plan, &drain_of, now);
+        plan
+    }
+
+    fn base_plan(&mut self, cfg: &Config, ov: &Overrides, now: Instant) -> L4Plan {
+        let health = self.health();
+        let port = RefCell::new(&mut self.port);
+        model::l4_plan(
+            cfg,
+            &|svc, i| {
+                let name = cfg.backend_services[svc].backends[i].display_name();
+                let timeout = Duration::from_secs(
+                    cfg.backend_services[svc].connection_draining_timeout_sec as u64,
+                );
+                overrides::backend_state(ov.get(svc, &name), &health, svc, &name, timeout, now)
+            },
+            &|addr, m| port.borrow_mut().mac(addr, m),
+        )
+    }
+
+    /// Applies `plan` unless the maps already hold it.
+    fn apply(&mut self, plan: L4Plan) -> Result<(), String> {
+        if self.applied.as_ref() == Some(&plan) {
+            return Ok(());
+        }
+        match self.port.apply(&plan) {
+            Ok(a) => {
+                self.assignment = a;
+                self.applied = Some(plan);
+                self.table_rebuilds += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // The programmer writes nothing when a plan does not fit; an unexpected map
+                // error can still leave part of it written, so put the last good plan back.
+                if let Some(old) = &self.applied {
+                    if let Err(e2) = self.port.apply(old) {
+                        warn!(error = %e2, "restoring the previous dataplane state failed");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Brings the dataplane to the desired state of the running configuration (timers,
+    /// health, MAC resolution). Failures are logged once and kept for `status`.
+    pub fn reconcile(&mut self, now: Instant) {
+        let cfg = self.config.clone();
+        let ov = self.overrides.clone();
+        let lingering = self.lingering.clone();
+        let plan = self.plan_for(&cfg, &ov, now);
+        let missing: Vec<&str> = plan
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter())
+            .filter(|b| b.mac.is_none())
+            .map(|b| b.name.as_str())
+            .collect();
+        let changed = self.applied.as_ref() != Some(&plan);
+        if changed && !missing.is_empty() {
+            warn!(
+                ?missing,
+                "no MAC known yet for some backends (ARP pending); they stay out of rotation"
+            );
+        }
+        match self.apply(plan) {
+            Ok(()) => {
+                if changed {
+                    info!(rebuilds = self.table_rebuilds, "dataplane programmed");
+                }
+                self.last_error = None;
+            }
+            Err(e) => {
+                self.lingering = lingering;
+                if self.last_error.as_deref() != Some(&e) {
+                    warn!(error = %e, "programming the dataplane failed; keeping the previous state");
+                }
+                self.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Takes a new health snapshot, logs every transition, and reconciles.
+    pub fn set_health(&mut self, snap: Arc<HealthSnapshot>, now: Instant) {
+        for (key, h) in &snap.backends {
+            let old = self.health.backends.get(key);
+            if old != Some(h) {
+                let was = old.map_or("unknown", health_word);
+                match h {
+                    Health::Healthy => info!(
+                        "health: backend {}/{} is now healthy (was {was})",
+                        key.0, key.1
+                    ),
+                    Health::Unhealthy => warn!(
+                        "health: backend {}/{} is now UNHEALTHY (was {was})",
+                        key.0, key.1
+                    ),
+                }
+            }
+        }
+        self.seeded_down.retain(|k| !snap.backends.contains_key(k));
+        self.health = snap;
+        self.reconcile(now);
+    }
+
+    /// When the next drain timeout ends (admin drains and removed backends), so the caller
+    /// can reconcile then.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let drains = self
+            .overrides
+            .by_backend
+            .iter()
+            .filter_map(|((s, _), o)| overrides::drain_deadline(*o, self.drain_timeout(s)));
+        let removed = self
+            .lingering
+            .draining()
+            .map(|((s, _), at)| *at + self.drain_timeout(s));
+        drains.chain(removed).filter(|t| *t > now).min()
+    }
+
+    /// The all-or-nothing change: `cfg` and `ov` become the running state only if `cfg`
+    /// validates and the dataplane takes the plan.
+    pub fn change(
+        &mut self,
+        cfg: Config,
+        mut ov: Overrides,
+        now: Instant,
+    ) -> Result<(), ChangeError> {
+        config::validate::validate(&cfg).map_err(ChangeError::Invalid)?;
+        ov.retain(|s, b| {
+            cfg.backend_services
+                .get(s)
+                .is_some_and(|bs| bs.backends.iter().any(|x| x.display_name() == b))
+        });
+        let lingering = self.lingering.clone();
+        let plan = self.plan_for(&cfg, &ov, now);
+        if let Err(e) = self.apply(plan) {
+            self.lingering = lingering;
+            return Err(ChangeError::Dataplane(e));
+        }
+        self.config = cfg;
+        let overrides_changed = self.overrides != ov;
+        self.overrides = ov;
+        self.config_changes += 1;
+        if overrides_changed {
+            if let Some(path) = &self.state_file {
+                // The change is live already; failing to save only loses it at a restart.
+                if let Err(e) = super::persist::save(path, &self.overrides) {
+                    warn!(error = %e, file = %path.display(), "saving admin overrides failed; a restart will forget them");
+                }
+            }
+        }
+        self.last_error = None;
+        Ok(())
+    }
+
+    /// Checks that the service and backend exist; returns the backend's index.
+    pub fn find(&self, service: &str, backend: &str) -> Result<usize, ChangeError> {
+        let bs = self.find_service(service)?;
+        bs.backends
+            .iter()
+            .position(|b| b.display_name() == backend)
+            .ok_or_else(|| ChangeError::NoBackend {
+                service: service.into(),
+                backend: backend.into(),
+                known: join(bs.backends.iter().map(|b| b.display_name())),
+            })
+    }
+
+    pub fn find_service(&self, service: &str) -> Result<&config::BackendService, ChangeError> {
+        self.config
+            .backend_services
+            .get(service)
+            .ok_or_else(|| ChangeError::NoService {
+                name: service.into(),
+                known: join(self.config.backend_services.keys().cloned()),
+            })
+    }
+
+    /// Changes only overrides of an existing backend.
+    pub fn change_override(
+        &mut self,
+        service: &str,
+        backend: &str,
+        now: Instant,
+        f: impl FnOnce(&mut overrides::Override),
+    ) -> Result<(), ChangeError> {
+        self.find(service, backend)?;
+        let mut ov = self.overrides.clone();
+        ov.update(service, backend, f);
+        self.change(self.config.clone(), ov, now)
+    }
+
+    /// Re-reads the configuration file; the running state stays when anything refuses.
+    pub fn reload(&mut self, now: Instant) -> Result<(), ChangeError> {
+        let path = self.config_path.clone().ok_or(ChangeError::NoFile)?;
+        let cfg = config::load(&path).map_err(ChangeError::Invalid)?;
+        restart_only_changes(&self.config, &cfg)?;
+        self.change(cfg, self.overrides.clone(), now)
+    }
+}
+
+fn health_word(h: &Health) -> &'static str {
+    match h {
+        Health::Healthy => "healthy",
+        Health::Unhealthy => "unhealthy",
+    }
+}
+
+fn join(names: impl Iterator<Item = String>) -> String {
+    let v: Vec<String> = names.collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Settings fixed at start: map sizes, pin folder, interfaces and the admin socket.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ChangeError> {
+    let mut diffs = BTreeSet::new();
+    let (a, b) = (&old.dataplane, &new.dataplane);
+    if a.ring_size != b.ring_size {
+        diffs.insert("dataplane.ring_size");
+    }
+    if a.max_services != b.max_services {
+        diffs.insert("dataplane.max_services");
+    }
+    if a.conn_table_size != b.conn_table_size {
+        diffs.insert("dataplane.conn_table_size");
+    }
+    if a.pin_path != b.pin_path {
+        diffs.insert("dataplane.pin_path");
+    }
+    if a.interfaces != b.interfaces || a.xdp_mode != b.xdp_mode {
+        diffs.insert("dataplane.interfaces/xdp_mode");
+    }
+    if old.admin.socket != new.admin.socket {
+        diffs.insert("admin.socket");
+    }
+    if old.admin.metrics_listen != new.admin.metrics_listen {
+        diffs.insert("admin.metrics_listen");
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        let v: Vec<&str> = diffs.into_iter().collect();
+        Err(ChangeError::NeedsRestart(format!(
+            "the new file changes {}, which only apply at start",
+            v.join(", ")
+        )))
+    }
+}

@@ -1,0 +1,582 @@
+//! The agent's change path without root: a fake dataplane that records every plan and can
+//! be told to refuse. The all-or-nothing property is checked here on the state and on what
+//! the "maps" (the fake) last received.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use super::state::{Agent, L4Port};
+use crate::admin::{
+    handle::handle,
+    protocol::{parse_request, ErrorKind, Response, Verb},
+};
+use crate::config::{self, Config};
+use crate::dataplane::{plan::L4Plan, programmer::Assignment};
+use lb_common::{BackendStats, VipStats};
+
+#[derive(Clone, Default)]
+struct Fake {
+    plans: Arc<Mutex<Vec<L4Plan>>>,
+    refuse: Arc<AtomicBool>,
+}
+
+impl Fake {
+    fn last(&self) -> L4Plan {
+        self.plans
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a plan was applied")
+    }
+    fn count(&self) -> usize {
+        self.plans.lock().unwrap().len()
+    }
+}
+
+impl L4Port for Fake {
+    fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err("no room (test)".into());
+        }
+        self.plans.lock().unwrap().push(plan.clone());
+        Ok(Assignment::default())
+    }
+    fn mac(&mut self, _addr: IpAddr, _configured: Option<&str>) -> Option<[u8; 6]> {
+        Some([2, 0, 0, 0, 0, 1])
+    }
+    fn vip_counters(&self, _id: u32) -> Option<VipStats> {
+        None
+    }
+    fn backend_counters(&self, _slot: u32) -> Option<BackendStats> {
+        None
+    }
+    fn reasons(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+}
+
+const CFG: &str = r#"
+[backend_services.web]
+protocol = "TCP"
+connection_draining_timeout_sec = 10
+[[backend_services.web.backends]]
+name = "b1"
+address = "10.0.0.1"
+[[backend_services.web.backends]]
+name = "b2"
+address = "10.0.0.2"
+[[backend_services.web.backends]]
+name = "b3"
+address = "10.0.0.3"
+failover = true
+
+[forwarding_rules.vip]
+ip_address = "10.0.0.100"
+ports = [80]
+backend_service = "web"
+"#;
+
+fn agent(path: Option<std::path::PathBuf>) -> (Agent, Fake, Instant) {
+    let fake = Fake::default();
+    let cfg = config::parse(CFG).unwrap();
+    let mut a = Agent::new(cfg, path, Box::new(fake.clone()));
+    let t0 = Instant::now();
+    a.reconcile(t0);
+    (a, fake, t0)
+}
+
+fn req(a: &mut Agent, line: &str, now: Instant) -> Response {
+    let verb = parse_request(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    handle(a, verb, now)
+}
+
+fn backend<'a>(p: &'a L4Plan, name: &str) -> &'a crate::dataplane::plan::L4Backend {
+    p.services[0]
+        .backends
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap()
+}
+
+#[test]
+fn drain_leaves_the_table_at_once_and_evicts_after_the_timeout() {
+    let (mut a, fake, t0) = agent(None);
+    assert!(backend(&fake.last(), "b1").in_table);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"drain","service":"web","backend":"b1"}"#,
+        t0,
+    );
+    assert!(r.ok, "{r:?}");
+    let p = fake.last();
+    assert!(!backend(&p, "b1").in_table && backend(&p, "b1").draining && !backend(&p, "b1").evict);
+    assert!(backend(&p, "b2").in_table);
+    assert_eq!(a.next_deadline(t0), Some(t0 + Duration::from_secs(10)));
+    a.reconcile(t0 + Duration::from_secs(9));
+    assert!(
+        !backend(&fake.last(), "b1").evict,
+        "flows kept before the timeout"
+    );
+    a.reconcile(t0 + Duration::from_secs(10));
+    assert!(
+        backend(&fake.last(), "b1").evict,
+        "flows evicted at the timeout"
+    );
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"undrain","service":"web","backend":"b1"}"#,
+        t0 + Duration::from_secs(11),
+    );
+    assert!(r.ok);
+    let b = backend(&fake.last(), "b1").clone();
+    assert!(b.in_table && !b.draining && !b.evict);
+}
+
+#[test]
+fn maintenance_and_forced_health_reach_the_plan() {
+    let (mut a, fake, t0) = agent(None);
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"maintenance","service":"web","backend":"b2","on":true}"#,
+            t0
+        )
+        .ok
+    );
+    let b = backend(&fake.last(), "b2").clone();
+    assert!(!b.in_table && b.evict);
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"force-health","service":"web","backend":"b1","health":"down"}"#,
+            t0
+        )
+        .ok
+    );
+    // Both primaries out: the failover backend takes over (ratio 0, no healthy primary).
+    let p = fake.last();
+    assert!(!backend(&p, "b1").healthy && backend(&p, "b3").in_table);
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"force-health","service":"web","backend":"b1","health":"auto"}"#,
+            t0
+        )
+        .ok
+    );
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"maintenance","service":"web","backend":"b2","on":false}"#,
+            t0
+        )
+        .ok
+    );
+    let p = fake.last();
+    assert!(
+        backend(&p, "b1").in_table && backend(&p, "b2").in_table && !backend(&p, "b3").in_table
+    );
+}
+
+fn unchanged(a: &Agent, fake: &Fake, cfg: &Config, plans: usize) {
+    assert_eq!(a.config(), cfg, "the running configuration must not change");
+    assert_eq!(fake.count(), plans, "the dataplane must not be written");
+}
+
+#[test]
+fn invalid_changes_leave_config_and_maps_unchanged() {
+    let (mut a, fake, t0) = agent(None);
+    let cfg = a.config().clone();
+    let n = fake.count();
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"set-weight","service":"web","backend":"b1","weight":0}"#,
+        t0,
+    );
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(
+        e.message
+            .contains("backend_services.web.backends[0].weight: 0 is outside 1..=1000"),
+        "{}",
+        e.message
+    );
+    unchanged(&a, &fake, &cfg, n);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"add-backend","service":"web","backend":{"address":"10.0.0.9","name":"b1"}}"#,
+        t0,
+    );
+    let e = r.error.unwrap();
+    assert!(
+        e.message.contains("duplicate backend \"b1\""),
+        "{}",
+        e.message
+    );
+    unchanged(&a, &fake, &cfg, n);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"add-backend","service":"web","backend":{"address":"10.0.0.9","weight":1001}}"#,
+        t0,
+    );
+    assert!(r
+        .error
+        .unwrap()
+        .message
+        .contains("1001 is outside 1..=1000"));
+    unchanged(&a, &fake, &cfg, n);
+}
+
+#[test]
+fn unknown_names_are_not_found_with_the_known_ones() {
+    let (mut a, fake, t0) = agent(None);
+    let cfg = a.config().clone();
+    let n = fake.count();
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"drain","service":"nope","backend":"b1"}"#,
+        t0,
+    );
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(
+        e.message
+            .contains("no backend service named \"nope\" (known: web)"),
+        "{}",
+        e.message
+    );
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"remove-backend","service":"web","backend":"b9"}"#,
+        t0,
+    );
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("known: b1, b2, b3"), "{}", e.message);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"describe-service","service":"nope"}"#,
+        t0,
+    );
+    assert_eq!(r.error.unwrap().kind, ErrorKind::NotFound);
+    unchanged(&a, &fake, &cfg, n);
+}
+
+#[test]
+fn a_refused_dataplane_leaves_everything_as_it_was() {
+    let (mut a, fake, t0) = agent(None);
+    let cfg = a.config().clone();
+    let ov = a.overrides().clone();
+    let before = fake.last();
+    let n = fake.count();
+    fake.refuse.store(true, Ordering::SeqCst);
+    for line in [
+        r#"{"version":1,"verb":"add-backend","service":"web","backend":{"address":"10.0.0.9"}}"#,
+        r#"{"version":1,"verb":"drain","service":"web","backend":"b1"}"#,
+        r#"{"version":1,"verb":"remove-backend","service":"web","backend":"b2"}"#,
+    ] {
+        let r = req(&mut a, line, t0);
+        let e = r.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::Dataplane, "{line}");
+        assert!(
+            e.message.contains("nothing was changed: no room (test)"),
+            "{}",
+            e.message
+        );
+        unchanged(&a, &fake, &cfg, n);
+        assert_eq!(a.overrides(), &ov, "overrides unchanged");
+        assert_eq!(a.applied(), Some(&before));
+    }
+    fake.refuse.store(false, Ordering::SeqCst);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"add-backend","service":"web","backend":{"address":"10.0.0.9"}}"#,
+        t0,
+    );
+    assert!(r.ok, "{r:?}");
+    assert_eq!(fake.last().services[0].backends.len(), 4);
+}
+
+#[test]
+fn removing_a_backend_forgets_its_overrides() {
+    let (mut a, _fake, t0) = agent(None);
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"maintenance","service":"web","backend":"b2","on":true}"#,
+            t0
+        )
+        .ok
+    );
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"remove-backend","service":"web","backend":"b2"}"#,
+            t0
+        )
+        .ok
+    );
+    assert!(a.overrides().by_backend.is_empty());
+    assert!(req(&mut a, r#"{"version":1,"verb":"add-backend","service":"web","backend":{"address":"10.0.0.2","name":"b2"}}"#, t0).ok);
+    assert!(
+        !a.overrides().get("web", "b2").maintenance,
+        "a re-added backend starts clean"
+    );
+}
+
+#[test]
+fn reload_refuses_broken_files_and_restart_only_changes() {
+    let dir = std::env::temp_dir().join(format!("lb-agent-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, CFG).unwrap();
+    let (mut a, fake, t0) = agent(Some(path.clone()));
+    let cfg = a.config().clone();
+    let n = fake.count();
+    let reload = r#"{"version":1,"verb":"reload"}"#;
+    assert!(req(&mut a, reload, t0).ok, "same file: ok");
+    // A syntax error: the place is the file and the line.
+    let broken = format!("{CFG}\n[broken\n");
+    std::fs::write(&path, &broken).unwrap();
+    let line = broken.lines().position(|l| l == "[broken").unwrap() + 1;
+    let e = req(&mut a, reload, t0).error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(
+        e.message
+            .contains(&format!("line {line}: file: invalid table header")),
+        "{}",
+        e.message
+    );
+    unchanged(&a, &fake, &cfg, n);
+    // A rule broken: the place and its line.
+    std::fs::write(
+        &path,
+        CFG.replace(
+            "connection_draining_timeout_sec = 10",
+            "connection_draining_timeout_sec = 4000",
+        ),
+    )
+    .unwrap();
+    let e = req(&mut a, reload, t0).error.unwrap();
+    assert!(
+        e.message.contains(
+            "line 4: backend_services.web.connection_draining_timeout_sec: must be 0..=3600"
+        ),
+        "{}",
+        e.message
+    );
+    unchanged(&a, &fake, &cfg, n);
+    // A setting that only applies at start.
+    std::fs::write(&path, format!("[dataplane]\nring_size = 13\n{CFG}")).unwrap();
+    let e = req(&mut a, reload, t0).error.unwrap();
+    assert!(
+        e.message.contains("dataplane.ring_size") && e.message.contains("restart"),
+        "{}",
+        e.message
+    );
+    unchanged(&a, &fake, &cfg, n);
+    // A good change goes through.
+    std::fs::write(&path, CFG.replace("10.0.0.3", "10.0.0.4")).unwrap();
+    assert!(req(&mut a, reload, t0).ok);
+    assert_eq!(backend(&fake.last(), "b3").addr.to_string(), "10.0.0.4");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reads_answer() {
+    let (mut a, _fake, t0) = agent(None);
+    let r = req(&mut a, r#"{"version":1,"verb":"status"}"#, t0);
+    assert_eq!(r.result.unwrap()["backends"], 3);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"list","what":"backends"}"#,
+        t0,
+    );
+    let v = r.result.unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert_eq!(v[0]["state"], "ready");
+    assert_eq!(v[0]["health"], "unchecked", "no health check configured");
+    assert_eq!(v[2]["in_table"], false, "failover backend idle");
+    let r = req(&mut a, r#"{"version":1,"verb":"list","what":"rules"}"#, t0);
+    assert_eq!(r.result.unwrap()[0]["ports"], "80");
+    let _ = req(
+        &mut a,
+        r#"{"version":1,"verb":"drain","service":"web","backend":"b1"}"#,
+        t0,
+    );
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"describe-service","service":"web"}"#,
+        t0 + Duration::from_secs(4),
+    );
+    let v = r.result.unwrap();
+    assert_eq!(v["backends"][0]["state"], "draining");
+    assert_eq!(v["backends"][0]["drain_remaining_sec"], 6.0);
+}
+
+#[test]
+fn verbs_on_the_wire_match_the_cli() {
+    // `lb drain web b1` and the JSON a script would send are the same request.
+    let v = crate::cli::ClientCmd::Drain {
+        service: "web".into(),
+        backend: "b1".into(),
+    }
+    .verb();
+    assert_eq!(
+        v,
+        Verb::Drain {
+            service: "web".into(),
+            backend: "b1".into()
+        }
+    );
+}
+
+#[test]
+fn a_removed_backend_drains_for_the_timeout_then_leaves() {
+    let (mut a, fake, t0) = agent(None);
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"remove-backend","service":"web","backend":"b2"}"#,
+            t0
+        )
+        .ok
+    );
+    let b = backend(&fake.last(), "b2").clone();
+    assert!(
+        !b.in_table && b.draining && !b.evict,
+        "kept for its flows: {b:?}"
+    );
+    assert_eq!(a.next_deadline(t0), Some(t0 + Duration::from_secs(10)));
+    a.reconcile(t0 + Duration::from_secs(10));
+    assert!(fake.last().services[0]
+        .backends
+        .iter()
+        .all(|b| b.name != "b2"));
+}
+
+#[test]
+fn overrides_survive_a_restart_through_the_state_file() {
+    let path = std::env::temp_dir().join(format!("lb-agent-state-{}.json", std::process::id()));
+    let _ignored = std::fs::remove_file(&path);
+    let (mut a, _fake, t0) = agent(None);
+    a.restore(Default::default(), path.clone());
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"drain","service":"web","backend":"b1"}"#,
+            t0
+        )
+        .ok
+    );
+    assert!(
+        req(
+            &mut a,
+            r#"{"version":1,"verb":"maintenance","service":"web","backend":"b2","on":true}"#,
+            t0
+        )
+        .ok
+    );
+    // A new agent (as after a restart) starts from the saved overrides.
+    let fake = Fake::default();
+    let mut b = Agent::new(config::parse(CFG).unwrap(), None, Box::new(fake.clone()));
+    b.restore(super::persist::load(&path).unwrap(), path.clone());
+    b.reconcile(Instant::now());
+    let p = fake.last();
+    assert!(backend(&p, "b1").draining && !backend(&p, "b1").in_table);
+    assert!(backend(&p, "b2").evict && !backend(&p, "b2").in_table);
+    // Undoing them is saved too.
+    assert!(
+        req(
+            &mut b,
+            r#"{"version":1,"verb":"undrain","service":"web","backend":"b1"}"#,
+            t0
+        )
+        .ok
+    );
+    assert!(super::persist::load(&path)
+        .unwrap()
+        .get("web", "b1")
+        .drain_started
+        .is_none());
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn only_start_time_settings_need_a_restart() {
+    use super::state::restart_only_changes;
+    let a = config::parse(CFG).unwrap();
+    let mut b = a.clone();
+    b.backend_services
+        .get_mut("web")
+        .unwrap()
+        .connection_draining_timeout_sec = 20;
+    assert!(
+        restart_only_changes(&a, &b).is_ok(),
+        "service settings reload"
+    );
+    for (f, name) in [
+        (
+            (|c: &mut Config| c.dataplane.conn_table_size = 2048) as fn(&mut Config),
+            "dataplane.conn_table_size",
+        ),
+        (
+            |c: &mut Config| c.dataplane.max_services = 8,
+            "dataplane.max_services",
+        ),
+        (
+            |c: &mut Config| c.dataplane.pin_path = "/sys/fs/bpf/other".into(),
+            "dataplane.pin_path",
+        ),
+        (
+            |c: &mut Config| c.dataplane.interfaces = vec!["eth9".into()],
+            "dataplane.interfaces",
+        ),
+        (
+            |c: &mut Config| c.admin.socket = "/tmp/x.sock".into(),
+            "admin.socket",
+        ),
+        (
+            |c: &mut Config| c.admin.metrics_listen = Some("127.0.0.1:9".into()),
+            "admin.metrics_listen",
+        ),
+    ] {
+        let mut b = a.clone();
+        f(&mut b);
+        let e = restart_only_changes(&a, &b).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains("restart"), "{e}");
+    }
+}
+
+#[test]
+fn carried_over_unhealthy_backends_wait_for_the_checker() {
+    use crate::health::{Health, HealthSnapshot};
+    let (mut a, fake, t0) = agent(None);
+    a.seed_unhealthy(vec![("web".into(), "b1".into())]);
+    a.reconcile(t0);
+    assert!(!backend(&fake.last(), "b1").in_table && !backend(&fake.last(), "b1").healthy);
+    // A snapshot without a verdict for b1 keeps the carried-over one.
+    let mut snap = HealthSnapshot::default();
+    snap.backends
+        .insert(("web".into(), "b2".into()), Health::Healthy);
+    a.set_health(Arc::new(snap.clone()), t0);
+    assert!(!backend(&fake.last(), "b1").in_table);
+    // The checker's own verdict replaces it.
+    snap.backends
+        .insert(("web".into(), "b1".into()), Health::Healthy);
+    a.set_health(Arc::new(snap.clone()), t0);
+    assert!(backend(&fake.last(), "b1").in_table);
+    snap.backends.remove(&("web".to_string(), "b1".to_string()));
+    a.set_health(Arc::new(snap), t0);
+    assert!(
+        backend(&fake.last(), "b1").in_table,
+        "the seed is gone once the checker spoke"
+    );
+}

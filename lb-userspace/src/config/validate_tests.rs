@@ -1,0 +1,459 @@
+//! One test case per validation rule: each breaks one value of a valid file and checks the
+//! error's place (dotted path) and that its line is the line that holds the broken value.
+
+use super::parse;
+
+const BASE: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+ring_size = 65537
+max_services = 32
+conn_table_size = 262144
+
+[health_checks.hc]
+protocol = "HTTP"
+port = 80
+request_path = "/2"
+check_interval_sec = 1.0
+timeout_sec = 1.0
+healthy_threshold = 2
+unhealthy_threshold = 2
+
+[backend_services.l4]
+protocol = "TCP"
+health_check = "hc"
+session_affinity = "NONE"
+connection_draining_timeout_sec = 10
+timeout_sec = 30.0
+failover_policy = { failover_ratio = 0.5 }
+connection_tracking_policy = { idle_timeout_sec = 600 }
+
+[[backend_services.l4.backends]]
+name = "a"
+address = "10.0.0.1"
+weight = 1
+capacity_scaler = 1.0
+mac = "02:00:00:00:00:01"
+
+[[backend_services.l4.backends]]
+name = "b"
+address = "10.0.0.2"
+
+[backend_services.web]
+protocol = "HTTP"
+session_affinity = "NONE"
+
+[[backend_services.web.backends]]
+address = "10.0.0.3"
+port = 8080
+
+[forwarding_rules.vip]
+ip_address = "10.0.0.100"
+ip_protocol = "TCP"
+ports = [80]
+backend_service = "l4"
+
+[forwarding_rules.http]
+ip_address = "10.0.0.101"
+ports = [80]
+target = "px"
+
+[forwarding_rules.https]
+ip_address = "10.0.0.101"
+ports = [443]
+target = "pxs"
+
+[url_maps.um]
+default_service = "web"
+
+[target_http_proxies.px]
+url_map = "um"
+
+[target_https_proxies.pxs]
+url_map = "um"
+ssl_certificates = ["cert"]
+
+[ssl_certificates.cert]
+certificate = "/tmp/c.pem"
+private_key = "/tmp/k.pem"
+"#;
+
+/// Replaces the first `from` with `to`, parses, and checks that an error at `place` is
+/// reported on the line containing `line_has` (and that the message contains `says`).
+fn broken(from: &str, to: &str, place: &str, line_has: &str, says: &str) {
+    assert!(
+        BASE.contains(from),
+        "test bug: {from:?} not in the base file"
+    );
+    let text = BASE.replacen(from, to, 1);
+    let errs = parse(&text)
+        .expect_err(&format!("{to:?} must be refused"))
+        .0;
+    let e = errs
+        .iter()
+        .find(|e| e.place == place)
+        .unwrap_or_else(|| panic!("no error at {place}; got {errs:#?}"));
+    let line = e
+        .line
+        .unwrap_or_else(|| panic!("{place}: no line in {e:?}"));
+    let got = text.lines().nth(line - 1).unwrap_or_default();
+    assert!(
+        got.contains(line_has),
+        "{place}: line {line} is {got:?}, expected one containing {line_has:?}"
+    );
+    assert!(
+        e.message.contains(says),
+        "{place}: message {:?} lacks {says:?}",
+        e.message
+    );
+}
+
+#[test]
+fn the_base_file_is_valid() {
+    parse(BASE).unwrap();
+}
+
+#[test]
+fn dataplane_rules() {
+    broken(
+        "ring_size = 65537",
+        "ring_size = 65536",
+        "dataplane.ring_size",
+        "ring_size",
+        "not a prime",
+    );
+    broken(
+        "ring_size = 65537",
+        "ring_size = 5",
+        "dataplane.ring_size",
+        "ring_size",
+        "≥ 7",
+    );
+    broken(
+        "max_services = 32",
+        "max_services = 0",
+        "dataplane.max_services",
+        "max_services",
+        "1..=1024",
+    );
+    broken(
+        "conn_table_size = 262144",
+        "conn_table_size = 10",
+        "dataplane.conn_table_size",
+        "conn_table_size",
+        "at least 1024",
+    );
+}
+
+#[test]
+fn health_check_rules() {
+    let hc = "health_checks.hc";
+    broken(
+        "check_interval_sec = 1.0",
+        "check_interval_sec = 0.05",
+        &format!("{hc}.check_interval_sec"),
+        "check_interval_sec",
+        "0.1..=300",
+    );
+    broken(
+        "timeout_sec = 1.0",
+        "timeout_sec = 2.0",
+        &format!("{hc}.timeout_sec"),
+        "timeout_sec = 2.0",
+        "not above check_interval_sec",
+    );
+    broken(
+        "timeout_sec = 1.0",
+        "timeout_sec = 0.0",
+        &format!("{hc}.timeout_sec"),
+        "timeout_sec = 0.0",
+        "positive",
+    );
+    broken(
+        "healthy_threshold = 2",
+        "healthy_threshold = 0",
+        &format!("{hc}.healthy_threshold"),
+        "healthy_threshold",
+        "1..=10",
+    );
+    broken(
+        "unhealthy_threshold = 2",
+        "unhealthy_threshold = 11",
+        &format!("{hc}.unhealthy_threshold"),
+        "unhealthy_threshold",
+        "1..=10",
+    );
+    broken(
+        "request_path = \"/2\"",
+        "request_path = \"2\"",
+        &format!("{hc}.request_path"),
+        "request_path",
+        "start with '/'",
+    );
+    broken(
+        "port = 80\n",
+        "port = 0\n",
+        &format!("{hc}.port"),
+        "port = 0",
+        "1..=65535",
+    );
+}
+
+#[test]
+fn backend_service_rules() {
+    let s = "backend_services.l4";
+    broken(
+        "health_check = \"hc\"",
+        "health_check = \"nope\"",
+        &format!("{s}.health_check"),
+        "health_check",
+        "no health check named \"nope\"",
+    );
+    broken(
+        "failover_ratio = 0.5",
+        "failover_ratio = 1.5",
+        &format!("{s}.failover_policy.failover_ratio"),
+        "failover_policy",
+        "0..=1",
+    );
+    broken(
+        "connection_draining_timeout_sec = 10",
+        "connection_draining_timeout_sec = 4000",
+        &format!("{s}.connection_draining_timeout_sec"),
+        "connection_draining_timeout_sec",
+        "0..=3600",
+    );
+    broken(
+        "idle_timeout_sec = 600",
+        "idle_timeout_sec = 700",
+        &format!("{s}.connection_tracking_policy.idle_timeout_sec"),
+        "connection_tracking_policy",
+        "1..=600",
+    );
+    broken(
+        "idle_timeout_sec = 600",
+        "idle_timeout_sec = 0",
+        &format!("{s}.connection_tracking_policy.idle_timeout_sec"),
+        "connection_tracking_policy",
+        "1..=600",
+    );
+    broken(
+        "session_affinity = \"NONE\"",
+        "session_affinity = \"GENERATED_COOKIE\"",
+        &format!("{s}.session_affinity"),
+        "GENERATED_COOKIE",
+        "need an L7",
+    );
+    broken(
+        "protocol = \"HTTP\"\nsession_affinity = \"NONE\"",
+        "protocol = \"HTTP\"\nsession_affinity = \"CLIENT_IP_PROTO\"",
+        "backend_services.web.session_affinity",
+        "CLIENT_IP_PROTO",
+        "L7 backend services support",
+    );
+    broken(
+        "timeout_sec = 30.0",
+        "timeout_sec = -1.0",
+        &format!("{s}.timeout_sec"),
+        "timeout_sec = -1.0",
+        "positive",
+    );
+}
+
+#[test]
+fn backend_rules() {
+    let b0 = "backend_services.l4.backends[0]";
+    let b1 = "backend_services.l4.backends[1]";
+    broken(
+        "name = \"b\"",
+        "name = \"a\"",
+        &format!("{b1}.name"),
+        "name = \"a\"",
+        "duplicate backend \"a\"",
+    );
+    broken(
+        "weight = 1\n",
+        "weight = 0\n",
+        &format!("{b0}.weight"),
+        "weight = 0",
+        "outside 1..=1000",
+    );
+    broken(
+        "weight = 1\n",
+        "weight = 1001\n",
+        &format!("{b0}.weight"),
+        "weight = 1001",
+        "outside 1..=1000",
+    );
+    broken(
+        "capacity_scaler = 1.0",
+        "capacity_scaler = 0.05",
+        &format!("{b0}.capacity_scaler"),
+        "capacity_scaler",
+        "0.1..=1.0",
+    );
+    broken(
+        "mac = \"02:00:00:00:00:01\"",
+        "mac = \"02:00:00\"",
+        &format!("{b0}.mac"),
+        "mac =",
+        "not a MAC address",
+    );
+    broken(
+        "port = 8080\n",
+        "",
+        "backend_services.web.backends[0].port",
+        "[[backend_services.web.backends]]",
+        "serving port",
+    );
+    broken(
+        "address = \"10.0.0.2\"",
+        "address = \"10.0.0.1\"",
+        &format!("{b1}.address"),
+        "address = \"10.0.0.1\"",
+        "distinct addresses",
+    );
+    broken(
+        "address = \"10.0.0.2\"",
+        "address = \"fd00::2\"",
+        &format!("{b1}.address"),
+        "fd00::2",
+        "IPv6 backends",
+    );
+}
+
+#[test]
+fn forwarding_rule_rules() {
+    let v = "forwarding_rules.vip";
+    broken(
+        "backend_service = \"l4\"",
+        "backend_service = \"nope\"",
+        &format!("{v}.backend_service"),
+        "backend_service",
+        "no backend service named \"nope\"",
+    );
+    broken(
+        "backend_service = \"l4\"",
+        "backend_service = \"web\"",
+        &format!("{v}.backend_service"),
+        "backend_service",
+        "is an L7 service",
+    );
+    broken(
+        "ip_protocol = \"TCP\"",
+        "ip_protocol = \"UDP\"",
+        &format!("{v}.ip_protocol"),
+        "ip_protocol",
+        "Udp rule in front of a Tcp backend service",
+    );
+    broken(
+        "backend_service = \"l4\"",
+        "backend_service = \"l4\"\ntarget = \"px\"",
+        v,
+        "[forwarding_rules.vip]",
+        "exactly one of",
+    );
+    broken(
+        "ports = [80]\nbackend_service",
+        "ports = [80]\nall_ports = true\nbackend_service",
+        &format!("{v}.ports"),
+        "ports = [80]",
+        "or all_ports = true",
+    );
+    broken(
+        "ports = [80]\nbackend_service",
+        "ports = [1, 2, 3, 4, 5, 6]\nbackend_service",
+        &format!("{v}.ports"),
+        "ports = [1, 2",
+        "at most 5 ports",
+    );
+    broken(
+        "ports = [80]\nbackend_service",
+        "ports = [0]\nbackend_service",
+        &format!("{v}.ports"),
+        "ports = [0]",
+        "port 0 is not a port",
+    );
+    broken(
+        "ip_address = \"10.0.0.100\"",
+        "ip_address = \"fd00::100\"",
+        &format!("{v}.ip_address"),
+        "fd00::100",
+        "IPv6 passthrough",
+    );
+    broken(
+        "ports = [443]",
+        "ports = [80]",
+        "forwarding_rules.https.ports",
+        "ports = [80]",
+        "also claimed by forwarding rule \"http\"",
+    );
+    broken(
+        "target = \"px\"",
+        "target = \"nope\"",
+        "forwarding_rules.http.target",
+        "target = \"nope\"",
+        "no target HTTP(S) proxy",
+    );
+}
+
+#[test]
+fn proxy_rules() {
+    broken(
+        "[target_http_proxies.px]\nurl_map = \"um\"",
+        "[target_http_proxies.px]\nurl_map = \"x\"",
+        "target_http_proxies.px.url_map",
+        "url_map = \"x\"",
+        "no URL map named \"x\"",
+    );
+    broken(
+        "[target_https_proxies.pxs]\nurl_map = \"um\"",
+        "[target_https_proxies.pxs]\nurl_map = \"y\"",
+        "target_https_proxies.pxs.url_map",
+        "url_map = \"y\"",
+        "no URL map named \"y\"",
+    );
+    broken(
+        "ssl_certificates = [\"cert\"]",
+        "ssl_certificates = []",
+        "target_https_proxies.pxs.ssl_certificates",
+        "ssl_certificates = []",
+        "at least one certificate",
+    );
+    broken(
+        "ssl_certificates = [\"cert\"]",
+        "ssl_certificates = [\"other\"]",
+        "target_https_proxies.pxs.ssl_certificates",
+        "\"other\"",
+        "no certificate named \"other\"",
+    );
+}
+
+#[test]
+fn syntax_and_unknown_fields_report_the_line() {
+    broken(
+        "weight = 1\n",
+        "wieght = 1\n",
+        "file",
+        "wieght",
+        "unknown field `wieght`",
+    );
+    broken(
+        "ring_size = 65537",
+        "ring_size = \"big\"",
+        "file",
+        "ring_size",
+        "invalid type",
+    );
+    broken("[url_maps.um]", "[url_maps.um", "file", "[url_maps.um", "");
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let text = BASE.replacen("weight = 1\n", "weight = 0\n", 1).replacen(
+        "max_services = 32",
+        "max_services = 0",
+        1,
+    );
+    assert_eq!(parse(&text).unwrap_err().0.len(), 2);
+}

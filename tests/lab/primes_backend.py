@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""GSP041 backend: GET /<n> answers True or False (is n prime), with the backend's name in a
+header. Usage: primes_backend.py NAME PORT"""
+import http.server
+import sys
+
+NAME = sys.argv[1]
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        try:
+            n = int(self.path.strip("/"))
+            body, code = ("True" if is_prime(n) else "False").encode(), 200
+        except ValueError:
+            body, code = b"not a number", 400
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Backend", NAME)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[2])), Handler).serve_forever()

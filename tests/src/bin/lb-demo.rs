@@ -1,0 +1,186 @@
+//! The demo (`cargo xtask demo`): a client, the balancer and three backends in network
+//! namespaces on one bridge; `lb run` with the embedded default configuration puts a VIP in
+//! front of the backends; the client opens connections to the VIP and each backend answers
+//! with its name. Everything created is removed at the end, also on Ctrl-C.
+
+use anyhow::{bail, Result};
+use lb_tests::{
+    lbrun::{field, tcp_banner, udp_banner, wait_for, Agent},
+    netns::Topology,
+};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+const CONFIG: &str = include_str!("demo.toml");
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn check_stop() -> Result<()> {
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted: cleaning up");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    anyhow::ensure!(
+        lb_tests::is_root(),
+        "the demo creates network namespaces: run as root"
+    );
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    // Guards drop in reverse order: agent (lb down), backends, then namespaces.
+    let result = demo();
+    if let (Err(_), Ok(secs)) = (&result, std::env::var("LB_DEMO_HOLD")) {
+        // Debugging aid: keep everything up for inspection before cleaning up.
+        std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(60)));
+    }
+    if let Err(e) = &result {
+        eprintln!("demo stopped: {e}");
+    }
+    println!("\ncleaned up: namespaces, links, pinned objects and processes removed");
+    result
+}
+
+fn demo() -> Result<()> {
+    println!("== building the topology: client, balancer, 3 backends on one bridge");
+    let t = Topology::new(3)?;
+    println!(
+        "   client {}  balancer {}  backends {}, {}, {}  VIP {}",
+        t.client_ip(),
+        t.balancer_ip(),
+        t.backend_ip(0),
+        t.backend_ip(1),
+        t.backend_ip(2),
+        t.vip()
+    );
+    let backend_bin = std::env::current_exe()?.with_file_name("lb-backend");
+    let vip = t.vip().to_string();
+    let _backends = (0..3)
+        .map(|i| {
+            t.backends[i].spawn(&[
+                backend_bin.to_str().unwrap(),
+                &format!("backend-{i}"),
+                "80",
+                "53",
+                &vip,
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    check_stop()?;
+    let cfg = CONFIG
+        .replace("{IFACE}", &t.iface)
+        .replace("{VIP}", &vip)
+        .replace("{B0}", &t.backend_ip(0).to_string())
+        .replace("{B1}", &t.backend_ip(1).to_string())
+        .replace("{B2}", &t.backend_ip(2).to_string());
+    println!(
+        "== starting `lb run` in the balancer namespace (XDP on {})",
+        t.iface
+    );
+    let agent = Agent::start(&t.balancer, &cfg)?;
+    eprintln!(
+        "   (namespaces {}-*, pins {})",
+        t.prefix,
+        agent.pin_dir.display()
+    );
+    let to = SocketAddr::new(t.vip().into(), 80);
+    let ready = t.client.run_in(move || {
+        wait_for(Duration::from_secs(20), || {
+            tcp_banner(to, Duration::from_millis(500))
+        })
+    })?;
+    if ready.is_err() {
+        bail!(
+            "the VIP did not answer within 20 s; lb log:\n{}",
+            agent.log()
+        );
+    }
+    check_stop()?;
+    for (proto, port) in [("TCP", 80u16), ("UDP", 53)] {
+        println!(
+            "== 24 {proto} connections from the client to {}:{port}",
+            t.vip()
+        );
+        let to = SocketAddr::new(t.vip().into(), port);
+        let banners = t.client.run_in(move || -> Result<Vec<String>> {
+            (0..24)
+                .map(|_| {
+                    if port == 53 {
+                        // UDP may lose a datagram: ask again, at most 3 times.
+                        let mut r = udp_banner(to, Duration::from_secs(1));
+                        for _ in 0..2 {
+                            if r.is_ok() {
+                                break;
+                            }
+                            r = udp_banner(to, Duration::from_secs(1));
+                        }
+                        r
+                    } else {
+                        tcp_banner(to, Duration::from_secs(2))
+                    }
+                })
+                .collect()
+        })??;
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, b) in banners.iter().enumerate() {
+            let name = field(b, "name").unwrap_or("?");
+            println!(
+                "   {proto} #{i:<2} answered by {name:<10} (it saw client {})",
+                field(b, "client").unwrap_or("?")
+            );
+            *per.entry(name.to_string()).or_default() += 1;
+        }
+        println!("   spread: {per:?}");
+        check_stop()?;
+    }
+    let sock = agent.dir.join("admin.sock");
+    let lb = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(lb_tests::lb_binary())
+            .args(args)
+            .arg("--socket")
+            .arg(&sock)
+            .output()?;
+        print!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    println!("== the agent's view (lb list backends)");
+    lb(&["list", "backends"])?;
+    check_stop()?;
+    println!("== lb drain web backend-0: no new flows for it, open ones may finish");
+    lb(&["drain", "web", "backend-0"])?;
+    let to = SocketAddr::new(t.vip().into(), 80);
+    let banners = t.client.run_in(move || -> Result<Vec<String>> {
+        (0..12)
+            .map(|_| tcp_banner(to, Duration::from_secs(2)))
+            .collect()
+    })??;
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for b in &banners {
+        *per.entry(field(b, "name").unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    println!("   12 new TCP connections after the drain: {per:?}");
+    lb(&["undrain", "web", "backend-0"])?;
+    check_stop()?;
+    println!("== dataplane counters (lb stats, read from the pinned maps)");
+    let out = std::process::Command::new(lb_tests::lb_binary())
+        .args(["stats", "--pin-path", agent.pin_dir.to_str().unwrap()])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}

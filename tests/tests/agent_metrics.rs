@@ -1,0 +1,75 @@
+//! The agent's metrics endpoint carries the dataplane's per-VIP and per-backend counters
+//! (read from the pinned maps and named through the agent), health state and table
+//! rebuilds.
+
+mod agent_support;
+
+use agent_support::*;
+use lb_tests::{lbrun::Agent, netns::Topology, root_or_skip};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+fn scrape(t: &Topology, port: u16) -> String {
+    t.balancer
+        .run_in(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .unwrap()
+        .unwrap()
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_show_vip_and_backend_counters_health_and_rebuilds() {
+    if !root_or_skip("agent metrics") {
+        return;
+    }
+    let t = Topology::new(3).expect("topology");
+    let _backends = start_backends(&t).unwrap();
+    let o = Opts {
+        check: Some((0.5, 1, 1)),
+        metrics_port: Some(9190),
+        ..Default::default()
+    };
+    let agent = Agent::start(&t.balancer, &config(&t, &o)).unwrap();
+    wait_ready(&t, &agent);
+    let per = new_flows(&t, 60).unwrap();
+    let text = scrape(&t, 9190);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let vip_packets = value(&text, "lb_vip_packets_total{rule=\"web\"")
+        .unwrap_or_else(|| panic!("no VIP counter:\n{text}"));
+    assert!(
+        vip_packets >= 180.0,
+        "60 connections are at least 180 packets: {vip_packets}"
+    );
+    let vip_new = value(&text, "lb_vip_new_flows_total{rule=\"web\"").unwrap();
+    assert!(vip_new >= 60.0, "{vip_new}");
+    for (name, n) in &per {
+        let line = format!("lb_backend_new_flows_total{{service=\"web\",backend=\"{name}\"}}");
+        let v = value(&text, &line).unwrap_or_else(|| panic!("no {line}:\n{text}"));
+        assert!(v >= *n as f64, "{name}: {v} < {n}");
+    }
+    assert!(
+        value(&text, "lb_maglev_table_rebuilds_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(text.contains("lb_health_backend_up"), "{text}");
+}

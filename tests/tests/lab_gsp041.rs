@@ -1,0 +1,117 @@
+//! Google Cloud's internal TCP/UDP load balancer lab (GSP041), reproduced: three backends
+//! answer `GET /<n>` with True/False, an HTTP health check `GET /2` expecting "True" guards
+//! them, a VIP on TCP port 80 fronts them, and a frontend renders a 10x10 table of primes by
+//! asking the VIP, 10 requests in parallel.
+
+use anyhow::Result;
+use lb_tests::{
+    lbrun::{agent_sections, wait_for, Agent},
+    netns::Topology,
+    root_or_skip,
+};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab");
+
+/// A minimal HTTP/1.1 GET over a fresh connection: (status, headers+body text).
+fn http_get(to: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    Ok((status, out))
+}
+
+#[test]
+fn the_prime_number_lab_works_through_the_vip() {
+    if !root_or_skip("GSP041 lab") {
+        return;
+    }
+    let t = Topology::new(3).expect("topology");
+    let backend = format!("{LAB}/primes_backend.py");
+    let _backends: Vec<_> = (0..3)
+        .map(|i| {
+            t.backends[i]
+                .spawn(&["python3", &backend, &format!("primes-{i}"), "80"])
+                .unwrap()
+        })
+        .collect();
+    let mut cfg = agent_sections(&t);
+    cfg += &format!(
+        r#"
+[health_checks.http-2]
+protocol = "HTTP"
+port = 80
+request_path = "/2"
+response = "True"
+check_interval_sec = 1
+timeout_sec = 1
+
+[backend_services.primes]
+protocol = "TCP"
+health_check = "http-2"
+
+[forwarding_rules.primes-vip]
+ip_address = "{vip}"
+ip_protocol = "TCP"
+ports = [80]
+backend_service = "primes"
+"#,
+        vip = t.vip()
+    );
+    for i in 0..3 {
+        cfg += &format!(
+            "[[backend_services.primes.backends]]\nname = \"primes-{i}\"\naddress = \"{}\"\n",
+            t.backend_ip(i)
+        );
+    }
+    let agent = Agent::start(&t.balancer, &cfg).unwrap();
+    let vip = SocketAddr::new(t.vip().into(), 80);
+    // curl VIP/2 → True, /4 → False, /5 → True.
+    let answers = t
+        .client
+        .run_in(move || {
+            wait_for(Duration::from_secs(20), || {
+                let mut got = Vec::new();
+                for n in [2, 4, 5] {
+                    let (status, text) = http_get(vip, &format!("/{n}"))?;
+                    anyhow::ensure!(status == 200, "status {status}");
+                    got.push(text.rsplit("\r\n\r\n").next().unwrap_or("").to_string());
+                }
+                Ok(got)
+            })
+        })
+        .unwrap();
+    let answers = answers.unwrap_or_else(|e| panic!("VIP did not answer: {e}\n{}", agent.log()));
+    assert_eq!(answers, vec!["True", "False", "True"]);
+
+    // The frontend runs beside the client and asks the VIP for 1..100.
+    let frontend = format!("{LAB}/primes_frontend.py");
+    let _front = t
+        .client
+        .spawn(&["python3", &frontend, &t.vip().to_string(), "8080"])
+        .unwrap();
+    let page = t
+        .client
+        .run_in(|| {
+            let to: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+            wait_for(Duration::from_secs(20), || http_get(to, "/1"))
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("frontend: {e}\n{}", agent.log()));
+    assert_eq!(page.0, 200);
+    let green = page.1.matches(r#"bgcolor="green""#).count();
+    let red = page.1.matches(r#"bgcolor="red""#).count();
+    assert_eq!((green, red), (25, 75), "1..100 holds 25 primes");
+    assert!(page.1.contains(r#"<td bgcolor="green">97</td>"#));
+    assert!(page.1.contains(r#"<td bgcolor="red">91</td>"#));
+}

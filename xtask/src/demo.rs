@@ -1,0 +1,27 @@
+//! The demo: builds `lb` and the test backend, then runs `lb-demo` (tests/src/bin), which
+//! sets up a client, the balancer and three backends in network namespaces, runs `lb` with
+//! the embedded default configuration, shows connections landing on all three backends,
+//! and removes everything it created (also on Ctrl-C).
+
+use crate::bootstrap::{self, cargo};
+use anyhow::Result;
+
+pub fn run() -> Result<()> {
+    bootstrap::run()?;
+    cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "lb-userspace",
+            "-p",
+            "lb-tests",
+            "--bins",
+        ],
+        &[],
+    )?;
+    cargo(
+        &["run", "--release", "-p", "lb-tests", "--bin", "lb-demo"],
+        &[],
+    )
+}
