@@ -7,7 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod l7;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
-pub mod l7;
