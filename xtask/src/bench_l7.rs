@@ -36,7 +36,10 @@ pub struct Options {
     /// CPU list of the backend and the load generator.
     #[arg(long, default_value = "1")]
     pub load_cpus: String,
-    /// Skip the HTTP/2 (h2load) round.
+    /// Rounds per proxy (interleaved; medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Skip the HTTP/2 (h2load) measurements.
     #[arg(long)]
     pub no_h2: bool,
 }
@@ -195,28 +198,58 @@ fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {
         wait_port(p2).with_context(|| format!("{name} did not start listening"))?;
     }
 
-    let mut h1 = Vec::new();
-    let mut h2 = Vec::new();
-    for (name, p1, p2) in PROXIES {
-        let url = format!("http://127.0.0.1:{p1}/");
+    // Rounds interleave the proxies so a burst of load from elsewhere on the machine hits
+    // them alike; each figure reported is the median over the rounds.
+    let mut h1: Vec<Vec<Figures>> = vec![Vec::new(); PROXIES.len()];
+    let mut h2: Vec<Vec<Figures>> = vec![Vec::new(); PROXIES.len()];
+    for (_, p1, _) in PROXIES {
         // Warm-up: pools filled, caches hot.
-        wrk(o, &url, 2)?;
-        let f = wrk(o, &url, o.duration)?;
-        println!(
-            "{name:<8} HTTP/1.1  {:>10.0} req/s   p99 {:>7.2} ms {}",
-            f.rps, f.latency_ms, f.errors
-        );
-        h1.push((name, f));
-        if !o.no_h2 {
-            let url = format!("http://127.0.0.1:{p2}/");
-            let f = h2load(o, &url)?;
+        wrk(o, &format!("http://127.0.0.1:{p1}/"), 2)?;
+    }
+    for round in 1..=o.rounds {
+        for (i, (name, p1, p2)) in PROXIES.iter().enumerate() {
+            let f = wrk(o, &format!("http://127.0.0.1:{p1}/"), o.duration)?;
             println!(
-                "{name:<8} HTTP/2    {:>10.0} req/s   mean {:>6.2} ms {}",
+                "round {round} {name:<8} HTTP/1.1  {:>10.0} req/s   p99 {:>7.2} ms {}",
                 f.rps, f.latency_ms, f.errors
             );
-            h2.push((name, f));
+            h1[i].push(f);
+            if !o.no_h2 {
+                let f = h2load(o, &format!("http://127.0.0.1:{p2}/"))?;
+                println!(
+                    "round {round} {name:<8} HTTP/2    {:>10.0} req/s   mean {:>6.2} ms {}",
+                    f.rps, f.latency_ms, f.errors
+                );
+                h2[i].push(f);
+            }
         }
     }
+    let median = |runs: &[Figures]| -> Figures {
+        let mid = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        Figures {
+            rps: mid(runs.iter().map(|f| f.rps).collect()),
+            latency_ms: mid(runs.iter().map(|f| f.latency_ms).collect()),
+            errors: runs
+                .iter()
+                .map(|f| f.errors.as_str())
+                .collect::<Vec<_>>()
+                .join(""),
+        }
+    };
+    let h1: Vec<(&str, Figures)> = PROXIES
+        .iter()
+        .zip(&h1)
+        .map(|(p, r)| (p.0, median(r)))
+        .collect();
+    let h2: Vec<(&str, Figures)> = PROXIES
+        .iter()
+        .zip(&h2)
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(p, r)| (p.0, median(r)))
+        .collect();
     servers.clear();
     println!("\n{}", report(o, &h1, &h2));
     Ok(())
@@ -226,8 +259,8 @@ fn report(o: &Options, h1: &[(&str, Figures)], h2: &[(&str, Figures)]) -> String
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "== bench-l7: {} s, {} connections, proxies on CPU {}, backend+load on CPU {} ==",
-        o.duration, o.connections, o.proxy_cpus, o.load_cpus
+        "== bench-l7: median of {} rounds of {} s, {} connections, proxies on CPU {}, backend+load on CPU {} ==",
+        o.rounds, o.duration, o.connections, o.proxy_cpus, o.load_cpus
     );
     for (title, rows, lat) in [
         ("HTTP/1.1 (wrk)", h1, "p99"),

@@ -104,11 +104,16 @@ impl<T> Observed<T> {
                         }
                         return;
                     };
-                    let rest = self.line.split_off(end);
-                    let head = std::mem::take(&mut self.line);
-                    self.state = self.judge(&head);
-                    // Continue with the bytes after the head (its body or the next head).
-                    self.feed_owned(rest);
+                    let mut head = std::mem::take(&mut self.line);
+                    self.state = self.judge(&head[..end]);
+                    // Usually empty (no allocation): the bytes after the head, its body or
+                    // the next head.
+                    let rest = head[end..].to_vec();
+                    head.clear();
+                    self.line = head; // keep the capacity for the next head
+                    if !rest.is_empty() {
+                        self.feed(&rest);
+                    }
                     return;
                 }
                 State::ChunkSize | State::Trailers => {
@@ -143,14 +148,8 @@ impl<T> Observed<T> {
         }
     }
 
-    fn feed_owned(&mut self, rest: Vec<u8>) {
-        if !rest.is_empty() {
-            self.feed(&rest);
-        }
-    }
-
     /// Parses one head, records its verdict and returns the state after it.
-    fn judge(&mut self, head: &[u8]) -> State {
+    fn judge(&self, head: &[u8]) -> State {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(head) {

@@ -266,10 +266,9 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
             Some(service),
         );
     }
-    let deadline = tokio::time::Instant::from_std(resp.2);
     let body = ProxyBody::Upstream {
         inner: rbody,
-        deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+        deadline: Some(resp.2),
         guard: Some(guard),
     };
     (Response::from_parts(rparts, body), Some(service))
@@ -316,8 +315,16 @@ fn add_affinity_cookie(
     }
 }
 
-/// The backend's response, the in-flight guard, and the deadline for the body.
-type Forwarded = ((Response<Incoming>, InFlight, std::time::Instant), u64);
+/// The backend's response, the in-flight guard, the timer of the overall deadline (reused by
+/// the response body, so a request costs one timer), and the backend's id.
+type Forwarded = (
+    (
+        Response<Incoming>,
+        InFlight,
+        std::pin::Pin<Box<tokio::time::Sleep>>,
+    ),
+    u64,
+);
 
 fn classify(e: &hyper_util::client::legacy::Error) -> Outcome {
     if e.is_connect() {
@@ -346,6 +353,7 @@ async fn forward_with_retries(
 ) -> Result<Forwarded, Response<ProxyBody>> {
     let start = std::time::Instant::now();
     let deadline = start + forward.timeout.unwrap_or(service.timeout);
+    let mut overall = Box::pin(tokio::time::sleep_until(deadline.into()));
     let has_body = retry::has_body(&parts.headers, http_body::Body::is_end_stream(&body));
     let mut body = has_body.then_some(body);
     let plan = forward.retry;
@@ -393,9 +401,15 @@ async fn forward_with_retries(
             parts.headers.clone()
         };
         let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-        let try_timeout = plan.per_try_timeout.map_or(remaining, |p| p.min(remaining));
-        let result =
-            tokio::time::timeout(try_timeout, shared.clients.request(service.upstream, ureq)).await;
+        let fut = shared.clients.request(service.upstream, ureq);
+        let result = match plan.per_try_timeout {
+            Some(p) if p < remaining => tokio::time::timeout(p, fut).await.map_err(|_| ()),
+            _ => tokio::select! {
+                biased;
+                r = fut => Ok(r),
+                _ = overall.as_mut() => Err(()),
+            },
+        };
         let outcome = match &result {
             Err(_) => Outcome::Timeout,
             Ok(Ok(r)) => Outcome::Status(r.status().as_u16()),
@@ -432,7 +446,7 @@ async fn forward_with_retries(
             continue;
         }
         return match result {
-            Ok(Ok(r)) => Ok(((r, guard, deadline), backend.id)),
+            Ok(Ok(r)) => Ok(((r, guard, overall), backend.id)),
             Err(_) => Err(local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n")),
             Ok(Err(e)) => {
                 tracing::debug!(service = %service.name, backend = %backend.name, error = %e, "backend request failed");
