@@ -274,6 +274,11 @@ async fn http2_cleartext_from_client_and_to_backend() {
         "H2C backend service speaks HTTP/2"
     );
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1,127.0.0.1");
+    assert_eq!(
+        seen.headers["host"],
+        p.addr.to_string().as_str(),
+        "the client's :authority reaches the backend as Host"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,15 +88,15 @@ pub fn run(o: Options) -> Result<()> {
         }
     }
     let root = workspace_root();
-    println!("building lb (release)...");
+    println!("building lb (profile release-lb: release + fat LTO)...");
     let st = Command::new("cargo")
-        .args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"])
+        .args(["build", "--profile", "release-lb", "-p", "lb-userspace", "--bin", "lb"])
         .current_dir(&root)
         .status()?;
     if !st.success() {
-        bail!("cargo build --release failed");
+        bail!("cargo build --profile release-lb failed");
     }
-    let lb = root.join("target/release/lb");
+    let lb = root.join("target/release-lb/lb");
     let dir = std::env::temp_dir().join(format!("lb-bench-l7-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = bench(&o, &lb, &dir);
