@@ -90,7 +90,15 @@ pub fn run(o: Options) -> Result<()> {
     let root = workspace_root();
     println!("building lb (profile release-lb: release + fat LTO)...");
     let st = Command::new("cargo")
-        .args(["build", "--profile", "release-lb", "-p", "lb-userspace", "--bin", "lb"])
+        .args([
+            "build",
+            "--profile",
+            "release-lb",
+            "-p",
+            "lb-userspace",
+            "--bin",
+            "lb",
+        ])
         .current_dir(&root)
         .status()?;
     if !st.success() {
