@@ -64,7 +64,7 @@ fn main() -> Result<()> {
             tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config))
         }
         Cmd::ServeL7 { config } => {
-            tokio::runtime::Runtime::new()?.block_on(lb_userspace::l7::serve_forever(&config))
+            lb_userspace::l7::runtime()?.block_on(lb_userspace::l7::serve_forever(&config))
         }
         Cmd::Validate { file } => match lb_userspace::config::load(&file) {
             Ok(_) => {

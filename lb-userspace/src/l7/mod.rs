@@ -354,6 +354,18 @@ pub fn start_if_configured(
     Ok(Some(handle))
 }
 
+/// The runtime of `lb serve-l7`: one worker per CPU this process may use; on a single CPU
+/// (e.g. pinned with taskset) a current-thread runtime, which skips work-stealing
+/// bookkeeping that one worker cannot use.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+}
+
 /// `lb serve-l7`: runs the L7 tier from a configuration file until SIGINT or SIGTERM.
 pub async fn serve_forever(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = crate::config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
