@@ -99,8 +99,9 @@ pub mod backend_flags {
 }
 
 /// Key of `VIPS`: one forwarding rule. `port_be == 0` means every port of that address and
-/// protocol; the program tries the exact port first, then port 0.
-#[repr(C)]
+/// protocol; the program tries the exact port first, then port 0. Aligned to 4 (no size
+/// change) so the program can build it with word stores.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct VipKey {
     pub addr: [u8; 16],
@@ -137,10 +138,11 @@ pub const VIP_ADDR_ALL_PORTS: u32 = 1 << 0;
 /// Flag of a `VIP_ADDRS` value: the address has at least one rule with a specific port.
 pub const VIP_ADDR_PORTS: u32 = 1 << 1;
 
-/// Key of `VIP_ADDRS` (value: `VIP_ADDR_*` flags): an address that carries at least one VIP. Used to decide the verdict
+/// Key of `VIP_ADDRS` (value: `VIP_ADDR_*` flags): an address that carries at least one VIP.
+/// Aligned to 4 (no size change) so the program can build it with word stores. Used to decide the verdict
 /// of packets whose ports cannot be read (fragments, truncated L4 headers): such packets
 /// to a VIP address are dropped, to any other address they pass untouched.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct VipAddrKey {
     pub addr: [u8; 16],

@@ -11,8 +11,8 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     backend_flags, flow_hash::flow_hash, flow_hash::mask_for_hash, service_flags, Backend,
-    ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipKey, VipMeta, FAMILY_V4, KEY_FLOW,
-    KEY_SESSION, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
+    ConnEntry, FlowKey, Reason, ServiceMeta, VipMeta, KEY_SESSION, NO_BACKEND, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -24,6 +24,7 @@ use network_types::{
 
 use crate::{
     counters,
+    keys::{v4_flow, vip_addr_key, vip_key},
     maps::{BACKENDS, CONNS, MAGLEV, SERVICES, SETTINGS, VIPS, VIP_ADDRS, VIP_STATE},
     parse::{frame_len, ptr_at},
 };
@@ -110,21 +111,14 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
 /// address has one.
 #[inline(always)]
 fn lookup_vip(flow: &FlowKey, addr_flags: u32) -> Option<VipMeta> {
-    let mut vk = VipKey {
-        addr: flow.dst,
-        port_be: flow.dport_be,
-        proto: flow.proto,
-        family: FAMILY_V4,
-    };
     // SAFETY: map values are plain data; copied out at once.
-    if let Some(m) = unsafe { VIPS.get(vk) } {
+    if let Some(m) = unsafe { VIPS.get(vip_key(flow, flow.dport_be)) } {
         return Some(*m);
     }
     if addr_flags & VIP_ADDR_ALL_PORTS == 0 {
         return None;
     }
-    vk.port_be = 0;
-    unsafe { VIPS.get(vk) }.copied()
+    unsafe { VIPS.get(vip_key(flow, 0)) }.copied()
 }
 
 /// ICMP "fragmentation needed" (type 3, code 4; RFC 792, RFC 1191) about a VIP flow goes
@@ -242,14 +236,8 @@ fn usable_entry(
 /// Flags of the VIP address, or `None` when no VIP uses this address and protocol.
 #[inline(always)]
 fn vip_addr_flags(dst: [u8; 4], proto: u8) -> Option<u32> {
-    let key = VipAddrKey {
-        addr: v4_addr(dst),
-        proto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
-    };
     // SAFETY: plain data, read once.
-    unsafe { VIP_ADDRS.get(key) }.copied()
+    unsafe { VIP_ADDRS.get(vip_addr_key(dst, proto)) }.copied()
 }
 
 /// Fragments and truncated L4 headers: dropped when addressed to a VIP address, else passed.
@@ -262,38 +250,12 @@ fn verdict_without_ports(dst: [u8; 4], proto: u8, drop_reason: Reason) -> (u32, 
     }
 }
 
-/// The raw 5-tuple key of an IPv4 flow (ports as on the wire).
-#[inline(always)]
-fn v4_flow(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey {
-    FlowKey {
-        src: v4_addr(src),
-        dst: v4_addr(dst),
-        sport_be: u16::from_ne_bytes(sport),
-        dport_be: u16::from_ne_bytes(dport),
-        proto,
-        family: FAMILY_V4,
-        kind: KEY_FLOW,
-        _pad: 0,
-        vip_id: 0,
-    }
-}
-
 /// The coarse monotonic clock: tick resolution (a few ms) is plenty for idle timeouts
 /// counted in seconds, and it costs a memory read instead of a clocksource read per packet.
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: the helper has no preconditions.
     unsafe { bpf_ktime_get_coarse_ns() }
-}
-
-#[inline(always)]
-fn v4_addr(a: [u8; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[0] = a[0];
-    out[1] = a[1];
-    out[2] = a[2];
-    out[3] = a[3];
-    out
 }
 
 /// The full path: a packet for a VIP that had no usable fast-path entry. `create` records
@@ -402,9 +364,20 @@ fn keeps_flow(be: &Backend, generation: u32, svc: &ServiceMeta, proto: u8) -> bo
 /// header is untouched, so the backend sees the client and answers it directly.
 #[inline(always)]
 fn rewrite(eth: *mut EthHdr, be: &Backend) -> (u32, Reason) {
+    // Three 16-bit moves per MAC: EthHdr and `Backend::mac` (offset 16 of a 4-aligned value)
+    // are 2-aligned, and a plain array assignment from map memory compiles to a call of a
+    // byte-loop `memmove` in BPF.
+    let e = eth as *mut u16;
+    let m = be.mac.as_ptr() as *const u16;
+    // SAFETY: `eth` covers the 14-byte Ethernet header (bounds-checked by the caller) and
+    // `m` the 6-byte MAC; both 2-aligned.
     unsafe {
-        (*eth).src_addr = (*eth).dst_addr;
-        (*eth).dst_addr = be.mac;
+        e.add(3).write(e.read());
+        e.add(4).write(e.add(1).read());
+        e.add(5).write(e.add(2).read());
+        e.write(m.read());
+        e.add(1).write(m.add(1).read());
+        e.add(2).write(m.add(2).read());
     }
     (TX, Reason::TX)
 }

@@ -9,6 +9,7 @@
 
 mod counters;
 mod forward;
+mod keys;
 mod maps;
 mod parse;
 

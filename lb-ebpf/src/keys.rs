@@ -1,0 +1,90 @@
+//! Map keys built with word stores. Zero-filling a `[u8; 16]` address (alignment 1) compiles
+//! in BPF to calls of a byte-loop `memset`, and copying one to a `memmove` loop; on the fast
+//! path those calls cost more than the hash lookup they feed. Every key type here is
+//! 4-aligned with its addresses at 4-aligned offsets, so whole-word stores are exact.
+
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+use lb_common::{FlowKey, VipAddrKey, VipKey, FAMILY_V4, KEY_FLOW};
+
+/// Writes an IPv4 address into a 16-byte address field: first word, then three zero words.
+///
+/// # Safety
+/// `field` must be valid for writes and 4-aligned.
+#[inline(always)]
+unsafe fn put_v4(field: *mut [u8; 16], a: [u8; 4]) {
+    let w = field as *mut u32;
+    // SAFETY: the caller guarantees a writable, 4-aligned 16-byte field.
+    unsafe {
+        w.write(u32::from_ne_bytes(a));
+        w.add(1).write(0);
+        w.add(2).write(0);
+        w.add(3).write(0);
+    }
+}
+
+/// Copies a 16-byte address field word by word.
+///
+/// # Safety
+/// Both fields must be valid and 4-aligned.
+#[inline(always)]
+unsafe fn copy_addr(to: *mut [u8; 16], from: *const [u8; 16]) {
+    let (t, f) = (to as *mut u32, from as *const u32);
+    // SAFETY: the caller guarantees valid, 4-aligned 16-byte fields.
+    unsafe {
+        t.write(f.read());
+        t.add(1).write(f.add(1).read());
+        t.add(2).write(f.add(2).read());
+        t.add(3).write(f.add(3).read());
+    }
+}
+
+/// The raw 5-tuple key of an IPv4 flow (ports as on the wire).
+#[inline(always)]
+pub fn v4_flow(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey {
+    let mut k = MaybeUninit::<FlowKey>::uninit();
+    let p = k.as_mut_ptr();
+    // SAFETY: every field of the repr(C) FlowKey (4-aligned, addresses at offsets 0 and 16)
+    // is written before `assume_init`.
+    unsafe {
+        put_v4(addr_of_mut!((*p).src), src);
+        put_v4(addr_of_mut!((*p).dst), dst);
+        addr_of_mut!((*p).sport_be).write(u16::from_ne_bytes(sport));
+        addr_of_mut!((*p).dport_be).write(u16::from_ne_bytes(dport));
+        addr_of_mut!((*p).proto).write(proto);
+        addr_of_mut!((*p).family).write(FAMILY_V4);
+        addr_of_mut!((*p).kind).write(KEY_FLOW);
+        addr_of_mut!((*p)._pad).write(0);
+        addr_of_mut!((*p).vip_id).write(0);
+        k.assume_init()
+    }
+}
+
+/// The `VIPS` key of a flow's destination, with `port_be` as given.
+#[inline(always)]
+pub fn vip_key(flow: &FlowKey, port_be: u16) -> VipKey {
+    let mut k = MaybeUninit::<VipKey>::uninit();
+    let p = k.as_mut_ptr();
+    // SAFETY: all fields written; VipKey is 4-aligned with its address at offset 0.
+    unsafe {
+        copy_addr(addr_of_mut!((*p).addr), &flow.dst);
+        addr_of_mut!((*p).port_be).write(port_be);
+        addr_of_mut!((*p).proto).write(flow.proto);
+        addr_of_mut!((*p).family).write(FAMILY_V4);
+        k.assume_init()
+    }
+}
+
+/// The `VIP_ADDRS` key of an IPv4 address and protocol.
+#[inline(always)]
+pub fn vip_addr_key(addr: [u8; 4], proto: u8) -> VipAddrKey {
+    let mut k = MaybeUninit::<VipAddrKey>::uninit();
+    let p = k.as_mut_ptr();
+    // SAFETY: all fields written; VipAddrKey is 4-aligned with its address at offset 0.
+    unsafe {
+        put_v4(addr_of_mut!((*p).addr), addr);
+        addr_of_mut!((*p).proto).write(proto);
+        addr_of_mut!((*p).family).write(FAMILY_V4);
+        addr_of_mut!((*p)._pad).write([0; 2]);
+        k.assume_init()
+    }
+}
