@@ -176,10 +176,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     let _metrics_server = metrics::serve_from_config(&cfg, metrics.clone()).await?;
 
-    // ---- L7 tier (issue 4): listeners for forwarding rules with a target proxy, fed by the
-    // shared health checker. (Reloads: call `_l7.reload(agent.config())` where the
-    // checker takes a changed configuration.)
-    let _l7 = crate::l7::start_if_configured(&cfg, Some(checker.subscribe()))?;
+    // ---- L7 tier: listeners for forwarding rules with a target proxy, fed by the shared
+    // health checker; every accepted configuration change swaps its routing table.
+    let l7 = crate::l7::start_if_configured(&cfg, Some(checker.subscribe()))?;
 
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
     let state_file = persist::state_file(&socket);
@@ -237,6 +236,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         if agent.config_changes != changes_before {
             // New, removed or changed backends and checks: probes follow the configuration.
             checker.update(agent.config());
+            apply_l7(l7.as_ref(), agent.config());
         }
         publish(&agent, &published);
     }
@@ -245,6 +245,24 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let _ignored = std::fs::remove_file(&socket);
     info!("agent stopping; the dataplane stays attached (lb down removes it)");
     Ok(())
+}
+
+/// Swaps the L7 routing table for an accepted configuration. The configuration already
+/// passed the same validation (L7 rules included); what can still fail here is outside it
+/// (a certificate file, a listener address already taken), and then the L7 tier keeps its
+/// previous table whole — in-flight requests and WebSockets finish on the table they started
+/// with either way.
+fn apply_l7(l7: Option<&crate::l7::L7Handle>, cfg: &Config) {
+    match l7 {
+        Some(h) => match h.reload(cfg) {
+            Ok(()) => info!("L7 routing table swapped"),
+            Err(e) => warn!(error = %e, "L7 reload refused; the L7 tier keeps its previous table"),
+        },
+        None if crate::l7::has_l7(cfg) => warn!(
+            "the configuration now has L7 forwarding rules; restart the agent to start the L7 tier"
+        ),
+        None => {}
+    }
 }
 
 /// What the metrics endpoint needs from the agent's task: the names behind VIP ids and
