@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod backend_tls;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

@@ -374,73 +374,14 @@ fn tls_config(alpn: Alpn) -> Arc<rustls::ClientConfig> {
             .with_safe_default_protocol_versions()
             .expect("the aws-lc-rs provider supports the default TLS versions")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(no_verify::NoVerify(provider)))
+            .with_custom_certificate_verifier(Arc::new(crate::backend_tls::NoBackendVerification(
+                provider,
+            )))
             .with_no_client_auth();
         cfg.alpn_protocols = protos.iter().map(|p| p.to_vec()).collect();
         Arc::new(cfg)
     })
     .clone()
-}
-
-mod no_verify {
-    //! A certificate verifier that accepts any certificate but still checks the handshake
-    //! signatures, so the TLS session itself is sound (see `tls_config` for why).
-
-    use rustls::{
-        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        crypto::CryptoProvider,
-        pki_types::{CertificateDer, ServerName, UnixTime},
-        DigitallySignedStruct, SignatureScheme,
-    };
-    use std::sync::Arc;
-
-    #[derive(Debug)]
-    pub(super) struct NoVerify(pub(super) Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for NoVerify {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
 }
 
 #[cfg(test)]

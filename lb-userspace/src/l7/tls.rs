@@ -9,12 +9,10 @@
 use super::L7Error;
 use crate::config::SslCertificate;
 use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
+    pki_types::{CertificateDer, ServerName},
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
-    DigitallySignedStruct, SignatureScheme,
 };
 use std::sync::Arc;
 
@@ -126,55 +124,6 @@ pub fn server_config(proxy: &str, certs: Arc<CertSet>) -> Result<rustls::ServerC
     Ok(cfg)
 }
 
-/// Accepts any backend certificate but verifies handshake signatures.
-#[derive(Debug)]
-struct NoBackendVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoBackendVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Client configuration towards TLS backends (hyper-rustls sets ALPN itself).
 pub fn backend_client_config() -> rustls::ClientConfig {
     let p = provider();
@@ -182,6 +131,6 @@ pub fn backend_client_config() -> rustls::ClientConfig {
         .with_safe_default_protocol_versions()
         .expect("the default provider supports the default protocol versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoBackendVerification(p)))
+        .with_custom_certificate_verifier(Arc::new(crate::backend_tls::NoBackendVerification(p)))
         .with_no_client_auth()
 }
