@@ -160,7 +160,7 @@ fn reload_through_the_admin_socket_swaps_the_url_map() {
     let err =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(
-        err.contains("line 13: url_maps.m") && err.contains("\"nope\""),
+        err.contains("line 14: url_maps.m.default_service") && err.contains("\"nope\""),
         "error without its place: {err}"
     );
     for _ in 0..10 {

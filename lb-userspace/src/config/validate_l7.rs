@@ -17,13 +17,20 @@ pub fn validate_l7(cfg: &Config) -> Vec<ConfigError> {
                 named.sort_unstable();
                 named.dedup();
                 for s in named {
+                    // The map's own default names its field; services named deeper (path
+                    // and route rules) point at the map.
+                    let place = if map.default_service.as_deref() == Some(s) {
+                        format!("url_maps.{name}.default_service")
+                    } else {
+                        format!("url_maps.{name}")
+                    };
                     match cfg.backend_services.get(s) {
                         None => errs.push(ConfigError::new(
-                            format!("url_maps.{name}"),
+                            place,
                             format!("no backend service named {s:?}"),
                         )),
                         Some(bs) if bs.protocol.is_l4() => errs.push(ConfigError::new(
-                            format!("url_maps.{name}"),
+                            place,
                             format!("{s:?} is an L4 ({:?}) service; a URL map needs HTTP, HTTPS, HTTP2 or H2C", bs.protocol),
                         )),
                         Some(_) => {}
