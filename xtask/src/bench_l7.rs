@@ -42,6 +42,9 @@ pub struct Options {
     /// Skip the HTTP/2 (h2load) measurements.
     #[arg(long)]
     pub no_h2: bool,
+    /// Benchmark this lb binary instead of building one (e.g. to compare two builds).
+    #[arg(long)]
+    pub lb_bin: Option<PathBuf>,
 }
 
 const BACKEND_PORT: u16 = 18080;
@@ -87,6 +90,13 @@ pub fn run(o: Options) -> Result<()> {
             bail!("{tool} is not installed (apt-get install wrk nghttp2-client nginx haproxy util-linux)");
         }
     }
+    let dir = std::env::temp_dir().join(format!("lb-bench-l7-{}", std::process::id()));
+    if let Some(lb) = &o.lb_bin {
+        std::fs::create_dir_all(&dir)?;
+        let result = bench(&o, lb, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        return result;
+    }
     let root = workspace_root();
     println!("building lb (profile release-lb: release + fat LTO)...");
     let st = Command::new("cargo")
@@ -105,7 +115,6 @@ pub fn run(o: Options) -> Result<()> {
         bail!("cargo build --profile release-lb failed");
     }
     let lb = root.join("target/release-lb/lb");
-    let dir = std::env::temp_dir().join(format!("lb-bench-l7-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = bench(&o, &lb, &dir);
     let _ = std::fs::remove_dir_all(&dir);

@@ -5,7 +5,7 @@
 //! runs from the first byte sent to the last byte received, SEMANTICS.md) and the guard
 //! that keeps the backend's in-flight count up until the last byte has gone out.
 
-use super::select::Backend;
+use super::{client::Pooled, select::Backend};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -54,6 +54,8 @@ pub enum ProxyBody {
         inner: Incoming,
         deadline: Option<Pin<Box<Sleep>>>,
         guard: Option<InFlight>,
+        /// The backend connection, given back to its pool once `inner` is read to its end.
+        pooled: Option<Pooled>,
     },
 }
 
@@ -81,12 +83,23 @@ impl Body for ProxyBody {
                 inner,
                 deadline,
                 guard,
-            } => match Pin::new(inner).poll_frame(cx) {
+                pooled,
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(None) => {
                     guard.take();
+                    if let Some(p) = pooled.take() {
+                        p.release();
+                    }
                     Poll::Ready(None)
                 }
-                Poll::Ready(Some(r)) => Poll::Ready(Some(r.map_err(Into::into))),
+                Poll::Ready(Some(r)) => {
+                    if inner.is_end_stream() {
+                        if let Some(p) = pooled.take() {
+                            p.release();
+                        }
+                    }
+                    Poll::Ready(Some(r.map_err(Into::into)))
+                }
                 Poll::Pending => {
                     if let Some(d) = deadline {
                         if d.as_mut().poll(cx).is_ready() {

@@ -1,30 +1,67 @@
-//! Pooled keep-alive clients towards backends (hyper-util's legacy client), one per
-//! upstream kind. Pools are keyed by backend authority inside each client, so all services
-//! share them, and they survive reloads.
+//! Pooled keep-alive clients towards backends, one per upstream kind. Plain HTTP/1.1 goes
+//! over a pool of our own built on hyper's low-level `client::conn::http1` (see [`H1Pool`]);
+//! the other kinds over hyper-util's legacy client. Pools are keyed by backend address, so
+//! all services share them, and they survive reloads.
 
 use super::{body::UpstreamBody, table::Upstream, tls};
+use hyper::{body::Incoming, client::conn::http1};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
 
 /// Backend keep-alive idle timeout (SEMANTICS: 600 s).
 pub const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connect timeout towards a backend; a failure here is a `connect-failure`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept per backend.
+const MAX_IDLE_PER_BACKEND: usize = 1024;
 
-type Plain = Client<HttpConnector, UpstreamBody>;
 type Tls = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+type Plain = Client<HttpConnector, UpstreamBody>;
 
-/// The four clients.
+/// The clients: our HTTP/1.1 pool and three legacy clients.
 #[derive(Clone, Debug)]
 pub struct Clients {
-    http1: Plain,
+    http1: Arc<H1Pool>,
     h2c: Plain,
     https: Tls,
     http2: Tls,
+}
+
+/// Why a request to a backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to the backend: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connecting to the backend timed out")]
+    ConnectTimeout,
+    #[error("backend connection handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error(transparent)]
+    Hyper(hyper::Error),
+    #[error(transparent)]
+    Legacy(hyper_util::client::legacy::Error),
+}
+
+impl ClientError {
+    /// The connection could not be established (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            ClientError::Connect(_) | ClientError::ConnectTimeout | ClientError::Handshake(_) => {
+                true
+            }
+            ClientError::Hyper(_) => false,
+            ClientError::Legacy(e) => e.is_connect(),
+        }
+    }
 }
 
 fn connector() -> HttpConnector {
@@ -52,36 +89,202 @@ impl Clients {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(BACKEND_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(1024)
+            .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let mut h2 = builder.clone();
         h2.http2_only(true);
+        let http1 = Arc::new(H1Pool::default());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(reap(Arc::downgrade(&http1)));
+        }
         Clients {
-            http1: builder.build(connector()),
+            http1,
             h2c: h2.build(connector()),
             https: builder.build(tls_connector(false)),
             http2: h2.build(tls_connector(true)),
         }
     }
 
-    /// Sends one request to a backend over the right client.
-    pub fn request(
+    /// Sends one request to the backend at `addr` over the right client. `req`'s URI is in
+    /// origin form (path and query); `scheme` and `authority` complete it where needed. For
+    /// plain HTTP/1.1 the answer carries the pooled connection, to be given back with
+    /// [`Pooled::release`] once the response body has been read to its end.
+    pub async fn request(
         &self,
         kind: Upstream,
-        req: http::Request<UpstreamBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        match kind {
-            Upstream::Http1 => self.http1.request(req),
-            Upstream::H2c => self.h2c.request(req),
-            Upstream::Https => self.https.request(req),
-            Upstream::Http2 => self.http2.request(req),
+        addr: SocketAddr,
+        authority: &http::uri::Authority,
+        mut req: http::Request<UpstreamBody>,
+    ) -> Result<(http::Response<Incoming>, Option<Pooled>), ClientError> {
+        if kind == Upstream::Http1 {
+            if !req.headers().contains_key(http::header::HOST) {
+                // As hyper-util's client does: the port only when it is not the default.
+                let host = match authority.port_u16() {
+                    Some(80) => authority.host(),
+                    _ => authority.as_str(),
+                };
+                if let Ok(v) = http::HeaderValue::from_str(host) {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
+            }
+            return self.http1.send(addr, req).await;
         }
+        let scheme = match kind {
+            Upstream::Https | Upstream::Http2 => http::uri::Scheme::HTTPS,
+            Upstream::Http1 | Upstream::H2c => http::uri::Scheme::HTTP,
+        };
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority.clone());
+        *req.uri_mut() =
+            http::Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+        let r = match kind {
+            Upstream::H2c => self.h2c.request(req).await,
+            Upstream::Https => self.https.request(req).await,
+            _ => self.http2.request(req).await,
+        };
+        r.map(|r| (r, None)).map_err(ClientError::Legacy)
     }
 }
 
 impl Default for Clients {
     fn default() -> Self {
         Clients::new()
+    }
+}
+
+struct Idle {
+    tx: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// Keep-alive HTTP/1.1 connections to plain backends, idle ones stacked per backend (most
+/// recently used on top). A connection is taken out for one request and given back when the
+/// response body has been read to its end, so no task is spawned per request to watch for
+/// it becoming reusable; each connection runs as its own task (hyper's `Connection`).
+#[derive(Default)]
+pub struct H1Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl std::fmt::Debug for H1Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Pool").finish_non_exhaustive()
+    }
+}
+
+/// A connection taken out of the pool for one request.
+pub struct Pooled {
+    tx: http1::SendRequest<UpstreamBody>,
+    addr: SocketAddr,
+    pool: Weak<H1Pool>,
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled").field("addr", &self.addr).finish()
+    }
+}
+
+impl Pooled {
+    /// Gives the connection back for reuse (the response has been read completely).
+    pub fn release(self) {
+        if self.tx.is_closed() {
+            return;
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let stack = idle.entry(self.addr).or_default();
+            if stack.len() < MAX_IDLE_PER_BACKEND {
+                stack.push(Idle {
+                    tx: self.tx,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+impl H1Pool {
+    fn take(&self, addr: SocketAddr) -> Option<http1::SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let stack = idle.get_mut(&addr)?;
+        while let Some(i) = stack.pop() {
+            if !i.tx.is_closed() && i.since.elapsed() < BACKEND_IDLE_TIMEOUT {
+                return Some(i.tx);
+            }
+        }
+        None
+    }
+
+    async fn connect(addr: SocketAddr) -> Result<http1::SendRequest<UpstreamBody>, ClientError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout)?
+            .map_err(ClientError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ClientError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "backend connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: http::Request<UpstreamBody>,
+    ) -> Result<(http::Response<Incoming>, Option<Pooled>), ClientError> {
+        loop {
+            let (mut tx, reused) = match self.take(addr) {
+                Some(tx) => (tx, true),
+                None => (Self::connect(addr).await?, false),
+            };
+            if tx.ready().await.is_err() {
+                if reused {
+                    continue; // closed while idle: nothing was sent, take another
+                }
+                return Err(ClientError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "backend closed the new connection",
+                )));
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let pooled = Pooled {
+                        tx,
+                        addr,
+                        pool: Arc::downgrade(self),
+                    };
+                    return Ok((resp, Some(pooled)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent at all on a reused connection (it was closing): try again.
+                    Some(r) if reused => req = r,
+                    _ => return Err(ClientError::Hyper(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// Closes connections idle for longer than [`BACKEND_IDLE_TIMEOUT`], until the pool goes.
+async fn reap(pool: Weak<H1Pool>) {
+    let mut tick = tokio::time::interval(BACKEND_IDLE_TIMEOUT / 10);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, stack| {
+            stack.retain(|i| !i.tx.is_closed() && i.since.elapsed() < BACKEND_IDLE_TIMEOUT);
+            !stack.is_empty()
+        });
     }
 }

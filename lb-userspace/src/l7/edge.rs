@@ -126,8 +126,19 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Appends `<client-ip>,<load-balancer-ip>` to X-Forwarded-For, after any value the client
 /// sent (Google Cloud's documented format), and sets X-Forwarded-Proto.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, lb: IpAddr, scheme: &'static str) {
-    let mut xff = String::with_capacity(64);
-    for v in headers.get_all("x-forwarded-for") {
+    add_forwarded_pair(headers, &forwarded_pair(client, lb), scheme);
+}
+
+/// `<client-ip>,<load-balancer-ip>`, the same for every request of a connection.
+pub fn forwarded_pair(client: IpAddr, lb: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&format!("{client},{lb}")).expect("IP addresses are valid header text")
+}
+
+/// [`add_forwarded`] with the connection's [`forwarded_pair`] made once.
+pub fn add_forwarded_pair(headers: &mut HeaderMap, pair: &HeaderValue, scheme: &'static str) {
+    let name = HeaderName::from_static("x-forwarded-for");
+    let mut xff = String::new();
+    for v in headers.get_all(&name) {
         if let Ok(s) = v.to_str() {
             if !xff.is_empty() {
                 xff.push(',');
@@ -135,13 +146,14 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, lb: IpAddr, scheme
             xff.push_str(s);
         }
     }
-    if !xff.is_empty() {
+    if xff.is_empty() {
+        headers.insert(name, pair.clone());
+    } else {
         xff.push(',');
-    }
-    use std::fmt::Write;
-    let _ = write!(xff, "{client},{lb}");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        xff.push_str(pair.to_str().unwrap_or_default());
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(name, v);
+        }
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),

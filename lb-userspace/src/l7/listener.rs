@@ -66,6 +66,7 @@ async fn serve(
     let conn = Arc::new(proxy::ConnInfo {
         client: peer,
         local,
+        xff_pair: super::edge::forwarded_pair(peer.ip(), local.ip()),
         scheme: if route.tls.is_some() { "https" } else { "http" },
         proxy: route.proxy,
         verdicts: verdicts.clone(),

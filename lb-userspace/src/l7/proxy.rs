@@ -4,7 +4,7 @@
 
 use super::{
     body::{InFlight, ProxyBody, UpstreamBody},
-    edge,
+    client, edge,
     outlier::now_ms,
     retry::{self, Outcome},
     router::{self, Action, Forward, RequestView, Routed},
@@ -28,6 +28,8 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     /// The load balancer's address on this connection (X-Forwarded-For's last hop).
     pub local: SocketAddr,
+    /// `<client-ip>,<local-ip>` for X-Forwarded-For, made once per connection.
+    pub xff_pair: HeaderValue,
     pub scheme: &'static str,
     pub proxy: Arc<str>,
     /// Framing verdicts of the raw HTTP/1.1 stream (see [`super::framing`]).
@@ -81,7 +83,7 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         }
         return (r, None);
     }
-    let table = shared.table.load_full();
+    let table = shared.table.load();
     let Some(proxy) = table.proxies.get(&*conn.proxy) else {
         return (
             local(
@@ -193,7 +195,7 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     {
         edge::apply_request_action(h, a);
     }
-    edge::add_forwarded(h, conn.client.ip(), conn.local.ip(), conn.scheme);
+    edge::add_forwarded_pair(h, &conn.xff_pair, conn.scheme);
     edge::add_via(h, parts.version);
     let pq: http::uri::PathAndQuery = match path {
         Some(p) => match p.parse() {
@@ -266,10 +268,18 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
             Some(service),
         );
     }
+    let mut pooled = resp.3;
+    if http_body::Body::is_end_stream(&rbody) {
+        // An empty body is never polled: the connection is free already.
+        if let Some(p) = pooled.take() {
+            p.release();
+        }
+    }
     let body = ProxyBody::Upstream {
         inner: rbody,
         deadline: Some(resp.2),
         guard: Some(guard),
+        pooled,
     };
     (Response::from_parts(rparts, body), Some(service))
 }
@@ -316,17 +326,19 @@ fn add_affinity_cookie(
 }
 
 /// The backend's response, the in-flight guard, the timer of the overall deadline (reused by
-/// the response body, so a request costs one timer), and the backend's id.
+/// the response body, so a request costs one timer), the pooled backend connection (plain
+/// HTTP/1.1), and the backend's id.
 type Forwarded = (
     (
         Response<Incoming>,
         InFlight,
         std::pin::Pin<Box<tokio::time::Sleep>>,
+        Option<client::Pooled>,
     ),
     u64,
 );
 
-fn classify(e: &hyper_util::client::legacy::Error) -> Outcome {
+fn classify(e: &client::ClientError) -> Outcome {
     if e.is_connect() {
         return Outcome::ConnectFailure;
     }
@@ -357,10 +369,6 @@ async fn forward_with_retries(
     let has_body = retry::has_body(&parts.headers, http_body::Body::is_end_stream(&body));
     let mut body = has_body.then_some(body);
     let plan = forward.retry;
-    let scheme = match service.upstream {
-        Upstream::Http1 | Upstream::H2c => http::uri::Scheme::HTTP,
-        Upstream::Https | Upstream::Http2 => http::uri::Scheme::HTTPS,
-    };
     let version = match service.upstream {
         Upstream::Http1 | Upstream::Https => Version::HTTP_11,
         Upstream::H2c | Upstream::Http2 => Version::HTTP_2,
@@ -387,21 +395,16 @@ async fn forward_with_retries(
         let mut ureq = Request::new(ubody);
         *ureq.method_mut() = parts.method.clone();
         *ureq.version_mut() = version;
-        *ureq.uri_mut() = Uri::from_parts({
-            let mut u = http::uri::Parts::default();
-            u.scheme = Some(scheme.clone());
-            u.authority = Some(backend.authority.clone());
-            u.path_and_query = Some(pq.clone());
-            u
-        })
-        .expect("scheme, authority and path make a URI");
+        *ureq.uri_mut() = Uri::from(pq.clone());
         *ureq.headers_mut() = if last {
             std::mem::take(&mut parts.headers)
         } else {
             parts.headers.clone()
         };
         let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-        let fut = shared.clients.request(service.upstream, ureq);
+        let fut = shared
+            .clients
+            .request(service.upstream, backend.addr, &backend.authority, ureq);
         let result = match plan.per_try_timeout {
             Some(p) if p < remaining => tokio::time::timeout(p, fut).await.map_err(|_| ()),
             _ => tokio::select! {
@@ -412,7 +415,7 @@ async fn forward_with_retries(
         };
         let outcome = match &result {
             Err(_) => Outcome::Timeout,
-            Ok(Ok(r)) => Outcome::Status(r.status().as_u16()),
+            Ok(Ok((r, _))) => Outcome::Status(r.status().as_u16()),
             Ok(Err(e)) => classify(e),
         };
         let gateway_failure = !matches!(outcome, Outcome::Status(s) if !(502..=504).contains(&s));
@@ -446,7 +449,7 @@ async fn forward_with_retries(
             continue;
         }
         return match result {
-            Ok(Ok(r)) => Ok(((r, guard, overall), backend.id)),
+            Ok(Ok((r, pooled))) => Ok(((r, guard, overall, pooled), backend.id)),
             Err(_) => Err(local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n")),
             Ok(Err(e)) => {
                 tracing::debug!(service = %service.name, backend = %backend.name, error = %e, "backend request failed");
