@@ -2,12 +2,13 @@
 //! private pin folder and admin socket; the guard stops it and removes the pins.
 
 use crate::netns::{sh, Ns, ProcGuard};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::Stdio,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -161,4 +162,88 @@ pub fn exchange(s: &mut TcpStream, msg: &str) -> Result<String> {
     let mut r = BufReader::new(s.try_clone()?);
     r.read_line(&mut line)?;
     Ok(line.trim().to_string())
+}
+
+/// A long-lived TCP connection through the VIP, held by a thread in the client namespace.
+pub struct Conversation {
+    pub backend: String,
+    cmd: mpsc::Sender<Option<String>>,
+    res: mpsc::Receiver<Result<String, String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Conversation {
+    pub fn open(t: &crate::netns::Topology) -> Result<Conversation> {
+        let to = SocketAddr::new(t.vip().into(), 80);
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Option<String>>();
+        let (res_tx, res_rx) = mpsc::channel::<Result<String, String>>();
+        let ns = t.client.clone();
+        let thread = std::thread::spawn(move || {
+            let _ignored = ns.run_in(move || {
+                let s = match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                    Ok(s) => s,
+                    Err(e) => return drop(res_tx.send(Err(e.to_string()))),
+                };
+                let _ignored = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut w = s.try_clone().expect("clone");
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                let _ignored = r.read_line(&mut line);
+                let _ignored = res_tx.send(Ok(line.trim().to_string()));
+                while let Ok(Some(msg)) = cmd_rx.recv() {
+                    let mut line = String::new();
+                    let res = writeln!(w, "{msg}")
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| r.read_line(&mut line).map_err(|e| e.to_string()))
+                        .and_then(|n| {
+                            if n == 0 {
+                                Err("closed".into())
+                            } else {
+                                Ok(line.trim().to_string())
+                            }
+                        });
+                    if res_tx.send(res).is_err() {
+                        return;
+                    }
+                }
+            });
+        });
+        let banner = res_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("no banner")?
+            .map_err(anyhow::Error::msg)?;
+        let backend = field(&banner, "name")
+            .context("banner without name")?
+            .to_string();
+        Ok(Conversation {
+            backend,
+            cmd: cmd_tx,
+            res: res_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// One exchange: a line out, the backend's echo back (within 3 s).
+    pub fn exchange(&self, msg: &str) -> Result<String, String> {
+        self.cmd
+            .send(Some(msg.to_string()))
+            .map_err(|e| e.to_string())?;
+        self.res
+            .recv_timeout(Duration::from_secs(3))
+            .map_err(|e| format!("no reply: {e}"))?
+    }
+
+    /// Whether an exchange succeeds with the expected echo.
+    pub fn works(&self, i: usize) -> bool {
+        self.exchange(&format!("ping{i}")) == Ok(format!("{} ping{i}", self.backend))
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        let _ignored = self.cmd.send(None);
+        if let Some(t) = self.thread.take() {
+            let _ignored = t.join();
+        }
+    }
 }

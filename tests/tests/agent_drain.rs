@@ -6,7 +6,11 @@ mod agent_support;
 
 use agent_support::*;
 use lb_common::backend_flags;
-use lb_tests::{lbrun::Agent, netns::Topology, root_or_skip};
+use lb_tests::{
+    lbrun::{Agent, Conversation},
+    netns::Topology,
+    root_or_skip,
+};
 use std::time::{Duration, Instant};
 
 const DRAIN_SEC: u32 = 4;

@@ -4,14 +4,13 @@
 
 use anyhow::Result;
 use lb_tests::{
-    lbrun::{agent_sections, field, tcp_banner, udp_banner, wait_for, Agent},
+    lbrun::{agent_sections, field, tcp_banner, udp_banner, wait_for, Agent, Conversation},
     netns::{ProcGuard, Topology},
     root_or_skip,
 };
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -161,46 +160,9 @@ fn an_open_connection_survives_removal_of_its_backend_while_new_ones_avoid_it() 
         return;
     }
     let (t, _backends, agent) = running();
-    let to = SocketAddr::new(t.vip().into(), 80);
-    // Open the long-lived connection inside the client namespace and keep it on that thread:
-    // the thread does the whole conversation, driven by a channel.
-    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Option<String>>();
-    let (res_tx, res_rx) = std::sync::mpsc::channel::<Result<String, String>>();
-    let ns = t.client.clone();
-    let conv = std::thread::spawn(move || {
-        ns.run_in(move || {
-            let s = match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
-                Ok(s) => s,
-                Err(e) => return res_tx.send(Err(e.to_string())).unwrap(),
-            };
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            res_tx.send(Ok(line.trim().to_string())).unwrap();
-            while let Ok(Some(msg)) = cmd_rx.recv() {
-                let mut line = String::new();
-                let res = writeln!(w, "{msg}")
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| r.read_line(&mut line).map_err(|e| e.to_string()))
-                    .and_then(|n| {
-                        if n == 0 {
-                            Err("closed".into())
-                        } else {
-                            Ok(line.trim().to_string())
-                        }
-                    });
-                res_tx.send(res).unwrap();
-            }
-        })
-        .unwrap()
-    });
-    let banner = res_rx
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap()
-        .unwrap();
-    let pinned = field(&banner, "name").unwrap().to_string();
+    // A long-lived connection, held by a thread in the client namespace.
+    let conv = Conversation::open(&t).unwrap();
+    let pinned = conv.backend.clone();
     let idx: usize = pinned.trim_start_matches("backend-").parse().unwrap();
     let rest: Vec<usize> = (0..3).filter(|i| *i != idx).collect();
     agent.reload(&config(&t, &rest)).unwrap();
@@ -224,16 +186,12 @@ fn an_open_connection_survives_removal_of_its_backend_while_new_ones_avoid_it() 
         .all(|b| field(b, "name") != Some(pinned.as_str())));
     // The old connection keeps exchanging data with its backend every 100 ms.
     for i in 0..20 {
-        cmd_tx.send(Some(format!("ping{i}"))).unwrap();
-        let reply = res_rx.recv_timeout(Duration::from_secs(3)).unwrap();
         assert_eq!(
-            reply,
+            conv.exchange(&format!("ping{i}")),
             Ok(format!("{pinned} ping{i}")),
             "exchange {i} failed; log:\n{}",
             agent.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    cmd_tx.send(None).unwrap();
-    conv.join().unwrap();
 }
