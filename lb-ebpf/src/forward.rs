@@ -282,10 +282,12 @@ fn balance(
     // PER_SESSION tracking keys the table by the affinity fields, so a session shares one
     // entry; PER_CONNECTION (default) keys it by the raw 5-tuple (the fast path's key).
     let per_session = svc.flags & service_flags::PER_SESSION != 0;
-    let mut session = hashed;
-    session.kind = KEY_SESSION;
-    session.vip_id = meta.vip_id;
-    let conn_key = if per_session { &session } else { flow };
+    if per_session {
+        // The affinity fields are the session: mark the key and scope it to its VIP.
+        hashed.kind = KEY_SESSION;
+        hashed.vip_id = meta.vip_id;
+    }
+    let conn_key = if per_session { &hashed } else { flow };
     if per_session {
         if let Some(entry) = CONNS.get_ptr_mut(conn_key) {
             let entry = unsafe { &mut *entry };

@@ -14,7 +14,6 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::Reason;
 
 /// The balancer. Every outcome is a (verdict, reason) pair; the reason is counted.
 #[xdp]
@@ -32,9 +31,6 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     counters::pass_count();
     xdp_action::XDP_PASS
 }
-
-// Keep `Reason` referenced at the crate root so the public surface stays explicit.
-const _: Reason = Reason::TX;
 
 #[cfg(not(test))]
 #[panic_handler]

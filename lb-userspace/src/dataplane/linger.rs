@@ -69,8 +69,9 @@ impl Lingering {
         self.removed.iter().map(|(k, (_, at))| (k, at))
     }
 
-    /// Whether something is waiting for a timeout (the agent then keeps reconciling).
-    pub fn is_empty(&self) -> bool {
+    /// Whether nothing is draining any more.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.removed.is_empty()
     }
 }

@@ -151,15 +151,9 @@ impl Programmer {
         Ok(())
     }
 
-    /// Service ids recovered from the pinned `VIPS` map, by VIP key. The caller maps them to
-    /// names through the configuration's forwarding rules (see [`Programmer::name_services`]).
-    pub fn adopted_vip_services(&self) -> Vec<(VipKey, u32)> {
-        self.cur.vips.iter().map(|(k, v)| (*k, v.service)).collect()
-    }
-
     /// Names adopted service ids: `names` maps a VIP key to the service the plan puts behind
     /// it; an adopted VIP whose key the plan still has keeps that service's old id.
-    pub fn name_services(&mut self, plan: &L4Plan) {
+    fn name_services(&mut self, plan: &L4Plan) {
         for v in &plan.vips {
             if let Some(meta) = self.cur.vips.get(&v.key()) {
                 let taken = self.cur.service_ids.values().any(|id| *id == meta.service);
