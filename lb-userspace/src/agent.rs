@@ -38,7 +38,7 @@ use crate::{
     metrics::{self, BackendCounters, DataplaneCounters, Metrics, SourceError, VipCounters},
 };
 use lb_common::{BackendStats, VipStats};
-use state::{Agent, L4Port};
+use state::{Agent, L4Port, L7Port};
 
 /// How often the agent reconciles without a trigger: resolves pending MACs and notices
 /// drain timeouts (a drain's own deadline also wakes it).
@@ -148,6 +148,39 @@ impl L4Port for NoL4 {
     }
 }
 
+/// The L7 tier as the agent drives it: a change prepared by [`L7Port::prepare`] waits
+/// here until the L4 side took it too.
+pub struct AgentL7 {
+    handle: crate::l7::L7Handle,
+    pending: Option<crate::l7::Prepared>,
+}
+
+impl L7Port for AgentL7 {
+    fn prepare(&mut self, cfg: &Config) -> Result<(), String> {
+        self.pending = None;
+        self.pending = Some(self.handle.prepare(cfg).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+    fn commit(&mut self, adm: crate::model::L7Admission) {
+        self.handle.set_admission(Arc::new(adm));
+        if let Some(p) = self.pending.take() {
+            self.handle.commit(p);
+            for (configured, bound) in self.handle.local_addrs() {
+                tracing::debug!(%configured, %bound, "L7 listener");
+            }
+        }
+    }
+    fn abort(&mut self) {
+        self.pending = None;
+    }
+    fn set_admission(&mut self, adm: crate::model::L7Admission) {
+        self.handle.set_admission(Arc::new(adm));
+    }
+    fn stats(&self) -> Option<crate::l7::L7Stats> {
+        Some(self.handle.stats())
+    }
+}
+
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
 pub async fn run(config_path: &Path) -> Result<()> {
@@ -176,11 +209,19 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
     let _metrics_server = metrics::serve_from_config(&cfg, metrics.clone()).await?;
 
-    // ---- L7 tier: listeners for forwarding rules with a target proxy, fed by the shared
-    // health checker; every accepted configuration change swaps its routing table.
-    let l7 = crate::l7::start_if_configured(&cfg, Some(checker.subscribe()))?;
+    // ---- L7 tier: always running (a reload may add the first L7 rule), driven by the
+    // agent: its table follows every accepted change, its backends' admission follows
+    // health, overrides and the failover policy, like the L4 plan.
+    let l7 = crate::l7::L7::start_driven(&cfg, crate::l7::L7Options::default())?;
+    for (configured, bound) in l7.local_addrs() {
+        info!(%configured, %bound, "L7 listener started");
+    }
+    let l7 = AgentL7 {
+        handle: l7,
+        pending: None,
+    };
 
-    let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
+    let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port).with_l7(Box::new(l7));
     let state_file = persist::state_file(&socket);
     let saved = persist::load(&state_file).unwrap_or_else(|e| {
         warn!(error = %e, "ignoring unreadable saved overrides");
@@ -236,7 +277,6 @@ pub async fn run(config_path: &Path) -> Result<()> {
         if agent.config_changes != changes_before {
             // New, removed or changed backends and checks: probes follow the configuration.
             checker.update(agent.config());
-            apply_l7(l7.as_ref(), agent.config());
         }
         publish(&agent, &published);
     }
@@ -245,24 +285,6 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let _ignored = std::fs::remove_file(&socket);
     info!("agent stopping; the dataplane stays attached (lb down removes it)");
     Ok(())
-}
-
-/// Swaps the L7 routing table for an accepted configuration. The configuration already
-/// passed the same validation (L7 rules included); what can still fail here is outside it
-/// (a certificate file, a listener address already taken), and then the L7 tier keeps its
-/// previous table whole — in-flight requests and WebSockets finish on the table they started
-/// with either way.
-fn apply_l7(l7: Option<&crate::l7::L7Handle>, cfg: &Config) {
-    match l7 {
-        Some(h) => match h.reload(cfg) {
-            Ok(()) => info!("L7 routing table swapped"),
-            Err(e) => warn!(error = %e, "L7 reload refused; the L7 tier keeps its previous table"),
-        },
-        None if crate::l7::has_l7(cfg) => warn!(
-            "the configuration now has L7 forwarding rules; restart the agent to start the L7 tier"
-        ),
-        None => {}
-    }
 }
 
 /// What the metrics endpoint needs from the agent's task: the names behind VIP ids and

@@ -24,14 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the agent: load (or adopt) the XDP dataplane and program it from the config.
+    /// Run the agent: load (or adopt) the XDP dataplane and program it from the config,
+    /// serve the L7 tier, health checks, the admin socket and metrics. Without
+    /// `dataplane.interfaces` the XDP tier is off (no root needed for L7 alone).
     Run {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Run only the L7 proxy tier (no XDP dataplane, no root needed): hosts without XDP,
-    /// and `cargo xtask bench-l7`.
-    ServeL7 {
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -61,10 +57,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config } => {
-            tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config))
-        }
-        Cmd::ServeL7 { config } => {
-            lb_userspace::l7::runtime()?.block_on(lb_userspace::l7::serve_forever(&config))
+            lb_userspace::l7::runtime()?.block_on(lb_userspace::agent::run(&config))
         }
         Cmd::Validate { file } => match lb_userspace::config::load(&file) {
             Ok(_) => {

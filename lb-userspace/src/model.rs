@@ -73,6 +73,25 @@ pub fn persistence_flags(bs: &BackendService) -> u32 {
 ///   last resort, unless `drop_traffic_if_unhealthy` (then the table is empty: drop);
 /// - draining backends never take new flows.
 pub fn select(bs: &BackendService, states: &[BackendState]) -> (Vec<bool>, Vec<bool>) {
+    select_with(bs, states, Fallback::SpreadOverPrimaries)
+}
+
+/// What new traffic does when no backend of the active pool is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// L4 (Google Cloud's passthrough balancer): spread over every primary as a last
+    /// resort, unless `drop_traffic_if_unhealthy`.
+    SpreadOverPrimaries,
+    /// L7 (the Application Load Balancer): nothing takes new requests, clients get 503.
+    Refuse,
+}
+
+/// [`select`] with an explicit fallback.
+pub fn select_with(
+    bs: &BackendService,
+    states: &[BackendState],
+    fallback: Fallback,
+) -> (Vec<bool>, Vec<bool>) {
     let n = bs.backends.len();
     let st = |i: usize| states.get(i).copied().unwrap_or_default();
     let usable = |i: usize| !st(i).draining && !st(i).evict;
@@ -97,7 +116,8 @@ pub fn select(bs: &BackendService, states: &[BackendState]) -> (Vec<bool>, Vec<b
     let failover = !healthy_f.is_empty()
         && (healthy_p.is_empty() || (fp.failover_ratio > 0.0 && ratio < fp.failover_ratio));
     let pool: Vec<usize> = if failover { healthy_f } else { healthy_p };
-    let pool = if pool.is_empty() && !fp.drop_traffic_if_unhealthy {
+    let spread = fallback == Fallback::SpreadOverPrimaries && !fp.drop_traffic_if_unhealthy;
+    let pool = if pool.is_empty() && spread {
         // Last resort: every primary that is not administratively out (or every backend
         // when there are only failover backends).
         let base = if primaries.is_empty() {
@@ -124,6 +144,44 @@ pub fn select(bs: &BackendService, states: &[BackendState]) -> (Vec<bool>, Vec<b
         }
     }
     (in_table, evict)
+}
+
+/// The agent's decision about one L7 backend, mirrored into the proxy's atomics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L7Admit {
+    /// Takes new requests (healthy or forced up, in the active failover pool, not drained).
+    pub serving: bool,
+    /// Health as shown to operators (forced health included).
+    pub healthy: bool,
+    /// Requests and tunnels still open on it must be closed (drain over, maintenance).
+    pub evicted: bool,
+}
+
+/// Every L7 backend's admission, by (service, backend display name). A backend missing
+/// from it serves (the contract of "no verdict yet").
+pub type L7Admission = std::collections::HashMap<(String, String), L7Admit>;
+
+/// The admission of every backend of every L7 service: the same failover, drain and
+/// forced-health rules as the L4 plan, except that no healthy backend means 503 rather
+/// than spreading over unhealthy ones.
+pub fn l7_admission(cfg: &Config, state: &dyn Fn(&str, usize) -> BackendState) -> L7Admission {
+    let mut out = L7Admission::new();
+    for (name, bs) in &cfg.backend_services {
+        if bs.protocol.is_l4() {
+            continue;
+        }
+        let states: Vec<BackendState> = (0..bs.backends.len()).map(|i| state(name, i)).collect();
+        let (in_table, evict) = select_with(bs, &states, Fallback::Refuse);
+        for (i, b) in bs.backends.iter().enumerate() {
+            let admit = L7Admit {
+                serving: in_table[i],
+                healthy: states[i].healthy(),
+                evicted: evict[i],
+            };
+            out.insert((name.clone(), b.display_name()), admit);
+        }
+    }
+    out
 }
 
 /// Finds a backend's MAC from its address and configured MAC, if any.

@@ -42,6 +42,37 @@ pub trait L4Port: Send {
     fn reasons(&self) -> Vec<(String, u64)>;
 }
 
+/// What the agent needs from the L7 tier; a fake implements it in unit tests. A change is
+/// prepared (everything that can fail: certificates, URL maps, listeners bound) before the
+/// L4 plan is applied, and committed only when both tiers took it.
+pub trait L7Port: Send {
+    /// Gets `cfg` ready without changing what runs; a second prepare replaces the first.
+    fn prepare(&mut self, cfg: &Config) -> Result<(), String>;
+    /// Swaps the prepared change in with the admission of its configuration; cannot fail.
+    fn commit(&mut self, adm: model::L7Admission);
+    /// Forgets the prepared change (closing the listeners it bound).
+    fn abort(&mut self);
+    /// Which backends take new requests and which must close what they still serve.
+    fn set_admission(&mut self, adm: model::L7Admission);
+    /// Counters and listeners, for the admin views (None when the tier is off).
+    fn stats(&self) -> Option<crate::l7::L7Stats>;
+}
+
+/// No L7 tier (unit tests of the L4 logic).
+pub struct NoL7;
+
+impl L7Port for NoL7 {
+    fn prepare(&mut self, _cfg: &Config) -> Result<(), String> {
+        Ok(())
+    }
+    fn commit(&mut self, _adm: model::L7Admission) {}
+    fn abort(&mut self) {}
+    fn set_admission(&mut self, _adm: model::L7Admission) {}
+    fn stats(&self) -> Option<crate::l7::L7Stats> {
+        None
+    }
+}
+
 /// Why a change was refused. In every case nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -64,6 +95,9 @@ pub enum ChangeError {
     /// The dataplane refused the plan.
     #[error("the dataplane refused the change; nothing was changed: {0}")]
     Dataplane(String),
+    /// The L7 tier could not take the change (certificate, listener, URL map).
+    #[error("the L7 tier refused the change; nothing was changed in either tier: {0}")]
+    L7(String),
     /// Nothing to reload from.
     #[error("the agent was not started from a file; nothing to reload")]
     NoFile,
@@ -75,6 +109,9 @@ pub struct Agent {
     health: Arc<HealthSnapshot>,
     overrides: Overrides,
     port: Box<dyn L4Port>,
+    l7: Box<dyn L7Port>,
+    /// The admission the L7 tier holds (None before the first push).
+    l7_admission: Option<model::L7Admission>,
     /// The plan the maps hold (None before the first successful apply).
     applied: Option<L4Plan>,
     assignment: Assignment,
@@ -101,6 +138,8 @@ impl Agent {
             health: Arc::new(HealthSnapshot::default()),
             overrides: Overrides::default(),
             port,
+            l7: Box::new(NoL7),
+            l7_admission: None,
             applied: None,
             assignment: Assignment::default(),
             lingering: Lingering::default(),
@@ -111,6 +150,17 @@ impl Agent {
             state_file: None,
             seeded_down: BTreeSet::new(),
         }
+    }
+
+    /// Drives this L7 tier (its table must already be built from the agent's config).
+    pub fn with_l7(mut self, l7: Box<dyn L7Port>) -> Self {
+        self.l7 = l7;
+        self
+    }
+
+    /// The L7 tier's counters, when it runs.
+    pub fn l7_stats(&self) -> Option<crate::l7::L7Stats> {
+        self.l7.stats()
     }
 
     /// Starts these backends unhealthy until the health checker gives them a verdict.
@@ -219,6 +269,27 @@ impl Agent {
         )
     }
 
+    /// Tells the L7 tier which backends serve, from the same states as the L4 plan (health,
+    /// forced health, drain, maintenance, failover); only when something changed.
+    fn push_l7_admission(&mut self, now: Instant) {
+        let adm = self.l7_admission_for(&self.config, &self.overrides, now);
+        if self.l7_admission.as_ref() != Some(&adm) {
+            self.l7.set_admission(adm.clone());
+            self.l7_admission = Some(adm);
+        }
+    }
+
+    fn l7_admission_for(&self, cfg: &Config, ov: &Overrides, now: Instant) -> model::L7Admission {
+        let health = self.health();
+        model::l7_admission(cfg, &|svc, i| {
+            let name = cfg.backend_services[svc].backends[i].display_name();
+            let timeout = Duration::from_secs(
+                cfg.backend_services[svc].connection_draining_timeout_sec as u64,
+            );
+            overrides::backend_state(ov.get(svc, &name), &health, svc, &name, timeout, now)
+        })
+    }
+
     /// Applies `plan` unless the maps already hold it.
     fn apply(&mut self, plan: L4Plan) -> Result<(), String> {
         if self.applied.as_ref() == Some(&plan) {
@@ -251,6 +322,7 @@ impl Agent {
         let ov = self.overrides.clone();
         let lingering = self.lingering.clone();
         let plan = self.plan_for(&cfg, &ov, now);
+        self.push_l7_admission(now);
         let missing: Vec<&str> = plan
             .services
             .iter()
@@ -334,11 +406,23 @@ impl Agent {
                 .get(s)
                 .is_some_and(|bs| bs.backends.iter().any(|x| x.display_name() == b))
         });
+        // Everything of the L7 tier that can fail is done before the maps change; an
+        // override-only change leaves its table alone (admission carries overrides).
+        let l7_changes = cfg != self.config;
+        if l7_changes {
+            self.l7.prepare(&cfg).map_err(ChangeError::L7)?;
+        }
         let lingering = self.lingering.clone();
         let plan = self.plan_for(&cfg, &ov, now);
         if let Err(e) = self.apply(plan) {
             self.lingering = lingering;
+            self.l7.abort();
             return Err(ChangeError::Dataplane(e));
+        }
+        if l7_changes {
+            let adm = self.l7_admission_for(&cfg, &ov, now);
+            self.l7.commit(adm.clone());
+            self.l7_admission = Some(adm);
         }
         self.config = cfg;
         let overrides_changed = self.overrides != ov;
@@ -353,6 +437,7 @@ impl Agent {
             }
         }
         self.last_error = None;
+        self.push_l7_admission(now);
         Ok(())
     }
 

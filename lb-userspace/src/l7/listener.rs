@@ -15,14 +15,22 @@ use tokio::{net::TcpListener, task::JoinHandle};
 /// A TLS handshake that takes longer than this is dropped (slow-client protection).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds `addr` and starts its accept loop; returns the task and the bound address.
+/// Binds `addr` (done before a change commits, so a port in use refuses the change).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, L7Error> {
+    let fail = |e: std::io::Error| L7Error::Bind { addr, source: e };
+    let l = std::net::TcpListener::bind(addr).map_err(fail)?;
+    l.set_nonblocking(true).map_err(fail)?;
+    Ok(l)
+}
+
+/// Starts the accept loop of a listener bound by [`bind`] for configured address `addr`;
+/// returns the task and the bound address.
 pub fn spawn(
     shared: Arc<Shared>,
     addr: SocketAddr,
+    std_listener: std::net::TcpListener,
 ) -> Result<(JoinHandle<()>, SocketAddr), L7Error> {
     let bind = |e: std::io::Error| L7Error::Bind { addr, source: e };
-    let std_listener = std::net::TcpListener::bind(addr).map_err(bind)?;
-    std_listener.set_nonblocking(true).map_err(bind)?;
     let listener = TcpListener::from_std(std_listener).map_err(bind)?;
     let bound = listener.local_addr().map_err(bind)?;
     let task = tokio::spawn(async move {

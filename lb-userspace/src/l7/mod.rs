@@ -26,7 +26,11 @@ pub mod table;
 pub mod tls;
 pub mod websocket;
 
-use crate::{config::Config, health::HealthSnapshot};
+use crate::{
+    config::Config,
+    health::HealthSnapshot,
+    model::{L7Admission, L7Admit},
+};
 use arc_swap::ArcSwap;
 use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
@@ -96,7 +100,9 @@ pub struct Shared {
     pub opts: L7Options,
     pub server: auto::Builder<TokioExecutor>,
     pub in_flight: AtomicU64,
-    health: watch::Receiver<Arc<HealthSnapshot>>,
+    /// The agent's last decision per backend (health, drain, failover); applied to every
+    /// table it swaps in, so a new table never starts from stale flags.
+    admission: Mutex<Arc<L7Admission>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -108,15 +114,29 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Mirrors the health snapshot into the backends' flags (done on every snapshot and
-    /// reload, so the request path reads one atomic instead of a map keyed by strings).
-    fn apply_health(&self) {
-        let snap = self.health.borrow().clone();
-        let table = self.table.load();
+    /// Mirrors the admission into the backends' atomics, so the request path reads one
+    /// atomic instead of a map keyed by strings. A backend the admission does not name
+    /// serves (no verdict yet).
+    fn apply_admission(&self, table: &table::Table) {
+        let adm = self
+            .admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for s in table.services.values() {
             for b in &s.selector.backends {
-                b.healthy
-                    .store(snap.is_healthy(&s.name, &b.name), Ordering::Relaxed);
+                let a = adm
+                    .get(&(s.name.clone(), b.name.clone()))
+                    .copied()
+                    .unwrap_or(L7Admit {
+                        serving: true,
+                        healthy: true,
+                        evicted: false,
+                    });
+                b.healthy.store(a.healthy, Ordering::Relaxed);
+                b.serving.store(a.serving, Ordering::Relaxed);
+                b.evicted
+                    .send_if_modified(|e| std::mem::replace(e, a.evicted) != a.evicted);
             }
         }
     }
@@ -129,12 +149,21 @@ pub struct L7;
 pub struct L7Handle {
     shared: Arc<Shared>,
     listeners: Mutex<BTreeMap<SocketAddr, (JoinHandle<()>, SocketAddr)>>,
-    health_task: JoinHandle<()>,
+    health_task: Option<JoinHandle<()>>,
+}
+
+/// A configuration change made ready for the L7 tier: the routing table is built (URL maps
+/// compiled, certificates read) and new listeners are bound, so [`L7Handle::commit`]
+/// cannot fail. Dropping it closes those listeners and changes nothing.
+pub struct Prepared {
+    table: Arc<table::Table>,
+    bound: Vec<(SocketAddr, std::net::TcpListener)>,
 }
 
 impl L7 {
-    /// Starts listeners for every L7 forwarding rule of `cfg`. Must run inside a tokio
-    /// runtime.
+    /// Starts listeners for every L7 forwarding rule of `cfg`, with backends admitted by the
+    /// health checker's verdicts alone (no drain, failover or overrides: the agent uses
+    /// [`L7::start_driven`]). Must run inside a tokio runtime.
     pub fn start(
         cfg: &Config,
         health: watch::Receiver<Arc<HealthSnapshot>>,
@@ -148,8 +177,24 @@ impl L7 {
         health: watch::Receiver<Arc<HealthSnapshot>>,
         opts: L7Options,
     ) -> Result<L7Handle, L7Error> {
+        let mut handle = L7::start_driven(cfg, opts)?;
+        handle.set_admission(Arc::new(admission_from_health(cfg, &health.borrow())));
+        let cfg = cfg.clone();
+        handle.health_task = Some(tokio::spawn(watch_health(
+            Arc::downgrade(&handle.shared),
+            cfg,
+            health,
+        )));
+        Ok(handle)
+    }
+
+    /// Starts the tier with every backend serving until [`L7Handle::set_admission`] says
+    /// otherwise: the agent's way, which decides admission from health, overrides and the
+    /// failover policy for both tiers at once.
+    pub fn start_driven(cfg: &Config, opts: L7Options) -> Result<L7Handle, L7Error> {
         let registry = table::Registry::default();
         let table = table::build(cfg, 1, &registry)?;
+        registry.retain(&table);
         let mut server = auto::Builder::new(TokioExecutor::new());
         server
             .http1()
@@ -168,94 +213,121 @@ impl L7 {
             opts,
             server,
             in_flight: AtomicU64::new(0),
-            health: health.clone(),
+            admission: Mutex::new(Arc::new(L7Admission::new())),
         });
-        shared.apply_health();
         let handle = L7Handle {
-            health_task: tokio::spawn(watch_health(Arc::downgrade(&shared), health)),
             shared,
             listeners: Mutex::new(BTreeMap::new()),
+            health_task: None,
         };
-        handle.sync_listeners()?;
+        let first = Prepared {
+            table: handle.shared.table.load_full(),
+            bound: handle.bind_new(&handle.shared.table.load())?,
+        };
+        handle.commit(first);
         Ok(handle)
     }
 }
 
+/// Admission from health verdicts alone (the standalone tier of [`L7::start`]).
+fn admission_from_health(cfg: &Config, snap: &HealthSnapshot) -> L7Admission {
+    crate::model::l7_admission(cfg, &|svc, i| crate::model::BackendState {
+        health: Some(snap.is_healthy(svc, &cfg.backend_services[svc].backends[i].display_name())),
+        ..Default::default()
+    })
+}
+
 async fn watch_health(
     shared: std::sync::Weak<Shared>,
+    cfg: Config,
     mut rx: watch::Receiver<Arc<HealthSnapshot>>,
 ) {
     while rx.changed().await.is_ok() {
         let Some(s) = shared.upgrade() else { return };
-        s.apply_health();
+        let adm = admission_from_health(&cfg, &rx.borrow_and_update());
+        *s.admission.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(adm);
+        s.apply_admission(&s.table.load());
     }
 }
 
 impl L7Handle {
-    /// Binds listeners the table has and the handle lacks; stops those it no longer has.
-    /// New ones are bound first, so a failure changes nothing.
-    fn sync_listeners(&self) -> Result<(), L7Error> {
-        let wanted: Vec<SocketAddr> = self
-            .shared
-            .table
-            .load()
-            .listeners
-            .iter()
-            .map(|l| l.addr)
-            .collect();
-        let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        let mut started = Vec::new();
-        for addr in &wanted {
-            if running.contains_key(addr) {
-                continue;
-            }
-            match listener::spawn(self.shared.clone(), *addr) {
-                Ok(l) => started.push((*addr, l)),
-                Err(e) => {
-                    for (_, (task, _)) in started {
-                        task.abort();
-                    }
-                    return Err(e);
-                }
+    /// Binds the listeners `table` has and the handle lacks.
+    fn bind_new(
+        &self,
+        table: &table::Table,
+    ) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, L7Error> {
+        let running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bound = Vec::new();
+        for l in &table.listeners {
+            if !running.contains_key(&l.addr) && !bound.iter().any(|(a, _)| *a == l.addr) {
+                bound.push((l.addr, listener::bind(l.addr)?));
             }
         }
-        running.extend(started);
+        Ok(bound)
+    }
+
+    /// Everything of a change that can fail: the table is built and new listeners bound.
+    /// Nothing running changes.
+    pub fn prepare(&self, cfg: &Config) -> Result<Prepared, L7Error> {
+        let generation = self.shared.table.load().generation + 1;
+        let table = table::build(cfg, generation, &self.shared.registry)?;
+        let bound = self.bind_new(&table)?;
+        Ok(Prepared {
+            table: Arc::new(table),
+            bound,
+        })
+    }
+
+    /// Swaps a prepared change in: admission applied to its backends first, then the
+    /// table, then listeners started and removed ones stopped. Requests already running
+    /// keep the table they loaded; backends the new table dropped are evicted after their
+    /// service's draining timeout.
+    pub fn commit(&self, p: Prepared) {
+        let old = self.shared.table.load_full();
+        self.shared.apply_admission(&p.table);
+        self.shared.table.store(p.table.clone());
+        self.shared.registry.retain(&p.table);
+        for (backend, timeout) in table::removed_backends(&old, &p.table) {
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                backend.evicted.send_replace(true);
+            });
+        }
+        let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for (addr, l) in p.bound {
+            match listener::spawn(self.shared.clone(), addr, l) {
+                Ok(task) => {
+                    running.insert(addr, task);
+                }
+                // Registering an already bound socket with the runtime fails only when the
+                // process is out of resources; the rest of the change stands.
+                Err(e) => tracing::error!(error = %e, "L7 listener could not start"),
+            }
+        }
         running.retain(|addr, (task, _)| {
-            let keep = wanted.contains(addr);
+            let keep = p.table.listeners.iter().any(|l| l.addr == *addr);
             if !keep {
                 task.abort();
             }
             keep
         });
-        Ok(())
     }
 
     /// Swaps in a new configuration atomically; on error the running one stays.
     pub fn reload(&self, cfg: &Config) -> Result<(), L7Error> {
-        let old = self.shared.table.load_full();
-        let new = Arc::new(table::build(
-            cfg,
-            old.generation + 1,
-            &self.shared.registry,
-        )?);
-        // Bind new listeners before swapping so a bind failure leaves everything as it was.
-        let wanted: Vec<SocketAddr> = new.listeners.iter().map(|l| l.addr).collect();
-        {
-            let running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            for addr in &wanted {
-                if !running.contains_key(addr) {
-                    if let Err(e) = std::net::TcpListener::bind(addr) {
-                        return Err(L7Error::Bind {
-                            addr: *addr,
-                            source: e,
-                        });
-                    }
-                }
-            }
-        }
-        self.shared.table.store(new);
-        self.shared.apply_health();
-        self.sync_listeners()
+        let p = self.prepare(cfg)?;
+        self.commit(p);
+        Ok(())
+    }
+
+    /// Takes the agent's decision per backend and applies it to the running table.
+    pub fn set_admission(&self, adm: Arc<L7Admission>) {
+        *self
+            .shared
+            .admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = adm;
+        self.shared.apply_admission(&self.shared.table.load());
     }
 
     /// The addresses actually bound, per configured address (they differ for port 0).
@@ -322,7 +394,9 @@ impl L7Handle {
         for (_, (task, _)) in std::mem::take(&mut *running) {
             task.abort();
         }
-        self.health_task.abort();
+        if let Some(t) = &self.health_task {
+            t.abort();
+        }
     }
 }
 
@@ -332,29 +406,7 @@ impl Drop for L7Handle {
     }
 }
 
-/// Whether a configuration has L7 forwarding rules (the agent starts the tier only then).
-pub fn has_l7(cfg: &Config) -> bool {
-    table::has_l7(cfg)
-}
-
-/// The agent's entry point: starts the tier when `cfg` has L7 forwarding rules. Without a
-/// health receiver every backend counts as healthy (the shared contract's "no verdict yet").
-pub fn start_if_configured(
-    cfg: &Config,
-    health: Option<watch::Receiver<Arc<HealthSnapshot>>>,
-) -> Result<Option<L7Handle>, L7Error> {
-    if !has_l7(cfg) {
-        return Ok(None);
-    }
-    let health = health.unwrap_or_else(|| watch::channel(Arc::new(HealthSnapshot::default())).1);
-    let handle = L7::start(cfg, health)?;
-    for (configured, bound) in handle.local_addrs() {
-        tracing::info!(%configured, %bound, "L7 listener started");
-    }
-    Ok(Some(handle))
-}
-
-/// The runtime of `lb serve-l7`: one worker per CPU this process may use; on a single CPU
+/// The runtime of `lb run`: one worker per CPU this process may use; on a single CPU
 /// (e.g. pinned with taskset) a current-thread runtime, which skips work-stealing
 /// bookkeeping that one worker cannot use.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -366,22 +418,4 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     } else {
         tokio::runtime::Runtime::new()
     }
-}
-
-/// `lb serve-l7`: runs the L7 tier from a configuration file until SIGINT or SIGTERM.
-pub async fn serve_forever(path: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = crate::config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
-    let Some(handle) = start_if_configured(&cfg, None)? else {
-        anyhow::bail!(
-            "{}: no forwarding rule has a target HTTP(S) proxy; nothing to serve",
-            path.display()
-        );
-    };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    handle.shutdown();
-    Ok(())
 }

@@ -280,6 +280,7 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         deadline: Some(resp.2),
         guard: Some(guard),
         pooled,
+        evict: None,
     };
     (Response::from_parts(rparts, body), Some(service))
 }
@@ -405,6 +406,15 @@ async fn forward_with_retries(
         let fut = shared
             .clients
             .request(service.upstream, backend.addr, &backend.authority, ureq);
+        let fut = async {
+            // A backend evicted while the request waits for its answer gives no answer: the
+            // drain is over, the request ends like a reset.
+            tokio::select! {
+                biased;
+                r = fut => Some(r),
+                _ = backend.wait_evicted() => None,
+            }
+        };
         let result = match plan.per_try_timeout {
             Some(p) if p < remaining => tokio::time::timeout(p, fut).await.map_err(|_| ()),
             _ => tokio::select! {
@@ -412,6 +422,17 @@ async fn forward_with_retries(
                 r = fut => Ok(r),
                 _ = overall.as_mut() => Err(()),
             },
+        };
+        let result = match result {
+            Ok(None) => {
+                backend.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(local(
+                    StatusCode::BAD_GATEWAY,
+                    "backend drained before it answered\n",
+                ));
+            }
+            Ok(Some(r)) => Ok(r),
+            Err(()) => Err(()),
         };
         let outcome = match &result {
             Err(_) => Outcome::Timeout,
@@ -447,6 +468,9 @@ async fn forward_with_retries(
             tried.push(idx);
             attempt += 1;
             continue;
+        }
+        if gateway_failure || matches!(outcome, Outcome::Status(s) if s >= 500) {
+            backend.errors.fetch_add(1, Ordering::Relaxed);
         }
         return match result {
             Ok(Ok((r, pooled))) => Ok(((r, guard, overall, pooled), backend.id)),

@@ -50,9 +50,18 @@ pub struct Backend {
     pub authority: http::uri::Authority,
     /// Stable id: the GENERATED_COOKIE value.
     pub id: u64,
+    /// Health as the agent sees it (checker verdict or forced by the admin), for display.
     pub healthy: AtomicBool,
+    /// Takes new requests: the agent's decision from health, drain, maintenance and the
+    /// failover policy (see [`super::admission`]).
+    pub serving: AtomicBool,
+    /// Set when the backend's connection draining is over (or maintenance): requests and
+    /// tunnels still open on it are closed. Back to false when it returns to service.
+    pub evicted: tokio::sync::watch::Sender<bool>,
     pub in_flight: AtomicU64,
     pub requests: AtomicU64,
+    /// Requests that ended in a 5xx answer from the backend or in no answer at all.
+    pub errors: AtomicU64,
     pub outlier: OutlierState,
 }
 
@@ -70,16 +79,31 @@ impl Backend {
             addr,
             authority,
             healthy: AtomicBool::new(true),
+            serving: AtomicBool::new(true),
+            evicted: tokio::sync::watch::Sender::new(false),
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             outlier: OutlierState::default(),
         }
     }
 
-    /// Eligible for new requests: healthy and not ejected (drained ones have weight 0 and
-    /// never reach this check).
+    /// Eligible for new requests: admitted by the agent and not ejected (drained ones have
+    /// weight 0 and never reach this check).
     pub fn eligible(&self, now_ms: u64) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.outlier.is_ejected(now_ms)
+        self.serving.load(Ordering::Relaxed) && !self.outlier.is_ejected(now_ms)
+    }
+
+    /// Resolves once the backend is evicted (at once when it already is).
+    pub fn wait_evicted(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.evicted.subscribe();
+        async move {
+            // The sender lives in the backend, which the caller holds, so an error (sender
+            // gone) only happens at shutdown: then never resolve.
+            if rx.wait_for(|e| *e).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

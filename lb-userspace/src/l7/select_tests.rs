@@ -78,12 +78,12 @@ fn unhealthy_and_ejected_backends_are_skipped() {
         &bs,
         &[1000, 1000, 1000],
     );
-    bs[0].healthy.store(false, Ordering::Relaxed);
+    bs[0].serving.store(false, Ordering::Relaxed);
     let c = counts(&s, 300, |_| Key::None);
     assert_eq!(c[0], 0);
     assert_eq!(c[1] + c[2], 300);
-    bs[1].healthy.store(false, Ordering::Relaxed);
-    bs[2].healthy.store(false, Ordering::Relaxed);
+    bs[1].serving.store(false, Ordering::Relaxed);
+    bs[2].serving.store(false, Ordering::Relaxed);
     let mut rng = fastrand::Rng::with_seed(1);
     assert_eq!(
         s.pick(Key::None, 1, &[], &mut rng),
@@ -102,7 +102,7 @@ fn retry_avoids_the_tried_backend_when_it_can() {
         let second = s.pick(Key::Hash(k * 7919), 1, &[first], &mut rng).unwrap();
         assert_ne!(first, second);
     }
-    bs[1].healthy.store(false, Ordering::Relaxed);
+    bs[1].serving.store(false, Ordering::Relaxed);
     assert_eq!(
         s.pick(Key::None, 1, &[0], &mut rng),
         Some(0),
@@ -138,7 +138,7 @@ fn hashed_keys_are_stable_and_move_little_when_a_backend_goes() {
             .map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap())
             .collect();
         assert_eq!(before, again, "{policy:?}: same key, same backend");
-        bs[2].healthy.store(false, Ordering::Relaxed);
+        bs[2].serving.store(false, Ordering::Relaxed);
         let after: Vec<usize> = keys
             .iter()
             .map(|k| s.pick(Key::Hash(*k), 1, &[], &mut rng).unwrap())
@@ -168,7 +168,7 @@ fn generated_cookie_pins_its_backend() {
             );
         }
     }
-    bs[1].healthy.store(false, Ordering::Relaxed);
+    bs[1].serving.store(false, Ordering::Relaxed);
     let i = s.pick(Key::Backend(bs[1].id), 1, &[], &mut rng).unwrap();
     assert_ne!(i, 1, "an unhealthy pinned backend is replaced");
 }

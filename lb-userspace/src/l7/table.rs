@@ -104,8 +104,9 @@ impl Registry {
         m.entry(service.to_string()).or_default().clone()
     }
 
-    /// Forgets backends and counters the current table no longer uses.
-    fn retain(&self, table: &Table) {
+    /// Forgets backends and counters `table` (about to become the current one) no longer
+    /// uses. Called when a table commits, never when one is only prepared.
+    pub(super) fn retain(&self, table: &Table) {
         let mut b = self.backends.lock().unwrap_or_else(|p| p.into_inner());
         b.retain(|(s, n, _), _| {
             table
@@ -151,7 +152,8 @@ pub fn has_l7(cfg: &Config) -> bool {
     cfg.forwarding_rules.values().any(|f| f.target.is_some())
 }
 
-/// Builds a table; fails without side effects other than registry entries.
+/// Builds a table; fails without side effects other than new registry entries (forgotten
+/// again at the next commit).
 pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table, L7Error> {
     let mut routers = Vec::new();
     let mut router_index = HashMap::new();
@@ -254,16 +256,31 @@ pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table
             )
         })
         .collect();
-    let table = Table {
+    Ok(Table {
         generation,
         routers,
         proxies,
         services,
         listeners,
         routes,
-    };
-    registry.retain(&table);
-    Ok(table)
+    })
+}
+
+/// Backends of `old` that `new` no longer has, each with its service's connection
+/// draining timeout: requests still running on them are closed when it ends.
+pub fn removed_backends(old: &Table, new: &Table) -> Vec<(Arc<Backend>, Duration)> {
+    let mut out = Vec::new();
+    for (name, s) in &old.services {
+        let kept = new.services.get(name);
+        for b in &s.selector.backends {
+            let still = kept.is_some_and(|n| n.selector.backends.iter().any(|x| Arc::ptr_eq(x, b)));
+            if !still {
+                let t = Duration::from_secs(s.config.connection_draining_timeout_sec.into());
+                out.push((b.clone(), t));
+            }
+        }
+    }
+    out
 }
 
 fn router_of(index: &HashMap<String, usize>, map: &str, proxy: &str) -> Result<usize, L7Error> {

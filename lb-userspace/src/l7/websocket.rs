@@ -4,7 +4,8 @@
 //! backend-service timeout; RFC 6455 §4.1).
 //!
 //! The tunnel task owns both connections, so a reload (which only swaps the routing table)
-//! leaves open WebSockets alone.
+//! leaves open WebSockets alone; they close when their backend is evicted (connection
+//! draining over, maintenance).
 
 use super::body::InFlight;
 use hyper::upgrade::OnUpgrade;
@@ -14,7 +15,8 @@ use std::time::Duration;
 /// Splices the client and backend sides once both upgrades complete.
 pub fn spawn_tunnel(client: OnUpgrade, backend: OnUpgrade, limit: Duration, guard: InFlight) {
     tokio::spawn(async move {
-        let _guard = guard;
+        // Held for the tunnel's life: the backend counts it as in flight.
+        let guard = guard;
         let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(pair) => pair,
             Err(e) => {
@@ -22,17 +24,17 @@ pub fn spawn_tunnel(client: OnUpgrade, backend: OnUpgrade, limit: Duration, guar
                 return;
             }
         };
+        let evicted = guard.backend().wait_evicted();
         let mut client = TokioIo::new(client);
         let mut backend = TokioIo::new(backend);
-        match tokio::time::timeout(
-            limit,
-            tokio::io::copy_bidirectional(&mut client, &mut backend),
-        )
-        .await
-        {
-            Ok(Ok((up, down))) => tracing::debug!(up, down, "tunnel closed"),
-            Ok(Err(e)) => tracing::debug!(error = %e, "tunnel broke"),
-            Err(_) => tracing::debug!("tunnel reached the backend service timeout"),
+        tokio::select! {
+            r = tokio::time::timeout(limit, tokio::io::copy_bidirectional(&mut client, &mut backend)) => match r {
+                Ok(Ok((up, down))) => tracing::debug!(up, down, "tunnel closed"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "tunnel broke"),
+                Err(_) => tracing::debug!("tunnel reached the backend service timeout"),
+            },
+            // Connection draining is over for the backend: the tunnel closes with it.
+            _ = evicted => tracing::debug!("tunnel closed: backend drained"),
         }
     });
 }
