@@ -166,10 +166,11 @@ fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {
     std::fs::write(
         &lb_conf,
         format!(
-            "[forwarding_rules.bench]\nip_address = \"127.0.0.1\"\nports = [{p}]\ntarget = \"bench\"\n\n\
+            "[admin]\nsocket = \"{sock}\"\n\n[forwarding_rules.bench]\nip_address = \"127.0.0.1\"\nports = [{p}]\ntarget = \"bench\"\n\n\
              [target_http_proxies.bench]\nurl_map = \"bench\"\n\n[url_maps.bench]\ndefault_service = \"be\"\n\n\
              [backend_services.be]\nprotocol = \"HTTP\"\n\n[[backend_services.be.backends]]\naddress = \"127.0.0.1\"\nport = {BACKEND_PORT}\n",
-            p = PROXIES[0].1
+            p = PROXIES[0].1,
+            sock = dir.join("admin.sock").display()
         ),
     )?;
 
@@ -197,7 +198,7 @@ fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {
         Server(pin(
             &o.proxy_cpus,
             lb,
-            &["serve-l7", "--config", &lb_conf.display().to_string()],
+            &["run", "--config", &lb_conf.display().to_string()],
         )?),
         Server(pin(
             &o.proxy_cpus,

@@ -301,6 +301,21 @@ pub struct BackendInfo {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// L7 services only: the proxy's figures (the L4 columns above stay zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7BackendFigures>,
+}
+
+/// What the L7 proxy says about one backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct L7BackendFigures {
+    pub requests: u64,
+    /// Requests that got a 5xx from the backend, or no answer.
+    pub errors: u64,
+    pub in_flight: u64,
+    /// Ejected by outlier detection right now.
+    pub ejected: bool,
+    pub ejections: u32,
 }
 
 /// Result of a change.

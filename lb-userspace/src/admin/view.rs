@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::protocol::{BackendInfo, ListWhat, RuleInfo, ServiceInfo, StatusInfo};
+use super::protocol::{BackendInfo, L7BackendFigures, ListWhat, RuleInfo, ServiceInfo, StatusInfo};
 use crate::agent::{
     overrides::{self, AdminState},
     state::{Agent, ChangeError},
@@ -116,6 +116,10 @@ pub fn service(agent: &Agent, name: &str, now: Instant) -> Result<ServiceInfo, C
     let planned = agent
         .applied()
         .and_then(|p| p.services.iter().find(|s| s.name == name));
+    let l7 = (!bs.protocol.is_l4())
+        .then(|| agent.l7_stats())
+        .flatten()
+        .and_then(|st| st.services.into_iter().find(|s| s.name == name));
     let backends = bs
         .backends
         .iter()
@@ -135,9 +139,15 @@ pub fn service(agent: &Agent, name: &str, now: Instant) -> Result<ServiceInfo, C
                 AdminState::Drained => "drained",
                 AdminState::Ready => "ready",
             };
-            let in_table = planned
-                .and_then(|s| s.backends.iter().find(|x| x.name == bname))
-                .is_some_and(|x| x.in_table && x.mac.is_some() && x.weight > 0);
+            let l7b = l7
+                .as_ref()
+                .and_then(|s| s.backends.iter().find(|x| x.name == bname));
+            let in_table = match &l7 {
+                Some(_) => l7b.is_some_and(|x| x.serving),
+                None => planned
+                    .and_then(|s| s.backends.iter().find(|x| x.name == bname))
+                    .is_some_and(|x| x.in_table && x.mac.is_some() && x.weight > 0),
+            };
             let slot = agent
                 .assignment()
                 .backend_slots
@@ -164,6 +174,13 @@ pub fn service(agent: &Agent, name: &str, now: Instant) -> Result<ServiceInfo, C
                 packets: counters.packets,
                 bytes: counters.bytes,
                 new_flows: counters.new_flows,
+                l7: l7b.map(|x| L7BackendFigures {
+                    requests: x.requests,
+                    errors: x.errors,
+                    in_flight: x.in_flight,
+                    ejected: x.ejected,
+                    ejections: x.ejections,
+                }),
             }
         })
         .collect();

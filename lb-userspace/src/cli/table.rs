@@ -95,18 +95,85 @@ pub fn rules(rs: &[RuleInfo]) -> String {
     )
 }
 
+/// L4 backends with the dataplane's counters, L7 backends with the proxy's; one table each.
 pub fn backends(bs: &[BackendInfo]) -> String {
+    let (l7, l4): (Vec<&BackendInfo>, Vec<&BackendInfo>) = bs.iter().partition(|b| b.l7.is_some());
+    let mut out = Vec::new();
+    if !l4.is_empty() || l7.is_empty() {
+        out.push(l4_backends(&l4));
+    }
+    if !l7.is_empty() {
+        out.push(l7_backends(&l7));
+    }
+    out.join("\n")
+}
+
+fn health_and_state(b: &BackendInfo) -> (String, String) {
+    let health = match &b.forced {
+        Some(f) => format!("{} (forced {f})", b.health),
+        None => b.health.clone(),
+    };
+    let state = match b.drain_remaining_sec {
+        Some(s) => format!("{} ({s:.0} s left)", b.state),
+        None => b.state.clone(),
+    };
+    (health, state)
+}
+
+fn l7_backends(bs: &[&BackendInfo]) -> String {
     let rows: Vec<Vec<String>> = bs
         .iter()
         .map(|b| {
-            let health = match &b.forced {
-                Some(f) => format!("{} (forced {f})", b.health),
-                None => b.health.clone(),
-            };
-            let state = match b.drain_remaining_sec {
-                Some(s) => format!("{} ({s:.0} s left)", b.state),
-                None => b.state.clone(),
-            };
+            let (health, state) = health_and_state(b);
+            let f =
+                b.l7.clone()
+                    .unwrap_or(crate::admin::protocol::L7BackendFigures {
+                        requests: 0,
+                        errors: 0,
+                        in_flight: 0,
+                        ejected: false,
+                        ejections: 0,
+                    });
+            vec![
+                b.service.clone(),
+                b.name.clone(),
+                format!("{}:{}", b.address, b.port.unwrap_or(0)),
+                b.weight.to_string(),
+                if b.failover { "failover" } else { "primary" }.into(),
+                health,
+                state,
+                if b.in_table { "yes" } else { "no" }.into(),
+                f.requests.to_string(),
+                f.errors.to_string(),
+                f.in_flight.to_string(),
+                if f.ejected { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "SERVICE",
+            "BACKEND",
+            "ADDRESS",
+            "WEIGHT",
+            "ROLE",
+            "HEALTH",
+            "STATE",
+            "SERVING",
+            "REQUESTS",
+            "ERRORS",
+            "IN_FLIGHT",
+            "EJECTED",
+        ],
+        &rows,
+    )
+}
+
+fn l4_backends(bs: &[&BackendInfo]) -> String {
+    let rows: Vec<Vec<String>> = bs
+        .iter()
+        .map(|b| {
+            let (health, state) = health_and_state(b);
             vec![
                 b.service.clone(),
                 b.name.clone(),

@@ -360,6 +360,8 @@ impl L7Handle {
                         ejections: b.outlier.ejections(),
                         in_flight: b.in_flight.load(Ordering::Relaxed),
                         requests: b.requests.load(Ordering::Relaxed),
+                        errors: b.errors.load(Ordering::Relaxed),
+                        serving: b.serving.load(Ordering::Relaxed),
                     })
                     .collect();
                 ServiceStats {

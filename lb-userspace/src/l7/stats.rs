@@ -95,6 +95,10 @@ pub struct BackendStats {
     pub ejections: u32,
     pub in_flight: u64,
     pub requests: u64,
+    /// Requests that got a 5xx from the backend or no answer.
+    pub errors: u64,
+    /// Takes new requests (the agent's admission).
+    pub serving: bool,
 }
 
 /// One backend service's counters and backends.
