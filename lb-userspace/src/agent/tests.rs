@@ -580,3 +580,147 @@ fn carried_over_unhealthy_backends_wait_for_the_checker() {
         "the seed is gone once the checker spoke"
     );
 }
+
+/// An L7 tier that records prepares, commits, aborts and admissions, and can refuse.
+#[derive(Clone, Default)]
+struct FakeL7 {
+    log: Arc<Mutex<Vec<String>>>,
+    refuse: Arc<AtomicBool>,
+    admission: Arc<Mutex<crate::model::L7Admission>>,
+}
+
+impl super::state::L7Port for FakeL7 {
+    fn prepare(&mut self, _cfg: &Config) -> Result<(), String> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err("ssl_certificates.c: cannot read (test)".into());
+        }
+        self.log.lock().unwrap().push("prepare".into());
+        Ok(())
+    }
+    fn commit(&mut self, adm: crate::model::L7Admission) {
+        self.log.lock().unwrap().push("commit".into());
+        *self.admission.lock().unwrap() = adm;
+    }
+    fn abort(&mut self) {
+        self.log.lock().unwrap().push("abort".into());
+    }
+    fn set_admission(&mut self, adm: crate::model::L7Admission) {
+        *self.admission.lock().unwrap() = adm;
+    }
+    fn stats(&self) -> Option<crate::l7::L7Stats> {
+        None
+    }
+}
+
+const L7_PART: &str = r#"
+[backend_services.app]
+protocol = "HTTP"
+failover_policy = { failover_ratio = 0.6 }
+[[backend_services.app.backends]]
+name = "p1"
+address = "10.0.1.1"
+port = 80
+[[backend_services.app.backends]]
+name = "p2"
+address = "10.0.1.2"
+port = 80
+[[backend_services.app.backends]]
+name = "f"
+address = "10.0.1.3"
+port = 80
+failover = true
+"#;
+
+fn agent_with_l7() -> (Agent, Fake, FakeL7, Instant) {
+    let fake = Fake::default();
+    let l7 = FakeL7::default();
+    let cfg = config::parse(&format!("{CFG}{L7_PART}")).unwrap();
+    let mut a = Agent::new(cfg, None, Box::new(fake.clone())).with_l7(Box::new(l7.clone()));
+    let t0 = Instant::now();
+    a.reconcile(t0);
+    (a, fake, l7, t0)
+}
+
+fn admit(l7: &FakeL7, b: &str) -> crate::model::L7Admit {
+    l7.admission.lock().unwrap()[&("app".to_string(), b.to_string())]
+}
+
+#[test]
+fn an_l7_refusal_changes_neither_tier() {
+    let (mut a, fake, l7, t0) = agent_with_l7();
+    let (cfg, n) = (a.config().clone(), fake.count());
+    l7.refuse.store(true, Ordering::SeqCst);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"add-backend","service":"web","backend":{"address":"10.0.0.9"}}"#,
+        t0,
+    );
+    let e = r.error.unwrap();
+    assert!(
+        e.message.contains("L7 tier refused") && e.message.contains("ssl_certificates.c"),
+        "{}",
+        e.message
+    );
+    unchanged(&a, &fake, &cfg, n);
+    assert!(
+        l7.log.lock().unwrap().is_empty(),
+        "nothing prepared or committed"
+    );
+}
+
+#[test]
+fn an_l4_refusal_aborts_the_prepared_l7_change() {
+    let (mut a, fake, l7, t0) = agent_with_l7();
+    let (cfg, n) = (a.config().clone(), fake.count());
+    fake.refuse.store(true, Ordering::SeqCst);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"add-backend","service":"web","backend":{"address":"10.0.0.9"}}"#,
+        t0,
+    );
+    assert_eq!(r.error.unwrap().kind, ErrorKind::Dataplane);
+    unchanged(&a, &fake, &cfg, n);
+    assert_eq!(*l7.log.lock().unwrap(), ["prepare", "abort"]);
+    fake.refuse.store(false, Ordering::SeqCst);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"add-backend","service":"app","backend":{"address":"10.0.1.9","port":80}}"#,
+        t0,
+    );
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        *l7.log.lock().unwrap(),
+        ["prepare", "abort", "prepare", "commit"]
+    );
+    assert!(admit(&l7, "10.0.1.9:80").serving, "the new backend serves");
+}
+
+#[test]
+fn l7_admission_follows_overrides_and_failover() {
+    let (mut a, _fake, l7, t0) = agent_with_l7();
+    assert!(admit(&l7, "p1").serving && admit(&l7, "p2").serving);
+    assert!(!admit(&l7, "f").serving, "failover idle at ratio 1.0");
+    // An override-only change never rebuilds the L7 table.
+    let drain = r#"{"version":1,"verb":"drain","service":"app","backend":"p1"}"#;
+    assert!(req(&mut a, drain, t0).ok);
+    assert!(
+        l7.log.lock().unwrap().is_empty(),
+        "drain rebuilt the L7 table"
+    );
+    let p1 = admit(&l7, "p1");
+    assert!(
+        !p1.serving && !p1.evicted,
+        "draining: no new requests, in-flight kept"
+    );
+    assert!(admit(&l7, "f").serving, "0.5 < 0.6: failover takes over");
+    a.reconcile(t0 + Duration::from_secs(300));
+    assert!(
+        admit(&l7, "p1").evicted,
+        "draining over: what remains is closed"
+    );
+    let down =
+        r#"{"version":1,"verb":"force-health","service":"app","backend":"p2","health":"down"}"#;
+    let r = req(&mut a, down, t0);
+    assert!(r.ok, "{r:?}");
+    assert!(!admit(&l7, "p2").serving && !admit(&l7, "p2").healthy);
+}
