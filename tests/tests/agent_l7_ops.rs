@@ -478,3 +478,61 @@ target = "tls"
     let status = lb.ok(&["-o", "json", "status"]);
     assert!(status.contains("\"config_changes\":0"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_keeps_its_requests_until_the_draining_timeout() {
+    if !root_or_skip("agent L7 removed backend draining") {
+        return;
+    }
+    const DRAIN: u64 = 3;
+    let a = backend("a", Behaviour::Status(200)).await;
+    let b = backend("b", Behaviour::Status(200)).await;
+    let listen = free_port();
+    let lb = Lb::start(
+        &config(
+            listen,
+            &service(
+                &format!(
+                    "locality_lb_policy = \"RANDOM\"\nconnection_draining_timeout_sec = {DRAIN}"
+                ),
+                &[&a, &b],
+            ),
+        ),
+        listen,
+    );
+    let to = lb.listen;
+    until(to, "both", |t| t.len() == 2).await;
+    // Only `a` answers slowly: find a request that lands on it.
+    a.set(Behaviour::Delay(Duration::from_secs(30)));
+    let before = a.count();
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                (get(to).await, started.elapsed())
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.count() == before {
+        assert!(Instant::now() < deadline, "no request reached a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lb.ok(&["backend", "remove", "svc", "a"]);
+    a.set(Behaviour::Status(200));
+    until(to, "a removed", |t| only(t, "b")).await;
+    let mut cut = 0;
+    for h in slow {
+        let ((status, who), took) = h.await.unwrap();
+        if status == 502 {
+            cut += 1;
+            assert!(
+                took >= Duration::from_secs(DRAIN - 1) && took < Duration::from_secs(DRAIN + 3),
+                "a request on the removed backend ended after {took:?}, not at the draining timeout"
+            );
+        } else {
+            assert_eq!((status, who.as_str()), (200, "b"), "only b answers");
+        }
+    }
+    assert!(cut >= 1, "no request was kept on the removed backend");
+}
