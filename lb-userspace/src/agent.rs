@@ -156,7 +156,7 @@ pub struct AgentL7 {
 }
 
 impl L7Port for AgentL7 {
-    fn prepare(&mut self, cfg: &Config) -> Result<(), String> {
+    fn prepare(&mut self, cfg: &crate::model::Model) -> Result<(), String> {
         self.pending = None;
         self.pending = Some(self.handle.prepare(cfg).map_err(|e| e.to_string())?);
         Ok(())
@@ -184,7 +184,7 @@ impl L7Port for AgentL7 {
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
 pub async fn run(config_path: &Path) -> Result<()> {
-    let cfg = config::load(config_path)
+    let cfg = crate::model::load(config_path)
         .map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
     // The socket first: a live socket means another agent runs, and it must be found out
     // before this one swaps its program into that agent's pinned link.

@@ -9,6 +9,9 @@ pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod l7;
+#[cfg(test)]
+mod layers;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod routing;

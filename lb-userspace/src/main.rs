@@ -59,7 +59,7 @@ fn main() -> Result<()> {
         Cmd::Run { config } => {
             lb_userspace::l7::runtime()?.block_on(lb_userspace::agent::run(&config))
         }
-        Cmd::Validate { file } => match lb_userspace::config::load(&file) {
+        Cmd::Validate { file } => match lb_userspace::model::load(&file) {
             Ok(_) => {
                 println!("{}: OK", file.display());
                 Ok(())

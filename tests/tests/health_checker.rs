@@ -39,7 +39,10 @@ fn config(check: &str, backends: &[(&str, u16)]) -> Config {
         "#,
         list.join(", ")
     );
-    lb_userspace::config::parse(&text).expect("valid test config")
+    lb_userspace::model::parse(&text)
+        .expect("valid test config")
+        .config()
+        .clone()
 }
 
 /// Waits until `backend` of service "web" has verdict `want`; returns how long it took.

@@ -53,7 +53,7 @@ async fn scrape_health_and_dataplane_metrics() {
         "#,
         up.addr.port()
     );
-    let cfg = lb_userspace::config::parse(&text).unwrap();
+    let cfg = lb_userspace::model::parse(&text).unwrap().config().clone();
     let checker = HealthChecker::start(&cfg);
     let mut rx = checker.subscribe();
     tokio::time::timeout(

@@ -391,9 +391,25 @@ async fn refused_reload_keeps_the_running_configuration() {
     let b = backend("b", Behaviour::Status(200)).await;
     let port = free_port();
     let p = start(&http_config(port, "", &[&b], ""));
-    let mut bad = parse(&http_config(port, "", &[&b], ""));
-    bad.url_maps.get_mut("web").unwrap().default_service = Some("missing".into());
-    assert!(p.handle.reload(&bad).is_err());
+    // A URL map naming a missing service never becomes a model; what the L7 tier itself
+    // can refuse is outside validation, such as a certificate that cannot be read.
+    let mut text = http_config(port, "", &[&b], "");
+    assert!(lb_userspace::model::parse(
+        &text.replace("default_service = \"svc\"", "default_service = \"missing\"")
+    )
+    .is_err());
+    text += &format!(
+        "\n[ssl_certificates.c]\ncertificate = \"/nonexistent/c.pem\"\nprivate_key = \"/nonexistent/c.key\"\n\n\
+         [target_https_proxies.tls]\nurl_map = \"web\"\nssl_certificates = [\"c\"]\n\n\
+         [forwarding_rules.tls]\nip_address = \"127.0.0.1\"\nports = [{}]\ntarget = \"tls\"\n",
+        free_port()
+    );
+    let bad = parse(&text);
+    let e = p
+        .handle
+        .reload(&bad)
+        .expect_err("unreadable certificate accepted");
+    assert!(e.to_string().contains("ssl_certificates.c"), "{e}");
     assert_eq!(p.handle.stats().generation, 1);
     assert_eq!(send(&client(), get(p.addr, "/")).await.0, 200);
 }

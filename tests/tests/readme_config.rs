@@ -22,7 +22,7 @@ fn every_toml_example_in_the_readme_validates() {
     }
     assert!(!blocks.is_empty(), "no ```toml block found in the README");
     for (i, b) in blocks.iter().enumerate() {
-        if let Err(e) = lb_userspace::config::parse(b) {
+        if let Err(e) = lb_userspace::model::parse(b) {
             panic!("README toml block {i} does not validate:\n{e}\n---\n{b}");
         }
     }

@@ -116,7 +116,7 @@ backend_service = "plain"
 
     #[test]
     fn unhealthy_slots_of_checked_services_are_carried_over() {
-        let cfg = crate::config::parse(CFG).unwrap();
+        let cfg = crate::model::parse(CFG).unwrap();
         let plan = model::l4_plan(&cfg, &|_, _| BackendState::default(), &|_, _| None);
         let key = |svc: &str| plan.vips.iter().find(|v| v.service == svc).unwrap().key();
         let vips = BTreeMap::from([(key("web"), 7), (key("plain"), 3)]);

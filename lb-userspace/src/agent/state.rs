@@ -24,7 +24,7 @@ use crate::{
     config::{self, Config, ConfigErrors},
     dataplane::{linger::Lingering, plan::L4Plan, programmer::Assignment},
     health::{Health, HealthSnapshot},
-    model,
+    model::{self, Model},
 };
 use lb_common::{BackendStats, VipStats};
 
@@ -47,7 +47,7 @@ pub trait L4Port: Send {
 /// L4 plan is applied, and committed only when both tiers took it.
 pub trait L7Port: Send {
     /// Gets `cfg` ready without changing what runs; a second prepare replaces the first.
-    fn prepare(&mut self, cfg: &Config) -> Result<(), String>;
+    fn prepare(&mut self, model: &Model) -> Result<(), String>;
     /// Swaps the prepared change in with the admission of its configuration; cannot fail.
     fn commit(&mut self, adm: model::L7Admission);
     /// Forgets the prepared change (closing the listeners it bound).
@@ -62,7 +62,7 @@ pub trait L7Port: Send {
 pub struct NoL7;
 
 impl L7Port for NoL7 {
-    fn prepare(&mut self, _cfg: &Config) -> Result<(), String> {
+    fn prepare(&mut self, _model: &Model) -> Result<(), String> {
         Ok(())
     }
     fn commit(&mut self, _adm: model::L7Admission) {}
@@ -104,7 +104,8 @@ pub enum ChangeError {
 }
 
 pub struct Agent {
-    config: Config,
+    /// The running configuration, compiled.
+    model: Model,
     config_path: Option<PathBuf>,
     health: Arc<HealthSnapshot>,
     overrides: Overrides,
@@ -131,9 +132,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(config: Config, config_path: Option<PathBuf>, port: Box<dyn L4Port>) -> Self {
+    pub fn new(model: Model, config_path: Option<PathBuf>, port: Box<dyn L4Port>) -> Self {
         Agent {
-            config,
+            model,
             config_path,
             health: Arc::new(HealthSnapshot::default()),
             overrides: Overrides::default(),
@@ -174,7 +175,7 @@ impl Agent {
     /// Takes overrides saved by a previous run (forgetting those of backends no longer
     /// configured) and saves future changes to `path`. Call before the first reconcile.
     pub fn restore(&mut self, mut saved: Overrides, path: PathBuf) {
-        let cfg = &self.config;
+        let cfg = &self.model;
         saved.retain(|s, b| {
             cfg.backend_services
                 .get(s)
@@ -192,7 +193,10 @@ impl Agent {
     }
 
     pub fn config(&self) -> &Config {
-        &self.config
+        self.model.config()
+    }
+    pub fn model(&self) -> &Model {
+        &self.model
     }
     pub fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
@@ -230,7 +234,7 @@ impl Agent {
     /// The service's connection draining timeout.
     pub fn drain_timeout(&self, service: &str) -> Duration {
         Duration::from_secs(
-            self.config
+            self.model
                 .backend_services
                 .get(service)
                 .map_or(0, |s| s.connection_draining_timeout_sec as u64),
@@ -272,7 +276,7 @@ impl Agent {
     /// Tells the L7 tier which backends serve, from the same states as the L4 plan (health,
     /// forced health, drain, maintenance, failover); only when something changed.
     fn push_l7_admission(&mut self, now: Instant) {
-        let adm = self.l7_admission_for(&self.config, &self.overrides, now);
+        let adm = self.l7_admission_for(&self.model, &self.overrides, now);
         if self.l7_admission.as_ref() != Some(&adm) {
             self.l7.set_admission(adm.clone());
             self.l7_admission = Some(adm);
@@ -318,7 +322,7 @@ impl Agent {
     /// Brings the dataplane to the desired state of the running configuration (timers,
     /// health, MAC resolution). Failures are logged once and kept for `status`.
     pub fn reconcile(&mut self, now: Instant) {
-        let cfg = self.config.clone();
+        let cfg = self.model.config().clone();
         let ov = self.overrides.clone();
         let lingering = self.lingering.clone();
         let plan = self.plan_for(&cfg, &ov, now);
@@ -393,14 +397,20 @@ impl Agent {
     }
 
     /// The all-or-nothing change: `cfg` and `ov` become the running state only if `cfg`
-    /// validates and the dataplane takes the plan.
-    pub fn change(
+    /// compiles and both tiers take it.
+    pub fn change(&mut self, cfg: Config, ov: Overrides, now: Instant) -> Result<(), ChangeError> {
+        let model = model::compile(cfg).map_err(ChangeError::Invalid)?;
+        self.change_to(model, ov, now)
+    }
+
+    /// [`Agent::change`] with a configuration compiled already.
+    fn change_to(
         &mut self,
-        cfg: Config,
+        model: Model,
         mut ov: Overrides,
         now: Instant,
     ) -> Result<(), ChangeError> {
-        config::validate::validate(&cfg).map_err(ChangeError::Invalid)?;
+        let cfg = model.config();
         ov.retain(|s, b| {
             cfg.backend_services
                 .get(s)
@@ -408,23 +418,23 @@ impl Agent {
         });
         // Everything of the L7 tier that can fail is done before the maps change; an
         // override-only change leaves its table alone (admission carries overrides).
-        let l7_changes = cfg != self.config;
+        let l7_changes = model != self.model;
         if l7_changes {
-            self.l7.prepare(&cfg).map_err(ChangeError::L7)?;
+            self.l7.prepare(&model).map_err(ChangeError::L7)?;
         }
         let lingering = self.lingering.clone();
-        let plan = self.plan_for(&cfg, &ov, now);
+        let plan = self.plan_for(cfg, &ov, now);
         if let Err(e) = self.apply(plan) {
             self.lingering = lingering;
             self.l7.abort();
             return Err(ChangeError::Dataplane(e));
         }
         if l7_changes {
-            let adm = self.l7_admission_for(&cfg, &ov, now);
+            let adm = self.l7_admission_for(cfg, &ov, now);
             self.l7.commit(adm.clone());
             self.l7_admission = Some(adm);
         }
-        self.config = cfg;
+        self.model = model;
         let overrides_changed = self.overrides != ov;
         self.overrides = ov;
         self.config_changes += 1;
@@ -455,12 +465,12 @@ impl Agent {
     }
 
     pub fn find_service(&self, service: &str) -> Result<&config::BackendService, ChangeError> {
-        self.config
+        self.model
             .backend_services
             .get(service)
             .ok_or_else(|| ChangeError::NoService {
                 name: service.into(),
-                known: join(self.config.backend_services.keys().cloned()),
+                known: join(self.model.backend_services.keys().cloned()),
             })
     }
 
@@ -475,15 +485,15 @@ impl Agent {
         self.find(service, backend)?;
         let mut ov = self.overrides.clone();
         ov.update(service, backend, f);
-        self.change(self.config.clone(), ov, now)
+        self.change(self.model.config().clone(), ov, now)
     }
 
     /// Re-reads the configuration file; the running state stays when anything refuses.
     pub fn reload(&mut self, now: Instant) -> Result<(), ChangeError> {
         let path = self.config_path.clone().ok_or(ChangeError::NoFile)?;
-        let cfg = config::load(&path).map_err(ChangeError::Invalid)?;
-        restart_only_changes(&self.config, &cfg)?;
-        self.change(cfg, self.overrides.clone(), now)
+        let model = model::load(&path).map_err(ChangeError::Invalid)?;
+        restart_only_changes(&self.model, &model)?;
+        self.change_to(model, self.overrides.clone(), now)
     }
 }
 

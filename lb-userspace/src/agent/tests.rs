@@ -16,7 +16,7 @@ use crate::admin::{
     handle::handle,
     protocol::{parse_request, ErrorKind, Response, Verb},
 };
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::dataplane::{plan::L4Plan, programmer::Assignment};
 use lb_common::{BackendStats, VipStats};
 
@@ -85,7 +85,7 @@ backend_service = "web"
 
 fn agent(path: Option<std::path::PathBuf>) -> (Agent, Fake, Instant) {
     let fake = Fake::default();
-    let cfg = config::parse(CFG).unwrap();
+    let cfg = crate::model::parse(CFG).unwrap();
     let mut a = Agent::new(cfg, path, Box::new(fake.clone()));
     let t0 = Instant::now();
     a.reconcile(t0);
@@ -486,7 +486,11 @@ fn overrides_survive_a_restart_through_the_state_file() {
     );
     // A new agent (as after a restart) starts from the saved overrides.
     let fake = Fake::default();
-    let mut b = Agent::new(config::parse(CFG).unwrap(), None, Box::new(fake.clone()));
+    let mut b = Agent::new(
+        crate::model::parse(CFG).unwrap(),
+        None,
+        Box::new(fake.clone()),
+    );
     b.restore(super::persist::load(&path).unwrap(), path.clone());
     b.reconcile(Instant::now());
     let p = fake.last();
@@ -512,7 +516,7 @@ fn overrides_survive_a_restart_through_the_state_file() {
 #[test]
 fn only_start_time_settings_need_a_restart() {
     use super::state::restart_only_changes;
-    let a = config::parse(CFG).unwrap();
+    let a = crate::model::parse(CFG).unwrap().config().clone();
     let mut b = a.clone();
     b.backend_services
         .get_mut("web")
@@ -590,7 +594,7 @@ struct FakeL7 {
 }
 
 impl super::state::L7Port for FakeL7 {
-    fn prepare(&mut self, _cfg: &Config) -> Result<(), String> {
+    fn prepare(&mut self, _model: &crate::model::Model) -> Result<(), String> {
         if self.refuse.load(Ordering::SeqCst) {
             return Err("ssl_certificates.c: cannot read (test)".into());
         }
@@ -634,7 +638,7 @@ failover = true
 fn agent_with_l7() -> (Agent, Fake, FakeL7, Instant) {
     let fake = Fake::default();
     let l7 = FakeL7::default();
-    let cfg = config::parse(&format!("{CFG}{L7_PART}")).unwrap();
+    let cfg = crate::model::parse(&format!("{CFG}{L7_PART}")).unwrap();
     let mut a = Agent::new(cfg, None, Box::new(fake.clone())).with_l7(Box::new(l7.clone()));
     let t0 = Instant::now();
     a.reconcile(t0);

@@ -1,35 +1,32 @@
 //! The configuration file: the resource model of SEMANTICS.md in TOML.
 //!
-//! `types` holds the serde shapes with their documented defaults; `validate` turns a parsed
-//! file into a checked [`Config`] or a list of errors, each with its place in the file.
-//! Admin changes produce a new `Config` and go through the same validation.
+//! `types` holds the serde shapes with their documented defaults; `validate` checks what can
+//! be checked on the shapes alone, each error with its place in the file. The whole check,
+//! URL maps compiled included, is `model::compile`: the only way to a running
+//! configuration (`model::load`, `model::parse`). Admin changes produce a new `Config` and
+//! go through the same compile.
 
 pub mod types;
 pub mod url_map;
 pub mod validate;
-pub mod validate_l7;
-#[cfg(test)]
-mod validate_tests;
 
 pub use types::*;
 pub use validate::{ConfigError, ConfigErrors};
 
 use std::path::Path;
 
-/// Reads, parses and validates a configuration file.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+/// Reads a configuration file's text.
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::single(ConfigError::new(
             path.display().to_string(),
             format!("cannot read the file: {e}"),
         ))
-    })?;
-    parse(&text)
+    })
 }
 
-/// Parses and validates configuration text.
-pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let cfg: Config = toml::from_str(text).map_err(|e| ConfigErrors::from_toml(text, &e))?;
-    validate::validate(&cfg).map_err(|errs| errs.with_lines(text))?;
-    Ok(cfg)
+/// The file's shapes only (TOML syntax, field names and types): not validated. Use
+/// `model::parse` for a configuration to run.
+pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+    toml::from_str(text).map_err(|e| ConfigErrors::from_toml(text, &e))
 }

@@ -425,7 +425,6 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
             }
         }
     }
-    errs.extend(super::validate_l7::validate_l7(cfg));
     if errs.is_empty() {
         Ok(())
     } else {

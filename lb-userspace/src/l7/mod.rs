@@ -9,7 +9,6 @@
 //! and swaps it atomically (arc-swap): requests already running keep the table they loaded,
 //! open WebSockets are independent tasks, new requests see the new table.
 
-pub mod actions;
 pub mod body;
 pub mod client;
 pub mod edge;
@@ -17,9 +16,9 @@ pub mod framing;
 pub mod listener;
 pub mod outlier;
 pub mod proxy;
-pub mod retry;
-pub mod route_match;
-pub mod router;
+// The URL-map modules live in `routing`; these names keep `l7::router` and friends
+// readable where the proxy uses them.
+pub use crate::routing::{actions, retry, route_match, router};
 pub mod select;
 pub mod stats;
 pub mod table;
@@ -29,7 +28,7 @@ pub mod websocket;
 use crate::{
     config::Config,
     health::HealthSnapshot,
-    model::{L7Admission, L7Admit},
+    model::{L7Admission, L7Admit, Model},
 };
 use arc_swap::ArcSwap;
 use hyper_util::{
@@ -57,9 +56,6 @@ pub enum L7Error {
         #[source]
         source: std::io::Error,
     },
-    /// A URL map does not compile or names a missing service.
-    #[error("{0}")]
-    Router(#[from] router::RouterError),
     /// A certificate or key could not be loaded.
     #[error("ssl_certificates.{certificate}: {message}")]
     Tls {
@@ -165,7 +161,7 @@ impl L7 {
     /// health checker's verdicts alone (no drain, failover or overrides: the agent uses
     /// [`L7::start_driven`]). Must run inside a tokio runtime.
     pub fn start(
-        cfg: &Config,
+        cfg: &Model,
         health: watch::Receiver<Arc<HealthSnapshot>>,
     ) -> Result<L7Handle, L7Error> {
         L7::start_with(cfg, health, L7Options::default())
@@ -173,13 +169,13 @@ impl L7 {
 
     /// [`L7::start`] with explicit client-side limits.
     pub fn start_with(
-        cfg: &Config,
+        cfg: &Model,
         health: watch::Receiver<Arc<HealthSnapshot>>,
         opts: L7Options,
     ) -> Result<L7Handle, L7Error> {
         let mut handle = L7::start_driven(cfg, opts)?;
         handle.set_admission(Arc::new(admission_from_health(cfg, &health.borrow())));
-        let cfg = cfg.clone();
+        let cfg = cfg.config().clone();
         handle.health_task = Some(tokio::spawn(watch_health(
             Arc::downgrade(&handle.shared),
             cfg,
@@ -191,7 +187,7 @@ impl L7 {
     /// Starts the tier with every backend serving until [`L7Handle::set_admission`] says
     /// otherwise: the agent's way, which decides admission from health, overrides and the
     /// failover policy for both tiers at once.
-    pub fn start_driven(cfg: &Config, opts: L7Options) -> Result<L7Handle, L7Error> {
+    pub fn start_driven(cfg: &Model, opts: L7Options) -> Result<L7Handle, L7Error> {
         let registry = table::Registry::default();
         let table = table::build(cfg, 1, &registry)?;
         registry.retain(&table);
@@ -268,7 +264,7 @@ impl L7Handle {
 
     /// Everything of a change that can fail: the table is built and new listeners bound.
     /// Nothing running changes.
-    pub fn prepare(&self, cfg: &Config) -> Result<Prepared, L7Error> {
+    pub fn prepare(&self, cfg: &Model) -> Result<Prepared, L7Error> {
         let generation = self.shared.table.load().generation + 1;
         let table = table::build(cfg, generation, &self.shared.registry)?;
         let bound = self.bind_new(&table)?;
@@ -314,7 +310,7 @@ impl L7Handle {
     }
 
     /// Swaps in a new configuration atomically; on error the running one stays.
-    pub fn reload(&self, cfg: &Config) -> Result<(), L7Error> {
+    pub fn reload(&self, cfg: &Model) -> Result<(), L7Error> {
         let p = self.prepare(cfg)?;
         self.commit(p);
         Ok(())

@@ -7,13 +7,14 @@
 
 use super::{
     outlier::OutlierPolicy,
-    router::{Router, RouterError},
+    router::Router,
     select::{self, Backend, Selector},
     stats::ServiceCounters,
     tls::{self, CertSet},
     L7Error,
 };
 use crate::config::{BackendProtocol, BackendService, Config, SessionAffinity};
+use crate::model::Model;
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -76,7 +77,7 @@ pub struct ListenerRoute {
 #[derive(Debug)]
 pub struct Table {
     pub generation: u64,
-    pub routers: Vec<Router>,
+    pub routers: Vec<Arc<Router>>,
     pub proxies: HashMap<String, Proxy>,
     pub services: HashMap<String, Arc<Service>>,
     pub listeners: Vec<ListenerSpec>,
@@ -154,12 +155,14 @@ pub fn has_l7(cfg: &Config) -> bool {
 
 /// Builds a table; fails without side effects other than new registry entries (forgotten
 /// again at the next commit).
-pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table, L7Error> {
+pub fn build(model: &Model, generation: u64, registry: &Registry) -> Result<Table, L7Error> {
+    let cfg = model.config();
+    // URL maps were compiled (and their services checked) by `model::compile`.
     let mut routers = Vec::new();
     let mut router_index = HashMap::new();
-    for (name, map) in &cfg.url_maps {
+    for (name, router) in model.routers() {
         router_index.insert(name.clone(), routers.len());
-        routers.push(Router::compile(name, map).map_err(L7Error::Router)?);
+        routers.push(router.clone());
     }
     let mut services = HashMap::new();
     for (name, bs) in &cfg.backend_services {
@@ -200,17 +203,6 @@ pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table
                 affinity,
             }),
         );
-    }
-    for (i, router) in routers.iter().enumerate() {
-        for s in router.services() {
-            if !services.contains_key(s) {
-                let map = cfg.url_maps.keys().nth(i).cloned().unwrap_or_default();
-                return Err(L7Error::Router(RouterError {
-                    place: format!("url_maps.{map}"),
-                    message: format!("backend service {s:?} does not exist or is not an L7 (HTTP/HTTPS/HTTP2/H2C) service"),
-                }));
-            }
-        }
     }
     let mut proxies = HashMap::new();
     for (name, p) in &cfg.target_http_proxies {

@@ -232,8 +232,8 @@ pub struct Proxy {
     pub health: watch::Sender<Arc<HealthSnapshot>>,
 }
 
-pub fn parse(text: &str) -> lb_userspace::config::Config {
-    lb_userspace::config::parse(text)
+pub fn parse(text: &str) -> lb_userspace::model::Model {
+    lb_userspace::model::parse(text)
         .unwrap_or_else(|e| panic!("config does not validate:\n{e}\n---\n{text}"))
 }
 

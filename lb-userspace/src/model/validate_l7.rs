@@ -2,13 +2,17 @@
 //! compile (regexes, templates, retry conditions, weights) and name existing L7 backend
 //! services; L7 listeners name concrete ports; affinity settings have what they need.
 
-use super::types::*;
-use super::validate::ConfigError;
-use crate::l7::router::Router;
+use crate::config::{types::*, ConfigError};
+use crate::routing::router::Router;
+use std::{collections::BTreeMap, sync::Arc};
 
-/// Every L7 problem of `cfg`, each with its place.
-pub fn validate_l7(cfg: &Config) -> Vec<ConfigError> {
+/// URL maps compiled once, by name; the L7 table shares them.
+pub type Routers = BTreeMap<String, Arc<Router>>;
+
+/// Every L7 problem of `cfg`, each with its place, and the compiled URL maps.
+pub fn validate_l7(cfg: &Config) -> (Routers, Vec<ConfigError>) {
     let mut errs = Vec::new();
+    let mut routers = Routers::new();
     for (name, map) in &cfg.url_maps {
         match Router::compile(name, map) {
             Err(e) => errs.push(ConfigError::new(e.place, e.message)),
@@ -36,6 +40,7 @@ pub fn validate_l7(cfg: &Config) -> Vec<ConfigError> {
                         Some(_) => {}
                     }
                 }
+                routers.insert(name.clone(), Arc::new(router));
             }
         }
         if map.default_service.is_none()
@@ -99,7 +104,7 @@ pub fn validate_l7(cfg: &Config) -> Vec<ConfigError> {
             ));
         }
     }
-    errs
+    (routers, errs)
 }
 
 #[cfg(test)]
@@ -109,6 +114,7 @@ mod tests {
     fn errors(text: &str) -> Vec<String> {
         let cfg: Config = toml::from_str(text).unwrap();
         validate_l7(&cfg)
+            .1
             .into_iter()
             .map(|e| format!("{}: {}", e.place, e.message))
             .collect()

@@ -1,7 +1,9 @@
 //! One test case per validation rule: each breaks one value of a valid file and checks the
 //! error's place (dotted path) and that its line is the line that holds the broken value.
 
-use super::parse;
+fn parse(text: &str) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+    super::parse(text).map(|m| m.config().clone())
+}
 
 const BASE: &str = r#"
 [dataplane]

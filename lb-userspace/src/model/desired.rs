@@ -264,7 +264,9 @@ pub fn l4_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    fn parse(t: &str) -> Result<Config, crate::config::ConfigErrors> {
+        crate::model::parse(t).map(|m| m.config().clone())
+    }
 
     fn svc(extra: &str, backends: &[(&str, bool)]) -> BackendService {
         let mut t = format!("[backend_services.s]\nprotocol = \"TCP\"\n{extra}\n");
