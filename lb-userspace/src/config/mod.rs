@@ -4,10 +4,13 @@
 //! file into a checked [`Config`] or a list of errors, each with its place in the file.
 //! Admin changes produce a new `Config` and go through the same validation.
 
+pub mod fields;
+pub mod limits;
 pub mod types;
 pub mod url_map;
 pub mod validate;
 pub mod validate_l7;
+pub mod validate_ranges;
 #[cfg(test)]
 mod validate_tests;
 
