@@ -77,11 +77,8 @@ async fn illegal_requests_are_refused_before_any_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_headers_time_out() {
     let b = backend("b", Behaviour::Status(200)).await;
-    let opts = L7Options {
-        header_read_timeout: Duration::from_millis(500),
-        ..L7Options::default()
-    };
-    let p = start_with(&http_config(free_port(), "", &[&b], ""), opts);
+    let text = http_config(free_port(), "", &[&b], "") + "\n[l7]\nheader_read_timeout_sec = 0.5\n";
+    let p = start(&text);
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
     let t = std::time::Instant::now();

@@ -6,9 +6,12 @@
 //! configuration (`model::load`, `model::parse`). Admin changes produce a new `Config` and
 //! go through the same compile.
 
+pub mod fields;
+pub mod limits;
 pub mod types;
 pub mod url_map;
 pub mod validate;
+pub mod validate_ranges;
 
 pub use types::*;
 pub use validate::{ConfigError, ConfigErrors};

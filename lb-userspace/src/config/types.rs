@@ -28,6 +28,40 @@ pub struct Config {
     pub target_https_proxies: BTreeMap<String, TargetHttpsProxy>,
     #[serde(default)]
     pub ssl_certificates: BTreeMap<String, SslCertificate>,
+    /// Connection limits and timeouts of the L7 listeners.
+    #[serde(default)]
+    pub l7: L7Limits,
+}
+
+/// Limits of the L7 tier's client side, for a proxy exposed to untrusted clients. Google
+/// Cloud has no fields for these (its front ends apply fixed limits); the names say what
+/// they bound. Changes apply to new connections at the next reload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct L7Limits {
+    /// A new connection must finish its TLS handshake and send its first complete request
+    /// head (HTTP/2: the connection preface and the first request) within this (10 s).
+    pub first_request_timeout_sec: f64,
+    /// An HTTP/1.1 request head, once its first byte arrived, must be complete within this
+    /// (30 s).
+    pub header_read_timeout_sec: f64,
+    /// Open client connections per listener (10000); more are accepted and closed at once.
+    /// All listeners together are also kept below the process's descriptor limit, with
+    /// descriptors reserved for backends, health checks, the admin socket and metrics.
+    pub max_connections_per_listener: u32,
+    /// HTTP/2 streams a client may have open at once on one connection (100).
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for L7Limits {
+    fn default() -> Self {
+        L7Limits {
+            first_request_timeout_sec: 10.0,
+            header_read_timeout_sec: 30.0,
+            max_connections_per_listener: 10_000,
+            http2_max_concurrent_streams: 100,
+        }
+    }
 }
 
 /// Where and how the XDP program runs.
@@ -422,6 +456,10 @@ fn tcp() -> IpProtocol {
 #[serde(deny_unknown_fields)]
 pub struct TargetHttpProxy {
     pub url_map: String,
+    /// Client keep-alive: an idle client connection (no request open, no bytes either way)
+    /// is closed after this many seconds (600, the internal ALB's value; 5..=1200).
+    #[serde(default = "six_hundred")]
+    pub http_keep_alive_timeout_sec: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -430,6 +468,9 @@ pub struct TargetHttpsProxy {
     pub url_map: String,
     /// Certificates, chosen by SNI; the first is the default.
     pub ssl_certificates: Vec<String>,
+    /// Client keep-alive, as for [`TargetHttpProxy`] (600 s; 5..=1200).
+    #[serde(default = "six_hundred")]
+    pub http_keep_alive_timeout_sec: u32,
 }
 
 /// A certificate and key in PEM files.

@@ -150,16 +150,8 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
 
     for (name, hc) in &cfg.health_checks {
         let p = format!("health_checks.{name}");
-        if !(hc.check_interval_sec >= 0.1 && hc.check_interval_sec <= 300.0) {
-            err(
-                format!("{p}.check_interval_sec"),
-                "must be 0.1..=300 seconds".into(),
-            );
-        }
-        if hc.timeout_sec.is_nan()
-            || hc.timeout_sec <= 0.0
-            || hc.timeout_sec > hc.check_interval_sec
-        {
+        // Ranges (finite, bounded) are checked in `validate_ranges`; this is the pairing.
+        if hc.timeout_sec.is_finite() && hc.timeout_sec > hc.check_interval_sec {
             err(
                 format!("{p}.timeout_sec"),
                 format!(
@@ -301,9 +293,6 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
         {
             err(format!("{p}.session_affinity"), "L7 backend services support NONE, CLIENT_IP, GENERATED_COOKIE, HEADER_FIELD and HTTP_COOKIE".into());
         }
-        if bs.timeout_sec.is_nan() || bs.timeout_sec <= 0.0 {
-            err(format!("{p}.timeout_sec"), "must be positive".into());
-        }
     }
 
     let mut vips = std::collections::BTreeMap::new();
@@ -425,6 +414,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
             }
         }
     }
+    errs.extend(super::validate_ranges::validate_ranges(cfg));
     if errs.is_empty() {
         Ok(())
     } else {

@@ -459,7 +459,7 @@ fn start_jitter(key: &BackendKey, interval: Duration) -> Duration {
 async fn run_target(shared: Arc<Shared>, key: BackendKey, generation: u64, spec: TargetSpec) {
     // Validation keeps the interval at 0.1 s or more; the floor keeps a hand-built config
     // from spinning.
-    let interval = Duration::from_secs_f64(spec.check.check_interval_sec.max(0.01));
+    let interval = crate::config::limits::duration(spec.check.check_interval_sec.max(0.01));
     let mut ticker =
         tokio::time::interval_at(Instant::now() + start_jitter(&key, interval), interval);
     // A probe may take up to timeout_sec (≤ interval); if one overruns, probe again at once

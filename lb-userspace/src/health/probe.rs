@@ -81,7 +81,7 @@ impl ProbeSpec {
             response: check.response.clone(),
             // Validation keeps it positive; the floor keeps a hand-built config from
             // panicking in `from_secs_f64`.
-            timeout: Duration::from_secs_f64(check.timeout_sec.max(0.001)),
+            timeout: crate::config::limits::duration(check.timeout_sec.max(0.001)),
         }
     }
 }

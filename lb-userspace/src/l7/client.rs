@@ -13,11 +13,15 @@ use hyper_util::{
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+    },
     time::{Duration, Instant},
 };
 
-/// Backend keep-alive idle timeout (SEMANTICS: 600 s).
+/// Backend keep-alive idle timeout by default (SEMANTICS: 600 s); each backend service
+/// sets its own with `keepalive_timeout_sec`.
 pub const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connect timeout towards a backend; a failure here is a `connect-failure`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,13 +31,38 @@ const MAX_IDLE_PER_BACKEND: usize = 1024;
 type Tls = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 type Plain = Client<HttpConnector, UpstreamBody>;
 
-/// The clients: our HTTP/1.1 pool and three legacy clients.
+/// The clients: our HTTP/1.1 pool and, per keep-alive timeout in use, three legacy
+/// clients (hyper-util's pool has one idle timeout per client).
 #[derive(Clone, Debug)]
 pub struct Clients {
     http1: Arc<H1Pool>,
+    legacy: Arc<Mutex<HashMap<Duration, Legacy>>>,
+}
+
+/// hyper-util clients sharing one keep-alive timeout.
+#[derive(Clone, Debug)]
+struct Legacy {
     h2c: Plain,
     https: Tls,
     http2: Tls,
+}
+
+impl Legacy {
+    fn new(keepalive: Duration) -> Legacy {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(keepalive)
+            .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        let mut h2 = builder.clone();
+        h2.http2_only(true);
+        Legacy {
+            h2c: h2.build(connector()),
+            https: builder.build(tls_connector(false)),
+            http2: h2.build(tls_connector(true)),
+        }
+    }
 }
 
 /// Why a request to a backend failed.
@@ -86,35 +115,40 @@ fn tls_connector(h2: bool) -> HttpsConnector<HttpConnector> {
 
 impl Clients {
     pub fn new() -> Clients {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(BACKEND_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        let mut h2 = builder.clone();
-        h2.http2_only(true);
         let http1 = Arc::new(H1Pool::default());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(reap(Arc::downgrade(&http1)));
         }
         Clients {
             http1,
-            h2c: h2.build(connector()),
-            https: builder.build(tls_connector(false)),
-            http2: h2.build(tls_connector(true)),
+            legacy: Arc::default(),
         }
+    }
+
+    /// Caps the plain HTTP/1.1 backend connections open at once (descriptor budget); a
+    /// request that would need one more fails as a connect failure (502).
+    pub fn set_max_backend_connections(&self, max: usize) {
+        self.http1.max_open.store(max, Ordering::Relaxed);
+    }
+
+    fn legacy(&self, keepalive: Duration) -> Legacy {
+        let mut map = self.legacy.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(keepalive)
+            .or_insert_with(|| Legacy::new(keepalive))
+            .clone()
     }
 
     /// Sends one request to the backend at `addr` over the right client. `req`'s URI is in
     /// origin form (path and query); `scheme` and `authority` complete it where needed. For
     /// plain HTTP/1.1 the answer carries the pooled connection, to be given back with
-    /// [`Pooled::release`] once the response body has been read to its end.
+    /// [`Pooled::release`] once the response body has been read to its end. `keepalive` is
+    /// the service's backend keep-alive: an idle connection is closed after it.
     pub async fn request(
         &self,
         kind: Upstream,
         addr: SocketAddr,
         authority: &http::uri::Authority,
+        keepalive: Duration,
         mut req: http::Request<UpstreamBody>,
     ) -> Result<(http::Response<Incoming>, Option<Pooled>), ClientError> {
         if kind == Upstream::Http1 {
@@ -128,7 +162,7 @@ impl Clients {
                     req.headers_mut().insert(http::header::HOST, v);
                 }
             }
-            return self.http1.send(addr, req).await;
+            return self.http1.send(addr, keepalive, req).await;
         }
         let scheme = match kind {
             Upstream::Https | Upstream::Http2 => http::uri::Scheme::HTTPS,
@@ -139,10 +173,11 @@ impl Clients {
         parts.authority = Some(authority.clone());
         *req.uri_mut() =
             http::Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+        let legacy = self.legacy(keepalive);
         let r = match kind {
-            Upstream::H2c => self.h2c.request(req).await,
-            Upstream::Https => self.https.request(req).await,
-            _ => self.http2.request(req).await,
+            Upstream::H2c => legacy.h2c.request(req).await,
+            Upstream::Https => legacy.https.request(req).await,
+            _ => legacy.http2.request(req).await,
         };
         r.map(|r| (r, None)).map_err(ClientError::Legacy)
     }
@@ -157,15 +192,34 @@ impl Default for Clients {
 struct Idle {
     tx: http1::SendRequest<UpstreamBody>,
     since: Instant,
+    keepalive: Duration,
+}
+
+impl Idle {
+    fn usable(&self) -> bool {
+        !self.tx.is_closed() && self.since.elapsed() < self.keepalive
+    }
 }
 
 /// Keep-alive HTTP/1.1 connections to plain backends, idle ones stacked per backend (most
 /// recently used on top). A connection is taken out for one request and given back when the
 /// response body has been read to its end, so no task is spawned per request to watch for
 /// it becoming reusable; each connection runs as its own task (hyper's `Connection`).
-#[derive(Default)]
 pub struct H1Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Connections open now (idle or busy), and the most allowed.
+    open: Arc<AtomicUsize>,
+    max_open: AtomicUsize,
+}
+
+impl Default for H1Pool {
+    fn default() -> Self {
+        H1Pool {
+            idle: Mutex::default(),
+            open: Arc::default(),
+            max_open: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 impl std::fmt::Debug for H1Pool {
@@ -178,6 +232,7 @@ impl std::fmt::Debug for H1Pool {
 pub struct Pooled {
     tx: http1::SendRequest<UpstreamBody>,
     addr: SocketAddr,
+    keepalive: Duration,
     pool: Weak<H1Pool>,
 }
 
@@ -200,6 +255,7 @@ impl Pooled {
                 stack.push(Idle {
                     tx: self.tx,
                     since: Instant::now(),
+                    keepalive: self.keepalive,
                 });
             }
         }
@@ -211,14 +267,23 @@ impl H1Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let stack = idle.get_mut(&addr)?;
         while let Some(i) = stack.pop() {
-            if !i.tx.is_closed() && i.since.elapsed() < BACKEND_IDLE_TIMEOUT {
+            if i.usable() {
                 return Some(i.tx);
             }
         }
         None
     }
 
-    async fn connect(addr: SocketAddr) -> Result<http1::SendRequest<UpstreamBody>, ClientError> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<UpstreamBody>, ClientError> {
+        let open = OpenGuard::try_new(&self.open, self.max_open.load(Ordering::Relaxed))
+            .ok_or_else(|| {
+                ClientError::Connect(std::io::Error::other(
+                    "too many open backend connections (descriptor budget)",
+                ))
+            })?;
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::ConnectTimeout)?
@@ -229,6 +294,7 @@ impl H1Pool {
             .await
             .map_err(ClientError::Handshake)?;
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "backend connection ended with an error");
             }
@@ -239,12 +305,13 @@ impl H1Pool {
     async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        keepalive: Duration,
         mut req: http::Request<UpstreamBody>,
     ) -> Result<(http::Response<Incoming>, Option<Pooled>), ClientError> {
         loop {
             let (mut tx, reused) = match self.take(addr) {
                 Some(tx) => (tx, true),
-                None => (Self::connect(addr).await?, false),
+                None => (self.connect(addr).await?, false),
             };
             if tx.ready().await.is_err() {
                 if reused {
@@ -260,6 +327,7 @@ impl H1Pool {
                     let pooled = Pooled {
                         tx,
                         addr,
+                        keepalive,
                         pool: Arc::downgrade(self),
                     };
                     return Ok((resp, Some(pooled)));
@@ -274,16 +342,36 @@ impl H1Pool {
     }
 }
 
-/// Closes connections idle for longer than [`BACKEND_IDLE_TIMEOUT`], until the pool goes.
+/// One open backend connection, counted against the pool's cap while it lives.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn try_new(open: &Arc<AtomicUsize>, max: usize) -> Option<OpenGuard> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()?;
+        Some(OpenGuard(open.clone()))
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Closes connections idle for longer than their service's keep-alive (checked every
+/// second, so a connection closes within a second of its timeout), until the pool goes.
 async fn reap(pool: Weak<H1Pool>) {
-    let mut tick = tokio::time::interval(BACKEND_IDLE_TIMEOUT / 10);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, stack| {
-            stack.retain(|i| !i.tx.is_closed() && i.since.elapsed() < BACKEND_IDLE_TIMEOUT);
+            stack.retain(Idle::usable);
             !stack.is_empty()
         });
     }

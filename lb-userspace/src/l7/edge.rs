@@ -21,20 +21,26 @@ pub enum Refusal {
     BadFraming(&'static str),
     /// 414: the request target is longer than the limit.
     UriTooLong,
+    /// 400: a head the seeds' front end blocks (Host, Upgrade, body rules).
+    BadRequest(&'static str),
+    /// 505: HTTP/1.0 (and older); the internal ALB takes HTTP/1.1 and later from clients.
+    VersionNotSupported,
 }
 
 impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
-            Refusal::BadFraming(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadFraming(_) | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            Refusal::BadFraming(r) => r,
+            Refusal::BadFraming(r) | Refusal::BadRequest(r) => r,
             Refusal::UriTooLong => "request URL too long",
+            Refusal::VersionNotSupported => "HTTP/1.1 or later required",
         }
     }
 }
@@ -75,6 +81,57 @@ pub fn check_request(
     None
 }
 
+/// Methods whose requests may not carry a body here: RFC 9110 gives content of GET and HEAD
+/// no meaning and forbids it on TRACE, and a body the next hop does not expect is a
+/// request-smuggling vector (seed 003: "the request method does not allow a body").
+const BODYLESS_METHODS: [http::Method; 3] =
+    [http::Method::GET, http::Method::HEAD, http::Method::TRACE];
+
+/// The seeds' front-end rules on a parsed head (both HTTP versions): HTTP/1.1 or later,
+/// exactly one Host (RFC 9112 §3.2; HTTP/2 may use `:authority` instead), no Upgrade other
+/// than WebSocket, no body on a method that allows none. `None`: may be routed.
+pub fn check_semantics(
+    version: http::Version,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Option<Refusal> {
+    if version < http::Version::HTTP_11 {
+        return Some(Refusal::VersionNotSupported);
+    }
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Some(Refusal::BadRequest("more than one Host header"));
+    }
+    let authority = version == http::Version::HTTP_2 && uri.authority().is_some();
+    if hosts == 0 && !authority {
+        return Some(Refusal::BadRequest("missing Host header"));
+    }
+    let mut upgrades = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+        .peekable();
+    if upgrades.peek().is_some() && !upgrades.all(|t| t.eq_ignore_ascii_case(b"websocket")) {
+        return Some(Refusal::BadRequest(
+            "Upgrade to a protocol other than WebSocket",
+        ));
+    }
+    if BODYLESS_METHODS.contains(method) {
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if length > 0 || headers.contains_key(header::TRANSFER_ENCODING) {
+            return Some(Refusal::BadRequest("a body on a method that allows none"));
+        }
+    }
+    None
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions. `Upgrade` and
 /// `Connection: upgrade` are kept for WebSocket handshakes by the caller.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -90,17 +147,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers, including those named in `Connection`. With `upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive (RFC 9110 §7.8).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
-        if let Ok(s) = conn.to_str() {
-            for name in s.split(',').map(str::trim) {
-                if !name.eq_ignore_ascii_case("upgrade") && !name.eq_ignore_ascii_case("keep-alive")
-                {
-                    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                        headers.remove(n);
-                    }
-                }
-            }
-        }
+    // Every Connection header counts (a client may split the list over several lines).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.eq_ignore_ascii_case(b"upgrade") && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
     }
     for h in &HOP_BY_HOP {
         headers.remove(h);
@@ -270,6 +327,48 @@ mod tests {
     }
 
     #[test]
+    fn semantic_refusals() {
+        use http::{Method, Version};
+        let u: http::Uri = "/x".parse().unwrap();
+        let check =
+            |v, m: &Method, h: &HeaderMap| check_semantics(v, m, &u, h).map(Refusal::status);
+        let ok = hm(&[("host", "a")]);
+        assert_eq!(check(Version::HTTP_11, &Method::GET, &ok), None);
+        assert_eq!(
+            check(Version::HTTP_10, &Method::GET, &ok),
+            Some(StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+        );
+        for bad in [
+            hm(&[]),
+            hm(&[("host", "a"), ("host", "b")]),
+            hm(&[("host", "a"), ("upgrade", "h2c"), ("connection", "upgrade")]),
+            hm(&[("host", "a"), ("upgrade", "websocket, h2c")]),
+            hm(&[("host", "a"), ("content-length", "3")]),
+            hm(&[("host", "a"), ("transfer-encoding", "chunked")]),
+        ] {
+            assert_eq!(
+                check(Version::HTTP_11, &Method::GET, &bad),
+                Some(StatusCode::BAD_REQUEST),
+                "{bad:?}"
+            );
+        }
+        let ws = hm(&[
+            ("host", "a"),
+            ("upgrade", "WebSocket"),
+            ("connection", "upgrade"),
+        ]);
+        assert_eq!(check(Version::HTTP_11, &Method::GET, &ws), None);
+        let post = hm(&[("host", "a"), ("content-length", "3")]);
+        assert_eq!(check(Version::HTTP_11, &Method::POST, &post), None);
+        // HTTP/2 may carry the host in :authority.
+        let abs: http::Uri = "https://a/x".parse().unwrap();
+        assert_eq!(
+            check_semantics(Version::HTTP_2, &Method::GET, &abs, &HeaderMap::new()),
+            None
+        );
+    }
+
+    #[test]
     fn forwarded_headers() {
         let mut h = hm(&[("x-forwarded-for", "1.2.3.4")]);
         add_forwarded(
@@ -304,6 +403,15 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
+        let mut two = hm(&[
+            ("connection", "x-a"),
+            ("connection", "x-b, close"),
+            ("x-a", "1"),
+            ("x-b", "1"),
+            ("x-ok", "1"),
+        ]);
+        strip_hop_by_hop(&mut two, false);
+        assert_eq!(two.len(), 1, "every Connection header's tokens go: {two:?}");
         let mut ws = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&ws));
         strip_hop_by_hop(&mut ws, true);

@@ -11,20 +11,30 @@
 //! HTTP/2 preface, a head httparse or hyper rejects) it stops observing for good, and the
 //! service then finds no verdict and lets hyper's own checks stand.
 
+use super::idle::Activity;
 use std::{
     collections::VecDeque,
     io,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Verdicts of the heads seen so far, oldest first: `Some(reason)` to refuse.
 #[derive(Debug, Default)]
-pub struct Verdicts(Mutex<VecDeque<Option<&'static str>>>);
+pub struct Verdicts(Mutex<VecDeque<Option<&'static str>>>, AtomicBool);
 
 impl Verdicts {
+    /// Whether the client sent a chunk-size line that does not parse. The request's head
+    /// has reached the backend by then; the seeds close both connections (no answer).
+    pub fn chunk_broken(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
+    }
+
     /// The verdict of the next request the service handles.
     pub fn pop(&self) -> Option<&'static str> {
         self.0
@@ -65,18 +75,35 @@ pub struct Observed<T> {
     line: Vec<u8>,
     limit: usize,
     verdicts: Arc<Verdicts>,
+    activity: Arc<Activity>,
 }
 
 impl<T> Observed<T> {
     /// `limit`: the largest head worth collecting (hyper refuses bigger ones anyway).
-    pub fn new(inner: T, limit: usize, verdicts: Arc<Verdicts>) -> Observed<T> {
+    /// `activity` learns when a head starts and ends (the head timer) and every read and
+    /// write (the keep-alive timer).
+    pub fn new(
+        inner: T,
+        limit: usize,
+        verdicts: Arc<Verdicts>,
+        activity: Arc<Activity>,
+    ) -> Observed<T> {
         Observed {
             inner,
             state: State::Head,
             line: Vec::new(),
             limit,
             verdicts,
+            activity,
         }
+    }
+
+    fn set(&mut self, state: State) {
+        if state == State::Off {
+            // No longer following heads: no head timer either.
+            self.activity.head_done();
+        }
+        self.state = state;
     }
 
     fn feed(&mut self, mut data: &[u8]) {
@@ -87,25 +114,30 @@ impl<T> Observed<T> {
                     let take = (n.min(data.len() as u64)) as usize;
                     data = &data[take..];
                     let left = n - take as u64;
-                    self.state = match (self.state, left) {
+                    let next = match (self.state, left) {
                         (State::Body(_), 0) => State::Head,
                         (State::Body(_), l) => State::Body(l),
                         (_, 0) => State::ChunkSize,
                         (_, l) => State::ChunkData(l),
                     };
+                    self.set(next);
                 }
                 State::Head => {
-                    let start = self.line.len().saturating_sub(3);
+                    if self.line.is_empty() {
+                        self.activity.head_started();
+                    }
+                    let start = self.line.len().saturating_sub(2);
                     self.line.extend_from_slice(data);
-                    let Some(end) = find(&self.line[start..], b"\r\n\r\n").map(|i| start + i + 4)
-                    else {
+                    let Some(end) = head_end(&self.line, start) else {
                         if self.line.len() > self.limit {
-                            self.state = State::Off;
+                            self.set(State::Off);
                         }
                         return;
                     };
                     let mut head = std::mem::take(&mut self.line);
-                    self.state = self.judge(&head[..end]);
+                    let next = self.judge(&head[..end]);
+                    self.activity.head_done();
+                    self.set(next);
                     // Usually empty (no allocation): the bytes after the head, its body or
                     // the next head.
                     let rest = head[end..].to_vec();
@@ -120,14 +152,14 @@ impl<T> Observed<T> {
                     let Some(nl) = data.iter().position(|b| *b == b'\n') else {
                         self.line.extend_from_slice(data);
                         if self.line.len() > 4096 {
-                            self.state = State::Off;
+                            self.set(State::Off);
                         }
                         return;
                     };
                     self.line.extend_from_slice(&data[..=nl]);
                     data = &data[nl + 1..];
                     let line = std::mem::take(&mut self.line);
-                    self.state = if self.state == State::Trailers {
+                    let next = if self.state == State::Trailers {
                         if line == b"\r\n" {
                             State::Head
                         } else {
@@ -140,9 +172,13 @@ impl<T> Observed<T> {
                             Ok(httparse::Status::Complete((_, n))) => {
                                 State::ChunkData(n.saturating_add(2))
                             }
-                            _ => State::Off,
+                            _ => {
+                                self.verdicts.1.store(true, Ordering::Relaxed);
+                                State::Off
+                            }
                         }
                     };
+                    self.set(next);
                 }
             }
         }
@@ -156,6 +192,13 @@ impl<T> Observed<T> {
             Ok(httparse::Status::Complete(_)) if req.version == Some(1) => {}
             // HTTP/1.0, HTTP/2 preface, or a head hyper will refuse itself.
             _ => return State::Off,
+        }
+        if has_bare_lf(head) {
+            // hyper accepts bare LF line endings; RFC 9112 §2.2 lets a server refuse them,
+            // and a proxy should, since the next hop may split lines differently.
+            self.verdicts
+                .push(Some("bare LF line ending in the request head"));
+            return State::Off;
         }
         let mut cl: Vec<&[u8]> = Vec::new();
         let mut te = false;
@@ -198,8 +241,28 @@ impl<T> Observed<T> {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// The end of a request head (just past its empty line) in `buf`, searching from `from`:
+/// the first LF followed by LF or CR LF, so heads with bare LF endings are found too.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            match buf.get(i + 1) {
+                Some(b'\n') => return Some(i + 2),
+                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether a line of the head ends with LF alone.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
@@ -212,6 +275,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
+            if buf.filled().len() > before {
+                this.activity.touch();
+            }
             if this.state != State::Off {
                 this.feed(&buf.filled()[before..]);
             }
@@ -226,7 +292,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.activity.touch();
+            }
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -239,7 +311,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.activity.touch();
+            }
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -252,7 +330,7 @@ mod tests {
 
     fn run(chunks: &[&[u8]]) -> Vec<Option<&'static str>> {
         let v = Arc::new(Verdicts::default());
-        let mut o = Observed::new((), 65536, v.clone());
+        let mut o = Observed::new((), 65536, v.clone(), Arc::default());
         for c in chunks {
             o.feed(c);
         }
@@ -286,5 +364,23 @@ mod tests {
             "bytes after an upgrade are not HTTP"
         );
         assert!(run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).is_empty());
+    }
+
+    #[test]
+    fn refuses_bare_lf_heads_and_notes_broken_chunks() {
+        let bare = b"GET / HTTP/1.1\nHost: a\n\n";
+        let bytes: Vec<&[u8]> = bare.chunks(1).collect();
+        assert_eq!(
+            run(&bytes),
+            vec![Some("bare LF line ending in the request head")]
+        );
+        assert_eq!(
+            run(&[b"GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n"]),
+            vec![Some("bare LF line ending in the request head")]
+        );
+        let v = Arc::new(Verdicts::default());
+        let mut o = Observed::new((), 65536, v.clone(), Arc::default());
+        o.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+        assert!(v.chunk_broken());
     }
 }

@@ -1,19 +1,27 @@
 //! Listeners: one accept loop per bound address, one task per connection, served by
 //! hyper-util's auto builder (HTTP/1.1, and HTTP/2 by ALPN over TLS or by prior knowledge
-//! in clear text). What a listener serves (its target proxy and TLS settings) is read from
-//! the current table for each new connection, so reloads apply to new connections.
+//! in clear text). What a listener serves (its target proxy and TLS settings) and its limits
+//! are read from the current table and settings for each new connection, so reloads apply
+//! to new connections.
+//!
+//! Each connection holds a permit of the listener's and the tier's connection caps
+//! ([`super::limits`]); over a cap it is closed at once. Its handshake, first request, heads
+//! and idle time are timed by [`super::idle`].
 
 use super::{
     framing::{Observed, Verdicts},
+    idle::{self, Activity, Timeouts},
+    limits::Permit,
     proxy, L7Error, Shared,
 };
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicUsize, Arc},
+    time::Duration,
+};
 use tokio::{net::TcpListener, task::JoinHandle};
-
-/// A TLS handshake that takes longer than this is dropped (slow-client protection).
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `addr` (done before a change commits, so a port in use refuses the change).
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, L7Error> {
@@ -33,7 +41,9 @@ pub fn spawn(
     let bind = |e: std::io::Error| L7Error::Bind { addr, source: e };
     let listener = TcpListener::from_std(std_listener).map_err(bind)?;
     let bound = listener.local_addr().map_err(bind)?;
+    let open = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(async move {
+        let mut refused = 0u64;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -44,11 +54,22 @@ pub fn spawn(
                     continue;
                 }
             };
+            let max = shared.limits.load().max_connections_per_listener;
+            let Some(permit) = shared.budget.admit(&open, max) else {
+                // Over a cap: close at once (the client sees the connection end) rather
+                // than leave it waiting in the backlog.
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(%addr, refused, max, tier_max = shared.budget.max_total(), "connection refused: connection cap reached");
+                }
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
             tokio::spawn(async move {
                 let local = stream.local_addr().unwrap_or(addr);
-                serve(shared, stream, peer, local, addr).await;
+                serve(shared, stream, peer, local, addr, permit).await;
             });
         }
     });
@@ -61,6 +82,7 @@ async fn serve(
     peer: SocketAddr,
     local: SocketAddr,
     bound: SocketAddr,
+    _permit: Permit,
 ) {
     let route = {
         let table = shared.table.load();
@@ -69,6 +91,13 @@ async fn serve(
             None => return, // the listener was removed by a reload
         }
     };
+    let settings = shared.limits.load_full();
+    let timeouts = Timeouts {
+        first_request: settings.first_request_timeout,
+        header_read: settings.header_read_timeout,
+        keep_alive: settings.keep_alive(&route.proxy),
+    };
+    let activity = Arc::new(Activity::new());
     let verdicts = Arc::new(Verdicts::default());
     let limit = shared.opts.max_header_bytes + 1024;
     let conn = Arc::new(proxy::ConnInfo {
@@ -78,17 +107,19 @@ async fn serve(
         scheme: if route.tls.is_some() { "https" } else { "http" },
         proxy: route.proxy,
         verdicts: verdicts.clone(),
+        activity: activity.clone(),
     });
-    let builder = shared.server.clone();
+    let builder = &settings.server;
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req))
     };
     let result = match route.tls {
         Some(cfg) => {
+            // The handshake counts against the first-request deadline.
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             let tls =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -96,23 +127,19 @@ async fn serve(
                     }
                     Err(_) => return,
                 };
-            builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(Observed::new(tls, limit, verdicts)),
-                    svc,
-                )
-                .await
+            let io = TokioIo::new(Observed::new(tls, limit, verdicts, activity.clone()));
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            idle::drive(conn, &activity, timeouts, |c| c.graceful_shutdown()).await
         }
         None => {
-            builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(Observed::new(stream, limit, verdicts)),
-                    svc,
-                )
-                .await
+            let io = TokioIo::new(Observed::new(stream, limit, verdicts, activity.clone()));
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            idle::drive(conn, &activity, timeouts, |c| c.graceful_shutdown()).await
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    match result {
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Err(why) => tracing::debug!(%peer, ?why, "connection closed by its timer"),
+        Ok(Ok(())) => {}
     }
 }

@@ -13,6 +13,8 @@ pub mod body;
 pub mod client;
 pub mod edge;
 pub mod framing;
+pub mod idle;
+pub mod limits;
 pub mod listener;
 pub mod outlier;
 pub mod proxy;
@@ -31,15 +33,10 @@ use crate::{
     model::{L7Admission, L7Admit, Model},
 };
 use arc_swap::ArcSwap;
-use hyper_util::{
-    rt::{TokioExecutor, TokioTimer},
-    server::conn::auto,
-};
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::{atomic::AtomicU64, atomic::Ordering, Arc, Mutex},
-    time::Duration,
 };
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -67,11 +64,10 @@ pub enum L7Error {
     Config { place: String, message: String },
 }
 
-/// Limits and timeouts of the client side (not part of the configuration file).
+/// Limits of the client side that are not part of the configuration file (the timeouts
+/// and connection caps are, in `[l7]` and the target proxies: see [`limits`]).
 #[derive(Debug, Clone)]
 pub struct L7Options {
-    /// hyper's `header_read_timeout`: a client must send its whole request head within this.
-    pub header_read_timeout: Duration,
     /// Largest request head (request line + headers) accepted; above it, 431.
     pub max_header_bytes: usize,
     /// Longest request target (path + query); above it, 414.
@@ -81,7 +77,6 @@ pub struct L7Options {
 impl Default for L7Options {
     fn default() -> Self {
         L7Options {
-            header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             max_url_bytes: 16 * 1024,
         }
@@ -94,7 +89,10 @@ pub struct Shared {
     pub registry: table::Registry,
     pub clients: client::Clients,
     pub opts: L7Options,
-    pub server: auto::Builder<TokioExecutor>,
+    /// Client-side timeouts and hyper settings of the current configuration.
+    pub limits: ArcSwap<limits::ClientSettings>,
+    /// Client connections open, against the descriptor budget.
+    pub budget: limits::Budget,
     pub in_flight: AtomicU64,
     /// The agent's last decision per backend (health, drain, failover); applied to every
     /// table it swaps in, so a new table never starts from stale flags.
@@ -153,6 +151,7 @@ pub struct L7Handle {
 /// cannot fail. Dropping it closes those listeners and changes nothing.
 pub struct Prepared {
     table: Arc<table::Table>,
+    settings: Arc<limits::ClientSettings>,
     bound: Vec<(SocketAddr, std::net::TcpListener)>,
 }
 
@@ -191,23 +190,24 @@ impl L7 {
         let registry = table::Registry::default();
         let table = table::build(cfg, 1, &registry)?;
         registry.retain(&table);
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        server
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(opts.header_read_timeout)
-            .max_buf_size(opts.max_header_bytes.max(8192))
-            .keep_alive(true);
-        server
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(opts.max_header_bytes as u32);
+        // Descriptors: raise the soft limit, then split what is left after a reserve for
+        // health checks, the admin socket and metrics between clients and backends.
+        let nofile = limits::raise_nofile();
+        let budget = limits::connection_budget(nofile);
+        tracing::info!(
+            nofile,
+            budget,
+            "L7 connection budget (clients, and as many backend connections)"
+        );
+        let clients = client::Clients::new();
+        clients.set_max_backend_connections(budget);
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             registry,
-            clients: client::Clients::new(),
+            clients,
+            limits: ArcSwap::from_pointee(limits::ClientSettings::new(cfg, opts.max_header_bytes)),
+            budget: limits::Budget::new(budget),
             opts,
-            server,
             in_flight: AtomicU64::new(0),
             admission: Mutex::new(Arc::new(L7Admission::new())),
         });
@@ -218,6 +218,7 @@ impl L7 {
         };
         let first = Prepared {
             table: handle.shared.table.load_full(),
+            settings: handle.shared.limits.load_full(),
             bound: handle.bind_new(&handle.shared.table.load())?,
         };
         handle.commit(first);
@@ -270,6 +271,10 @@ impl L7Handle {
         let bound = self.bind_new(&table)?;
         Ok(Prepared {
             table: Arc::new(table),
+            settings: Arc::new(limits::ClientSettings::new(
+                cfg,
+                self.shared.opts.max_header_bytes,
+            )),
             bound,
         })
     }
@@ -281,6 +286,7 @@ impl L7Handle {
     pub fn commit(&self, p: Prepared) {
         let old = self.shared.table.load_full();
         self.shared.apply_admission(&p.table);
+        self.shared.limits.store(p.settings);
         self.shared.table.store(p.table.clone());
         self.shared.registry.retain(&p.table);
         for (backend, timeout) in table::removed_backends(&old, &p.table) {

@@ -5,7 +5,7 @@
 use super::{
     body::{InFlight, ProxyBody, UpstreamBody},
     client, edge,
-    outlier::now_ms,
+    outlier::{now_ms, Attempt},
     retry::{self, Outcome},
     router::{self, Action, Forward, RequestView, Routed},
     select::{self, Key},
@@ -16,7 +16,6 @@ use crate::config::SessionAffinity;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{atomic::Ordering, Arc},
     time::Instant,
@@ -34,20 +33,32 @@ pub struct ConnInfo {
     pub proxy: Arc<str>,
     /// Framing verdicts of the raw HTTP/1.1 stream (see [`super::framing`]).
     pub verdicts: Arc<super::framing::Verdicts>,
+    /// Open requests and I/O of the connection, for its timers (see [`super::idle`]).
+    pub activity: Arc<super::idle::Activity>,
 }
+
+/// The client sent a chunk that does not parse: the connection is closed without an
+/// answer (the backend's connection is dropped with the failed request), as the seeds do.
+#[derive(Debug, thiserror::Error)]
+#[error("unparseable chunk in the request body; closing the client and backend connections")]
+pub struct BrokenChunk;
 
 /// The hyper service function.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ProxyBody>, BrokenChunk> {
+    let _open = conn.activity.request();
     let start = Instant::now();
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     let (resp, service) = proxy(&shared, &conn, req).await;
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     if let Some(s) = service {
         s.counters.record(resp.status().as_u16(), start.elapsed());
+    }
+    if conn.verdicts.chunk_broken() {
+        return Err(BrokenChunk);
     }
     Ok(resp)
 }
@@ -73,6 +84,7 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     };
     let refusal = framing
         .map(edge::Refusal::BadFraming)
+        .or_else(|| edge::check_semantics(req.version(), req.method(), req.uri(), req.headers()))
         .or_else(|| edge::check_request(req.uri(), req.headers(), shared.opts.max_url_bytes));
     if let Some(refusal) = refusal {
         let mut r = local(refusal.status(), refusal.reason());
@@ -235,6 +247,12 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     let guard = resp.1;
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     edge::strip_hop_by_hop(&mut rparts.headers, switching && on_upgrade.is_some());
+    if on_upgrade.is_some() && !switching {
+        // The backend declined the upgrade: the seeds close the client connection.
+        rparts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     for a in header_actions
         .iter()
         .flatten()
@@ -403,9 +421,13 @@ async fn forward_with_retries(
             parts.headers.clone()
         };
         let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-        let fut = shared
-            .clients
-            .request(service.upstream, backend.addr, &backend.authority, ureq);
+        let fut = shared.clients.request(
+            service.upstream,
+            backend.addr,
+            &backend.authority,
+            service.keepalive,
+            ureq,
+        );
         let fut = async {
             // A backend evicted while the request waits for its answer gives no answer: the
             // drain is over, the request ends like a reset.
@@ -439,8 +461,12 @@ async fn forward_with_retries(
             Ok(Ok((r, _))) => Outcome::Status(r.status().as_u16()),
             Ok(Err(e)) => classify(e),
         };
-        let gateway_failure = !matches!(outcome, Outcome::Status(s) if !(502..=504).contains(&s));
-        let ejected_now = if gateway_failure {
+        let result_kind = match outcome {
+            Outcome::Status(s) if s < 500 => Attempt::Success,
+            Outcome::Status(s) if !(502..=504).contains(&s) => Attempt::ServerError,
+            _ => Attempt::GatewayFailure,
+        };
+        let ejected_now = if result_kind != Attempt::Success {
             selector
                 .backends
                 .iter()
@@ -451,7 +477,7 @@ async fn forward_with_retries(
         };
         if backend.outlier.record(
             &service.outlier,
-            gateway_failure,
+            result_kind,
             now,
             ejected_now,
             selector.backends.len(),
@@ -469,7 +495,7 @@ async fn forward_with_retries(
             attempt += 1;
             continue;
         }
-        if gateway_failure || matches!(outcome, Outcome::Status(s) if s >= 500) {
+        if result_kind != Attempt::Success {
             backend.errors.fetch_add(1, Ordering::Relaxed);
         }
         return match result {

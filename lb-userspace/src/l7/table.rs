@@ -48,6 +48,8 @@ pub struct Service {
     pub timeout: Duration,
     /// Whether session affinity derives a key (hash or cookie) for requests.
     pub affinity: bool,
+    /// Backend keep-alive (`keepalive_timeout_sec`, 600 s).
+    pub keepalive: Duration,
 }
 
 /// Where an L7 forwarding rule listens and which target proxy serves it.
@@ -199,8 +201,9 @@ pub fn build(model: &Model, generation: u64, registry: &Registry) -> Result<Tabl
                 selector,
                 counters: registry.counters(name),
                 outlier: OutlierPolicy::from(&bs.outlier_detection),
-                timeout: Duration::from_secs_f64(bs.timeout_sec),
+                timeout: crate::config::limits::duration(bs.timeout_sec),
                 affinity,
+                keepalive: Duration::from_secs(u64::from(bs.keepalive_timeout_sec)),
             }),
         );
     }

@@ -459,3 +459,72 @@ fn every_error_is_reported_not_just_the_first() {
     );
     assert_eq!(parse(&text).unwrap_err().0.len(), 2);
 }
+
+/// Hostile values: each is refused with its place (never a panic, never accepted).
+#[test]
+fn hostile_values_are_refused_with_their_place() {
+    let huge = "x".repeat(100_000);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("timeout_sec = 30.0", "timeout_sec = inf".into(), "backend_services.l4.timeout_sec"),
+        ("timeout_sec = 30.0", "timeout_sec = nan".into(), "backend_services.l4.timeout_sec"),
+        ("timeout_sec = 30.0", "timeout_sec = 1e20".into(), "backend_services.l4.timeout_sec"),
+        ("timeout_sec = 30.0", "timeout_sec = -inf".into(), "backend_services.l4.timeout_sec"),
+        ("check_interval_sec = 1.0", "check_interval_sec = inf".into(), "health_checks.hc.check_interval_sec"),
+        ("timeout_sec = 1.0", "timeout_sec = nan".into(), "health_checks.hc.timeout_sec"),
+        ("max_services = 32", "max_services = 1024".into(), "dataplane.max_services"),
+        ("conn_table_size = 262144", "conn_table_size = 4294967295".into(), "dataplane.conn_table_size"),
+        ("request_path = \"/2\"", format!("request_path = \"/{huge}\""), "health_checks.hc.request_path"),
+        ("request_path = \"/2\"", "request_path = \"/a b\"".into(), "health_checks.hc.request_path"),
+        ("weight = 1", "weight = 4294967295".into(), "backend_services.l4.backends[0].weight"),
+        ("capacity_scaler = 1.0", "capacity_scaler = 0.5".into(), "backend_services.l4.backends[0].capacity_scaler"),
+        ("capacity_scaler = 1.0", "capacity_scaler = nan".into(), "backend_services.l4.backends[0].capacity_scaler"),
+        ("address = \"10.0.0.1\"", "address = \"0.0.0.0\"".into(), "backend_services.l4.backends[0].address"),
+        ("address = \"10.0.0.1\"", "address = \"127.0.0.1\"".into(), "backend_services.l4.backends[0].address"),
+        ("address = \"10.0.0.3\"", "address = \"224.0.0.1\"".into(), "backend_services.web.backends[0].address"),
+        ("failover_ratio = 0.5", "failover_ratio = nan".into(), "backend_services.l4.failover_policy.failover_ratio"),
+        ("ip_address = \"10.0.0.100\"", "ip_address = \"0.0.0.0\"".into(), "forwarding_rules.vip.ip_address"),
+        ("ip_address = \"10.0.0.100\"", "ip_address = \"255.255.255.255\"".into(), "forwarding_rules.vip.ip_address"),
+        ("ip_address = \"10.0.0.100\"", "ip_address = \"239.1.1.1\"".into(), "forwarding_rules.vip.ip_address"),
+        ("ip_address = \"10.0.0.100\"", "ip_address = \"127.0.0.1\"".into(), "forwarding_rules.vip.ip_address"),
+        ("ip_address = \"10.0.0.101\"", "ip_address = \"255.255.255.255\"".into(), "forwarding_rules.http.ip_address"),
+        ("interfaces = [\"eth0\"]", "interfaces = [\"\"]".into(), "dataplane.interfaces[0]"),
+        ("interfaces = [\"eth0\"]", format!("interfaces = [\"{huge}\"]"), "dataplane.interfaces[0]"),
+        ("[dataplane]", "[admin]\nmetrics_listen = \"nonsense\"\n[dataplane]".into(), "admin.metrics_listen"),
+        ("[dataplane]", "[admin]\nsocket = \"relative.sock\"\n[dataplane]".into(), "admin.socket"),
+        ("[dataplane]", "[l7]\nfirst_request_timeout_sec = inf\n[dataplane]".into(), "l7.first_request_timeout_sec"),
+        ("[dataplane]", "[l7]\nmax_connections_per_listener = 0\n[dataplane]".into(), "l7.max_connections_per_listener"),
+        ("session_affinity = \"NONE\"\n\n[[backend_services.web", "session_affinity = \"NONE\"\nkeepalive_timeout_sec = 0\n\n[[backend_services.web".into(), "backend_services.web.keepalive_timeout_sec"),
+        ("session_affinity = \"NONE\"\n\n[[backend_services.web", "session_affinity = \"NONE\"\noutlier_detection = { interval_sec = inf }\n\n[[backend_services.web".into(), "backend_services.web.outlier_detection.interval_sec"),
+        ("session_affinity = \"NONE\"\n\n[[backend_services.web", "session_affinity = \"NONE\"\noutlier_detection = { enforcing_consecutive_errors = 101 }\n\n[[backend_services.web".into(), "backend_services.web.outlier_detection.enforcing_consecutive_errors"),
+        ("session_affinity = \"NONE\"\n\n[[backend_services.web", "session_affinity = \"NONE\"\nconsistent_hash = { minimum_ring_size = 4294967295 }\n\n[[backend_services.web".into(), "backend_services.web.consistent_hash.minimum_ring_size"),
+        ("[backend_services.web]", "[backend_services.\"\"]\nprotocol = \"HTTP\"\n[backend_services.web]".into(), "backend_services."),
+    ];
+    for (from, to, place) in &cases {
+        assert!(
+            BASE.contains(from),
+            "test bug: {from:?} not in the base file"
+        );
+        let text = BASE.replacen(from, to, 1);
+        let errs = parse(&text).expect_err(&format!("{place}: {to:.80} must be refused"));
+        assert!(
+            errs.0.iter().any(|e| e.place == *place),
+            "{place}: no error there for {to:.80}; got {errs}"
+        );
+    }
+}
+
+/// The route action's timeout used to panic inside validation (`Duration::from_secs_f64`).
+#[test]
+fn route_action_timeouts_are_bounded_without_panicking() {
+    let text = BASE.to_string()
+        + "[url_maps.m.default_route_action]\ntimeout_sec = 1e20\nretry_policy = { per_try_timeout_sec = inf, num_retries = 4294967295 }\nweighted_backend_services = [{ backend_service = \"web\", weight = 4294967295 }, { backend_service = \"web\", weight = 4294967295 }]\n";
+    let errs = parse(&text).expect_err("refused").to_string();
+    for place in [
+        "url_maps.m.default_route_action.timeout_sec",
+        "url_maps.m.default_route_action.retry_policy.per_try_timeout_sec",
+        "url_maps.m.default_route_action.retry_policy.num_retries",
+        "url_maps.m.default_route_action.weighted_backend_services[0].weight",
+    ] {
+        assert!(errs.contains(place), "{place} missing in:\n{errs}");
+    }
+}

@@ -82,7 +82,7 @@ impl RetryPlan {
             per_try_timeout: p
                 .per_try_timeout_sec
                 .filter(|t| *t > 0.0 && t.is_finite())
-                .map(Duration::from_secs_f64),
+                .map(crate::config::limits::duration),
             explicit: true,
         })
     }

@@ -167,6 +167,13 @@ fn compile_action(
     if services.is_empty() {
         return Ok(None);
     }
+    if services.iter().any(|s| s.weight > 1000) {
+        // Also keeps the sum far from u32 overflow.
+        return Err(err(
+            place,
+            "weighted backend service weights must be 0..=1000",
+        ));
+    }
     let total_weight: u32 = services.iter().map(|s| s.weight).sum();
     if total_weight == 0 {
         return Err(err(
@@ -175,7 +182,7 @@ fn compile_action(
         ));
     }
     let timeout = match ra.timeout_sec {
-        Some(t) if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
+        Some(t) if t > 0.0 && t.is_finite() => Some(crate::config::limits::duration(t)),
         Some(_) => return Err(err(place, "route_action.timeout_sec must be positive")),
         None => None,
     };

@@ -1,0 +1,245 @@
+//! The life of a client connection, timed by one watchdog per connection:
+//!
+//! - **first request**: a new connection must finish its TLS handshake and get its first
+//!   request to the service (for HTTP/2: preface, settings and the first HEADERS) within
+//!   `l7.first_request_timeout_sec` (10 s), or it is closed. hyper's own header timer starts
+//!   only once hyper reads a head, and hyper-util's protocol sniffing waits for bytes
+//!   forever, so a silent connection would otherwise stay open for good.
+//! - **request head**: once the first byte of an HTTP/1.1 head has arrived, the head must be
+//!   complete within `l7.header_read_timeout_sec` (30 s); [`super::framing`] follows message
+//!   boundaries and reports when a head starts and ends.
+//! - **keep-alive**: a connection with no request open and no bytes either way for the
+//!   target proxy's `http_keep_alive_timeout_sec` (600 s) is closed: HTTP/1.1 at once,
+//!   HTTP/2 with GOAWAY (hyper's graceful shutdown), which hyper does not do by itself.
+//!
+//! The request path only touches atomics; the watchdog sleeps until the earliest deadline
+//! and is woken when a head starts or the last open request ends.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    time::Duration,
+};
+use tokio::{sync::Notify, time::Instant};
+
+/// Timeouts of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub first_request: Duration,
+    pub header_read: Duration,
+    pub keep_alive: Duration,
+}
+
+/// How long a connection told to go away (GOAWAY) may take to finish its streams.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// What one connection has been doing, in milliseconds since it was accepted (+1, so 0
+/// means "never").
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    last_io: AtomicU64,
+    head_started: AtomicU64,
+    open: AtomicU32,
+    requests: AtomicU64,
+    wake: Notify,
+}
+
+/// Why the watchdog ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    FirstRequest,
+    Head,
+    Idle,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_io: AtomicU64::new(1),
+            head_started: AtomicU64::new(0),
+            open: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms.saturating_sub(1))
+    }
+
+    /// Bytes were read or written.
+    pub fn touch(&self) {
+        self.last_io.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The first byte of an HTTP/1.1 request head arrived.
+    pub fn head_started(&self) {
+        if self.head_started.load(Ordering::Relaxed) == 0 {
+            self.head_started.store(self.now_ms(), Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The head is complete (or no longer followed).
+    pub fn head_done(&self) {
+        self.head_started.store(0, Ordering::Relaxed);
+    }
+
+    /// A request reached the service; the returned guard ends it.
+    pub fn request(&self) -> RequestGuard<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(self)
+    }
+
+    /// The earliest deadline now, and what it is for.
+    fn next_deadline(&self, t: &Timeouts) -> Option<(Instant, Expired)> {
+        let mut best: Option<(Instant, Expired)> = None;
+        let mut consider = |at: Instant, why| {
+            if best.is_none_or(|(b, _)| at < b) {
+                best = Some((at, why));
+            }
+        };
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            consider(self.start + t.first_request, Expired::FirstRequest);
+        }
+        let head = self.head_started.load(Ordering::Relaxed);
+        if head != 0 {
+            consider(self.at(head) + t.header_read, Expired::Head);
+        }
+        if self.open.load(Ordering::Acquire) == 0 {
+            consider(
+                self.at(self.last_io.load(Ordering::Relaxed)) + t.keep_alive,
+                Expired::Idle,
+            );
+        }
+        best
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
+
+/// An open request of a connection.
+pub struct RequestGuard<'a>(&'a Activity);
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// Drives `conn` (a hyper connection) under the watchdog. Returns the connection's result,
+/// or `Err(why)` when the watchdog closed it. `graceful` starts hyper's graceful shutdown
+/// (GOAWAY for HTTP/2, close when idle for HTTP/1.1).
+pub async fn drive<F, T>(
+    conn: F,
+    activity: &Activity,
+    t: Timeouts,
+    mut graceful: impl FnMut(Pin<&mut F>),
+) -> Result<T, Expired>
+where
+    F: Future<Output = T>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut closing: Option<Instant> = None;
+    loop {
+        let next = match closing {
+            Some(at) => Some((at + GRACE, Expired::Idle)),
+            None => activity.next_deadline(&t),
+        };
+        let sleep = async {
+            match next {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => return Ok(r),
+            _ = activity.wake.notified() => continue,
+            _ = sleep => {}
+        }
+        if closing.is_some() {
+            return Err(Expired::Idle);
+        }
+        // Re-read: activity since the sleep began may have moved the deadline.
+        match activity.next_deadline(&t) {
+            Some((at, why)) if at <= Instant::now() => {
+                if why != Expired::Idle || activity.requests.load(Ordering::Relaxed) == 0 {
+                    return Err(why);
+                }
+                graceful(conn.as_mut());
+                closing = Some(Instant::now());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(first: u64, head: u64, idle: u64) -> Timeouts {
+        Timeouts {
+            first_request: Duration::from_millis(first),
+            header_read: Duration::from_millis(head),
+            keep_alive: Duration::from_millis(idle),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_ends_at_the_first_request_deadline() {
+        let a = Activity::new();
+        let r = drive(std::future::pending::<()>(), &a, t(100, 1000, 1000), |_| {}).await;
+        assert_eq!(r, Err(Expired::FirstRequest));
+        assert!(a.start.elapsed() >= Duration::from_millis(100));
+        assert!(a.start.elapsed() < Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn open_requests_hold_the_connection_and_idleness_shuts_it_gracefully() {
+        let a = Activity::new();
+        let g = a.request();
+        let goaway = Notify::new();
+        let conn = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(g); // the request ends after 5 keep-alive periods
+            goaway.notified().await; // the connection finishes once told to go away
+        };
+        let r = drive(conn, &a, t(100, 1000, 100), |_| goaway.notify_one()).await;
+        assert_eq!(
+            r,
+            Ok(()),
+            "GOAWAY after idleness, then the connection ended"
+        );
+        assert!(a.start.elapsed() >= Duration::from_millis(600));
+        assert!(a.start.elapsed() < Duration::from_millis(1500));
+    }
+
+    #[tokio::test]
+    async fn a_started_head_must_finish_in_time() {
+        let a = Activity::new();
+        drop(a.request());
+        let conn = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            a.head_started();
+            std::future::pending::<()>().await
+        };
+        let r = drive(conn, &a, t(100, 200, 10_000), |_| {}).await;
+        assert_eq!(r, Err(Expired::Head));
+    }
+}
