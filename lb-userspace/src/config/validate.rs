@@ -123,11 +123,28 @@ pub fn locate(text: &str, place: &str) -> Option<usize> {
     best
 }
 
-/// Checks every rule; returns all errors found.
+/// Checks every rule; returns all errors found. One function per section, each adding
+/// the errors of its section with their places.
 pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
     let mut errs = Vec::new();
-    let mut err = |place: String, msg: String| errs.push(ConfigError::new(place, msg));
+    dataplane(cfg, &mut errs);
+    health_checks(cfg, &mut errs);
+    backend_services(cfg, &mut errs);
+    forwarding_rules(cfg, &mut errs);
+    target_proxies(cfg, &mut errs);
+    errs.extend(super::validate_ranges::validate_ranges(cfg));
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
 
+/// A sink for errors: (place, message).
+type Err<'a> = dyn FnMut(String, String) + 'a;
+
+fn dataplane(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    let mut err = |place: String, msg: String| errs.push(ConfigError::new(place, msg));
     let d = &cfg.dataplane;
     if !is_prime(d.ring_size) || d.ring_size < 7 {
         err(
@@ -147,7 +164,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
             "must be at least 1024".into(),
         );
     }
+}
 
+fn health_checks(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    let mut err = |place: String, msg: String| errs.push(ConfigError::new(place, msg));
     for (name, hc) in &cfg.health_checks {
         let p = format!("health_checks.{name}");
         // Ranges (finite, bounded) are checked in `validate_ranges`; this is the pairing.
@@ -173,7 +193,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
             err(format!("{p}.port"), "must be 1..=65535".into());
         }
     }
+}
 
+fn backend_services(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    let mut err = |place: String, msg: String| errs.push(ConfigError::new(place, msg));
     for (name, bs) in &cfg.backend_services {
         let p = format!("backend_services.{name}");
         if let Some(hc) = &bs.health_check {
@@ -187,162 +210,139 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
         let mut names = std::collections::BTreeSet::new();
         let mut addrs = std::collections::BTreeMap::new();
         for (i, b) in bs.backends.iter().enumerate() {
-            let bp = format!("{p}.backends[{i}]");
-            if !names.insert(b.display_name()) {
-                err(
-                    format!("{bp}.name"),
-                    format!("duplicate backend {:?}", b.display_name()),
-                );
-            }
-            if bs.protocol.is_l4() {
-                // Passthrough forwards to an address (the VIP's port is kept), so two
-                // backends at one address would be one backend counted twice; the
-                // dataplane also keys backend slots by (service, address).
-                if let Some(j) = addrs.insert(b.address, i) {
-                    err(
-                        format!("{bp}.address"),
-                        format!(
-                            "{} is also backends[{j}]; an L4 backend service needs distinct addresses",
-                            b.address
-                        ),
-                    );
-                }
-                if b.address.is_ipv6() {
-                    err(
-                        format!("{bp}.address"),
-                        "IPv6 backends of L4 passthrough services are not supported yet".into(),
-                    );
-                }
-            }
-            if !(1..=1000).contains(&b.weight) {
-                err(
-                    format!("{bp}.weight"),
-                    format!("{} is outside 1..=1000", b.weight),
-                );
-            }
-            if !(b.capacity_scaler == 0.0 || (0.1..=1.0).contains(&b.capacity_scaler)) {
-                err(
-                    format!("{bp}.capacity_scaler"),
-                    "must be 0 (drained) or 0.1..=1.0".into(),
-                );
-            }
-            if let Some(m) = &b.mac {
-                if parse_mac(m).is_none() {
-                    err(
-                        format!("{bp}.mac"),
-                        format!("{m:?} is not a MAC address like 02:00:00:00:00:01"),
-                    );
-                }
-            }
-            if !bs.protocol.is_l4() && b.port.is_none() {
-                err(
-                    format!("{bp}.port"),
-                    "an L7 backend needs its serving port".into(),
-                );
-            }
+            backend(bs, &p, i, b, &mut names, &mut addrs, &mut err);
         }
-        let fp = &bs.failover_policy;
-        if !(0.0..=1.0).contains(&fp.failover_ratio) {
-            err(
-                format!("{p}.failover_policy.failover_ratio"),
-                "must be 0..=1".into(),
-            );
-        }
-        if bs.connection_draining_timeout_sec > 3600 {
-            err(
-                format!("{p}.connection_draining_timeout_sec"),
-                "must be 0..=3600".into(),
-            );
-        }
-        let ct = &bs.connection_tracking_policy;
-        let five_tuple = matches!(
-            bs.session_affinity,
-            SessionAffinity::None | SessionAffinity::ClientIpPortProto
+        service_policies(bs, &p, &mut err);
+    }
+}
+
+/// One backend of service `bs` (at place `p`), with the names and L4 addresses seen so far.
+fn backend(
+    bs: &BackendService,
+    p: &str,
+    i: usize,
+    b: &BackendConfig,
+    names: &mut std::collections::BTreeSet<String>,
+    addrs: &mut std::collections::BTreeMap<std::net::IpAddr, usize>,
+    err: &mut Err<'_>,
+) {
+    let bp = format!("{p}.backends[{i}]");
+    if !names.insert(b.display_name()) {
+        err(
+            format!("{bp}.name"),
+            format!("duplicate backend {:?}", b.display_name()),
         );
-        let max_idle = if ct.tracking_mode == TrackingMode::PerSession && !five_tuple {
-            16 * 3600
-        } else {
-            600
-        };
-        if ct.idle_timeout_sec == 0 || ct.idle_timeout_sec > max_idle {
+    }
+    if bs.protocol.is_l4() {
+        // Passthrough forwards to an address (the VIP's port is kept), so two
+        // backends at one address would be one backend counted twice; the
+        // dataplane also keys backend slots by (service, address).
+        if let Some(j) = addrs.insert(b.address, i) {
             err(
-                format!("{p}.connection_tracking_policy.idle_timeout_sec"),
-                format!("must be 1..={max_idle} (above 600 s only with PER_SESSION tracking and less-than-5-tuple affinity)"),
+                format!("{bp}.address"),
+                format!(
+                    "{} is also backends[{j}]; an L4 backend service needs distinct addresses",
+                    b.address
+                ),
             );
         }
-        if bs.protocol.is_l4()
-            && matches!(
-                bs.session_affinity,
-                SessionAffinity::GeneratedCookie
-                    | SessionAffinity::HeaderField
-                    | SessionAffinity::HttpCookie
-            )
-        {
+        if b.address.is_ipv6() {
             err(
-                format!("{p}.session_affinity"),
-                "cookie and header affinity need an L7 (HTTP) backend service".into(),
+                format!("{bp}.address"),
+                "IPv6 backends of L4 passthrough services are not supported yet".into(),
             );
-        }
-        if !bs.protocol.is_l4()
-            && matches!(
-                bs.session_affinity,
-                SessionAffinity::ClientIpPortProto
-                    | SessionAffinity::ClientIpProto
-                    | SessionAffinity::ClientIpNoDestination
-            )
-        {
-            err(format!("{p}.session_affinity"), "L7 backend services support NONE, CLIENT_IP, GENERATED_COOKIE, HEADER_FIELD and HTTP_COOKIE".into());
         }
     }
+    if !(1..=1000).contains(&b.weight) {
+        err(
+            format!("{bp}.weight"),
+            format!("{} is outside 1..=1000", b.weight),
+        );
+    }
+    if !(b.capacity_scaler == 0.0 || (0.1..=1.0).contains(&b.capacity_scaler)) {
+        err(
+            format!("{bp}.capacity_scaler"),
+            "must be 0 (drained) or 0.1..=1.0".into(),
+        );
+    }
+    if let Some(m) = &b.mac {
+        if parse_mac(m).is_none() {
+            err(
+                format!("{bp}.mac"),
+                format!("{m:?} is not a MAC address like 02:00:00:00:00:01"),
+            );
+        }
+    }
+    if !bs.protocol.is_l4() && b.port.is_none() {
+        err(
+            format!("{bp}.port"),
+            "an L7 backend needs its serving port".into(),
+        );
+    }
+}
 
+/// A service's failover, draining, tracking and affinity settings.
+fn service_policies(bs: &BackendService, p: &str, err: &mut Err<'_>) {
+    let fp = &bs.failover_policy;
+    if !(0.0..=1.0).contains(&fp.failover_ratio) {
+        err(
+            format!("{p}.failover_policy.failover_ratio"),
+            "must be 0..=1".into(),
+        );
+    }
+    if bs.connection_draining_timeout_sec > 3600 {
+        err(
+            format!("{p}.connection_draining_timeout_sec"),
+            "must be 0..=3600".into(),
+        );
+    }
+    let ct = &bs.connection_tracking_policy;
+    let five_tuple = matches!(
+        bs.session_affinity,
+        SessionAffinity::None | SessionAffinity::ClientIpPortProto
+    );
+    let max_idle = if ct.tracking_mode == TrackingMode::PerSession && !five_tuple {
+        16 * 3600
+    } else {
+        600
+    };
+    if ct.idle_timeout_sec == 0 || ct.idle_timeout_sec > max_idle {
+        err(
+            format!("{p}.connection_tracking_policy.idle_timeout_sec"),
+            format!("must be 1..={max_idle} (above 600 s only with PER_SESSION tracking and less-than-5-tuple affinity)"),
+        );
+    }
+    if bs.protocol.is_l4()
+        && matches!(
+            bs.session_affinity,
+            SessionAffinity::GeneratedCookie
+                | SessionAffinity::HeaderField
+                | SessionAffinity::HttpCookie
+        )
+    {
+        err(
+            format!("{p}.session_affinity"),
+            "cookie and header affinity need an L7 (HTTP) backend service".into(),
+        );
+    }
+    if !bs.protocol.is_l4()
+        && matches!(
+            bs.session_affinity,
+            SessionAffinity::ClientIpPortProto
+                | SessionAffinity::ClientIpProto
+                | SessionAffinity::ClientIpNoDestination
+        )
+    {
+        err(format!("{p}.session_affinity"), "L7 backend services support NONE, CLIENT_IP, GENERATED_COOKIE, HEADER_FIELD and HTTP_COOKIE".into());
+    }
+}
+
+fn forwarding_rules(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    let mut err = |place: String, msg: String| errs.push(ConfigError::new(place, msg));
     let mut vips = std::collections::BTreeMap::new();
     for (name, fr) in &cfg.forwarding_rules {
         let p = format!("forwarding_rules.{name}");
-        match (&fr.backend_service, &fr.target) {
-            (Some(bs), None) => match cfg.backend_services.get(bs) {
-                None => err(
-                    format!("{p}.backend_service"),
-                    format!("no backend service named {bs:?}"),
-                ),
-                Some(s) if !s.protocol.is_l4() => err(
-                    format!("{p}.backend_service"),
-                    format!(
-                        "{bs:?} is an L7 service ({:?}); a passthrough rule needs TCP or UDP",
-                        s.protocol
-                    ),
-                ),
-                Some(s) => {
-                    let want = if fr.ip_protocol == IpProtocol::Tcp {
-                        BackendProtocol::Tcp
-                    } else {
-                        BackendProtocol::Udp
-                    };
-                    if s.protocol != want {
-                        err(
-                            format!("{p}.ip_protocol"),
-                            format!(
-                                "{:?} rule in front of a {:?} backend service",
-                                fr.ip_protocol, s.protocol
-                            ),
-                        );
-                    }
-                }
-            },
-            (None, Some(t)) => {
-                if !cfg.target_http_proxies.contains_key(t)
-                    && !cfg.target_https_proxies.contains_key(t)
-                {
-                    err(
-                        format!("{p}.target"),
-                        format!("no target HTTP(S) proxy named {t:?}"),
-                    );
-                }
-            }
-            _ => err(
-                p.clone(),
-                "needs exactly one of backend_service (L4) or target (L7)".into(),
-            ),
-        }
+        rule_target(cfg, fr, &p, &mut err);
         if fr.all_ports != fr.ports.is_empty() {
             err(
                 format!("{p}.ports"),
@@ -384,6 +384,58 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
             }
         }
     }
+}
+
+/// A rule's target: an L4 backend service of the rule's protocol, or a target proxy.
+fn rule_target(cfg: &Config, fr: &ForwardingRule, p: &str, err: &mut Err<'_>) {
+    match (&fr.backend_service, &fr.target) {
+        (Some(bs), None) => match cfg.backend_services.get(bs) {
+            None => err(
+                format!("{p}.backend_service"),
+                format!("no backend service named {bs:?}"),
+            ),
+            Some(s) if !s.protocol.is_l4() => err(
+                format!("{p}.backend_service"),
+                format!(
+                    "{bs:?} is an L7 service ({:?}); a passthrough rule needs TCP or UDP",
+                    s.protocol
+                ),
+            ),
+            Some(s) => {
+                let want = if fr.ip_protocol == IpProtocol::Tcp {
+                    BackendProtocol::Tcp
+                } else {
+                    BackendProtocol::Udp
+                };
+                if s.protocol != want {
+                    err(
+                        format!("{p}.ip_protocol"),
+                        format!(
+                            "{:?} rule in front of a {:?} backend service",
+                            fr.ip_protocol, s.protocol
+                        ),
+                    );
+                }
+            }
+        },
+        (None, Some(t)) => {
+            if !cfg.target_http_proxies.contains_key(t) && !cfg.target_https_proxies.contains_key(t)
+            {
+                err(
+                    format!("{p}.target"),
+                    format!("no target HTTP(S) proxy named {t:?}"),
+                );
+            }
+        }
+        _ => err(
+            p.to_string(),
+            "needs exactly one of backend_service (L4) or target (L7)".into(),
+        ),
+    }
+}
+
+fn target_proxies(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    let mut err = |place: String, msg: String| errs.push(ConfigError::new(place, msg));
     for (name, t) in &cfg.target_http_proxies {
         if !cfg.url_maps.contains_key(&t.url_map) {
             err(
@@ -413,12 +465,6 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
                 );
             }
         }
-    }
-    errs.extend(super::validate_ranges::validate_ranges(cfg));
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errs))
     }
 }
 
