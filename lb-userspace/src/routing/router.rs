@@ -196,6 +196,80 @@ fn compile_action(
     })))
 }
 
+/// One path matcher of a URL map: its path rules or route rules (not both) and default.
+fn compile_matcher(mp: &str, pm: &PathMatcher) -> Result<Matcher, RouterError> {
+    let mp = mp.to_string();
+    let mut path_rules = Vec::new();
+    for (i, pr) in pm.path_rules.iter().enumerate() {
+        let pp = format!("{mp}.path_rules[{i}]");
+        let action = compile_action(&pp, &pr.service, &pr.route_action, &pr.url_redirect)?
+            .ok_or_else(|| {
+                err(
+                    &pp,
+                    "needs service, route_action.weighted_backend_services or url_redirect",
+                )
+            })?;
+        let mut paths = Vec::new();
+        for p in &pr.paths {
+            if !p.starts_with('/') {
+                return Err(err(&pp, format!("path {p:?} must start with '/'")));
+            }
+            match p.strip_suffix('*') {
+                Some(lit) if lit.ends_with('/') => paths.push((lit.to_string(), true)),
+                Some(_) => {
+                    return Err(err(
+                        &pp,
+                        format!("{p:?}: '*' is only allowed as a final '/*'"),
+                    ))
+                }
+                None if p.contains(['*', '?', '#']) => {
+                    return Err(err(&pp, format!("{p:?}: no '*', '?' or '#' inside a path")))
+                }
+                None => paths.push((p.clone(), false)),
+            }
+        }
+        path_rules.push(CompiledPathRule { paths, action });
+    }
+    let mut route_rules = Vec::new();
+    for (i, rr) in pm.route_rules.iter().enumerate() {
+        let rp = format!("{mp}.route_rules[{i}]");
+        let action = compile_action(&rp, &rr.service, &rr.route_action, &rr.url_redirect)?
+            .ok_or_else(|| {
+                err(
+                    &rp,
+                    "needs service, route_action.weighted_backend_services or url_redirect",
+                )
+            })?;
+        let matches = rr
+            .match_rules
+            .iter()
+            .enumerate()
+            .map(|(j, m)| compile_match(&format!("{rp}.match_rules[{j}]"), m))
+            .collect::<Result<Vec<_>, _>>()?;
+        route_rules.push(CompiledRouteRule {
+            priority: rr.priority,
+            matches,
+            action,
+            header_action: rr.header_action.clone(),
+        });
+    }
+    route_rules.sort_by_key(|r| r.priority);
+    if !path_rules.is_empty() && !route_rules.is_empty() {
+        return Err(err(&mp, "use either path_rules or route_rules, not both"));
+    }
+    Ok(Matcher {
+        default: compile_action(
+            &mp,
+            &pm.default_service,
+            &pm.default_route_action,
+            &pm.default_url_redirect,
+        )?,
+        header_action: pm.header_action.clone(),
+        path_rules,
+        route_rules,
+    })
+}
+
 impl Router {
     /// Compiles a URL map; `name` is used in error places.
     pub fn compile(name: &str, map: &UrlMap) -> Result<Router, RouterError> {
@@ -212,78 +286,8 @@ impl Router {
         for (mi, pm) in map.path_matchers.iter().enumerate() {
             let mp = format!("{place}.path_matchers[{mi}]");
             index.insert(pm.name.clone(), mi);
-            let mut path_rules = Vec::new();
-            for (i, pr) in pm.path_rules.iter().enumerate() {
-                let pp = format!("{mp}.path_rules[{i}]");
-                let action = compile_action(&pp, &pr.service, &pr.route_action, &pr.url_redirect)?
-                    .ok_or_else(|| {
-                        err(
-                            &pp,
-                            "needs service, route_action.weighted_backend_services or url_redirect",
-                        )
-                    })?;
-                let mut paths = Vec::new();
-                for p in &pr.paths {
-                    if !p.starts_with('/') {
-                        return Err(err(&pp, format!("path {p:?} must start with '/'")));
-                    }
-                    match p.strip_suffix('*') {
-                        Some(lit) if lit.ends_with('/') => paths.push((lit.to_string(), true)),
-                        Some(_) => {
-                            return Err(err(
-                                &pp,
-                                format!("{p:?}: '*' is only allowed as a final '/*'"),
-                            ))
-                        }
-                        None if p.contains(['*', '?', '#']) => {
-                            return Err(err(
-                                &pp,
-                                format!("{p:?}: no '*', '?' or '#' inside a path"),
-                            ))
-                        }
-                        None => paths.push((p.clone(), false)),
-                    }
-                }
-                path_rules.push(CompiledPathRule { paths, action });
-            }
-            let mut route_rules = Vec::new();
-            for (i, rr) in pm.route_rules.iter().enumerate() {
-                let rp = format!("{mp}.route_rules[{i}]");
-                let action = compile_action(&rp, &rr.service, &rr.route_action, &rr.url_redirect)?
-                    .ok_or_else(|| {
-                        err(
-                            &rp,
-                            "needs service, route_action.weighted_backend_services or url_redirect",
-                        )
-                    })?;
-                let matches = rr
-                    .match_rules
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| compile_match(&format!("{rp}.match_rules[{j}]"), m))
-                    .collect::<Result<Vec<_>, _>>()?;
-                route_rules.push(CompiledRouteRule {
-                    priority: rr.priority,
-                    matches,
-                    action,
-                    header_action: rr.header_action.clone(),
-                });
-            }
-            route_rules.sort_by_key(|r| r.priority);
-            if !path_rules.is_empty() && !route_rules.is_empty() {
-                return Err(err(&mp, "use either path_rules or route_rules, not both"));
-            }
-            matchers.push(Matcher {
-                default: compile_action(
-                    &mp,
-                    &pm.default_service,
-                    &pm.default_route_action,
-                    &pm.default_url_redirect,
-                )?,
-                header_action: pm.header_action.clone(),
-                path_rules,
-                route_rules,
-            });
+
+            matchers.push(compile_matcher(&mp, pm)?);
         }
         let mut exact_hosts = HashMap::new();
         let mut wildcard_hosts = Vec::new();
