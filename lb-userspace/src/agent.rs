@@ -7,6 +7,7 @@
 //! programmer adopts them, and the first reconcile only writes what differs.
 
 pub mod adopt;
+pub mod lock;
 pub mod overrides;
 pub mod persist;
 pub mod state;
@@ -148,15 +149,26 @@ impl L4Port for NoL4 {
     }
 }
 
+/// Choices of `lb run` beyond the configuration file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Start without the saved overrides when the state file is unreadable (corrupt, another
+    /// version, too big) instead of refusing to start.
+    pub discard_state: bool,
+}
+
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
-pub async fn run(config_path: &Path) -> Result<()> {
+pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let cfg = config::load(config_path)
         .map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
+    // One agent per pin folder and socket (see `lock`); held until this function returns.
+    let _lock = lock::acquire(&cfg)?;
     // The socket first: a live socket means another agent runs, and it must be found out
     // before this one swaps its program into that agent's pinned link.
     let socket = cfg.admin.socket.clone();
     let listener = admin::server::bind(&socket)?;
+    let limits = admin::server::Limits::from_config(&cfg.admin);
     let port: Box<dyn L4Port> = if cfg.dataplane.interfaces.is_empty() {
         info!("no dataplane.interfaces: the L4 tier is off");
         Box::new(NoL4)
@@ -182,10 +194,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
     let state_file = persist::state_file(&socket);
-    let saved = persist::load(&state_file).unwrap_or_else(|e| {
-        warn!(error = %e, "ignoring unreadable saved overrides");
-        Default::default()
-    });
+    let saved = persist::load_or_stop(&state_file, opts.discard_state)?;
     agent.restore(saved, state_file);
     if l4_pins.is_some() {
         match adopt::pinned_unhealthy(agent.config()) {
@@ -200,7 +209,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     publish(&agent, &published);
 
     let (call_tx, mut calls) = mpsc::channel::<admin::server::Call>(64);
-    let server = tokio::spawn(admin::server::serve(listener, call_tx));
+    let server = tokio::spawn(admin::server::serve(listener, call_tx, limits));
     info!(socket = %socket.display(), "admin socket ready");
 
     let mut tick = tokio::time::interval(TICK);

@@ -28,6 +28,10 @@ enum Cmd {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Start even when the saved admin overrides (drain, maintenance, forced health) next
+        /// to the socket cannot be read, dropping them; without it such a file stops the agent.
+        #[arg(long)]
+        discard_state: bool,
     },
     /// Run only the L7 proxy tier (no XDP dataplane, no root needed): hosts without XDP,
     /// and `cargo xtask bench-l7`.
@@ -60,9 +64,13 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config } => {
-            tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(&config))
-        }
+        Cmd::Run {
+            config,
+            discard_state,
+        } => tokio::runtime::Runtime::new()?.block_on(lb_userspace::agent::run(
+            &config,
+            lb_userspace::agent::RunOptions { discard_state },
+        )),
         Cmd::ServeL7 { config } => {
             lb_userspace::l7::runtime()?.block_on(lb_userspace::l7::serve_forever(&config))
         }

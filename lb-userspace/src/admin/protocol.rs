@@ -130,6 +130,10 @@ pub enum ErrorKind {
     Dataplane,
     /// The agent failed in a way it did not expect.
     Internal,
+    /// Too many admin connections are open; this one is closed (see `admin.max_connections`).
+    Busy,
+    /// The peer sent nothing for `admin.idle_timeout_sec`; the connection is closed.
+    Timeout,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -440,6 +440,11 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ChangeErro
     if old.admin.socket != new.admin.socket {
         diffs.insert("admin.socket");
     }
+    if (old.admin.idle_timeout_sec, old.admin.max_connections)
+        != (new.admin.idle_timeout_sec, new.admin.max_connections)
+    {
+        diffs.insert("admin.idle_timeout_sec/max_connections");
+    }
     if old.admin.metrics_listen != new.admin.metrics_listen {
         diffs.insert("admin.metrics_listen");
     }
