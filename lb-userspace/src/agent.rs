@@ -280,6 +280,7 @@ fn apply_l7(l7: Option<&crate::l7::L7Handle>, cfg: &Config) {
 struct Published {
     assignment: Assignment,
     rebuilds: u64,
+    unknown: bool,
 }
 
 fn publish(agent: &Agent, shared: &Mutex<Published>) {
@@ -288,6 +289,7 @@ fn publish(agent: &Agent, shared: &Mutex<Published>) {
         p.assignment = agent.assignment().clone();
         p.rebuilds = agent.table_rebuilds;
     }
+    p.unknown = agent.dataplane_unknown().is_some();
 }
 
 /// Reads the pinned counters at scrape time, named through the agent's last assignment.
@@ -300,6 +302,7 @@ fn dataplane_source(
         let p = shared.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = DataplaneCounters {
             maglev_rebuilds: p.rebuilds,
+            state_unknown: p.unknown,
             ..Default::default()
         };
         for (name, id) in &p.assignment.vip_ids {
