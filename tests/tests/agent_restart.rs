@@ -109,8 +109,8 @@ fn sigkill_and_restart_lose_no_exchange_and_down_removes_everything() {
     );
 }
 
-/// A second `lb run` on the same config finds the live socket and exits before touching
-/// the dataplane.
+/// A second `lb run` on the same config finds the pin folder locked and exits before
+/// touching the dataplane.
 fn second_agent_is_refused(t: &Topology, agent: &Agent) {
     let mut child = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", t.balancer.0))
@@ -136,7 +136,10 @@ fn second_agent_is_refused(t: &Topology, agent: &Agent) {
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success());
-    assert!(err.contains("in use by a running agent"), "{err}");
+    assert!(
+        err.contains("another lb agent is running over") && err.contains("dataplane.pin_path"),
+        "{err}"
+    );
 }
 
 #[test]
