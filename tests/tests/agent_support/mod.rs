@@ -307,6 +307,25 @@ impl Dump {
     }
 }
 
+/// Waits until `lb describe service` shows exactly these health verdicts, in backend order
+/// ("healthy", "unhealthy", "unknown"); panics with the agent's log after `within`.
+pub fn wait_health(agent: &Agent, service: &str, want: &[&str], within: Duration) {
+    let got = lb_tests::lbrun::wait_for(within, || {
+        let d = lb_ok(agent, &["describe", "service", service]);
+        let health: Vec<String> = d["backends"]
+            .as_array()
+            .context("no backends")?
+            .iter()
+            .map(|b| b["health"].as_str().unwrap_or("?").to_string())
+            .collect();
+        anyhow::ensure!(health == want, "health {health:?}, want {want:?}");
+        Ok(())
+    });
+    if let Err(e) = got {
+        panic!("{e}; log:\n{}", agent.log());
+    }
+}
+
 /// Polls the maps every 20 ms until `pred` holds; returns the time it took.
 pub fn until_maps(
     pin_dir: &Path,
