@@ -64,6 +64,11 @@ pub enum ChangeError {
     /// The dataplane refused the plan.
     #[error("the dataplane refused the change; nothing was changed: {0}")]
     Dataplane(String),
+    /// A map write failed mid-change and restoring the previous state failed too: the
+    /// configuration did not change, but the maps are partly written until a reconcile
+    /// rewrites them.
+    #[error("the dataplane failed in the middle of the change and could not be restored; the configuration did not change: {0}")]
+    DataplaneUnknown(String),
     /// Nothing to reload from.
     #[error("the agent was not started from a file; nothing to reload")]
     NoFile,
@@ -360,7 +365,10 @@ impl Agent {
         let plan = self.plan_for(&cfg, &ov, now);
         if let Err(e) = self.apply(plan) {
             self.lingering = lingering;
-            return Err(ChangeError::Dataplane(e));
+            return Err(match &self.dataplane_unknown {
+                Some(why) => ChangeError::DataplaneUnknown(why.clone()),
+                None => ChangeError::Dataplane(e),
+            });
         }
         self.config = cfg;
         let overrides_changed = self.overrides != ov;

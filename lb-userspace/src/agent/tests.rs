@@ -605,7 +605,13 @@ fn a_failed_rollback_marks_the_dataplane_unknown_until_rewritten() {
         r#"{"version":1,"verb":"drain","service":"web","backend":"b1"}"#,
         t0,
     );
-    assert_eq!(r.error.unwrap().kind, ErrorKind::Dataplane);
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Dataplane);
+    assert!(
+        e.message.contains("could not be restored") && !e.message.contains("nothing was changed"),
+        "{}",
+        e.message
+    );
     assert_eq!(a.applied(), None, "the old plan is no longer claimed");
     let why = a.dataplane_unknown().expect("marked unknown").to_string();
     assert!(why.contains("restoring the previous state failed"), "{why}");
