@@ -295,7 +295,7 @@ fn a_second_agent_over_the_same_pins_or_socket_is_refused() {
     };
     let agent = Agent::start(&t.balancer, &config(&t, &o)).unwrap();
     wait_ready(&t, &agent);
-    let before = Maps::read(&agent.pin_dir).unwrap();
+    let before = Dump::read(&agent.pin_dir).unwrap();
     let s = Scratch::new();
     let sock2 = s.0.join("admin.sock");
     let text = config(&t, &o)
@@ -320,7 +320,7 @@ fn a_second_agent_over_the_same_pins_or_socket_is_refused() {
         "{err}"
     );
     assert!(!sock2.exists(), "the second agent bound its socket");
-    assert_eq!(Maps::read(&agent.pin_dir).unwrap(), before);
+    assert_eq!(Dump::read(&agent.pin_dir).unwrap(), before);
     assert_eq!(
         lb(&agent, &["status"]).code,
         0,

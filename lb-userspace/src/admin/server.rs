@@ -76,7 +76,44 @@ pub fn secure_dir(socket: &Path) -> Result<PathBuf, ServerError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let own = unsafe { libc::geteuid() };
     check_dir(&dir, meta.is_dir(), meta.uid(), meta.mode(), own)?;
+    // The folders above it too: whoever may rename an entry of a parent could swap the
+    // whole folder for one of their own.
+    let real = std::fs::canonicalize(&dir).map_err(io(&dir))?;
+    for parent in real.ancestors().skip(1) {
+        let m = std::fs::metadata(parent).map_err(io(parent))?;
+        check_parent(&dir, parent, m.uid(), m.mode(), own)?;
+    }
     Ok(dir)
+}
+
+/// A folder above the socket's: owned by root or the agent's user, and writable by its
+/// group or others only with the sticky bit (as `/tmp`), which keeps others from renaming
+/// entries they do not own.
+pub fn check_parent(
+    dir: &Path,
+    parent: &Path,
+    uid: u32,
+    mode: u32,
+    own: u32,
+) -> Result<(), ServerError> {
+    let why = if uid != 0 && uid != own {
+        format!(
+            "the folder above it, {}, is owned by uid {uid}, who could swap it",
+            parent.display()
+        )
+    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        format!(
+            "the folder above it, {}, is writable by its group or by others without the sticky bit (mode {:o})",
+            parent.display(),
+            mode & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ServerError::UnsafeDir {
+        dir: dir.to_path_buf(),
+        why,
+    })
 }
 
 /// The pure part of [`secure_dir`].
@@ -381,6 +418,21 @@ mod tests {
         let e = check_dir(d, true, 0, 0o41777, 0).unwrap_err().to_string();
         assert!(e.contains("1777"), "sticky /tmp-like folders too: {e}");
         assert!(check_dir(d, false, 0, 0o100600, 0).is_err());
+        let up = Path::new("/run");
+        assert!(check_parent(d, up, 0, 0o40755, 0).is_ok());
+        assert!(
+            check_parent(d, up, 0, 0o41777, 0).is_ok(),
+            "sticky, as /tmp"
+        );
+        let e = check_parent(d, up, 0, 0o40777, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("/run") && e.contains("without the sticky bit"),
+            "{e}"
+        );
+        let e = check_parent(d, up, 1000, 0o40755, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("owned by uid 1000"), "{e}");
     }
 
     #[tokio::test]
@@ -413,6 +465,14 @@ mod tests {
             let e = bind(&foreign.join("admin.sock")).unwrap_err().to_string();
             assert!(e.contains("owned by uid 65534"), "{e}");
             assert!(!foreign.join("admin.sock").exists());
+            // A folder of root's inside a folder nobody owns: nobody could swap it.
+            let inner = foreign.join("inner");
+            std::fs::create_dir(&inner).unwrap();
+            let e = bind(&inner.join("admin.sock")).unwrap_err().to_string();
+            assert!(
+                e.contains("the folder above it") && e.contains("uid 65534"),
+                "{e}"
+            );
         }
         std::fs::remove_dir_all(&d).unwrap();
     }
