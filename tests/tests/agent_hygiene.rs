@@ -131,6 +131,20 @@ fn socket_folders_another_user_could_tamper_with_are_refused() {
     let left: Vec<_> = std::fs::read_dir(&foreign).unwrap().collect();
     assert!(left.is_empty(), "the agent wrote into the folder: {left:?}");
 
+    // Root's own folder, but inside nobody's: nobody could rename it and put another there.
+    let inner = s.0.join("foreign-parent/run");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::os::unix::fs::chown(inner.parent().unwrap(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let sock = inner.join("admin.sock");
+    let cfg = s.config(&sock, "");
+    refused(
+        &cfg,
+        &sock,
+        &[],
+        &["the folder above it", "foreign-parent", "uid 65534"],
+    );
+    assert!(std::fs::read_dir(&inner).unwrap().next().is_none());
+
     // Root's, but group-writable.
     let gw = s.0.join("group-writable");
     std::fs::create_dir(&gw).unwrap();
