@@ -558,6 +558,14 @@ fn only_start_time_settings_need_a_restart() {
             |c: &mut Config| c.admin.metrics_listen = Some("127.0.0.1:9".into()),
             "admin.metrics_listen",
         ),
+        (
+            |c: &mut Config| c.admin.max_connections = std::num::NonZeroU32::MIN,
+            "admin.idle_timeout_sec/max_connections",
+        ),
+        (
+            |c: &mut Config| c.admin.idle_timeout_sec = std::num::NonZeroU32::MIN,
+            "admin.idle_timeout_sec/max_connections",
+        ),
     ] {
         let mut b = a.clone();
         f(&mut b);
