@@ -7,6 +7,7 @@
 //! programmer adopts them, and the first reconcile only writes what differs.
 
 pub mod adopt;
+pub mod lock;
 pub mod overrides;
 pub mod persist;
 pub mod state;
@@ -181,15 +182,26 @@ impl L7Port for AgentL7 {
     }
 }
 
+/// Choices of `lb run` beyond the configuration file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Start without the saved overrides when the state file is unreadable (corrupt, another
+    /// version, too big) instead of refusing to start.
+    pub discard_state: bool,
+}
+
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
-pub async fn run(config_path: &Path) -> Result<()> {
+pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let cfg = crate::model::load(config_path)
         .map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
+    // One agent per pin folder and socket (see `lock`); held until this function returns.
+    let _lock = lock::acquire(&cfg)?;
     // The socket first: a live socket means another agent runs, and it must be found out
     // before this one swaps its program into that agent's pinned link.
     let socket = cfg.admin.socket.clone();
     let listener = admin::server::bind(&socket)?;
+    let limits = admin::server::Limits::from_config(&cfg.admin);
     let port: Box<dyn L4Port> = if cfg.dataplane.interfaces.is_empty() {
         info!("no dataplane.interfaces: the L4 tier is off");
         Box::new(NoL4)
@@ -223,10 +235,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port).with_l7(Box::new(l7));
     let state_file = persist::state_file(&socket);
-    let saved = persist::load(&state_file).unwrap_or_else(|e| {
-        warn!(error = %e, "ignoring unreadable saved overrides");
-        Default::default()
-    });
+    let saved = persist::load_or_stop(&state_file, opts.discard_state)?;
     agent.restore(saved, state_file);
     if l4_pins.is_some() {
         match adopt::pinned_unhealthy(agent.config()) {
@@ -241,7 +250,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     publish(&agent, &published);
 
     let (call_tx, mut calls) = mpsc::channel::<admin::server::Call>(64);
-    let server = tokio::spawn(admin::server::serve(listener, call_tx));
+    let server = tokio::spawn(admin::server::serve(listener, call_tx, limits));
     info!(socket = %socket.display(), "admin socket ready");
 
     let mut tick = tokio::time::interval(TICK);
@@ -293,6 +302,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
 struct Published {
     assignment: Assignment,
     rebuilds: u64,
+    unknown: bool,
 }
 
 fn publish(agent: &Agent, shared: &Mutex<Published>) {
@@ -301,6 +311,7 @@ fn publish(agent: &Agent, shared: &Mutex<Published>) {
         p.assignment = agent.assignment().clone();
         p.rebuilds = agent.table_rebuilds;
     }
+    p.unknown = agent.dataplane_unknown().is_some();
 }
 
 /// Reads the pinned counters at scrape time, named through the agent's last assignment.
@@ -313,6 +324,7 @@ fn dataplane_source(
         let p = shared.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = DataplaneCounters {
             maglev_rebuilds: p.rebuilds,
+            state_unknown: p.unknown,
             ..Default::default()
         };
         for (name, id) in &p.assignment.vip_ids {

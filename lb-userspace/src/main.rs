@@ -30,6 +30,10 @@ enum Cmd {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Start even when the saved admin overrides (drain, maintenance, forced health) next
+        /// to the socket cannot be read, dropping them; without it such a file stops the agent.
+        #[arg(long)]
+        discard_state: bool,
     },
     /// Check a configuration file and report every error with its place.
     Validate { file: PathBuf },
@@ -56,9 +60,13 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config } => {
-            lb_userspace::l7::runtime()?.block_on(lb_userspace::agent::run(&config))
-        }
+        Cmd::Run {
+            config,
+            discard_state,
+        } => lb_userspace::l7::runtime()?.block_on(lb_userspace::agent::run(
+            &config,
+            lb_userspace::agent::RunOptions { discard_state },
+        )),
         Cmd::Validate { file } => match lb_userspace::model::load(&file) {
             Ok(_) => {
                 println!("{}: OK", file.display());

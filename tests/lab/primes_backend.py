@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """GSP041 backend: GET /<n> answers True or False (is n prime), with the backend's name in a
-header. Usage: primes_backend.py NAME PORT"""
+header. Usage: primes_backend.py NAME PORT [broken]
+
+With `broken` the backend answers False to every number (a faulty build): the health check
+`GET /2` expecting True takes it out of rotation."""
 import http.server
 import sys
 
 NAME = sys.argv[1]
+BROKEN = len(sys.argv) > 3 and sys.argv[3] == "broken"
 
 
 def is_prime(n: int) -> bool:
@@ -24,7 +28,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         try:
             n = int(self.path.strip("/"))
-            body, code = ("True" if is_prime(n) else "False").encode(), 200
+            prime = is_prime(n) and not BROKEN
+            body, code = ("True" if prime else "False").encode(), 200
         except ValueError:
             body, code = b"not a number", 400
         self.send_response(code)

@@ -61,12 +61,18 @@ impl Agent {
         )
     }
 
-    /// Replaces the config file and sends SIGHUP (reload).
-    pub fn reload(&self, config: &str) -> Result<()> {
+    /// Replaces the config file (`{PIN}`/`{SOCK}` filled in) without telling the agent.
+    pub fn rewrite_config(&self, config: &str) -> Result<()> {
         let text = config
             .replace("{PIN}", &self.pin_dir.display().to_string())
             .replace("{SOCK}", &self.dir.join("admin.sock").display().to_string());
         std::fs::write(&self.config, text)?;
+        Ok(())
+    }
+
+    /// Replaces the config file and sends SIGHUP (reload).
+    pub fn reload(&self, config: &str) -> Result<()> {
+        self.rewrite_config(config)?;
         // SAFETY: signalling our own child (ip netns exec execs lb in place).
         unsafe { libc::kill(self.proc.pid() as i32, libc::SIGHUP) };
         Ok(())

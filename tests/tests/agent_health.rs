@@ -40,9 +40,9 @@ fn a_stopped_backend_leaves_within_the_bound_and_returns_after_restart() {
     wait_ready(&t, &agent);
     let pins = agent.pin_dir.clone();
     let ip1 = t.backend_ip(1);
-    // Let every backend get its first verdict.
+    // Let every backend get its first verdict (not merely "no verdict, counted healthy").
     until_maps(&pins, Duration::from_secs(5), |m| m.shares().len() == 3).unwrap();
-    std::thread::sleep(Duration::from_secs_f64(INTERVAL * HEALTHY as f64 + 0.5));
+    wait_health(&agent, "web", &["healthy"; 3], Duration::from_secs(5));
 
     let stopped = Instant::now();
     backends[1].kill();
@@ -102,7 +102,7 @@ fn a_black_holed_backend_does_not_delay_the_probes_of_the_others() {
     wait_ready(&t, &agent);
     let pins = agent.pin_dir.clone();
     until_maps(&pins, Duration::from_secs(5), |m| m.shares().len() == 3).unwrap();
-    std::thread::sleep(Duration::from_secs_f64(INTERVAL * HEALTHY as f64 + 0.5));
+    wait_health(&agent, "web", &["healthy"; 3], Duration::from_secs(5));
 
     // Backend 0 silently drops every SYN to port 80: probes time out, nothing resets.
     let b0 = &t.backends[0];

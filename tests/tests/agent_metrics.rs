@@ -51,6 +51,23 @@ fn metrics_show_vip_and_backend_counters_health_and_rebuilds() {
     };
     let agent = Agent::start(&t.balancer, &config(&t, &o)).unwrap();
     wait_ready(&t, &agent);
+    // Every backend has its verdict in the metrics (sample lines, not the HELP text).
+    let up =
+        |i: usize| format!("lb_health_backend_up{{service=\"web\",backend=\"backend-{i}\"}} 1");
+    let ready = lb_tests::lbrun::wait_for(Duration::from_secs(10), || {
+        let text = scrape(&t, 9190);
+        anyhow::ensure!(
+            (0..3).all(|i| text.lines().any(|l| l == up(i))),
+            "not every backend is up yet:\n{text}"
+        );
+        Ok(text)
+    });
+    let before = ready.unwrap_or_else(|e| panic!("{e}\nlog:\n{}", agent.log()));
+    let vip_new_before = value(&before, "lb_vip_new_flows_total{rule=\"web\"").unwrap_or(0.0);
+    let backend_new = |text: &str, name: &str| {
+        let line = format!("lb_backend_new_flows_total{{service=\"web\",backend=\"{name}\"}}");
+        value(text, &line)
+    };
     let per = new_flows(&t, 60).unwrap();
     let text = scrape(&t, 9190);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -60,16 +77,29 @@ fn metrics_show_vip_and_backend_counters_health_and_rebuilds() {
         vip_packets >= 180.0,
         "60 connections are at least 180 packets: {vip_packets}"
     );
+    // Exactly the 60 connections made in between are new flows, each counted on its backend.
     let vip_new = value(&text, "lb_vip_new_flows_total{rule=\"web\"").unwrap();
-    assert!(vip_new >= 60.0, "{vip_new}");
+    assert_eq!(
+        vip_new - vip_new_before,
+        60.0,
+        "{vip_new_before} → {vip_new}"
+    );
     for (name, n) in &per {
-        let line = format!("lb_backend_new_flows_total{{service=\"web\",backend=\"{name}\"}}");
-        let v = value(&text, &line).unwrap_or_else(|| panic!("no {line}:\n{text}"));
-        assert!(v >= *n as f64, "{name}: {v} < {n}");
+        let after =
+            backend_new(&text, name).unwrap_or_else(|| panic!("no counter of {name}:\n{text}"));
+        let was = backend_new(&before, name).unwrap_or(0.0);
+        assert_eq!(
+            after - was,
+            *n as f64,
+            "{name}: {was} → {after}, {n} flows made"
+        );
     }
     assert!(
         value(&text, "lb_maglev_table_rebuilds_total").unwrap() >= 1.0,
         "{text}"
     );
-    assert!(text.contains("lb_health_backend_up"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "lb_dataplane_state_unknown 0"),
+        "{text}"
+    );
 }

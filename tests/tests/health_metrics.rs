@@ -86,6 +86,7 @@ async fn scrape_health_and_dataplane_metrics() {
             }],
             reasons: vec![("tx".into(), 10)],
             maglev_rebuilds: 2,
+            state_unknown: false,
         })
     });
     let server = metrics::serve_from_config(&cfg, m.clone())

@@ -1,9 +1,15 @@
 //! Google Cloud's internal TCP/UDP load balancer lab (GSP041), reproduced: three backends
 //! answer `GET /<n>` with True/False, an HTTP health check `GET /2` expecting "True" guards
 //! them, a VIP on TCP port 80 fronts them, and a frontend renders a 10x10 table of primes by
-//! asking the VIP, 10 requests in parallel.
+//! asking the VIP, 10 requests in parallel. A fourth backend is broken (it answers False to
+//! every number, `/2` included): the health check must take it out of rotation, or the
+//! table would show primes in red.
 
+mod agent_support;
+
+use agent_support::{lb_ok, until_maps, Maps};
 use anyhow::Result;
+use lb_common::backend_flags;
 use lb_tests::{
     lbrun::{agent_sections, wait_for, Agent},
     netns::Topology,
@@ -14,6 +20,9 @@ use std::{
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
+
+/// The backend that answers False to everything.
+const BROKEN: usize = 3;
 
 const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab");
 
@@ -36,16 +45,23 @@ fn the_prime_number_lab_works_through_the_vip() {
     if !root_or_skip("GSP041 lab") {
         return;
     }
-    let t = Topology::new(3).expect("topology");
+    let t = Topology::new(4).expect("topology");
     let backend = format!("{LAB}/primes_backend.py");
-    let _backends: Vec<_> = (0..3)
+    let _backends: Vec<_> = (0..4)
         .map(|i| {
-            t.backends[i]
-                .spawn(&["python3", &backend, &format!("primes-{i}"), "80"])
-                .unwrap()
+            let name = format!("primes-{i}");
+            let mut args = vec!["python3", &backend, &name, "80"];
+            if i == BROKEN {
+                args.push("broken");
+            }
+            t.backends[i].spawn(&args).unwrap()
         })
         .collect();
-    let mut cfg = agent_sections(&t);
+    // A small Maglev ring, so the test can read the tables (agent_support::RING).
+    let mut cfg = agent_sections(&t).replace(
+        "max_services = 4\n",
+        &format!("max_services = 4\nring_size = {}\n", agent_support::RING),
+    );
     cfg += &format!(
         r#"
 [health_checks.http-2]
@@ -68,31 +84,73 @@ backend_service = "primes"
 "#,
         vip = t.vip()
     );
-    for i in 0..3 {
+    for i in 0..4 {
         cfg += &format!(
             "[[backend_services.primes.backends]]\nname = \"primes-{i}\"\naddress = \"{}\"\n",
             t.backend_ip(i)
         );
     }
     let agent = Agent::start(&t.balancer, &cfg).unwrap();
+    // The broken backend leaves rotation once its check fails twice (interval 1 s); the
+    // three good ones stay. Read from the pinned maps, with a deadline.
+    let good: Vec<_> = (0..3).map(|i| t.backend_ip(i)).collect();
+    let broken = t.backend_ip(BROKEN);
+    until_maps(&agent.pin_dir, Duration::from_secs(20), |m: &Maps| {
+        let shares = m.shares();
+        good.iter().all(|ip| shares.contains_key(ip))
+            && !shares.contains_key(&broken)
+            && m.flags(broken)
+                .is_some_and(|f| f & backend_flags::HEALTHY == 0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    // Every backend has its verdict: the good ones healthy, the broken one not.
+    wait_for(Duration::from_secs(20), || {
+        let d = lb_ok(&agent, &["describe", "service", "primes"]);
+        let health: Vec<_> = (0..4).map(|i| d["backends"][i]["health"].clone()).collect();
+        anyhow::ensure!(
+            health == ["healthy", "healthy", "healthy", "unhealthy"],
+            "{health:?}"
+        );
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert!(agent
+        .log()
+        .contains(&format!("primes/primes-{BROKEN} is now UNHEALTHY")));
+
     let vip = SocketAddr::new(t.vip().into(), 80);
-    // curl VIP/2 → True, /4 → False, /5 → True.
+    // curl VIP/2 → True, /4 → False, /5 → True, over fresh connections (new flows each),
+    // never from the broken backend.
     let answers = t
         .client
-        .run_in(move || {
-            wait_for(Duration::from_secs(20), || {
-                let mut got = Vec::new();
+        .run_in(move || -> Result<Vec<(String, String)>> {
+            let mut got = Vec::new();
+            for _ in 0..10 {
                 for n in [2, 4, 5] {
                     let (status, text) = http_get(vip, &format!("/{n}"))?;
-                    anyhow::ensure!(status == 200, "status {status}");
-                    got.push(text.rsplit("\r\n\r\n").next().unwrap_or("").to_string());
+                    anyhow::ensure!(status == 200, "status {status}: {text}");
+                    let body = text.rsplit("\r\n\r\n").next().unwrap_or("").to_string();
+                    let from = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("X-Backend: "))
+                        .unwrap_or("?")
+                        .to_string();
+                    got.push((format!("/{n} {body}"), from));
                 }
-                Ok(got)
-            })
+            }
+            Ok(got)
         })
-        .unwrap();
-    let answers = answers.unwrap_or_else(|e| panic!("VIP did not answer: {e}\n{}", agent.log()));
-    assert_eq!(answers, vec!["True", "False", "True"]);
+        .unwrap()
+        .unwrap_or_else(|e| panic!("VIP did not answer: {e}\n{}", agent.log()));
+    for (i, (answer, from)) in answers.iter().enumerate() {
+        let want = ["/2 True", "/4 False", "/5 True"][i % 3];
+        assert_eq!(answer, want, "from {from}");
+        assert_ne!(
+            from,
+            &format!("primes-{BROKEN}"),
+            "the broken backend answered"
+        );
+    }
 
     // The frontend runs beside the client and asks the VIP for 1..100.
     let frontend = format!("{LAB}/primes_frontend.py");

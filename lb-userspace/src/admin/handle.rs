@@ -45,7 +45,9 @@ fn change_error(e: ChangeError) -> ErrorBody {
         ChangeError::Invalid(_) | ChangeError::NeedsRestart(_) | ChangeError::NoFile => {
             ErrorKind::Invalid
         }
-        ChangeError::Dataplane(_) | ChangeError::L7(_) => ErrorKind::Dataplane,
+        ChangeError::Dataplane(_) | ChangeError::DataplaneUnknown(_) | ChangeError::L7(_) => {
+            ErrorKind::Dataplane
+        }
     };
     ErrorBody::new(kind, e.to_string())
 }

@@ -130,6 +130,10 @@ pub enum ErrorKind {
     Dataplane,
     /// The agent failed in a way it did not expect.
     Internal,
+    /// Too many admin connections are open; this one is closed (see `admin.max_connections`).
+    Busy,
+    /// The peer sent nothing for `admin.idle_timeout_sec`; the connection is closed.
+    Timeout,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +248,10 @@ pub struct StatusInfo {
     pub config_changes: u64,
     /// The last reconcile error, if the dataplane is behind the desired state.
     pub last_error: Option<String>,
+    /// Set when the maps' contents are unknown (a failed change whose rollback failed too)
+    /// until a later reconcile has rewritten them whole.
+    #[serde(default)]
+    pub dataplane_unknown: Option<String>,
     /// Packets per XDP verdict reason (empty without an L4 dataplane).
     pub reasons: Vec<(String, u64)>,
 }

@@ -36,6 +36,7 @@ pub fn status(agent: &Agent) -> StatusInfo {
         table_rebuilds: agent.table_rebuilds,
         config_changes: agent.config_changes,
         last_error: agent.last_error().map(str::to_string),
+        dataplane_unknown: agent.dataplane_unknown().map(str::to_string),
         reasons: agent.port().reasons(),
     }
 }

@@ -94,30 +94,131 @@ pub fn decode(text: &str, now: Instant, wall_now: SystemTime) -> Result<Override
     Ok(ov)
 }
 
-/// Writes the file atomically (temporary file, then rename), mode 0600.
+/// The largest state file read back: real ones hold a few hundred bytes per override, so
+/// anything bigger is not ours and is refused rather than read into memory.
+pub const MAX_STATE_BYTES: u64 = 1024 * 1024;
+
+/// Writes the file atomically (temporary file, then rename), mode 0600. The temporary is
+/// created with `O_EXCL | O_NOFOLLOW`, so a file or symlink planted at its path is never
+/// written through: a leftover regular file (a crash between create and rename) is removed
+/// first, anything else (a symlink, a folder, a fifo) is refused with an error naming it.
 pub fn save(path: &Path, ov: &Overrides) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(encode(ov, Instant::now(), SystemTime::now()).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    match std::fs::symlink_metadata(&tmp) {
+        Ok(m) if m.file_type().is_file() => std::fs::remove_file(&tmp)?,
+        Ok(m) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{}: refusing to write the state through a {} left at the temporary's path; remove it",
+                    tmp.display(),
+                    kind_of(&m.file_type())
+                ),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = open_exclusive(&tmp)?;
+    let written = f
+        .write_all(encode(ov, Instant::now(), SystemTime::now()).as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ignored = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
-/// Reads the file; a missing file is no overrides.
-pub fn load(path: &Path) -> Result<Overrides, String> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => decode(&t, Instant::now(), SystemTime::now())
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides::default()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+fn open_exclusive(tmp: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(tmp)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))
+}
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "symlink"
+    } else if t.is_dir() {
+        "folder"
+    } else if t.is_fifo() {
+        "fifo"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
     }
+}
+
+/// Reads the file; a missing file is no overrides. The file is opened without following a
+/// symlink, must be a regular file and at most [`MAX_STATE_BYTES`]; every refusal names it.
+pub fn load(path: &Path) -> Result<Overrides, String> {
+    let text = match read_capped(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Overrides::default()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    decode(&text, Instant::now(), SystemTime::now()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`load`] at start: an unreadable state file stops the agent (its drained and maintained
+/// backends would silently return to rotation), unless the operator said to discard it.
+pub fn load_or_stop(path: &Path, discard: bool) -> anyhow::Result<Overrides> {
+    match load(path) {
+        Ok(ov) => Ok(ov),
+        Err(e) if discard => {
+            tracing::warn!(error = %e, "--discard-state: starting without the saved overrides (drain, maintenance, forced health); the file is replaced at the next change");
+            Ok(Overrides::default())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the saved admin overrides: {e}\nThe agent stops rather than return drained or maintained backends to rotation. Fix or remove the file, or start with `lb run --discard-state` to drop it."
+        )),
+    }
+}
+
+fn read_capped(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "is a symlink; the state file is never read through one",
+            ),
+            _ => e,
+        })?;
+    let meta = f.metadata()?;
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
+    if !meta.file_type().is_file() {
+        return Err(invalid(format!(
+            "not a regular file (a {})",
+            kind_of(&meta.file_type())
+        )));
+    }
+    if meta.len() > MAX_STATE_BYTES {
+        return Err(invalid(format!(
+            "{} bytes is over the {MAX_STATE_BYTES}-byte limit of a state file",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    f.take(MAX_STATE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_STATE_BYTES {
+        return Err(invalid(format!(
+            "over the {MAX_STATE_BYTES}-byte limit of a state file"
+        )));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -161,6 +262,91 @@ mod tests {
         save(&p, &ov).unwrap();
         assert_eq!(load(&p).unwrap().by_backend.len(), 1);
         std::fs::remove_file(&p).unwrap();
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lb-persist-{tag}-{}", std::process::id()));
+        let _ignored = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn one_override() -> Overrides {
+        let mut ov = Overrides::default();
+        ov.update("web", "b1", |o| o.maintenance = true);
+        ov
+    }
+
+    /// An attacker who could plant a symlink at the temporary's path (owned by `nobody`,
+    /// pointing at a file root owns) must not make `save` write through it.
+    #[test]
+    fn a_symlinked_temporary_is_refused_and_its_target_untouched() {
+        let d = scratch("symlink-tmp");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let state = d.join("admin.state.json");
+        save(&state, &one_override()).unwrap();
+        let before = std::fs::read(&state).unwrap();
+        let tmp = state.with_extension("json.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        // Best effort: as root, give the link to nobody like an attacker's would be.
+        let _ = std::os::unix::fs::lchown(&tmp, Some(65534), Some(65534));
+        let mut ov = one_override();
+        ov.update("web", "b2", |o| o.forced = Some(false));
+        let err = save(&state, &ov).unwrap_err().to_string();
+        assert!(
+            err.contains("symlink") && err.contains("admin.state.json.tmp"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            before,
+            "the saved state stays"
+        );
+        // A leftover regular temporary (a crash mid-save) is replaced, not refused.
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::write(&tmp, "half").unwrap();
+        save(&state, &ov).unwrap();
+        assert_eq!(load(&state).unwrap().by_backend.len(), 2);
+        assert!(!tmp.exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_or_huge_or_corrupt_state_file_is_an_error_naming_it() {
+        let d = scratch("bad-state");
+        let state = d.join("admin.state.json");
+        std::os::unix::fs::symlink("/etc/hostname", &state).unwrap();
+        let err = load(&state).unwrap_err();
+        assert!(
+            err.contains("admin.state.json") && err.contains("symlink"),
+            "{err}"
+        );
+        std::fs::remove_file(&state).unwrap();
+
+        let f = std::fs::File::create(&state).unwrap();
+        f.set_len(MAX_STATE_BYTES + 1).unwrap();
+        let err = load(&state).unwrap_err();
+        assert!(
+            err.contains("admin.state.json") && err.contains("limit"),
+            "{err}"
+        );
+
+        std::fs::write(&state, "{\"version\":1,\"overrides\":[").unwrap();
+        let err = load(&state).unwrap_err();
+        assert!(
+            err.contains("admin.state.json") && err.contains("EOF"),
+            "{err}"
+        );
+
+        std::fs::write(&state, "{\"version\":2,\"overrides\":[]}").unwrap();
+        let err = load(&state).unwrap_err();
+        assert!(
+            err.contains("admin.state.json") && err.contains("version 2"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

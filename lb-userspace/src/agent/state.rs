@@ -98,6 +98,11 @@ pub enum ChangeError {
     /// The L7 tier could not take the change (certificate, listener, URL map).
     #[error("the L7 tier refused the change; nothing was changed in either tier: {0}")]
     L7(String),
+    /// A map write failed mid-change and restoring the previous state failed too: the
+    /// configuration did not change, but the maps are partly written until a reconcile
+    /// rewrites them.
+    #[error("the dataplane failed in the middle of the change and could not be restored; the configuration did not change: {0}")]
+    DataplaneUnknown(String),
     /// Nothing to reload from.
     #[error("the agent was not started from a file; nothing to reload")]
     NoFile,
@@ -124,6 +129,11 @@ pub struct Agent {
     /// Successful configuration changes (admin or reload).
     pub config_changes: u64,
     last_error: Option<String>,
+    /// Set when a failed change could not be rolled back: the maps hold neither the old plan
+    /// nor the new one. `applied` is then None, so the next reconcile applies its plan
+    /// whole (the programmer rewrites every entry after a failed write); cleared by the
+    /// first plan that is applied.
+    dataplane_unknown: Option<String>,
     /// Where overrides are saved so a restarted agent keeps them (see `persist`).
     state_file: Option<PathBuf>,
     /// Backends the previous agent held unhealthy, until the checker has a verdict (see
@@ -148,6 +158,7 @@ impl Agent {
             table_rebuilds: 0,
             config_changes: 0,
             last_error: None,
+            dataplane_unknown: None,
             state_file: None,
             seeded_down: BTreeSet::new(),
         }
@@ -230,6 +241,10 @@ impl Agent {
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
     }
+    /// Why the dataplane's contents are unknown (a failed rollback), if they are.
+    pub fn dataplane_unknown(&self) -> Option<&str> {
+        self.dataplane_unknown.as_deref()
+    }
 
     /// The service's connection draining timeout.
     pub fn drain_timeout(&self, service: &str) -> Duration {
@@ -304,19 +319,31 @@ impl Agent {
                 self.assignment = a;
                 self.applied = Some(plan);
                 self.table_rebuilds += 1;
+                if self.dataplane_unknown.take().is_some() {
+                    info!("dataplane rewritten whole; its state is known again");
+                }
                 Ok(())
             }
             Err(e) => {
                 // The programmer writes nothing when a plan does not fit; an unexpected map
                 // error can still leave part of it written, so put the last good plan back.
-                if let Some(old) = &self.applied {
-                    if let Err(e2) = self.port.apply(old) {
-                        warn!(error = %e2, "restoring the previous dataplane state failed");
+                if let Some(old) = self.applied.clone() {
+                    if let Err(e2) = self.port.apply(&old) {
+                        self.mark_unknown(&e, &e2);
                     }
                 }
                 Err(e)
             }
         }
+    }
+
+    /// The rollback failed too: stop naming the old plan as applied, so no later reconcile
+    /// skips its writes as "already there", and say so in `status` and metrics.
+    fn mark_unknown(&mut self, error: &str, rollback: &str) {
+        let why = format!("a change failed ({error}) and restoring the previous state failed too ({rollback}); the maps are partly written and the next reconcile rewrites them");
+        warn!("dataplane state UNKNOWN: {why}");
+        self.applied = None;
+        self.dataplane_unknown = Some(why);
     }
 
     /// Brings the dataplane to the desired state of the running configuration (timers,
@@ -427,7 +454,10 @@ impl Agent {
         if let Err(e) = self.apply(plan) {
             self.lingering = lingering;
             self.l7.abort();
-            return Err(ChangeError::Dataplane(e));
+            return Err(match &self.dataplane_unknown {
+                Some(why) => ChangeError::DataplaneUnknown(why.clone()),
+                None => ChangeError::Dataplane(e),
+            });
         }
         if l7_changes {
             let adm = self.l7_admission_for(cfg, &ov, now);
@@ -534,6 +564,11 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ChangeErro
     }
     if old.admin.socket != new.admin.socket {
         diffs.insert("admin.socket");
+    }
+    if (old.admin.idle_timeout_sec, old.admin.max_connections)
+        != (new.admin.idle_timeout_sec, new.admin.max_connections)
+    {
+        diffs.insert("admin.idle_timeout_sec/max_connections");
     }
     if old.admin.metrics_listen != new.admin.metrics_listen {
         diffs.insert("admin.metrics_listen");

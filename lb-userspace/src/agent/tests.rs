@@ -23,7 +23,10 @@ use lb_common::{BackendStats, VipStats};
 #[derive(Clone, Default)]
 struct Fake {
     plans: Arc<Mutex<Vec<L4Plan>>>,
+    /// Refuses every plan but the one the "maps" hold, like a plan that does not fit.
     refuse: Arc<AtomicBool>,
+    /// Fails every plan, the one the maps hold included (a map that stays broken).
+    broken: Arc<AtomicBool>,
 }
 
 impl Fake {
@@ -42,8 +45,16 @@ impl Fake {
 
 impl L4Port for Fake {
     fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err("map update: injected failure (test)".into());
+        }
+        let holds = self.plans.lock().unwrap().last() == Some(plan);
         if self.refuse.load(Ordering::SeqCst) {
-            return Err("no room (test)".into());
+            return if holds {
+                Ok(Assignment::default())
+            } else {
+                Err("no room (test)".into())
+            };
         }
         self.plans.lock().unwrap().push(plan.clone());
         Ok(Assignment::default())
@@ -551,6 +562,14 @@ fn only_start_time_settings_need_a_restart() {
             |c: &mut Config| c.admin.metrics_listen = Some("127.0.0.1:9".into()),
             "admin.metrics_listen",
         ),
+        (
+            |c: &mut Config| c.admin.max_connections = std::num::NonZeroU32::MIN,
+            "admin.idle_timeout_sec/max_connections",
+        ),
+        (
+            |c: &mut Config| c.admin.idle_timeout_sec = std::num::NonZeroU32::MIN,
+            "admin.idle_timeout_sec/max_connections",
+        ),
     ] {
         let mut b = a.clone();
         f(&mut b);
@@ -727,4 +746,47 @@ fn l7_admission_follows_overrides_and_failover() {
     let r = req(&mut a, down, t0);
     assert!(r.ok, "{r:?}");
     assert!(!admit(&l7, "p2").serving && !admit(&l7, "p2").healthy);
+}
+
+/// A change fails and so does its rollback: the agent stops naming the old plan as applied,
+/// `status` says the dataplane is unknown, and the next reconcile applies the plan again
+/// (it would have been skipped as "already there" had `applied` kept the old plan).
+#[test]
+fn a_failed_rollback_marks_the_dataplane_unknown_until_rewritten() {
+    let (mut a, fake, t0) = agent(None);
+    let before = fake.last();
+    fake.broken.store(true, Ordering::SeqCst);
+    let r = req(
+        &mut a,
+        r#"{"version":1,"verb":"drain","service":"web","backend":"b1"}"#,
+        t0,
+    );
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Dataplane);
+    assert!(
+        e.message.contains("could not be restored") && !e.message.contains("nothing was changed"),
+        "{}",
+        e.message
+    );
+    assert_eq!(a.applied(), None, "the old plan is no longer claimed");
+    let why = a.dataplane_unknown().expect("marked unknown").to_string();
+    assert!(why.contains("restoring the previous state failed"), "{why}");
+    let st = crate::admin::view::status(&a);
+    assert_eq!(st.dataplane_unknown.as_deref(), Some(why.as_str()));
+    assert!(crate::cli::table::status(&st).contains("DATAPLANE STATE UNKNOWN"));
+    // Still broken: reconciles keep trying and it stays unknown.
+    a.reconcile(t0);
+    assert!(a.dataplane_unknown().is_some());
+    fake.broken.store(false, Ordering::SeqCst);
+    let n = fake.count();
+    a.reconcile(t0);
+    assert_eq!(fake.count(), n + 1, "the unchanged plan is written again");
+    assert_eq!(
+        fake.last(),
+        before,
+        "the running configuration's plan, drain refused"
+    );
+    assert_eq!(a.applied(), Some(&before));
+    assert!(a.dataplane_unknown().is_none());
+    assert!(crate::admin::view::status(&a).dataplane_unknown.is_none());
 }

@@ -46,6 +46,9 @@ pub fn status(s: &StatusInfo) -> String {
         s.table_rebuilds,
         s.config_changes,
     );
+    if let Some(e) = &s.dataplane_unknown {
+        out += &format!("DATAPLANE STATE UNKNOWN: {e}\n");
+    }
     if let Some(e) = &s.last_error {
         out += &format!("LAST ERROR: {e}\n");
     }

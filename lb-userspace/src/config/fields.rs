@@ -20,6 +20,8 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("admin", "agent.rs", "section"),
     ("admin.socket", "agent.rs", "admin Unix socket"),
     ("admin.metrics_listen", "metrics/mod.rs", "Prometheus listener, parsed by validation"),
+    ("admin.idle_timeout_sec", "admin/server.rs", "a silent admin peer is closed after it"),
+    ("admin.max_connections", "admin/server.rs", "admin connections open at once"),
     ("l7", "l7/limits.rs", "section"),
     ("l7.first_request_timeout_sec", "l7/limits.rs", "deadline of a new connection's handshake and first request"),
     ("l7.header_read_timeout_sec", "l7/limits.rs", "HTTP/1.1 head deadline once its first byte arrived"),
@@ -283,6 +285,7 @@ private_key = "/k"
     fn source(file: &str) -> &'static str {
         match file {
             "agent.rs" => include_str!("../agent.rs"),
+            "admin/server.rs" => include_str!("../admin/server.rs"),
             "agent/state.rs" => include_str!("../agent/state.rs"),
             "model/desired.rs" => include_str!("../model/desired.rs"),
             "metrics/mod.rs" => include_str!("../metrics/mod.rs"),

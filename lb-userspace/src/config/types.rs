@@ -112,6 +112,12 @@ pub struct Admin {
     pub socket: PathBuf,
     /// Prometheus text metrics listen address, e.g. "127.0.0.1:9100" (off when absent).
     pub metrics_listen: Option<String>,
+    /// Seconds an admin connection may stay silent (between or within requests) before the
+    /// agent closes it.
+    pub idle_timeout_sec: std::num::NonZeroU32,
+    /// Admin connections served at once per class of peer (those that may change: root and
+    /// the agent's user; and everyone else); more are answered `busy` and closed.
+    pub max_connections: std::num::NonZeroU32,
 }
 
 impl Default for Admin {
@@ -119,6 +125,8 @@ impl Default for Admin {
         Admin {
             socket: PathBuf::from("/run/lb/admin.sock"),
             metrics_listen: None,
+            idle_timeout_sec: std::num::NonZeroU32::new(30).expect("non-zero"),
+            max_connections: std::num::NonZeroU32::new(64).expect("non-zero"),
         }
     }
 }

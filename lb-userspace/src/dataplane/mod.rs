@@ -2,8 +2,10 @@
 //! a desired state into map contents (`programmer`), reading counters (`stats`), running the
 //! program on fixture frames (`testrun`) and finding backend MACs (`neighbor`).
 
+pub mod alloc;
 pub mod linger;
 pub mod loader;
+pub mod maps;
 pub mod neighbor;
 pub mod plan;
 pub mod programmer;

@@ -12,10 +12,9 @@
 //! table. Everything that can fail for lack of room is checked before the first write, so
 //! a refused plan leaves the maps as they were.
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
-    backend_flags, limits, names, Backend, BackendStats, ServiceMeta, VipAddrKey, VipKey, VipMeta,
-    VipState, VipStats, FAMILY_V4, NO_BACKEND, VIP_ADDR_ALL_PORTS, VIP_ADDR_PORTS,
+    backend_flags, limits, Backend, ServiceMeta, VipAddrKey, VipKey, VipMeta, VipState, FAMILY_V4,
+    NO_BACKEND, VIP_ADDR_ALL_PORTS, VIP_ADDR_PORTS,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,8 +24,10 @@ use std::{
 use tracing::debug;
 
 use super::{
-    loader::{open_pinned, LoadError},
-    plan::L4Plan,
+    alloc::{self, Ids},
+    loader::LoadError,
+    maps::{MapLayer, PinnedMaps},
+    plan::{L4Plan, L4Service},
 };
 use crate::maglev;
 
@@ -45,33 +46,29 @@ pub enum ProgramError {
 
 /// What the programmer believes the maps hold.
 #[derive(Debug, Clone, Default)]
-struct Current {
-    service_ids: BTreeMap<String, u32>,
+pub struct Current {
+    pub service_ids: BTreeMap<String, u32>,
     /// (service id, address) → (slot, generation).
-    slots: BTreeMap<(u32, Ipv4Addr), (u32, u32)>,
+    pub slots: BTreeMap<(u32, Ipv4Addr), (u32, u32)>,
     /// Generation last used by each slot (so reuse bumps it even across restarts).
-    generations: BTreeMap<u32, u32>,
-    backends: BTreeMap<u32, Backend>,
-    tables: BTreeMap<u32, Vec<u32>>,
-    metas: BTreeMap<u32, ServiceMeta>,
-    vips: BTreeMap<VipKey, VipMeta>,
-    vip_addrs: BTreeMap<VipAddrKey, u32>,
+    pub generations: BTreeMap<u32, u32>,
+    pub backends: BTreeMap<u32, Backend>,
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    pub metas: BTreeMap<u32, ServiceMeta>,
+    pub vips: BTreeMap<VipKey, VipMeta>,
+    pub vip_addrs: BTreeMap<VipAddrKey, u32>,
     /// Last generation written to `VIP_STATE` per VIP id.
-    vip_gens: BTreeMap<u32, u32>,
+    pub vip_gens: BTreeMap<u32, u32>,
 }
 
-pub struct Programmer {
-    vips: HashMap<MapData, VipKey, VipMeta>,
-    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
-    vip_state: Array<MapData, VipState>,
-    services: Array<MapData, ServiceMeta>,
-    backends: Array<MapData, Backend>,
-    maglev: Array<MapData, u32>,
-    vip_stats: PerCpuArray<MapData, VipStats>,
-    backend_stats: PerCpuArray<MapData, BackendStats>,
+pub struct Programmer<M: MapLayer = PinnedMaps> {
+    maps: M,
     ring_size: u32,
     max_services: u32,
     cur: Current,
+    /// A write failed since the last whole plan: `cur` may not match the maps, so nothing
+    /// is skipped as "already there".
+    dirty: bool,
 }
 
 /// Ids a plan resolved to, for status displays and counters.
@@ -84,43 +81,51 @@ pub struct Assignment {
     pub vip_ids: BTreeMap<String, u32>,
 }
 
-impl Programmer {
+impl Programmer<PinnedMaps> {
     /// Opens the pinned maps and adopts what they hold.
     pub fn open(pin_dir: &Path, ring_size: u32, max_services: u32) -> Result<Self, ProgramError> {
+        Self::with_maps(PinnedMaps::open(pin_dir)?, ring_size, max_services)
+    }
+}
+
+impl<M: MapLayer> Programmer<M> {
+    /// Adopts what `maps` hold.
+    pub fn with_maps(maps: M, ring_size: u32, max_services: u32) -> Result<Self, ProgramError> {
         let mut p = Programmer {
-            vips: open_pinned(pin_dir, names::MAP_VIPS)?,
-            vip_addrs: open_pinned(pin_dir, names::MAP_VIP_ADDRS)?,
-            vip_state: open_pinned(pin_dir, names::MAP_VIP_STATE)?,
-            services: open_pinned(pin_dir, names::MAP_SERVICES)?,
-            backends: open_pinned(pin_dir, names::MAP_BACKENDS)?,
-            maglev: open_pinned(pin_dir, names::MAP_MAGLEV)?,
-            vip_stats: open_pinned(pin_dir, names::MAP_VIP_STATS)?,
-            backend_stats: open_pinned(pin_dir, names::MAP_BACKEND_STATS)?,
+            maps,
             ring_size,
             max_services,
             cur: Current::default(),
+            dirty: false,
         };
         p.adopt()?;
         Ok(p)
     }
 
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// Whether a write failed since the last plan applied whole.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     fn adopt(&mut self) -> Result<(), ProgramError> {
-        for item in self.vips.iter() {
-            let (k, v) = item?;
-            self.cur.vips.insert(k, v);
-        }
-        for item in self.vip_addrs.iter() {
-            let (k, v) = item?;
-            self.cur.vip_addrs.insert(k, v);
-        }
+        self.cur.vips = self.maps.vips()?.into_iter().collect();
+        self.cur.vip_addrs = self.maps.vip_addrs()?.into_iter().collect();
         for id in 0..limits::MAX_VIPS {
-            let st = self.vip_state.get(&id, 0)?;
+            let st = self.maps.vip_state(id)?;
             if st.generation != 0 {
                 self.cur.vip_gens.insert(id, st.generation);
             }
         }
         for slot in 0..limits::MAX_BACKENDS {
-            let b = self.backends.get(&slot, 0)?;
+            let b = self.maps.backend(slot)?;
             if b.generation != 0 {
                 self.cur.generations.insert(slot, b.generation);
             }
@@ -134,11 +139,11 @@ impl Programmer {
         }
         let used: BTreeSet<u32> = self.cur.vips.values().map(|m| m.service).collect();
         for sid in used {
-            let meta = self.services.get(&sid, 0)?;
+            let meta = self.maps.service(sid)?;
             let base = (sid * 2 + (meta.active & 1)) * self.ring_size;
             let mut table = Vec::with_capacity(self.ring_size as usize);
             for i in 0..self.ring_size {
-                table.push(self.maglev.get(&(base + i), 0)?);
+                table.push(self.maps.maglev(base + i)?);
             }
             self.cur.metas.insert(sid, meta);
             self.cur.tables.insert(sid, table);
@@ -151,8 +156,8 @@ impl Programmer {
         Ok(())
     }
 
-    /// Names adopted service ids: `names` maps a VIP key to the service the plan puts behind
-    /// it; an adopted VIP whose key the plan still has keeps that service's old id.
+    /// Names adopted service ids: an adopted VIP whose key the plan still has keeps the id
+    /// of the service it pointed at for the service the plan puts behind it.
     fn name_services(&mut self, plan: &L4Plan) {
         for v in &plan.vips {
             if let Some(meta) = self.cur.vips.get(&v.key()) {
@@ -164,74 +169,55 @@ impl Programmer {
         }
     }
 
-    /// Makes the maps say what `plan` says. Either every write happens or, when the plan
-    /// does not fit, none does.
+    /// Makes the maps say what `plan` says. When the plan does not fit nothing is written;
+    /// when a write fails part of it may be, and the programmer turns dirty (see the
+    /// module comment) so that applying any plan afterwards rewrites every entry.
     pub fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, ProgramError> {
         if self.cur.service_ids.is_empty() && !self.cur.vips.is_empty() {
             self.name_services(plan);
         }
-        // ---- 1. Resolve ids without writing anything. ----
-        let mut service_ids = BTreeMap::new();
-        let mut free_sids: Vec<u32> = (0..self.max_services)
-            .filter(|id| !self.cur.service_ids.values().any(|v| v == id))
-            .rev()
-            .collect();
-        for s in &plan.services {
-            let id = match self.cur.service_ids.get(&s.name) {
-                Some(id) => *id,
-                None => free_sids.pop().ok_or_else(|| {
-                    ProgramError::NoRoom(format!(
-                        "more than {} L4 backend services; raise dataplane.max_services",
-                        self.max_services
-                    ))
-                })?,
-            };
-            service_ids.insert(s.name.clone(), id);
-        }
-        let mut slots: BTreeMap<(u32, Ipv4Addr), (u32, u32)> = BTreeMap::new();
-        let used_slots: BTreeSet<u32> = self.cur.slots.values().map(|(s, _)| *s).collect();
-        let mut free_slots = (0..limits::MAX_BACKENDS).filter(|s| !used_slots.contains(s));
-        for s in &plan.services {
-            let sid = service_ids[&s.name];
-            for b in &s.backends {
-                let key = (sid, b.addr);
-                let v = match self.cur.slots.get(&key) {
-                    Some(v) => *v,
-                    None => {
-                        let slot = free_slots.next().ok_or_else(|| {
-                            ProgramError::NoRoom(format!(
-                                "more than {} L4 backends in all",
-                                limits::MAX_BACKENDS
-                            ))
-                        })?;
-                        let generation = self.cur.generations.get(&slot).copied().unwrap_or(0) + 1;
-                        (slot, generation)
-                    }
-                };
-                slots.insert(key, v);
+        let ids = alloc::allocate(&self.cur, plan, self.max_services)?;
+        match self.write(plan, &ids) {
+            Ok(a) => {
+                self.cur.slots = ids.slots;
+                self.cur.service_ids = ids.service_ids;
+                self.dirty = false;
+                Ok(a)
+            }
+            Err(e) => {
+                self.dirty = true;
+                Err(e)
             }
         }
-        let mut vip_ids: BTreeMap<VipKey, u32> = BTreeMap::new();
-        let used_vids: BTreeSet<u32> = self.cur.vips.values().map(|m| m.vip_id).collect();
-        let mut free_vids = (0..limits::MAX_VIPS).filter(|v| !used_vids.contains(v));
-        for v in &plan.vips {
-            let k = v.key();
-            let id = match self.cur.vips.get(&k) {
-                Some(m) => m.vip_id,
-                None => free_vids.next().ok_or_else(|| {
-                    ProgramError::NoRoom(format!("more than {} VIPs", limits::MAX_VIPS))
-                })?,
-            };
-            vip_ids.insert(k, id);
-        }
+    }
 
-        // ---- 2. Backends first: a table may only name slots that are ready. ----
+    /// The writes, in the order packets need: backends before the tables naming them,
+    /// tables before the flip, VIP state before the VIP, removals last.
+    fn write(&mut self, plan: &L4Plan, ids: &Ids) -> Result<Assignment, ProgramError> {
         let mut assignment = Assignment::default();
+        let wanted_slots = self.write_backends(plan, ids, &mut assignment)?;
+        for s in &plan.services {
+            self.write_table(s, ids)?;
+            let sid = ids.service_ids[&s.name];
+            assignment.service_ids.insert(s.name.clone(), sid);
+        }
+        let (wanted_vips, wanted_addrs) = self.write_vips(plan, ids, &mut assignment)?;
+        self.remove_vips(&wanted_vips, &wanted_addrs)?;
+        self.free_slots(&wanted_slots)?;
+        Ok(assignment)
+    }
+
+    fn write_backends(
+        &mut self,
+        plan: &L4Plan,
+        ids: &Ids,
+        assignment: &mut Assignment,
+    ) -> Result<BTreeSet<u32>, ProgramError> {
         let mut wanted_slots = BTreeSet::new();
         for s in &plan.services {
-            let sid = service_ids[&s.name];
+            let sid = ids.service_ids[&s.name];
             for b in &s.backends {
-                let (slot, generation) = slots[&(sid, b.addr)];
+                let (slot, generation) = ids.slots[&(sid, b.addr)];
                 wanted_slots.insert(slot);
                 assignment
                     .backend_slots
@@ -257,72 +243,81 @@ impl Programmer {
                     generation,
                     service: sid,
                 };
-                if self.cur.backends.get(&slot) != Some(&entry) {
+                if self.dirty || self.cur.backends.get(&slot) != Some(&entry) {
                     if !self.cur.slots.contains_key(&(sid, b.addr)) {
                         // A new occupant starts with zeroed counters.
-                        self.zero_backend_stats(slot)?;
+                        self.maps.zero_backend_stats(slot)?;
                     }
-                    self.backends.set(slot, entry, 0)?;
+                    self.maps.set_backend(slot, entry)?;
                     self.cur.backends.insert(slot, entry);
                     self.cur.generations.insert(slot, generation);
                 }
             }
         }
+        Ok(wanted_slots)
+    }
 
-        // ---- 3. Tables and service metadata. ----
-        for s in &plan.services {
-            let sid = service_ids[&s.name];
-            let members: Vec<(&str, u32, u32)> = s
-                .backends
-                .iter()
-                .filter(|b| b.in_table && b.mac.is_some() && b.weight > 0)
-                .map(|b| (b.name.as_str(), b.weight, slots[&(sid, b.addr)].0))
-                .collect();
-            let mb: Vec<maglev::MaglevBackend> = members
-                .iter()
-                .map(|(n, w, _)| maglev::MaglevBackend {
-                    name: n,
-                    weight: *w,
-                })
-                .collect();
-            let table: Vec<u32> = maglev::build(&mb, self.ring_size)
-                .into_iter()
-                .map(|i| i.map_or(NO_BACKEND, |i| members[i as usize].2))
-                .collect();
-            let old_meta = self.cur.metas.get(&sid).copied();
-            let mut meta = ServiceMeta {
-                active: old_meta.map_or(0, |m| m.active & 1),
-                hash_mode: s.hash_mode,
-                flags: s.flags,
-                idle_timeout_s: s.idle_timeout_s,
+    /// Builds the service's Maglev table; when it differs (or the programmer is dirty) it
+    /// goes to the inactive half, then the metadata flips `active` in one write.
+    fn write_table(&mut self, s: &L4Service, ids: &Ids) -> Result<(), ProgramError> {
+        let sid = ids.service_ids[&s.name];
+        let members: Vec<(&str, u32, u32)> = s
+            .backends
+            .iter()
+            .filter(|b| b.in_table && b.mac.is_some() && b.weight > 0)
+            .map(|b| (b.name.as_str(), b.weight, ids.slots[&(sid, b.addr)].0))
+            .collect();
+        let mb: Vec<maglev::MaglevBackend> = members
+            .iter()
+            .map(|(n, w, _)| maglev::MaglevBackend {
+                name: n,
+                weight: *w,
+            })
+            .collect();
+        let table: Vec<u32> = maglev::build(&mb, self.ring_size)
+            .into_iter()
+            .map(|i| i.map_or(NO_BACKEND, |i| members[i as usize].2))
+            .collect();
+        let old_meta = self.cur.metas.get(&sid).copied();
+        let mut meta = ServiceMeta {
+            active: old_meta.map_or(0, |m| m.active & 1),
+            hash_mode: s.hash_mode,
+            flags: s.flags,
+            idle_timeout_s: s.idle_timeout_s,
+        };
+        if self.dirty || self.cur.tables.get(&sid) != Some(&table) {
+            let next = if old_meta.is_some() {
+                meta.active ^ 1
+            } else {
+                meta.active
             };
-            if self.cur.tables.get(&sid) != Some(&table) {
-                let next = if old_meta.is_some() {
-                    meta.active ^ 1
-                } else {
-                    meta.active
-                };
-                let base = (sid * 2 + next) * self.ring_size;
-                for (i, b) in table.iter().enumerate() {
-                    self.maglev.set(base + i as u32, *b, 0)?;
-                }
-                meta.active = next;
-                self.cur.tables.insert(sid, table);
-            }
-            if old_meta != Some(meta) {
-                self.services.set(sid, meta, 0)?;
-                self.cur.metas.insert(sid, meta);
-            }
-            assignment.service_ids.insert(s.name.clone(), sid);
+            self.maps
+                .set_maglev((sid * 2 + next) * self.ring_size, &table)?;
+            meta.active = next;
+            // Until the flip lands `cur` keeps the old table and half: a failed flip leaves
+            // the maps on them, and the next attempt writes the inactive half again.
+            self.maps.set_service(sid, meta)?;
+            self.cur.tables.insert(sid, table);
+            self.cur.metas.insert(sid, meta);
+        } else if old_meta != Some(meta) {
+            self.maps.set_service(sid, meta)?;
+            self.cur.metas.insert(sid, meta);
         }
+        Ok(())
+    }
 
-        // ---- 4. VIPs: add and change, then remove the ones gone. ----
+    fn write_vips(
+        &mut self,
+        plan: &L4Plan,
+        ids: &Ids,
+        assignment: &mut Assignment,
+    ) -> Result<(BTreeSet<VipKey>, BTreeMap<VipAddrKey, u32>), ProgramError> {
         let mut wanted_vips = BTreeSet::new();
         let mut wanted_addrs: BTreeMap<VipAddrKey, u32> = BTreeMap::new();
         for v in &plan.vips {
             let k = v.key();
-            let service = service_ids[&v.service];
-            let vip_id = vip_ids[&k];
+            let service = ids.service_ids[&v.service];
+            let vip_id = ids.vip_ids[&k];
             let meta = match self.cur.vips.get(&k) {
                 // Same rule, same service: keep the generation, so its flows stay valid.
                 Some(m) if m.service == service => *m,
@@ -338,42 +333,47 @@ impl Programmer {
             } else {
                 VIP_ADDR_PORTS
             };
-            *wanted_addrs
-                .entry(VipAddrKey {
-                    addr: k.addr,
-                    proto: k.proto,
-                    family: k.family,
-                    _pad: [0; 2],
-                })
-                .or_default() |= addr_flag;
+            let addr_key = VipAddrKey {
+                addr: k.addr,
+                proto: k.proto,
+                family: k.family,
+                _pad: [0; 2],
+            };
+            *wanted_addrs.entry(addr_key).or_default() |= addr_flag;
             assignment.vip_ids.insert(
                 format!("{}/{}:{}/{}", v.name, v.addr, v.port, v.proto_name()),
                 meta.vip_id,
             );
-            if self.cur.vips.get(&k) != Some(&meta) {
+            if self.dirty || self.cur.vips.get(&k) != Some(&meta) {
                 if !self.cur.vips.contains_key(&k) {
-                    self.zero_vip_stats(meta.vip_id)?;
+                    self.maps.zero_vip_stats(meta.vip_id)?;
                 }
                 // State before the rule: a packet that finds the rule finds its state.
-                self.vip_state.set(
-                    vip_id,
-                    VipState {
-                        service,
-                        generation: meta.generation,
-                    },
-                    0,
-                )?;
+                let st = VipState {
+                    service,
+                    generation: meta.generation,
+                };
+                self.maps.set_vip_state(vip_id, st)?;
                 self.cur.vip_gens.insert(vip_id, meta.generation);
-                self.vips.insert(k, meta, 0)?;
+                self.maps.insert_vip(k, meta)?;
                 self.cur.vips.insert(k, meta);
             }
         }
         for (a, flags) in &wanted_addrs {
-            if self.cur.vip_addrs.get(a) != Some(flags) {
-                self.vip_addrs.insert(*a, *flags, 0)?;
+            if self.dirty || self.cur.vip_addrs.get(a) != Some(flags) {
+                self.maps.insert_vip_addr(*a, *flags)?;
                 self.cur.vip_addrs.insert(*a, *flags);
             }
         }
+        Ok((wanted_vips, wanted_addrs))
+    }
+
+    /// Removes VIPs and VIP addresses the plan no longer has, invalidating their flows.
+    fn remove_vips(
+        &mut self,
+        wanted_vips: &BTreeSet<VipKey>,
+        wanted_addrs: &BTreeMap<VipAddrKey, u32>,
+    ) -> Result<(), ProgramError> {
         let gone: Vec<VipKey> = self
             .cur
             .vips
@@ -382,18 +382,15 @@ impl Programmer {
             .copied()
             .collect();
         for k in gone {
-            self.vips.remove(&k)?;
+            self.maps.remove_vip(&k)?;
             if let Some(m) = self.cur.vips.remove(&k) {
                 // Invalidate the flows of the rule that went away.
                 let generation = self.cur.vip_gens.get(&m.vip_id).copied().unwrap_or(0) + 1;
-                self.vip_state.set(
-                    m.vip_id,
-                    VipState {
-                        service: u32::MAX,
-                        generation,
-                    },
-                    0,
-                )?;
+                let st = VipState {
+                    service: u32::MAX,
+                    generation,
+                };
+                self.maps.set_vip_state(m.vip_id, st)?;
                 self.cur.vip_gens.insert(m.vip_id, generation);
             }
         }
@@ -405,11 +402,14 @@ impl Programmer {
             .copied()
             .collect();
         for k in gone {
-            self.vip_addrs.remove(&k)?;
+            self.maps.remove_vip_addr(&k)?;
             self.cur.vip_addrs.remove(&k);
         }
+        Ok(())
+    }
 
-        // ---- 5. Slots no longer wanted: clear IN_USE so their flows are hashed again. ----
+    /// Slots no longer wanted: clear IN_USE so their flows are hashed again.
+    fn free_slots(&mut self, wanted_slots: &BTreeSet<u32>) -> Result<(), ProgramError> {
         let gone: Vec<u32> = self
             .cur
             .backends
@@ -420,25 +420,13 @@ impl Programmer {
         for slot in gone {
             let mut b = self.cur.backends[&slot];
             b.flags = 0;
-            self.backends.set(slot, b, 0)?;
+            self.maps.set_backend(slot, b)?;
             self.cur.backends.remove(&slot);
         }
-        self.cur.slots = slots;
-        self.cur.service_ids = service_ids;
-        Ok(assignment)
-    }
-
-    fn zero_vip_stats(&mut self, id: u32) -> Result<(), ProgramError> {
-        let n = aya::util::nr_cpus().map_err(|(_, e)| ProgramError::NoRoom(e.to_string()))?;
-        let zeros = PerCpuValues::try_from(vec![VipStats::default(); n])?;
-        self.vip_stats.set(id, zeros, 0)?;
-        Ok(())
-    }
-
-    fn zero_backend_stats(&mut self, id: u32) -> Result<(), ProgramError> {
-        let n = aya::util::nr_cpus().map_err(|(_, e)| ProgramError::NoRoom(e.to_string()))?;
-        let zeros = PerCpuValues::try_from(vec![BackendStats::default(); n])?;
-        self.backend_stats.set(id, zeros, 0)?;
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "programmer_tests.rs"]
+mod tests;

@@ -45,6 +45,8 @@ pub struct DataplaneCounters {
     pub reasons: Vec<(String, u64)>,
     /// Maglev tables rebuilt since the agent started.
     pub maglev_rebuilds: u64,
+    /// The maps' contents are unknown (a failed change whose rollback failed too).
+    pub state_unknown: bool,
 }
 
 pub(super) type Source = Box<dyn Fn() -> Result<DataplaneCounters, SourceError> + Send + Sync>;
@@ -124,6 +126,12 @@ impl Collector for DataplaneCollector {
             [(Vec::new(), i64::from(c.is_some()))],
         )?;
         let Some(c) = c else { return Ok(()) };
+        gauges(
+            &mut enc,
+            "lb_dataplane_state_unknown",
+            "1 while a failed change whose rollback also failed leaves the maps partly written (until the next reconcile rewrites them).",
+            [(Vec::new(), i64::from(c.state_unknown))],
+        )?;
         for (name, help, get) in VIP_FIELDS {
             counters(
                 &mut enc,

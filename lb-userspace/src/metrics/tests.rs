@@ -22,6 +22,7 @@ fn sample() -> DataplaneCounters {
         }],
         reasons: vec![("tx".into(), 9), ("pass_not_vip".into(), 3)],
         maglev_rebuilds: 1,
+        state_unknown: false,
     }
 }
 
@@ -37,6 +38,7 @@ fn dataplane_counters_render() {
         r#"lb_backend_bytes_total{service="svc",backend="10.0.0.2"} 400"#,
         r#"lb_dataplane_packets_total{reason="tx"} 9"#,
         "lb_maglev_table_rebuilds_total 1",
+        "lb_dataplane_state_unknown 0",
         "# EOF",
     ] {
         assert!(
@@ -44,6 +46,22 @@ fn dataplane_counters_render() {
             "missing {line:?} in\n{text}"
         );
     }
+}
+
+#[test]
+fn an_unknown_dataplane_state_is_a_gauge_of_1() {
+    let m = Metrics::new();
+    m.register_dataplane(|| {
+        Ok(DataplaneCounters {
+            state_unknown: true,
+            ..sample()
+        })
+    });
+    let text = m.render();
+    assert!(
+        text.lines().any(|l| l == "lb_dataplane_state_unknown 1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -9,7 +9,10 @@
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData};
-use lb_common::{backend_flags, names, Backend, ServiceMeta, VipKey, VipMeta};
+use lb_common::{
+    backend_flags, names, Backend, ConnEntry, FlowKey, ServiceMeta, VipAddrKey, VipKey, VipMeta,
+    VipState,
+};
 use lb_tests::{
     lbrun::{field, tcp_banner, Agent},
     netns::{ProcGuard, Topology},
@@ -255,6 +258,71 @@ impl Maps {
             .values()
             .find(|b| b.addr[..4] == addr.octets())
             .map(|b| b.flags)
+    }
+}
+
+/// Every entry of every map the programmer writes, plus the connection table, as the
+/// kernel holds them: both Maglev halves of every service, every backend slot and VIP
+/// state (in use or not). Two equal dumps mean a byte-identical dataplane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dump {
+    pub services: Vec<ServiceMeta>,
+    pub vip_state: Vec<VipState>,
+    pub vip_addrs: BTreeMap<VipAddrKey, u32>,
+    pub maglev: Vec<u32>,
+    pub backends: Vec<Backend>,
+    pub vips: BTreeMap<VipKey, VipMeta>,
+    pub conns: BTreeMap<FlowKey, ConnEntry>,
+}
+
+impl Dump {
+    pub fn read(pin_dir: &Path) -> Result<Dump> {
+        fn array<T: aya::Pod>(pins: &Path, name: &str) -> Result<Vec<T>> {
+            let a: Array<MapData, T> = open_pinned(pins, name)?;
+            (0..a.len())
+                .map(|i| Ok(a.get(&i, 0)?))
+                .collect::<Result<Vec<T>>>()
+        }
+        fn hash<K: aya::Pod + Ord, V: aya::Pod>(pins: &Path, name: &str) -> Result<BTreeMap<K, V>> {
+            let h: HashMap<MapData, K, V> = open_pinned(pins, name)?;
+            Ok(h.iter().collect::<Result<BTreeMap<K, V>, _>>()?)
+        }
+        Ok(Dump {
+            services: array(pin_dir, names::MAP_SERVICES)?,
+            vip_state: array(pin_dir, names::MAP_VIP_STATE)?,
+            vip_addrs: hash(pin_dir, names::MAP_VIP_ADDRS)?,
+            maglev: array(pin_dir, names::MAP_MAGLEV)?,
+            backends: array(pin_dir, names::MAP_BACKENDS)?,
+            vips: hash(pin_dir, names::MAP_VIPS)?,
+            conns: hash(pin_dir, names::MAP_CONNS)?,
+        })
+    }
+
+    /// Connection-table entries without their last-seen clock (which packets move).
+    pub fn flows(&self) -> BTreeMap<FlowKey, (u32, u32, u32, u32)> {
+        self.conns
+            .iter()
+            .map(|(k, e)| (*k, (e.backend, e.generation, e.vip_id, e.vip_generation)))
+            .collect()
+    }
+}
+
+/// Waits until `lb describe service` shows exactly these health verdicts, in backend order
+/// ("healthy", "unhealthy", "unknown"); panics with the agent's log after `within`.
+pub fn wait_health(agent: &Agent, service: &str, want: &[&str], within: Duration) {
+    let got = lb_tests::lbrun::wait_for(within, || {
+        let d = lb_ok(agent, &["describe", "service", service]);
+        let health: Vec<String> = d["backends"]
+            .as_array()
+            .context("no backends")?
+            .iter()
+            .map(|b| b["health"].as_str().unwrap_or("?").to_string())
+            .collect();
+        anyhow::ensure!(health == want, "health {health:?}, want {want:?}");
+        Ok(())
+    });
+    if let Err(e) = got {
+        panic!("{e}; log:\n{}", agent.log());
     }
 }
 

@@ -1,0 +1,291 @@
+//! The programmer against in-memory maps (no root): allocation, write order, refusals that
+//! write nothing, adoption by a second programmer, rollback after a failed write at every
+//! position, and a rollback that fails too.
+
+use super::*;
+use crate::dataplane::{
+    maps::fake::{Contents, FakeMaps, Write},
+    plan::{L4Backend, L4Service, L4Vip},
+};
+use lb_common::PROTO_TCP;
+
+const RING: u32 = 13;
+const MAX_SERVICES: u32 = 4;
+
+fn b(name: &str, last: u8) -> L4Backend {
+    L4Backend {
+        name: name.into(),
+        addr: Ipv4Addr::new(10, 0, 0, last),
+        mac: Some([2, 0, 0, 0, 0, last]),
+        weight: 1,
+        in_table: true,
+        healthy: true,
+        draining: false,
+        evict: false,
+    }
+}
+
+fn svc(name: &str, backends: Vec<L4Backend>) -> L4Service {
+    L4Service {
+        name: name.into(),
+        hash_mode: 0,
+        flags: 0,
+        idle_timeout_s: 600,
+        backends,
+    }
+}
+
+fn vip(name: &str, last: u8, port: u16, service: &str) -> L4Vip {
+    L4Vip {
+        name: name.into(),
+        addr: Ipv4Addr::new(10, 0, 0, last),
+        port,
+        proto: PROTO_TCP,
+        service: service.into(),
+    }
+}
+
+/// web (b1, b2) behind 10.0.0.100:80.
+fn plan_a() -> L4Plan {
+    L4Plan {
+        services: vec![svc("web", vec![b("b1", 1), b("b2", 2)])],
+        vips: vec![vip("web-vip", 100, 80, "web")],
+    }
+}
+
+/// web loses b1 and gains b3; a second service and VIP appear; the old VIP moves port.
+fn plan_b() -> L4Plan {
+    L4Plan {
+        services: vec![
+            svc("web", vec![b("b2", 2), b("b3", 3)]),
+            svc("api", vec![b("a1", 11)]),
+        ],
+        vips: vec![
+            vip("web-vip", 100, 81, "web"),
+            vip("api-vip", 101, 0, "api"),
+        ],
+    }
+}
+
+fn programmer() -> Programmer<FakeMaps> {
+    Programmer::with_maps(FakeMaps::new(MAX_SERVICES, RING), RING, MAX_SERVICES).unwrap()
+}
+
+/// What packets see, independent of which Maglev half or generation holds it: each VIP's
+/// service id and state, the addresses flagged, the active table of each live service
+/// (as backend addresses), and every in-use backend slot.
+type View = (
+    BTreeMap<VipKey, (u32, u32, u32)>,
+    BTreeMap<VipAddrKey, u32>,
+    BTreeMap<u32, Vec<[u8; 16]>>,
+    BTreeMap<u32, ([u8; 16], [u8; 6], u32, u32)>,
+);
+
+fn view(c: &Contents) -> View {
+    let vips = c
+        .vips
+        .iter()
+        .map(|(k, m)| {
+            (
+                *k,
+                (m.service, m.vip_id, c.vip_state[m.vip_id as usize].service),
+            )
+        })
+        .collect();
+    let live: BTreeSet<u32> = c.vips.values().map(|m| m.service).collect();
+    let tables = live
+        .into_iter()
+        .map(|sid| {
+            let base = ((sid * 2 + (c.services[sid as usize].active & 1)) * RING) as usize;
+            let t = c.maglev[base..base + RING as usize]
+                .iter()
+                .map(|s| c.backends[*s as usize].addr)
+                .collect();
+            (sid, t)
+        })
+        .collect();
+    let backends = c
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.flags & backend_flags::IN_USE != 0)
+        .map(|(i, b)| (i as u32, (b.addr, b.mac, b.flags, b.service)))
+        .collect();
+    (vips, c.vip_addrs.clone(), tables, backends)
+}
+
+#[test]
+fn ids_are_stable_and_a_reused_slot_gets_a_new_generation() {
+    let mut p = programmer();
+    let a = p.apply(&plan_a()).unwrap();
+    assert_eq!(a.service_ids["web"], 0);
+    let (b1, b2) = (
+        a.backend_slots[&("web".into(), "b1".into())],
+        a.backend_slots[&("web".into(), "b2".into())],
+    );
+    assert_eq!((b1, b2), (0, 1));
+    let bb = p.apply(&plan_b()).unwrap();
+    assert_eq!(bb.service_ids["web"], 0, "a service keeps its id");
+    assert_eq!(bb.service_ids["api"], 1);
+    assert_eq!(
+        bb.backend_slots[&("web".into(), "b2".into())],
+        b2,
+        "a kept backend keeps its slot"
+    );
+    let b3 = bb.backend_slots[&("web".into(), "b3".into())];
+    assert!(
+        b3 != b1,
+        "a slot freed by this very plan is not reused by it"
+    );
+    assert_eq!(
+        p.maps().c.backends[b1 as usize].flags,
+        0,
+        "b1's slot is freed"
+    );
+    // b1 comes back: it takes the lowest free slot (its old one), one generation later.
+    let mut c = plan_b();
+    c.services[0].backends.push(b("b1", 1));
+    let cc = p.apply(&c).unwrap();
+    assert_eq!(cc.backend_slots[&("web".into(), "b1".into())], b1);
+    assert_eq!(p.maps().c.backends[b1 as usize].generation, 2);
+}
+
+#[test]
+fn a_plan_that_does_not_fit_writes_nothing() {
+    let mut p = Programmer::with_maps(FakeMaps::new(1, RING), RING, 1).unwrap();
+    p.apply(&plan_a()).unwrap();
+    let before = p.maps().c.clone();
+    let writes = p.maps().log.len();
+    let e = p.apply(&plan_b()).unwrap_err().to_string();
+    assert!(e.contains("raise dataplane.max_services"), "{e}");
+    assert_eq!(p.maps().log.len(), writes, "no write at all");
+    assert_eq!(p.maps().c, before);
+    assert!(!p.is_dirty());
+}
+
+#[test]
+fn an_unchanged_plan_writes_nothing() {
+    let mut p = programmer();
+    p.apply(&plan_a()).unwrap();
+    let writes = p.maps().log.len();
+    p.apply(&plan_a()).unwrap();
+    assert_eq!(p.maps().log.len(), writes);
+}
+
+/// Backends before the tables naming them, a table into the inactive half before the flip,
+/// VIP state before the VIP, removals after every insert.
+#[test]
+fn writes_come_in_the_order_packets_need() {
+    let mut p = programmer();
+    p.apply(&plan_a()).unwrap();
+    let start = p.maps().log.len();
+    let active_before = p.maps().c.services[0].active;
+    p.apply(&plan_b()).unwrap();
+    let log = &p.maps().log[start..];
+    let pos = |w: &dyn Fn(&Write) -> bool| log.iter().position(w);
+    let mut ready: BTreeSet<u32> = [1].into(); // b2's slot, written by plan A
+    let mut first_removal = None;
+    for (i, w) in log.iter().enumerate() {
+        match w {
+            Write::Backend(s) => {
+                ready.insert(*s);
+            }
+            Write::Maglev { base, slots } => {
+                for s in slots.iter().filter(|s| **s != NO_BACKEND) {
+                    assert!(
+                        ready.contains(s),
+                        "table names slot {s} before it is written"
+                    );
+                }
+                let sid = base / (2 * RING);
+                let flip = pos(&|w| matches!(w, Write::Service(x, _) if *x == sid)).unwrap();
+                assert!(flip > i, "the flip comes after its table");
+                if sid == 0 {
+                    let half = (base / RING) % 2;
+                    assert_ne!(half, active_before, "never into the active half");
+                }
+            }
+            Write::InsertVip(k) => {
+                let m = p.maps().c.vips[k];
+                let st = pos(&|w| *w == Write::VipState(m.vip_id)).unwrap();
+                assert!(st < i, "VIP state before the VIP");
+            }
+            Write::RemoveVip(_) | Write::RemoveVipAddr(_) => {
+                first_removal.get_or_insert(i);
+            }
+            _ => {}
+        }
+    }
+    let last_insert = log
+        .iter()
+        .rposition(|w| matches!(w, Write::InsertVip(_) | Write::InsertVipAddr(_)))
+        .unwrap();
+    assert!(first_removal.unwrap() > last_insert, "removals come last");
+}
+
+#[test]
+fn a_second_programmer_adopts_the_maps_and_rewrites_nothing() {
+    let mut p = programmer();
+    let a = p.apply(&plan_b()).unwrap();
+    let mut maps = p.maps().clone();
+    maps.log.clear();
+    let mut q = Programmer::with_maps(maps, RING, MAX_SERVICES).unwrap();
+    assert_eq!(q.apply(&plan_b()).unwrap(), a, "same ids after adoption");
+    assert!(q.maps().log.is_empty(), "{:?}", q.maps().log);
+}
+
+/// Plan B fails at its k-th write, for every k; applying A again restores what packets see.
+#[test]
+fn rollback_after_a_failed_write_at_any_position_restores_the_maps() {
+    let mut probe = programmer();
+    probe.apply(&plan_a()).unwrap();
+    let start = probe.maps().log.len();
+    probe.apply(&plan_b()).unwrap();
+    let writes_of_b = probe.maps().log.len() - start;
+    assert!(writes_of_b > 10, "plan B makes {writes_of_b} writes");
+    for k in 0..writes_of_b {
+        let mut p = programmer();
+        p.apply(&plan_a()).unwrap();
+        let good = view(&p.maps().c);
+        p.maps_mut().fail_after(k, false);
+        let e = p.apply(&plan_b()).unwrap_err().to_string();
+        assert!(e.contains("injected"), "{e}");
+        assert!(p.is_dirty());
+        p.apply(&plan_a())
+            .unwrap_or_else(|e| panic!("rollback after write {k}: {e}"));
+        assert!(!p.is_dirty());
+        assert_eq!(view(&p.maps().c), good, "after a failure at write {k}");
+        // And B can still be applied whole afterwards.
+        p.apply(&plan_b()).unwrap();
+        let mut fresh = programmer();
+        fresh.apply(&plan_b()).unwrap();
+        assert_eq!(view(&p.maps().c).0.len(), view(&fresh.maps().c).0.len());
+    }
+}
+
+/// The rollback fails too: the programmer stays dirty, and once the maps work again the
+/// next apply rewrites every entry, even those it believes are there.
+#[test]
+fn a_failed_rollback_leaves_it_dirty_and_the_next_apply_rewrites_everything() {
+    let mut p = programmer();
+    p.apply(&plan_a()).unwrap();
+    let good = view(&p.maps().c);
+    p.maps_mut().fail_after(3, true);
+    assert!(p.apply(&plan_b()).is_err());
+    assert!(p.apply(&plan_a()).is_err(), "the rollback fails as well");
+    assert!(p.is_dirty());
+    p.maps_mut().heal();
+    // Something the programmer believes is written is not (a half-done write).
+    p.maps_mut().c.backends[0] = Backend::default();
+    let writes = p.maps().log.len();
+    p.apply(&plan_a()).unwrap();
+    let rewritten = &p.maps().log[writes..];
+    assert!(rewritten.contains(&Write::Backend(0)), "{rewritten:?}");
+    assert!(rewritten.iter().any(|w| matches!(w, Write::Maglev { .. })));
+    assert!(rewritten.iter().any(|w| matches!(w, Write::InsertVip(_))));
+    assert_eq!(view(&p.maps().c), good);
+    assert!(!p.is_dirty());
+    let writes = p.maps().log.len();
+    p.apply(&plan_a()).unwrap();
+    assert_eq!(p.maps().log.len(), writes, "clean again: nothing rewritten");
+}
