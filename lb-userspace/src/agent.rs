@@ -328,12 +328,10 @@ fn dataplane_source(
             ..Default::default()
         };
         for (name, id) in &p.assignment.vip_ids {
-            // Assignment names VIPs "rule/address:port/proto".
-            let (rule, vip) = name.split_once('/').unwrap_or((name.as_str(), ""));
             let v = c.vip(*id)?;
             out.vips.push(VipCounters {
-                rule: rule.into(),
-                vip: vip.into(),
+                rule: name.rule.clone(),
+                vip: name.endpoint(),
                 packets: v.packets,
                 bytes: v.bytes,
                 new_flows: v.new_flows,

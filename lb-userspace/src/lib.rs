@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod ids;
 pub mod l7;
 #[cfg(test)]
 mod layers;

@@ -91,13 +91,12 @@ fn rules(agent: &Agent) -> Vec<RuleInfo> {
                 new_flows: 0,
                 no_backend: 0,
             };
-            // Assignment names VIPs "rule/address:port/proto"; a rule has one per port.
-            let prefix = format!("{name}/");
+            // A rule has one VIP per port.
             for (_, id) in agent
                 .assignment()
                 .vip_ids
                 .iter()
-                .filter(|(k, _)| k.starts_with(&prefix))
+                .filter(|(k, _)| k.rule == *name)
             {
                 if let Some(c) = agent.port().vip_counters(*id) {
                     r.packets += c.packets;

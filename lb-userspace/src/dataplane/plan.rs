@@ -60,6 +60,16 @@ impl L4Vip {
         }
     }
 
+    /// Its typed name (rule, address, port, protocol).
+    pub fn name(&self) -> crate::ids::VipName {
+        crate::ids::VipName {
+            rule: self.name.clone(),
+            addr: self.addr.into(),
+            port: self.port,
+            proto: self.proto_name(),
+        }
+    }
+
     pub fn proto_name(&self) -> &'static str {
         match self.proto {
             PROTO_TCP => "tcp",

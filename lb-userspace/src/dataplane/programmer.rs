@@ -77,8 +77,8 @@ pub struct Assignment {
     pub service_ids: BTreeMap<String, u32>,
     /// (service name, backend name) → slot.
     pub backend_slots: BTreeMap<(String, String), u32>,
-    /// VIP name (rule name/port/proto) → vip id.
-    pub vip_ids: BTreeMap<String, u32>,
+    /// VIP → vip id.
+    pub vip_ids: BTreeMap<crate::ids::VipName, u32>,
 }
 
 impl Programmer<PinnedMaps> {
@@ -340,10 +340,7 @@ impl<M: MapLayer> Programmer<M> {
                 _pad: [0; 2],
             };
             *wanted_addrs.entry(addr_key).or_default() |= addr_flag;
-            assignment.vip_ids.insert(
-                format!("{}/{}:{}/{}", v.name, v.addr, v.port, v.proto_name()),
-                meta.vip_id,
-            );
+            assignment.vip_ids.insert(v.name(), meta.vip_id);
             if self.dirty || self.cur.vips.get(&k) != Some(&meta) {
                 if !self.cur.vips.contains_key(&k) {
                     self.maps.zero_vip_stats(meta.vip_id)?;
