@@ -339,7 +339,7 @@ fn dataplane_source(
                 conn_misses: v.conn_misses,
             });
         }
-        for ((service, backend), slot) in &p.assignment.backend_slots {
+        for (crate::ids::BackendKey { service, backend }, slot) in &p.assignment.backend_slots {
             let b = c.backend(*slot)?;
             out.backends.push(BackendCounters {
                 service: service.clone(),

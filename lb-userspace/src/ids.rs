@@ -3,6 +3,30 @@
 
 use std::net::IpAddr;
 
+/// One backend: its backend service's name and its display name (the configured name, or
+/// the address when it has none). The key of health verdicts, admin overrides, dataplane
+/// slots and L7 admission alike.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub service: String,
+    pub backend: String,
+}
+
+impl BackendKey {
+    pub fn new(service: impl Into<String>, backend: impl Into<String>) -> BackendKey {
+        BackendKey {
+            service: service.into(),
+            backend: backend.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.service, self.backend)
+    }
+}
+
 /// One VIP as the dataplane programs it: a forwarding rule's address, port (0: every
 /// port) and protocol.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -151,7 +151,7 @@ pub fn service(agent: &Agent, name: &str, now: Instant) -> Result<ServiceInfo, C
             let slot = agent
                 .assignment()
                 .backend_slots
-                .get(&(name.to_string(), bname.clone()))
+                .get(&crate::ids::BackendKey::new(name, bname.clone()))
                 .copied();
             let counters = slot
                 .and_then(|s| agent.port().backend_counters(s))

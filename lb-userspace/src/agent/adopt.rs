@@ -66,7 +66,7 @@ pub fn unhealthy_from(
         }
         let addr = IpAddr::V4(Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]));
         for be in bs.backends.iter().filter(|be| be.address == addr) {
-            out.push((svc.clone(), be.display_name()));
+            out.push(Key::new(svc.clone(), be.display_name()));
         }
     }
     out
@@ -131,7 +131,7 @@ backend_service = "plain"
         ];
         assert_eq!(
             unhealthy_from(&cfg, &vips, &slots),
-            vec![("web".to_string(), "b1".to_string())]
+            vec![crate::ids::BackendKey::new("web", "b1")]
         );
     }
 }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use crate::health::HealthSnapshot;
 use crate::model::BackendState;
 
-/// (backend service name, backend display name), as [`crate::health::BackendKey`].
-pub type Key = (String, String);
+/// Overrides are kept per backend.
+pub type Key = crate::ids::BackendKey;
 
 /// What the admin has said about one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,14 +47,14 @@ pub struct Overrides {
 impl Overrides {
     pub fn get(&self, service: &str, backend: &str) -> Override {
         self.by_backend
-            .get(&(service.to_string(), backend.to_string()))
+            .get(&Key::new(service, backend))
             .copied()
             .unwrap_or_default()
     }
 
     /// Changes one backend's override; an override back at its default is forgotten.
     pub fn update(&mut self, service: &str, backend: &str, f: impl FnOnce(&mut Override)) {
-        let key = (service.to_string(), backend.to_string());
+        let key = Key::new(service, backend);
         let mut o = self.by_backend.get(&key).copied().unwrap_or_default();
         f(&mut o);
         if o.is_empty() {
@@ -67,7 +67,8 @@ impl Overrides {
     /// Forgets overrides of backends that no longer exist (after a reload or a removal), so
     /// a backend added again later under the same name starts clean.
     pub fn retain(&mut self, exists: impl Fn(&str, &str) -> bool) {
-        self.by_backend.retain(|(s, b), _| exists(s, b));
+        self.by_backend
+            .retain(|k, _| exists(&k.service, &k.backend));
     }
 }
 
@@ -136,7 +137,7 @@ mod tests {
     fn snap(h: Option<Health>) -> HealthSnapshot {
         let mut s = HealthSnapshot::default();
         if let Some(h) = h {
-            s.backends.insert(("s".into(), "b".into()), h);
+            s.backends.insert(crate::ids::BackendKey::new("s", "b"), h);
         }
         s
     }

@@ -55,13 +55,21 @@ pub fn encode(ov: &Overrides, now: Instant, wall_now: SystemTime) -> String {
         overrides: ov
             .by_backend
             .iter()
-            .map(|((s, b), o)| SavedOverride {
-                service: s.clone(),
-                backend: b.clone(),
-                drain_started_unix_ms: o.drain_started.map(to_wall),
-                maintenance: o.maintenance,
-                forced: o.forced,
-            })
+            .map(
+                |(
+                    crate::ids::BackendKey {
+                        service: s,
+                        backend: b,
+                    },
+                    o,
+                )| SavedOverride {
+                    service: s.clone(),
+                    backend: b.clone(),
+                    drain_started_unix_ms: o.drain_started.map(to_wall),
+                    maintenance: o.maintenance,
+                    forced: o.forced,
+                },
+            )
             .collect(),
     };
     serde_json::to_string_pretty(&saved).unwrap_or_default()

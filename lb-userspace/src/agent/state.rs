@@ -138,7 +138,7 @@ pub struct Agent {
     state_file: Option<PathBuf>,
     /// Backends the previous agent held unhealthy, until the checker has a verdict (see
     /// `adopt`).
-    seeded_down: BTreeSet<(String, String)>,
+    seeded_down: BTreeSet<crate::ids::BackendKey>,
 }
 
 impl Agent {
@@ -176,9 +176,9 @@ impl Agent {
     }
 
     /// Starts these backends unhealthy until the health checker gives them a verdict.
-    pub fn seed_unhealthy(&mut self, keys: Vec<(String, String)>) {
+    pub fn seed_unhealthy(&mut self, keys: Vec<crate::ids::BackendKey>) {
         for k in &keys {
-            info!("backend {}/{} was unhealthy before the restart; it stays out until its health check decides", k.0, k.1);
+            info!("backend {}/{} was unhealthy before the restart; it stays out until its health check decides", k.service, k.backend);
         }
         self.seeded_down.extend(keys);
     }
@@ -394,11 +394,11 @@ impl Agent {
                 match h {
                     Health::Healthy => info!(
                         "health: backend {}/{} is now healthy (was {was})",
-                        key.0, key.1
+                        key.service, key.backend
                     ),
                     Health::Unhealthy => warn!(
                         "health: backend {}/{} is now UNHEALTHY (was {was})",
-                        key.0, key.1
+                        key.service, key.backend
                     ),
                 }
             }
@@ -415,11 +415,11 @@ impl Agent {
             .overrides
             .by_backend
             .iter()
-            .filter_map(|((s, _), o)| overrides::drain_deadline(*o, self.drain_timeout(s)));
+            .filter_map(|(k, o)| overrides::drain_deadline(*o, self.drain_timeout(&k.service)));
         let removed = self
             .lingering
             .draining()
-            .map(|((s, _), at)| *at + self.drain_timeout(s));
+            .map(|(k, at)| *at + self.drain_timeout(&k.service));
         drains.chain(removed).filter(|t| *t > now).min()
     }
 

@@ -582,21 +582,22 @@ fn only_start_time_settings_need_a_restart() {
 fn carried_over_unhealthy_backends_wait_for_the_checker() {
     use crate::health::{Health, HealthSnapshot};
     let (mut a, fake, t0) = agent(None);
-    a.seed_unhealthy(vec![("web".into(), "b1".into())]);
+    a.seed_unhealthy(vec![crate::ids::BackendKey::new("web", "b1")]);
     a.reconcile(t0);
     assert!(!backend(&fake.last(), "b1").in_table && !backend(&fake.last(), "b1").healthy);
     // A snapshot without a verdict for b1 keeps the carried-over one.
     let mut snap = HealthSnapshot::default();
     snap.backends
-        .insert(("web".into(), "b2".into()), Health::Healthy);
+        .insert(crate::ids::BackendKey::new("web", "b2"), Health::Healthy);
     a.set_health(Arc::new(snap.clone()), t0);
     assert!(!backend(&fake.last(), "b1").in_table);
     // The checker's own verdict replaces it.
     snap.backends
-        .insert(("web".into(), "b1".into()), Health::Healthy);
+        .insert(crate::ids::BackendKey::new("web", "b1"), Health::Healthy);
     a.set_health(Arc::new(snap.clone()), t0);
     assert!(backend(&fake.last(), "b1").in_table);
-    snap.backends.remove(&("web".to_string(), "b1".to_string()));
+    snap.backends
+        .remove(&crate::ids::BackendKey::new("web", "b1"));
     a.set_health(Arc::new(snap), t0);
     assert!(
         backend(&fake.last(), "b1").in_table,
@@ -665,7 +666,7 @@ fn agent_with_l7() -> (Agent, Fake, FakeL7, Instant) {
 }
 
 fn admit(l7: &FakeL7, b: &str) -> crate::model::L7Admit {
-    l7.admission.lock().unwrap()[&("app".to_string(), b.to_string())]
+    l7.admission.lock().unwrap()[&crate::ids::BackendKey::new("app", b)]
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, time::Duration, time::Instant};
 /// Backends removed from the plan and still draining, by (service, backend name).
 #[derive(Debug, Default, Clone)]
 pub struct Lingering {
-    removed: BTreeMap<(String, String), (L4Backend, Instant)>,
+    removed: BTreeMap<crate::ids::BackendKey, (L4Backend, Instant)>,
 }
 
 impl Lingering {
@@ -29,7 +29,7 @@ impl Lingering {
                     continue;
                 };
                 for b in &ps.backends {
-                    let key = (ps.name.clone(), b.name.clone());
+                    let key = crate::ids::BackendKey::new(ps.name.clone(), b.name.clone());
                     let present = ns
                         .backends
                         .iter()
@@ -41,31 +41,37 @@ impl Lingering {
                 }
             }
         }
-        self.removed.retain(|(svc, name), (b, at)| {
-            let Some(ns) = next.services.iter_mut().find(|s| &s.name == svc) else {
-                return false;
-            };
-            if ns
-                .backends
-                .iter()
-                .any(|n| &n.name == name || n.addr == b.addr)
-            {
-                return false;
-            }
-            if now.duration_since(*at) >= timeout(svc) {
-                return false;
-            }
-            let mut d = b.clone();
-            d.in_table = false;
-            d.draining = true;
-            d.evict = false;
-            ns.backends.push(d);
-            true
-        });
+        self.removed.retain(
+            |crate::ids::BackendKey {
+                 service: svc,
+                 backend: name,
+             },
+             (b, at)| {
+                let Some(ns) = next.services.iter_mut().find(|s| &s.name == svc) else {
+                    return false;
+                };
+                if ns
+                    .backends
+                    .iter()
+                    .any(|n| &n.name == name || n.addr == b.addr)
+                {
+                    return false;
+                }
+                if now.duration_since(*at) >= timeout(svc) {
+                    return false;
+                }
+                let mut d = b.clone();
+                d.in_table = false;
+                d.draining = true;
+                d.evict = false;
+                ns.backends.push(d);
+                true
+            },
+        );
     }
 
     /// Removed backends still draining, for status displays.
-    pub fn draining(&self) -> impl Iterator<Item = (&(String, String), &Instant)> {
+    pub fn draining(&self) -> impl Iterator<Item = (&crate::ids::BackendKey, &Instant)> {
         self.removed.iter().map(|(k, (_, at))| (k, at))
     }
 

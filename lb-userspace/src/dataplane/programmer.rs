@@ -76,7 +76,7 @@ pub struct Programmer<M: MapLayer = PinnedMaps> {
 pub struct Assignment {
     pub service_ids: BTreeMap<String, u32>,
     /// (service name, backend name) → slot.
-    pub backend_slots: BTreeMap<(String, String), u32>,
+    pub backend_slots: BTreeMap<crate::ids::BackendKey, u32>,
     /// VIP → vip id.
     pub vip_ids: BTreeMap<crate::ids::VipName, u32>,
 }
@@ -219,9 +219,10 @@ impl<M: MapLayer> Programmer<M> {
             for b in &s.backends {
                 let (slot, generation) = ids.slots[&(sid, b.addr)];
                 wanted_slots.insert(slot);
-                assignment
-                    .backend_slots
-                    .insert((s.name.clone(), b.name.clone()), slot);
+                assignment.backend_slots.insert(
+                    crate::ids::BackendKey::new(s.name.clone(), b.name.clone()),
+                    slot,
+                );
                 let mut flags = backend_flags::IN_USE;
                 if b.healthy {
                     flags |= backend_flags::HEALTHY;

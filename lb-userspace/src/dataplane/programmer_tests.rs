@@ -120,19 +120,19 @@ fn ids_are_stable_and_a_reused_slot_gets_a_new_generation() {
     let a = p.apply(&plan_a()).unwrap();
     assert_eq!(a.service_ids["web"], 0);
     let (b1, b2) = (
-        a.backend_slots[&("web".into(), "b1".into())],
-        a.backend_slots[&("web".into(), "b2".into())],
+        a.backend_slots[&crate::ids::BackendKey::new("web", "b1")],
+        a.backend_slots[&crate::ids::BackendKey::new("web", "b2")],
     );
     assert_eq!((b1, b2), (0, 1));
     let bb = p.apply(&plan_b()).unwrap();
     assert_eq!(bb.service_ids["web"], 0, "a service keeps its id");
     assert_eq!(bb.service_ids["api"], 1);
     assert_eq!(
-        bb.backend_slots[&("web".into(), "b2".into())],
+        bb.backend_slots[&crate::ids::BackendKey::new("web", "b2")],
         b2,
         "a kept backend keeps its slot"
     );
-    let b3 = bb.backend_slots[&("web".into(), "b3".into())];
+    let b3 = bb.backend_slots[&crate::ids::BackendKey::new("web", "b3")];
     assert!(
         b3 != b1,
         "a slot freed by this very plan is not reused by it"
@@ -146,7 +146,10 @@ fn ids_are_stable_and_a_reused_slot_gets_a_new_generation() {
     let mut c = plan_b();
     c.services[0].backends.push(b("b1", 1));
     let cc = p.apply(&c).unwrap();
-    assert_eq!(cc.backend_slots[&("web".into(), "b1".into())], b1);
+    assert_eq!(
+        cc.backend_slots[&crate::ids::BackendKey::new("web", "b1")],
+        b1
+    );
     assert_eq!(p.maps().c.backends[b1 as usize].generation, 2);
 }
 

@@ -266,7 +266,7 @@ impl HealthReader {
 impl HealthReader {
     /// The status of one probed backend (`None` when it is not probed).
     pub fn get(&self, service: &str, backend: &str) -> Option<BackendStatus> {
-        let key = (service.to_string(), backend.to_string());
+        let key = BackendKey::new(service, backend);
         self.shared
             .lock()
             .entries
@@ -372,8 +372,8 @@ impl HealthChecker {
             let state =
                 HealthState::new(spec.check.healthy_threshold, spec.check.unhealthy_threshold);
             let status = BackendStatus {
-                service: key.0.clone(),
-                backend: key.1.clone(),
+                service: key.service.clone(),
+                backend: key.backend.clone(),
                 health_check: spec.check_name.clone(),
                 probe_address: spec.probe.addr,
                 health: None,
@@ -438,7 +438,7 @@ fn desired_targets(cfg: &Config) -> BTreeMap<BackendKey, TargetSpec> {
         };
         for b in &svc.backends {
             out.insert(
-                (svc_name.clone(), b.display_name()),
+                BackendKey::new(svc_name.clone(), b.display_name()),
                 TargetSpec {
                     check_name: check_name.clone(),
                     check: check.clone(),
@@ -505,8 +505,8 @@ fn log_transition(
         ),
     };
     info!(
-        service = %key.0,
-        backend = %key.1,
+        service = %key.service,
+        backend = %key.backend,
         health_check = %spec.check_name,
         address = %spec.probe.addr,
         "backend {from} → {to}: {reason}"
@@ -549,8 +549,8 @@ mod tests {
         assert_eq!(
             keys,
             [
-                ("checked".to_string(), "127.0.0.1".to_string()),
-                ("checked".to_string(), "127.0.0.1:81".to_string())
+                crate::ids::BackendKey::new("checked", "127.0.0.1"),
+                crate::ids::BackendKey::new("checked", "127.0.0.1:81")
             ]
         );
     }
@@ -568,7 +568,7 @@ mod tests {
 
     #[test]
     fn jitter_is_within_interval() {
-        let k = ("s".to_string(), "b".to_string());
+        let k = crate::ids::BackendKey::new("s", "b");
         for _ in 0..100 {
             assert!(start_jitter(&k, Duration::from_secs(1)) < Duration::from_secs(1));
         }

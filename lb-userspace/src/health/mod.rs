@@ -36,7 +36,7 @@ pub use checker::{BackendStatus, HealthChecker, HealthReader};
 use std::collections::BTreeMap;
 
 /// (backend service name, backend display name).
-pub type BackendKey = (String, String);
+pub use crate::ids::BackendKey;
 
 /// Health verdict of one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -55,14 +55,14 @@ impl HealthSnapshot {
     /// `true` unless the checker has declared the backend unhealthy.
     pub fn is_healthy(&self, service: &str, backend: &str) -> bool {
         self.backends
-            .get(&(service.to_string(), backend.to_string()))
+            .get(&BackendKey::new(service, backend))
             .is_none_or(|h| *h == Health::Healthy)
     }
 
     /// The verdict, `None` before the first one.
     pub fn get(&self, service: &str, backend: &str) -> Option<Health> {
         self.backends
-            .get(&(service.to_string(), backend.to_string()))
+            .get(&BackendKey::new(service, backend))
             .copied()
     }
 }

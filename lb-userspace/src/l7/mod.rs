@@ -120,7 +120,7 @@ impl Shared {
         for s in table.services.values() {
             for b in &s.selector.backends {
                 let a = adm
-                    .get(&(s.name.clone(), b.name.clone()))
+                    .get(&crate::ids::BackendKey::new(s.name.clone(), b.name.clone()))
                     .copied()
                     .unwrap_or(L7Admit {
                         serving: true,

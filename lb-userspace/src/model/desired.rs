@@ -159,7 +159,7 @@ pub struct L7Admit {
 
 /// Every L7 backend's admission, by (service, backend display name). A backend missing
 /// from it serves (the contract of "no verdict yet").
-pub type L7Admission = std::collections::HashMap<(String, String), L7Admit>;
+pub type L7Admission = std::collections::HashMap<crate::ids::BackendKey, L7Admit>;
 
 /// The admission of every backend of every L7 service: the same failover, drain and
 /// forced-health rules as the L4 plan, except that no healthy backend means 503 rather
@@ -178,7 +178,10 @@ pub fn l7_admission(cfg: &Config, state: &dyn Fn(&str, usize) -> BackendState) -
                 healthy: states[i].healthy(),
                 evicted: evict[i],
             };
-            out.insert((name.clone(), b.display_name()), admit);
+            out.insert(
+                crate::ids::BackendKey::new(name.clone(), b.display_name()),
+                admit,
+            );
         }
     }
     out

@@ -259,8 +259,10 @@ impl Proxy {
     pub fn set_unhealthy(&self, svc: &str, names: &[&str]) {
         let mut snap = HealthSnapshot::default();
         for n in names {
-            snap.backends
-                .insert((svc.to_string(), n.to_string()), Health::Unhealthy);
+            snap.backends.insert(
+                lb_userspace::ids::BackendKey::new(svc, *n),
+                Health::Unhealthy,
+            );
         }
         self.health.send(Arc::new(snap)).unwrap();
     }
