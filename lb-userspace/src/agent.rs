@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin,
-    config::{self, Config},
+    config::Config,
     dataplane::{
         loader::{self, Sizes},
         neighbor,
@@ -52,8 +52,8 @@ pub struct MacCache {
 }
 
 impl MacCache {
-    pub fn get(&mut self, addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]> {
-        if let Some(m) = configured.and_then(config::validate::parse_mac) {
+    pub fn get(&mut self, addr: IpAddr, configured: Option<crate::ids::Mac>) -> Option<[u8; 6]> {
+        if let Some(m) = configured {
             return Some(m);
         }
         let IpAddr::V4(v4) = addr else { return None };
@@ -106,7 +106,7 @@ impl L4Port for L4Dataplane {
     fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String> {
         self.programmer.apply(plan).map_err(|e| e.to_string())
     }
-    fn mac(&mut self, addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]> {
+    fn mac(&mut self, addr: IpAddr, configured: Option<crate::ids::Mac>) -> Option<[u8; 6]> {
         self.macs.get(addr, configured)
     }
     fn vip_counters(&self, id: u32) -> Option<VipStats> {
@@ -131,12 +131,8 @@ impl L4Port for NoL4 {
     fn apply(&mut self, _plan: &L4Plan) -> Result<Assignment, String> {
         Ok(Assignment::default())
     }
-    fn mac(&mut self, _addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]> {
-        Some(
-            configured
-                .and_then(config::validate::parse_mac)
-                .unwrap_or([0; 6]),
-        )
+    fn mac(&mut self, _addr: IpAddr, configured: Option<crate::ids::Mac>) -> Option<[u8; 6]> {
+        Some(configured.unwrap_or([0; 6]))
     }
     fn vip_counters(&self, _id: u32) -> Option<VipStats> {
         None
@@ -238,7 +234,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let saved = persist::load_or_stop(&state_file, opts.discard_state)?;
     agent.restore(saved, state_file);
     if l4_pins.is_some() {
-        match adopt::pinned_unhealthy(agent.config()) {
+        match adopt::pinned_unhealthy(agent.model()) {
             Ok(down) => agent.seed_unhealthy(down),
             Err(e) => warn!(
                 error = %e,

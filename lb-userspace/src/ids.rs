@@ -27,6 +27,19 @@ impl std::fmt::Display for BackendKey {
     }
 }
 
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// Parses `aa:bb:cc:dd:ee:ff` (the file's `mac`, the kernel's neighbour table).
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 /// One VIP as the dataplane programs it: a forwarding rule's address, port (0: every
 /// port) and protocol.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

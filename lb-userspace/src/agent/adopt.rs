@@ -14,13 +14,12 @@ use std::{
 
 use super::overrides::Key;
 use crate::{
-    config::Config,
     dataplane::loader::{open_pinned, LoadError},
     model::{self, BackendState},
 };
 
 /// Backends of `cfg` that the pinned maps mark in use but not healthy.
-pub fn pinned_unhealthy(cfg: &Config) -> Result<Vec<Key>, LoadError> {
+pub fn pinned_unhealthy(cfg: &crate::model::Model) -> Result<Vec<Key>, LoadError> {
     let pins = &cfg.dataplane.pin_path;
     let vips: HashMap<MapData, VipKey, VipMeta> = open_pinned(pins, names::MAP_VIPS)?;
     let slots: Array<MapData, Backend> = open_pinned(pins, names::MAP_BACKENDS)?;
@@ -39,7 +38,7 @@ pub fn pinned_unhealthy(cfg: &Config) -> Result<Vec<Key>, LoadError> {
 /// The pure part: names service ids through the VIPs the configuration still has, then
 /// backend slots through their address.
 pub fn unhealthy_from(
-    cfg: &Config,
+    cfg: &crate::model::Model,
     vip_services: &BTreeMap<VipKey, u32>,
     slots: &[Backend],
 ) -> Vec<Key> {

@@ -33,7 +33,7 @@ pub trait L4Port: Send {
     /// Makes the maps say what `plan` says, or refuses and leaves them as they were.
     fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String>;
     /// A backend's MAC (configured, else resolved); `None` while unknown.
-    fn mac(&mut self, addr: IpAddr, configured: Option<&str>) -> Option<[u8; 6]>;
+    fn mac(&mut self, addr: IpAddr, configured: Option<crate::ids::Mac>) -> Option<[u8; 6]>;
     /// Counters of a VIP id, summed over CPUs.
     fn vip_counters(&self, id: u32) -> Option<VipStats>;
     /// Counters of a backend slot, summed over CPUs.
@@ -258,7 +258,7 @@ impl Agent {
 
     /// The plan for a candidate state, with removed backends still draining. Updates the
     /// lingering set; callers that may refuse keep a copy to restore.
-    fn plan_for(&mut self, cfg: &Config, ov: &Overrides, now: Instant) -> L4Plan {
+    fn plan_for(&mut self, cfg: &Model, ov: &Overrides, now: Instant) -> L4Plan {
         let mut plan = self.base_plan(cfg, ov, now);
         let drain_of = |svc: &str| {
             Duration::from_secs(
@@ -272,7 +272,7 @@ impl Agent {
         plan
     }
 
-    fn base_plan(&mut self, cfg: &Config, ov: &Overrides, now: Instant) -> L4Plan {
+    fn base_plan(&mut self, cfg: &Model, ov: &Overrides, now: Instant) -> L4Plan {
         let health = self.health();
         let port = RefCell::new(&mut self.port);
         model::l4_plan(
@@ -349,7 +349,7 @@ impl Agent {
     /// Brings the dataplane to the desired state of the running configuration (timers,
     /// health, MAC resolution). Failures are logged once and kept for `status`.
     pub fn reconcile(&mut self, now: Instant) {
-        let cfg = self.model.config().clone();
+        let cfg = self.model.clone();
         let ov = self.overrides.clone();
         let lingering = self.lingering.clone();
         let plan = self.plan_for(&cfg, &ov, now);
@@ -450,7 +450,7 @@ impl Agent {
             self.l7.prepare(&model).map_err(ChangeError::L7)?;
         }
         let lingering = self.lingering.clone();
-        let plan = self.plan_for(cfg, &ov, now);
+        let plan = self.plan_for(&model, &ov, now);
         if let Err(e) = self.apply(plan) {
             self.lingering = lingering;
             self.l7.abort();

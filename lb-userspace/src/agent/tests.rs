@@ -59,7 +59,7 @@ impl L4Port for Fake {
         self.plans.lock().unwrap().push(plan.clone());
         Ok(Assignment::default())
     }
-    fn mac(&mut self, _addr: IpAddr, _configured: Option<&str>) -> Option<[u8; 6]> {
+    fn mac(&mut self, _addr: IpAddr, _configured: Option<crate::ids::Mac>) -> Option<[u8; 6]> {
         Some([2, 0, 0, 0, 0, 1])
     }
     fn vip_counters(&self, _id: u32) -> Option<VipStats> {

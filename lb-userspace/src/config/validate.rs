@@ -265,14 +265,6 @@ fn backend(
             "must be 0 (drained) or 0.1..=1.0".into(),
         );
     }
-    if let Some(m) = &b.mac {
-        if parse_mac(m).is_none() {
-            err(
-                format!("{bp}.mac"),
-                format!("{m:?} is not a MAC address like 02:00:00:00:00:01"),
-            );
-        }
-    }
     if !bs.protocol.is_l4() && b.port.is_none() {
         err(
             format!("{bp}.port"),
@@ -480,14 +472,4 @@ pub fn is_prime(n: u32) -> bool {
         i += 1;
     }
     true
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut out {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
 }

@@ -29,7 +29,7 @@ pub fn parse_arp_table(text: &str, addr: Ipv4Addr) -> Option<[u8; 6]> {
         if flags & 0x2 == 0 {
             continue;
         }
-        let mac = crate::config::validate::parse_mac(f[3])?;
+        let mac = crate::ids::parse_mac(f[3])?;
         if mac != [0; 6] {
             return Some(mac);
         }

@@ -188,15 +188,16 @@ pub fn l7_admission(cfg: &Config, state: &dyn Fn(&str, usize) -> BackendState) -
 }
 
 /// Finds a backend's MAC from its address and configured MAC, if any.
-pub type MacLookup<'a> = dyn Fn(IpAddr, Option<&str>) -> Option<[u8; 6]> + 'a;
+pub type MacLookup<'a> = dyn Fn(IpAddr, Option<crate::ids::Mac>) -> Option<[u8; 6]> + 'a;
 
 /// Builds the L4 plan. `state(service, backend_index)` gives each backend's state and
 /// `mac(addr, configured)` its MAC.
 pub fn l4_plan(
-    cfg: &Config,
+    model: &super::Model,
     state: &dyn Fn(&str, usize) -> BackendState,
     mac: &MacLookup,
 ) -> L4Plan {
+    let cfg = model.config();
     let mut services = Vec::new();
     let mut used = std::collections::BTreeSet::new();
     let mut vips = Vec::new();
@@ -244,7 +245,7 @@ pub fn l4_plan(
                 Some(L4Backend {
                     name: b.display_name(),
                     addr,
-                    mac: mac(b.address, b.mac.as_deref()),
+                    mac: mac(b.address, model.mac(&name, &b.display_name())),
                     weight: states[i].weight.unwrap_or(b.weight),
                     in_table: in_table[i],
                     healthy: states[i].healthy(),

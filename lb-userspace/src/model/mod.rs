@@ -17,7 +17,8 @@ mod validate_tests;
 pub use desired::*;
 pub use validate_l7::Routers;
 
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::ids::{parse_mac, BackendKey, Mac};
 use std::{ops::Deref, path::Path};
 
 /// A configuration that passed every check, with its compiled URL maps.
@@ -25,6 +26,8 @@ use std::{ops::Deref, path::Path};
 pub struct Model {
     config: Config,
     routers: Routers,
+    /// Configured backend MACs (L4), parsed once.
+    macs: std::collections::BTreeMap<BackendKey, Mac>,
 }
 
 impl Model {
@@ -37,6 +40,10 @@ impl Model {
     }
     pub fn routers(&self) -> &Routers {
         &self.routers
+    }
+    /// The MAC configured for a backend, if any.
+    pub fn mac(&self, service: &str, backend: &str) -> Option<Mac> {
+        self.macs.get(&BackendKey::new(service, backend)).copied()
     }
 }
 
@@ -63,14 +70,36 @@ pub fn compile(cfg: Config) -> Result<Model, ConfigErrors> {
     };
     let (routers, l7_errs) = validate_l7::validate_l7(&cfg);
     errs.extend(l7_errs);
+    let macs = macs(&cfg, &mut errs);
     if errs.is_empty() {
         Ok(Model {
             config: cfg,
             routers,
+            macs,
         })
     } else {
         Err(ConfigErrors(errs))
     }
+}
+
+/// Every configured backend MAC, parsed; an unparseable one is an error at its place.
+fn macs(cfg: &Config, errs: &mut Vec<ConfigError>) -> std::collections::BTreeMap<BackendKey, Mac> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, bs) in &cfg.backend_services {
+        for (i, b) in bs.backends.iter().enumerate() {
+            let Some(m) = &b.mac else { continue };
+            match parse_mac(m) {
+                Some(mac) => {
+                    out.insert(BackendKey::new(name.clone(), b.display_name()), mac);
+                }
+                None => errs.push(ConfigError::new(
+                    format!("backend_services.{name}.backends[{i}].mac"),
+                    format!("{m:?} is not a MAC address like 02:00:00:00:00:01"),
+                )),
+            }
+        }
+    }
+    out
 }
 
 /// Parses configuration text and compiles it; errors carry their line.
