@@ -25,6 +25,9 @@ use std::{
 pub const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connect timeout towards a backend; a failure here is a `connect-failure`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest backend response head accepted (Google Cloud's response-header limit, 128 KiB);
+/// a bigger one, or one with an unknown HTTP version, is refused with 502 (seed 003).
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 128 * 1024;
 /// Idle connections kept per backend.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 
@@ -53,6 +56,7 @@ impl Legacy {
         builder
             .pool_idle_timeout(keepalive)
             .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
+            .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let mut h2 = builder.clone();
@@ -290,6 +294,7 @@ impl H1Pool {
             .map_err(ClientError::Connect)?;
         let _ = stream.set_nodelay(true);
         let (tx, conn) = http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ClientError::Handshake)?;
