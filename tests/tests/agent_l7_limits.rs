@@ -3,11 +3,13 @@
 //! socket keep working; an idle keep-alive connection (HTTP/1.1 and HTTP/2) is still open
 //! after 60 s. Loopback only; root because `lb run` is the root agent.
 
-use lb_tests::{lb_binary, netns::ProcGuard, root_or_skip, unique};
+#[path = "l7_agent_support/mod.rs"]
+mod support;
+
+use lb_tests::{lb_binary, root_or_skip};
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    io::Read,
+    net::{SocketAddr, TcpStream},
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -15,209 +17,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Lets this test process hold thousands of sockets.
-fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: get/setrlimit on a struct we own.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-    }
-}
-
-/// A backend on a thread: answers every request 200 "ok" and counts health probes
-/// (`GET /healthz`). Connections are served one after another (enough for probes and a
-/// few test requests), each with keep-alive until the peer closes.
-struct Backend {
-    port: u16,
-    probes: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn backend() -> Backend {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let probes = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (p, st) = (probes.clone(), stop.clone());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            if st.load(Ordering::Relaxed) {
-                return;
-            }
-            let Ok(mut s) = s else { continue };
-            let p = p.clone();
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = s.read(&mut chunk) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        buf.drain(..end + 4);
-                        if head.starts_with("GET /healthz") {
-                            p.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Backend { port, probes, stop }
-}
-
-fn config(dir: &Path, listen: u16, backend: u16, l7: &str) -> String {
-    format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[l7]
-{l7}
-
-[health_checks.hc]
-protocol = "HTTP"
-port = {backend}
-request_path = "/healthz"
-check_interval_sec = 0.2
-timeout_sec = 0.2
-healthy_threshold = 1
-unhealthy_threshold = 2
-
-[backend_services.web]
-protocol = "HTTP"
-health_check = "hc"
-backends = [{{ name = "b1", address = "127.0.0.1", port = {backend} }}]
-
-[url_maps.m]
-default_service = "web"
-
-[target_http_proxies.p]
-url_map = "m"
-
-[forwarding_rules.web]
-ip_address = "127.0.0.1"
-ports = [{listen}]
-target = "p"
-"#,
-        sock = dir.join("admin.sock").display()
-    )
-}
-
-struct Run {
-    dir: PathBuf,
-    _agent: ProcGuard,
-}
-
-impl Run {
-    fn start(text: impl Fn(&Path) -> String) -> Run {
-        let dir = std::env::temp_dir().join(unique("lbl7lim-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("lb.toml");
-        std::fs::write(&cfg, text(&dir)).unwrap();
-        let log = std::fs::File::create(dir.join("lb.log")).unwrap();
-        let agent = ProcGuard(Some(
-            Command::new(lb_binary())
-                .args(["run", "--config", cfg.to_str().unwrap()])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        ));
-        Run { dir, _agent: agent }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
-    }
-
-    fn status_ok(&self) -> bool {
-        Command::new(lb_binary())
-            .args(["status", "--socket"])
-            .arg(self.dir.join("admin.sock"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// One GET on `s` (keep-alive); the status code.
-fn get_on(s: &mut TcpStream) -> std::io::Result<u16> {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.ends_with(b"\r\n\r\nok") {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0))
-}
-
-fn wait_serving(listen: u16, run: &Run) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ok = TcpStream::connect(("127.0.0.1", listen))
-            .and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                get_on(&mut s)
-            })
-            .is_ok_and(|c| c == 200);
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent never served; log:\n{}",
-            run.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::*;
 
 const SILENT: usize = 2000;
 const CAP: usize = 1500;
@@ -369,6 +169,7 @@ fn idle_keep_alive_connections_stay_open_past_60_seconds() {
         .enable_all()
         .build()
         .unwrap();
+    let _in_runtime = rt.enter();
     let mut h2 = rt.block_on(h2_connect(listen));
     assert_eq!(rt.block_on(h2_get(&mut h2.0)), 200);
     // Idle for 65 s (the default keep-alive is 600 s; hyper alone closed HTTP/1.1 at 30 s).
