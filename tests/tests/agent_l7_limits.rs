@@ -19,8 +19,143 @@ use std::{
 };
 use support::*;
 
-const SILENT: usize = 2000;
-const CAP: usize = 1500;
+/// What happened while `n` silent connections were open.
+struct Flood {
+    /// How long each connection lived (from its connect to when it was seen closed).
+    closed_at: Vec<Duration>,
+    /// How long opening them took.
+    connected: Duration,
+    status_runs: usize,
+    status_failures: usize,
+    probes: usize,
+    elapsed: Duration,
+}
+
+/// Opens `n` connections to `listen` that never send a byte and watches them until all are
+/// closed (or `give_up` passes), running `lb status` every 100 ms and counting health
+/// probes meanwhile.
+fn flood(run: &Run, b: &Backend, listen: u16, n: usize, give_up: Duration) -> Flood {
+    let watching = Arc::new(AtomicBool::new(true));
+    let status_failures = Arc::new(AtomicUsize::new(0));
+    let status_runs = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (w, f, r) = (
+            watching.clone(),
+            status_failures.clone(),
+            status_runs.clone(),
+        );
+        let sock = run.dir.join("admin.sock");
+        std::thread::spawn(move || {
+            while w.load(Ordering::Relaxed) {
+                let ok = Command::new(lb_binary())
+                    .args(["status", "--socket"])
+                    .arg(&sock)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                r.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let probes_before = b.probes.load(Ordering::Relaxed);
+    let to = SocketAddr::from(([127, 0, 0, 1], listen));
+    let t0 = Instant::now();
+    // (socket, when it was opened); polled while more are opened, so a connection closed
+    // at once is seen at once even when opening them all takes long.
+    let mut socks: Vec<Option<(TcpStream, Duration)>> = Vec::with_capacity(n);
+    let mut closed_at = Vec::new();
+    let mut buf = [0u8; 16];
+    let mut poll = |socks: &mut Vec<Option<(TcpStream, Duration)>>, closed: &mut Vec<Duration>| {
+        for slot in socks.iter_mut() {
+            let Some((s, opened)) = slot else { continue };
+            match s.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Ok(0) | Err(_) => {
+                    closed.push(t0.elapsed() - *opened);
+                    *slot = None;
+                }
+                Ok(_) => panic!("the proxy answered a connection that sent nothing"),
+            }
+        }
+    };
+    for i in 0..n {
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+        s.set_nonblocking(true).unwrap();
+        socks.push(Some((s, t0.elapsed())));
+        if i % 50 == 49 {
+            poll(&mut socks, &mut closed_at);
+        }
+    }
+    let connected = t0.elapsed();
+    while closed_at.len() < n && t0.elapsed() < give_up {
+        poll(&mut socks, &mut closed_at);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    watching.store(false, Ordering::Relaxed);
+    watcher.join().unwrap();
+    Flood {
+        closed_at,
+        connected,
+        status_runs: status_runs.load(Ordering::Relaxed),
+        status_failures: status_failures.load(Ordering::Relaxed),
+        probes: b.probes.load(Ordering::Relaxed) - probes_before,
+        elapsed: t0.elapsed(),
+    }
+}
+
+impl Flood {
+    /// Checks that `at_once` connections were closed well before the deadline, the rest by
+    /// it, and that the admin socket and the probes (every 0.2 s) never stopped.
+    fn check(&self, n: usize, at_once: usize, deadline_sec: f64, run: &Run) {
+        println!(
+            "{n} silent connections (opened in {:?}): {at_once} expected closed at once, all closed within {:?}; {} lb status runs, {} probes meanwhile",
+            self.connected,
+            self.closed_at.iter().max(),
+            self.status_runs,
+            self.probes
+        );
+        assert_eq!(
+            self.closed_at.len(),
+            n,
+            "every silent connection was closed; log:\n{}",
+            run.log()
+        );
+        let early = self
+            .closed_at
+            .iter()
+            .filter(|t| t.as_secs_f64() < deadline_sec - 0.5)
+            .count();
+        let late = self
+            .closed_at
+            .iter()
+            .filter(|t| t.as_secs_f64() > deadline_sec + 3.0)
+            .count();
+        assert_eq!(
+            early, at_once,
+            "connections over the cap are closed at once"
+        );
+        assert_eq!(
+            late, 0,
+            "the others are closed by the first-request deadline"
+        );
+        assert_eq!(self.status_failures, 0, "lb status failed during the flood");
+        assert!(self.status_runs >= 5, "lb status ran throughout");
+        let expected = (self.elapsed.as_secs_f64() / 0.2 / 2.0) as usize;
+        assert!(
+            self.probes >= expected,
+            "{} probes in {:?}, expected ≥ {expected}",
+            self.probes,
+            self.elapsed
+        );
+    }
+}
+
+const DEADLINE_SEC: f64 = 8.0;
 
 #[test]
 fn silent_connections_are_closed_while_probes_and_the_admin_socket_keep_working() {
@@ -30,125 +165,70 @@ fn silent_connections_are_closed_while_probes_and_the_admin_socket_keep_working(
     raise_nofile();
     let b = backend();
     let listen = free_port();
-    let deadline_sec = 8.0;
+    let (n, cap) = (2000, 1500);
     let run = Run::start(|dir| {
         config(
             dir,
             listen,
             b.port,
             &format!(
-                "first_request_timeout_sec = {deadline_sec}\nmax_connections_per_listener = {CAP}"
+                "first_request_timeout_sec = {DEADLINE_SEC}\nmax_connections_per_listener = {cap}"
             ),
         )
     });
     wait_serving(listen, &run);
+    let f = flood(
+        &run,
+        &b,
+        listen,
+        n,
+        Duration::from_secs_f64(DEADLINE_SEC + 15.0),
+    );
+    f.check(n, n - cap, DEADLINE_SEC, &run);
+    // The listener serves normally afterwards.
+    wait_serving(listen, &run);
+    assert!(run.status_ok());
+}
 
-    // Admin socket and probes, watched from another thread for the whole flood.
-    let watching = Arc::new(AtomicBool::new(true));
-    let status_failures = Arc::new(AtomicUsize::new(0));
-    let status_runs = Arc::new(AtomicUsize::new(0));
-    let watcher = {
-        let (w, f, n) = (
-            watching.clone(),
-            status_failures.clone(),
-            status_runs.clone(),
-        );
-        let sock_dir = run.dir.clone();
-        std::thread::spawn(move || {
-            while w.load(Ordering::Relaxed) {
-                let ok = Command::new(lb_binary())
-                    .args(["status", "--socket"])
-                    .arg(sock_dir.join("admin.sock"))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                n.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    f.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
-    let probes_before = b.probes.load(Ordering::Relaxed);
-
-    let to = SocketAddr::from(([127, 0, 0, 1], listen));
-    let t0 = Instant::now();
-    let mut socks: Vec<Option<TcpStream>> = (0..SILENT)
-        .map(|_| {
-            let s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
-            s.set_nonblocking(true).unwrap();
-            Some(s)
-        })
-        .collect();
-    let connected = t0.elapsed();
-    let mut closed_at: Vec<Duration> = Vec::new();
-    let give_up = t0 + Duration::from_secs_f64(deadline_sec + 10.0);
-    let mut buf = [0u8; 16];
-    while closed_at.len() < SILENT && Instant::now() < give_up {
-        for slot in socks.iter_mut() {
-            let Some(s) = slot else { continue };
-            match s.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Ok(0) | Err(_) => {
-                    closed_at.push(t0.elapsed());
-                    *slot = None;
-                }
-                Ok(_) => panic!("the proxy answered a connection that sent nothing"),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// With few descriptors (2048), the tier keeps 1024 for everything else and splits the
+/// rest: 512 client connections. A flood of 2500 silent connections, more than the agent's
+/// descriptors, cannot starve the health checker or the admin socket.
+#[test]
+fn the_descriptor_budget_keeps_probes_and_the_admin_socket_alive() {
+    if !root_or_skip("agent L7 descriptor budget") {
+        return;
     }
-    watching.store(false, Ordering::Relaxed);
-    watcher.join().unwrap();
-    let probes = b.probes.load(Ordering::Relaxed) - probes_before;
-    let elapsed = t0.elapsed();
-
-    assert_eq!(
-        closed_at.len(),
-        SILENT,
-        "every silent connection was closed; log:\n{}",
+    raise_nofile();
+    let b = backend();
+    let listen = free_port();
+    let n = 2500;
+    let run = Run::start_with_nofile(
+        |dir| {
+            config(
+                dir,
+                listen,
+                b.port,
+                &format!("first_request_timeout_sec = {DEADLINE_SEC}"),
+            )
+        },
+        Some(2048),
+    );
+    wait_serving(listen, &run);
+    assert!(
+        run.log()
+            .lines()
+            .any(|l| l.contains("L7 connection budget") && l.contains("512")),
+        "budget not logged:\n{}",
         run.log()
     );
-    let early = closed_at
-        .iter()
-        .filter(|t| t.as_secs_f64() < deadline_sec - 0.5)
-        .count();
-    let late = closed_at
-        .iter()
-        .filter(|t| t.as_secs_f64() > deadline_sec + connected.as_secs_f64() + 3.0)
-        .count();
-    println!(
-        "{SILENT} silent connections (opened in {connected:?}): {early} closed at once (over the cap of {CAP}), all closed within {:?}; {} lb status runs, {probes} probes meanwhile",
-        closed_at.iter().max().unwrap(),
-        status_runs.load(Ordering::Relaxed)
+    let f = flood(
+        &run,
+        &b,
+        listen,
+        n,
+        Duration::from_secs_f64(DEADLINE_SEC + 15.0),
     );
-    assert_eq!(
-        early,
-        SILENT - CAP,
-        "connections over the cap are closed at once"
-    );
-    assert_eq!(
-        late, 0,
-        "the others are closed by the first-request deadline"
-    );
-    assert_eq!(
-        status_failures.load(Ordering::Relaxed),
-        0,
-        "lb status failed during the flood"
-    );
-    assert!(
-        status_runs.load(Ordering::Relaxed) >= 5,
-        "lb status ran throughout"
-    );
-    // Probes every 0.2 s: at least half of them in the time the flood lasted.
-    let expected = (elapsed.as_secs_f64() / 0.2 / 2.0) as usize;
-    assert!(
-        probes >= expected,
-        "{probes} probes in {elapsed:?}, expected ≥ {expected}"
-    );
-    // The listener serves normally afterwards.
+    f.check(n, n - 512, DEADLINE_SEC, &run);
     wait_serving(listen, &run);
     assert!(run.status_ok());
 }

@@ -142,19 +142,37 @@ pub struct Run {
 
 impl Run {
     pub fn start(text: impl Fn(&Path) -> String) -> Run {
+        Run::start_with_nofile(text, None)
+    }
+
+    /// [`Run::start`] with the agent's RLIMIT_NOFILE (soft and hard) set to `nofile`.
+    pub fn start_with_nofile(text: impl Fn(&Path) -> String, nofile: Option<u64>) -> Run {
+        use std::os::unix::process::CommandExt;
         let dir = std::env::temp_dir().join(unique("lbl7run-"));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("lb.toml");
         std::fs::write(&cfg, text(&dir)).unwrap();
         let log = std::fs::File::create(dir.join("lb.log")).unwrap();
-        let agent = ProcGuard(Some(
-            Command::new(lb_binary())
-                .args(["run", "--config", cfg.to_str().unwrap()])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        ));
+        let mut cmd = Command::new(lb_binary());
+        cmd.args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(n) = nofile {
+            // SAFETY: only setrlimit between fork and exec (async-signal-safe).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
+        let agent = ProcGuard(Some(cmd.spawn().unwrap()));
         Run { dir, _agent: agent }
     }
 
