@@ -10,6 +10,7 @@
 //! open WebSockets are independent tasks, new requests see the new table.
 
 pub mod actions;
+pub mod backend_count;
 pub mod body;
 pub mod client;
 pub mod edge;
