@@ -60,6 +60,7 @@ impl Legacy {
             .pool_idle_timeout(keepalive)
             .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
             .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
+            .http2_max_header_list_size(MAX_RESPONSE_HEAD_BYTES as u32)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let mut h2 = builder.clone();
