@@ -233,6 +233,67 @@ fn the_descriptor_budget_keeps_probes_and_the_admin_socket_alive() {
     assert!(run.status_ok());
 }
 
+/// The edge rules and the backend keep-alive as the agent runs them: blocked requests never
+/// reach the backend, and an idle backend connection is closed after the service's
+/// `keepalive_timeout_sec`.
+#[test]
+fn edge_rules_and_backend_keep_alive_through_lb_run() {
+    if !root_or_skip("agent L7 edge rules") {
+        return;
+    }
+    let b = backend();
+    let listen = free_port();
+    let run = Run::start(|dir| {
+        config(dir, listen, b.port, "").replace(
+            "protocol = \"HTTP\"\nhealth_check",
+            "protocol = \"HTTP\"\nkeepalive_timeout_sec = 2\nhealth_check",
+        )
+    });
+    wait_serving(listen, &run);
+    let before = b.requests.load(Ordering::Relaxed);
+    for (req, want) in [
+        (&b"GET / HTTP/1.1\r\n\r\n"[..], "400"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\nHost: a\n\n", "400"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "400",
+        ),
+        (b"GET / HTTP/1.0\r\nHost: a\r\n\r\n", "505"),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::Write::write_all(&mut s, req).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(
+            out.split_whitespace().nth(1) == Some(want),
+            "{:?}: {out:?}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    assert_eq!(
+        b.requests.load(Ordering::Relaxed),
+        before,
+        "no blocked request reached the backend"
+    );
+    // The backend connections the proxy opened (wait_serving's requests) are closed about
+    // 2 s after their last answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.idle_closes.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy kept its idle backend connection"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let idle = b.idle_closes.lock().unwrap()[0];
+    assert!(
+        idle >= Duration::from_millis(1900) && idle < Duration::from_secs(4),
+        "backend connection closed after {idle:?} idle (keepalive_timeout_sec = 2)"
+    );
+}
+
 #[test]
 fn idle_keep_alive_connections_stay_open_past_60_seconds() {
     if !root_or_skip("agent L7 keep-alive") {

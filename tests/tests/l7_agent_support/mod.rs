@@ -12,7 +12,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -39,12 +39,15 @@ pub fn raise_nofile() {
     }
 }
 
-/// A backend on a thread: answers every request 200 "ok" and counts health probes
-/// (`GET /healthz`). Connections are served one after another (enough for probes and a
-/// few test requests), each with keep-alive until the peer closes.
+/// A backend on a thread: answers every request 200 "ok", counts health probes
+/// (`GET /healthz`) and other requests, and records, for connections that carried other
+/// requests, how long they sat idle after their last answer before the peer closed them.
+/// Connections are served each on its own thread, with keep-alive until the peer closes.
 pub struct Backend {
     pub port: u16,
     pub probes: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub idle_closes: Arc<Mutex<Vec<Duration>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -58,43 +61,72 @@ impl Drop for Backend {
 pub fn backend() -> Backend {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let probes = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (p, st) = (probes.clone(), stop.clone());
+    let b = Backend {
+        port,
+        probes: Arc::default(),
+        requests: Arc::default(),
+        idle_closes: Arc::default(),
+        stop: Arc::default(),
+    };
+    let (p, r, c, st) = (
+        b.probes.clone(),
+        b.requests.clone(),
+        b.idle_closes.clone(),
+        b.stop.clone(),
+    );
     std::thread::spawn(move || {
         for s in l.incoming() {
             if st.load(Ordering::Relaxed) {
                 return;
             }
-            let Ok(mut s) = s else { continue };
-            let p = p.clone();
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = s.read(&mut chunk) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        buf.drain(..end + 4);
-                        if head.starts_with("GET /healthz") {
-                            p.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            });
+            let Ok(s) = s else { continue };
+            let (p, r, c) = (p.clone(), r.clone(), c.clone());
+            std::thread::spawn(move || serve_backend_connection(s, &p, &r, &c));
         }
     });
-    Backend { port, probes, stop }
+    b
+}
+
+fn serve_backend_connection(
+    mut s: TcpStream,
+    probes: &AtomicUsize,
+    requests: &AtomicUsize,
+    idle_closes: &Mutex<Vec<Duration>>,
+) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut last_answer: Option<Instant> = None;
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                if let Some(t) = last_answer {
+                    idle_closes.lock().unwrap().push(t.elapsed());
+                }
+                return;
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end + 4);
+            let probe = head.starts_with("GET /healthz");
+            if probe {
+                probes.fetch_add(1, Ordering::Relaxed);
+            } else {
+                requests.fetch_add(1, Ordering::Relaxed);
+            }
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+            if !probe {
+                last_answer = Some(Instant::now());
+            }
+        }
+    }
 }
 
 pub fn config(dir: &Path, listen: u16, backend: u16, l7: &str) -> String {
