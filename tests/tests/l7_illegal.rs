@@ -23,7 +23,6 @@ async fn illegal_requests_are_refused_before_any_backend() {
     let opts = L7Options {
         max_header_bytes: 16 * 1024,
         max_url_bytes: 4 * 1024,
-        ..L7Options::default()
     };
     let p = start_with(&http_config(free_port(), "", &[&b], ""), opts);
     let big_header = format!(

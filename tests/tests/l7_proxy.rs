@@ -464,3 +464,33 @@ async fn outlier_detection_ejects_after_three_gateway_failures() {
         "after 3 consecutive 502s the backend gets no more requests"
     );
 }
+
+/// `consecutive_errors` counts every 5xx (not only gateway errors); it ejects only with
+/// `enforcing_consecutive_errors`, which is 0 by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_5xx_eject_only_when_enforced() {
+    for (enforcing, want_ejected) in [(0, false), (100, true)] {
+        let bad = backend("bad", Behaviour::Status(500)).await;
+        let good = backend("good", Behaviour::Status(200)).await;
+        let extra = format!(
+            "outlier_detection = {{ consecutive_errors = 4, enforcing_consecutive_errors = {enforcing} }}"
+        );
+        let p = start(&http_config(free_port(), &extra, &[&bad, &good], ""));
+        let c = client();
+        for _ in 0..20 {
+            let _ = send(&c, get(p.addr, "/")).await;
+        }
+        let s = p.handle.stats();
+        let b = s.services[0]
+            .backends
+            .iter()
+            .find(|b| b.name == "bad")
+            .unwrap();
+        assert_eq!(b.ejected, want_ejected, "enforcing {enforcing}: {b:?}");
+        if want_ejected {
+            assert_eq!(bad.count(), 4, "no request after the 4th consecutive 500");
+        } else {
+            assert!(bad.count() > 4, "detection alone does not eject");
+        }
+    }
+}

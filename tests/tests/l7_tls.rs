@@ -227,3 +227,43 @@ async fn http2_and_http1_by_alpn() {
     assert_eq!(b.count(), 4);
     driver.abort();
 }
+
+/// The first-request deadline covers the TLS handshake and the first request after it:
+/// a client that never sends its ClientHello, and one that completes the handshake and
+/// then says nothing, are both closed at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_clients_meet_the_first_request_deadline() {
+    use tokio::io::AsyncReadExt;
+    let c = certs();
+    let b = backend("b", Behaviour::Status(200)).await;
+    let text = https_config(free_port(), &c.dir, &b) + "\n[l7]\nfirst_request_timeout_sec = 1\n";
+    let p = start(&text);
+    let t = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+        .await
+        .expect("closed before the step bound")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing is sent to a client that sent no ClientHello");
+    let took = t.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(3),
+        "no ClientHello: closed after {took:?}"
+    );
+    let t = std::time::Instant::now();
+    let mut s = connect(p.addr, "a.test", client_config(Some(&c), &[b"http/1.1"])).await;
+    let r = tokio::time::timeout(STEP, s.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "closed without an answer: {r:?}"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(3),
+        "silent after the handshake: closed after {took:?}"
+    );
+    assert_eq!(b.count(), 0);
+}

@@ -237,45 +237,12 @@ impl Ranges {
                 "must be 0..=1209600 (two weeks)",
             );
         }
-        let ch = &bs.consistent_hash;
-        if let Some(n) = ch.minimum_ring_size {
-            if !(1..=limits::MAX_RING_HASH_SIZE).contains(&n) {
-                self.err(
-                    format!("{p}.consistent_hash.minimum_ring_size"),
-                    format!("{n} is outside 1..={}", limits::MAX_RING_HASH_SIZE),
-                );
-            }
-        }
-        if let Some(h) = &ch.http_header_name {
-            self.text(format!("{p}.consistent_hash.http_header_name"), h, 256);
-        }
-        if let Some(c) = &ch.http_cookie {
-            let cp = format!("{p}.consistent_hash.http_cookie");
-            if let Some(n) = &c.name {
-                let token = |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
-                if n.is_empty() || n.len() > 256 || !n.chars().all(token) {
-                    self.err(
-                        format!("{cp}.name"),
-                        "is not a cookie name (1..=256 token characters)",
-                    );
-                }
-            }
-            if let Some(path) = &c.path {
-                let ok = path.starts_with('/')
-                    && path.len() <= MAX_TEXT_LEN
-                    && !path.contains(|ch: char| ch == ';' || ch.is_control() || ch == ' ');
-                if !ok {
-                    self.err(
-                        format!("{cp}.path"),
-                        "must start with '/' and hold no ';', spaces or control characters",
-                    );
-                }
-            }
-            if c.ttl_sec > 1_209_600 {
-                self.err(format!("{cp}.ttl_sec"), "must be 0..=1209600 (two weeks)");
-            }
-        }
+        self.consistent_hash(&format!("{p}.consistent_hash"), &bs.consistent_hash);
         self.outlier(&format!("{p}.outlier_detection"), &bs.outlier_detection);
+        self.backends(p, bs);
+    }
+
+    fn backends(&mut self, p: &str, bs: &BackendService) {
         for (i, b) in bs.backends.iter().enumerate() {
             let bp = format!("{p}.backends[{i}]");
             if let Some(n) = &b.name {
@@ -303,6 +270,46 @@ impl Ranges {
                     format!("{bp}.capacity_scaler"),
                     "is not supported on L4 (TCP/UDP) backend services; use weight, or `lb drain` to take a backend out",
                 );
+            }
+        }
+    }
+
+    fn consistent_hash(&mut self, p: &str, ch: &ConsistentHash) {
+        if let Some(n) = ch.minimum_ring_size {
+            if !(1..=limits::MAX_RING_HASH_SIZE).contains(&n) {
+                self.err(
+                    format!("{p}.minimum_ring_size"),
+                    format!("{n} is outside 1..={}", limits::MAX_RING_HASH_SIZE),
+                );
+            }
+        }
+        if let Some(h) = &ch.http_header_name {
+            self.text(format!("{p}.http_header_name"), h, 256);
+        }
+        if let Some(c) = &ch.http_cookie {
+            let cp = format!("{p}.http_cookie");
+            if let Some(n) = &c.name {
+                let token = |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
+                if n.is_empty() || n.len() > 256 || !n.chars().all(token) {
+                    self.err(
+                        format!("{cp}.name"),
+                        "is not a cookie name (1..=256 token characters)",
+                    );
+                }
+            }
+            if let Some(path) = &c.path {
+                let ok = path.starts_with('/')
+                    && path.len() <= MAX_TEXT_LEN
+                    && !path.contains(|ch: char| ch == ';' || ch.is_control() || ch == ' ');
+                if !ok {
+                    self.err(
+                        format!("{cp}.path"),
+                        "must start with '/' and hold no ';', spaces or control characters",
+                    );
+                }
+            }
+            if c.ttl_sec > 1_209_600 {
+                self.err(format!("{cp}.ttl_sec"), "must be 0..=1209600 (two weeks)");
             }
         }
     }
@@ -388,48 +395,51 @@ impl Ranges {
                 }
             }
             for (j, rr) in pm.route_rules.iter().enumerate() {
-                let rp = format!("{pp}.route_rules[{j}]");
-                if rr.priority > 2_147_483_647 {
-                    self.err(format!("{rp}.priority"), "must be 0..=2147483647");
+                self.route_rule(&format!("{pp}.route_rules[{j}]"), rr);
+            }
+        }
+    }
+
+    fn route_rule(&mut self, rp: &str, rr: &RouteRule) {
+        if rr.priority > 2_147_483_647 {
+            self.err(format!("{rp}.priority"), "must be 0..=2147483647");
+        }
+        self.header_action_opt(&format!("{rp}.header_action"), &rr.header_action);
+        if let Some(ra) = &rr.route_action {
+            self.route_action(&format!("{rp}.route_action"), ra);
+        }
+        for (k, mr) in rr.match_rules.iter().enumerate() {
+            let mp = format!("{rp}.match_rules[{k}]");
+            for (f, t) in [
+                ("prefix_match", &mr.prefix_match),
+                ("full_path_match", &mr.full_path_match),
+                ("regex_match", &mr.regex_match),
+                ("path_template_match", &mr.path_template_match),
+            ] {
+                if let Some(t) = t {
+                    self.text(format!("{mp}.{f}"), t, MAX_TEXT_LEN);
                 }
-                self.header_action_opt(&format!("{rp}.header_action"), &rr.header_action);
-                if let Some(ra) = &rr.route_action {
-                    self.route_action(&format!("{rp}.route_action"), ra);
+            }
+            for (h, hm) in mr.header_matches.iter().enumerate() {
+                let hp = format!("{mp}.header_matches[{h}]");
+                self.non_empty_text(format!("{hp}.header_name"), &hm.header_name, 256);
+                for t in [
+                    &hm.exact_match,
+                    &hm.prefix_match,
+                    &hm.suffix_match,
+                    &hm.regex_match,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    self.text(hp.clone(), t, MAX_TEXT_LEN);
                 }
-                for (k, mr) in rr.match_rules.iter().enumerate() {
-                    let mp = format!("{rp}.match_rules[{k}]");
-                    for (f, t) in [
-                        ("prefix_match", &mr.prefix_match),
-                        ("full_path_match", &mr.full_path_match),
-                        ("regex_match", &mr.regex_match),
-                        ("path_template_match", &mr.path_template_match),
-                    ] {
-                        if let Some(t) = t {
-                            self.text(format!("{mp}.{f}"), t, MAX_TEXT_LEN);
-                        }
-                    }
-                    for (h, hm) in mr.header_matches.iter().enumerate() {
-                        let hp = format!("{mp}.header_matches[{h}]");
-                        self.non_empty_text(format!("{hp}.header_name"), &hm.header_name, 256);
-                        for t in [
-                            &hm.exact_match,
-                            &hm.prefix_match,
-                            &hm.suffix_match,
-                            &hm.regex_match,
-                        ]
-                        .into_iter()
-                        .flatten()
-                        {
-                            self.text(hp.clone(), t, MAX_TEXT_LEN);
-                        }
-                    }
-                    for (q, qm) in mr.query_parameter_matches.iter().enumerate() {
-                        let qp = format!("{mp}.query_parameter_matches[{q}]");
-                        self.non_empty_text(format!("{qp}.name"), &qm.name, 256);
-                        for t in [&qm.exact_match, &qm.regex_match].into_iter().flatten() {
-                            self.text(qp.clone(), t, MAX_TEXT_LEN);
-                        }
-                    }
+            }
+            for (q, qm) in mr.query_parameter_matches.iter().enumerate() {
+                let qp = format!("{mp}.query_parameter_matches[{q}]");
+                self.non_empty_text(format!("{qp}.name"), &qm.name, 256);
+                for t in [&qm.exact_match, &qm.regex_match].into_iter().flatten() {
+                    self.text(qp.clone(), t, MAX_TEXT_LEN);
                 }
             }
         }

@@ -3,7 +3,12 @@
 //! the other kinds over hyper-util's legacy client. Pools are keyed by backend address, so
 //! all services share them, and they survive reloads.
 
-use super::{body::UpstreamBody, table::Upstream, tls};
+use super::{
+    backend_count::{BackendBudget, Counted},
+    body::UpstreamBody,
+    table::Upstream,
+    tls,
+};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -13,10 +18,7 @@ use hyper_util::{
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, Weak,
-    },
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -25,11 +27,14 @@ use std::{
 pub const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connect timeout towards a backend; a failure here is a `connect-failure`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest backend response head accepted (Google Cloud's response-header limit, 128 KiB);
+/// a bigger one, or one with an unknown HTTP version, is refused with 502 (seed 003).
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 128 * 1024;
 /// Idle connections kept per backend.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 
-type Tls = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
-type Plain = Client<HttpConnector, UpstreamBody>;
+type Tls = Client<HttpsConnector<Counted>, UpstreamBody>;
+type Plain = Client<Counted, UpstreamBody>;
 
 /// The clients: our HTTP/1.1 pool and, per keep-alive timeout in use, three legacy
 /// clients (hyper-util's pool has one idle timeout per client).
@@ -37,6 +42,7 @@ type Plain = Client<HttpConnector, UpstreamBody>;
 pub struct Clients {
     http1: Arc<H1Pool>,
     legacy: Arc<Mutex<HashMap<Duration, Legacy>>>,
+    budget: Arc<BackendBudget>,
 }
 
 /// hyper-util clients sharing one keep-alive timeout.
@@ -48,19 +54,21 @@ struct Legacy {
 }
 
 impl Legacy {
-    fn new(keepalive: Duration) -> Legacy {
+    fn new(keepalive: Duration, budget: &Arc<BackendBudget>) -> Legacy {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(keepalive)
             .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
+            .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
+            .http2_max_header_list_size(MAX_RESPONSE_HEAD_BYTES as u32)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let mut h2 = builder.clone();
         h2.http2_only(true);
         Legacy {
-            h2c: h2.build(connector()),
-            https: builder.build(tls_connector(false)),
-            http2: h2.build(tls_connector(true)),
+            h2c: h2.build(Counted::new(connector(), budget.clone())),
+            https: builder.build(tls_connector(false, budget)),
+            http2: h2.build(tls_connector(true, budget)),
         }
     }
 }
@@ -102,39 +110,47 @@ fn connector() -> HttpConnector {
 }
 
 /// A TLS connector offering ALPN `h2` (HTTP2 services) or `http/1.1` (HTTPS services).
-fn tls_connector(h2: bool) -> HttpsConnector<HttpConnector> {
+fn tls_connector(h2: bool, budget: &Arc<BackendBudget>) -> HttpsConnector<Counted> {
+    let tcp = Counted::new(connector(), budget.clone());
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls::backend_client_config())
         .https_only();
     if h2 {
-        b.enable_http2().wrap_connector(connector())
+        b.enable_http2().wrap_connector(tcp)
     } else {
-        b.enable_http1().wrap_connector(connector())
+        b.enable_http1().wrap_connector(tcp)
     }
 }
 
 impl Clients {
     pub fn new() -> Clients {
-        let http1 = Arc::new(H1Pool::default());
+        let budget = Arc::new(BackendBudget::default());
+        let http1 = Arc::new(H1Pool::new(budget.clone()));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(reap(Arc::downgrade(&http1)));
         }
         Clients {
             http1,
             legacy: Arc::default(),
+            budget,
         }
     }
 
-    /// Caps the plain HTTP/1.1 backend connections open at once (descriptor budget); a
+    /// Caps the backend connections open at once, of every kind (descriptor budget); a
     /// request that would need one more fails as a connect failure (502).
     pub fn set_max_backend_connections(&self, max: usize) {
-        self.http1.max_open.store(max, Ordering::Relaxed);
+        self.budget.set_max(max);
+    }
+
+    /// Backend connections open now.
+    pub fn open_backend_connections(&self) -> usize {
+        self.budget.open()
     }
 
     fn legacy(&self, keepalive: Duration) -> Legacy {
         let mut map = self.legacy.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(keepalive)
-            .or_insert_with(|| Legacy::new(keepalive))
+            .or_insert_with(|| Legacy::new(keepalive, &self.budget))
             .clone()
     }
 
@@ -207,17 +223,15 @@ impl Idle {
 /// it becoming reusable; each connection runs as its own task (hyper's `Connection`).
 pub struct H1Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    /// Connections open now (idle or busy), and the most allowed.
-    open: Arc<AtomicUsize>,
-    max_open: AtomicUsize,
+    /// Every backend connection open, against the descriptor budget.
+    budget: Arc<BackendBudget>,
 }
 
-impl Default for H1Pool {
-    fn default() -> Self {
+impl H1Pool {
+    fn new(budget: Arc<BackendBudget>) -> H1Pool {
         H1Pool {
             idle: Mutex::default(),
-            open: Arc::default(),
-            max_open: AtomicUsize::new(usize::MAX),
+            budget,
         }
     }
 }
@@ -278,18 +292,14 @@ impl H1Pool {
         &self,
         addr: SocketAddr,
     ) -> Result<http1::SendRequest<UpstreamBody>, ClientError> {
-        let open = OpenGuard::try_new(&self.open, self.max_open.load(Ordering::Relaxed))
-            .ok_or_else(|| {
-                ClientError::Connect(std::io::Error::other(
-                    "too many open backend connections (descriptor budget)",
-                ))
-            })?;
+        let open = self.budget.admit().map_err(ClientError::Connect)?;
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::ConnectTimeout)?
             .map_err(ClientError::Connect)?;
         let _ = stream.set_nodelay(true);
         let (tx, conn) = http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ClientError::Handshake)?;
@@ -339,25 +349,6 @@ impl H1Pool {
                 },
             }
         }
-    }
-}
-
-/// One open backend connection, counted against the pool's cap while it lives.
-struct OpenGuard(Arc<AtomicUsize>);
-
-impl OpenGuard {
-    fn try_new(open: &Arc<AtomicUsize>, max: usize) -> Option<OpenGuard> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .ok()?;
-        Some(OpenGuard(open.clone()))
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -15,6 +15,7 @@
 //! The request path only touches atomics; the watchdog sleeps until the earliest deadline
 //! and is woken when a head starts or the last open request ends.
 
+use super::limits::Permit;
 use std::{
     future::Future,
     pin::Pin,
@@ -44,6 +45,9 @@ pub struct Activity {
     open: AtomicU32,
     requests: AtomicU64,
     wake: Notify,
+    /// The connection's place under the connection caps, held as long as the connection's
+    /// I/O lives (an upgraded WebSocket outlives hyper's connection; its I/O keeps this).
+    _permit: Option<Permit>,
 }
 
 /// Why the watchdog ended a connection.
@@ -56,7 +60,13 @@ pub enum Expired {
 
 impl Activity {
     pub fn new() -> Activity {
+        Activity::holding(None)
+    }
+
+    /// A connection's activity, holding its permit until the last reference goes.
+    pub fn holding(permit: Option<Permit>) -> Activity {
         Activity {
+            _permit: permit,
             start: Instant::now(),
             last_io: AtomicU64::new(1),
             head_started: AtomicU64::new(0),

@@ -7,7 +7,8 @@
 //! BPF maps in the same process, and those must keep working when the L7 side is flooded.
 //! At start the soft RLIMIT_NOFILE is raised to the hard limit; a reserve (1024, or half
 //! the limit when it is small) is kept for everything else, and the rest is split evenly
-//! between client connections and plain-HTTP/1.1 backend connections, each capped.
+//! between client connections and backend connections ([`super::backend_count`]), each
+//! capped.
 
 use crate::config::{limits::duration, Config};
 use hyper_util::{

@@ -82,7 +82,7 @@ async fn serve(
     peer: SocketAddr,
     local: SocketAddr,
     bound: SocketAddr,
-    _permit: Permit,
+    permit: Permit,
 ) {
     let route = {
         let table = shared.table.load();
@@ -97,7 +97,9 @@ async fn serve(
         header_read: settings.header_read_timeout,
         keep_alive: settings.keep_alive(&route.proxy),
     };
-    let activity = Arc::new(Activity::new());
+    // The activity is shared with the connection's I/O wrapper, so the permit it holds
+    // lasts as long as the socket, also after a WebSocket upgrade hands the socket on.
+    let activity = Arc::new(Activity::holding(Some(permit)));
     let verdicts = Arc::new(Verdicts::default());
     let limit = shared.opts.max_header_bytes + 1024;
     let conn = Arc::new(proxy::ConnInfo {

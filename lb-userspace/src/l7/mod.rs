@@ -9,6 +9,7 @@
 //! and swaps it atomically (arc-swap): requests already running keep the table they loaded,
 //! open WebSockets are independent tasks, new requests see the new table.
 
+pub mod backend_count;
 pub mod body;
 pub mod client;
 pub mod edge;
