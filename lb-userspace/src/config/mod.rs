@@ -7,6 +7,7 @@
 pub mod types;
 pub mod url_map;
 pub mod validate;
+pub mod validate_balancing;
 pub mod validate_l7;
 #[cfg(test)]
 mod validate_tests;

@@ -426,6 +426,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
         }
     }
     errs.extend(super::validate_l7::validate_l7(cfg));
+    errs.extend(super::validate_balancing::validate_balancing(cfg));
     if errs.is_empty() {
         Ok(())
     } else {

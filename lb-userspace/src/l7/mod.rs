@@ -11,6 +11,7 @@
 
 pub mod actions;
 pub mod body;
+pub mod capacity;
 pub mod client;
 pub mod edge;
 pub mod framing;
@@ -20,6 +21,7 @@ pub mod proxy;
 pub mod retry;
 pub mod route_match;
 pub mod router;
+pub mod schedule;
 pub mod select;
 pub mod stats;
 pub mod table;

@@ -184,7 +184,8 @@ pub fn build(cfg: &Config, generation: u64, registry: &Registry) -> Result<Table
             affinity,
             members,
             bs.consistent_hash.minimum_ring_size,
-        );
+        )
+        .with_capacity(super::capacity::Capacity::of(bs));
         services.insert(
             name.clone(),
             Arc::new(Service {
