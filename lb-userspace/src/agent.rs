@@ -179,6 +179,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // ---- L7 tier: listeners for forwarding rules with a target proxy, fed by the shared
     // health checker; every accepted configuration change swaps its routing table.
     let l7 = crate::l7::start_if_configured(&cfg, Some(checker.subscribe()))?;
+    if let Some(h) = &l7 {
+        metrics.register_l7(h.metrics_source());
+    }
 
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
     let state_file = persist::state_file(&socket);

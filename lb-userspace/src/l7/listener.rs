@@ -54,6 +54,7 @@ async fn serve(
     local: SocketAddr,
     bound: SocketAddr,
 ) {
+    let _open = super::stats::OpenConnection::new(&shared.tier);
     let route = {
         let table = shared.table.load();
         match table.routes.get(&bound) {
@@ -105,6 +106,10 @@ async fn serve(
         }
     };
     if let Err(e) = result {
+        // hyper answers unparseable or oversized heads itself; count them as refusals.
+        if let Some(r) = super::stats::Refused::of_connection_error(&*e) {
+            shared.tier.refused(r);
+        }
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

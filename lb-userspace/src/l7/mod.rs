@@ -9,6 +9,7 @@
 //! and swaps it atomically (arc-swap): requests already running keep the table they loaded,
 //! open WebSockets are independent tasks, new requests see the new table.
 
+pub mod access_log;
 pub mod actions;
 pub mod body;
 pub mod capacity;
@@ -98,6 +99,10 @@ pub struct Shared {
     pub opts: L7Options,
     pub server: auto::Builder<TokioExecutor>,
     pub in_flight: AtomicU64,
+    /// Tier-wide counters: refusals by reason, connections, access-log drops.
+    pub tier: stats::TierCounters,
+    /// The request log, when `logging.access_log` is not "off".
+    pub access_log: arc_swap::ArcSwapOption<access_log::AccessLog>,
     health: watch::Receiver<Arc<HealthSnapshot>>,
 }
 
@@ -163,6 +168,8 @@ impl L7 {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(opts.max_header_bytes as u32);
+        let tier = stats::TierCounters::default();
+        let log = access_log::AccessLog::open(&cfg.logging, tier.log_dropped.clone())?;
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             registry,
@@ -170,6 +177,8 @@ impl L7 {
             opts,
             server,
             in_flight: AtomicU64::new(0),
+            tier,
+            access_log: arc_swap::ArcSwapOption::from(log.map(Arc::new)),
             health: health.clone(),
         });
         shared.apply_health();
@@ -255,9 +264,31 @@ impl L7Handle {
                 }
             }
         }
+        let log = self.prepare_access_log(&cfg.logging)?;
         self.shared.table.store(new);
+        if let Some(log) = log {
+            self.shared.access_log.store(log);
+        }
         self.shared.apply_health();
         self.sync_listeners()
+    }
+
+    /// A new request log when `settings` differ from the running one's (`Some(None)`:
+    /// turn it off); `None` when nothing changes.
+    #[allow(clippy::option_option)]
+    fn prepare_access_log(
+        &self,
+        settings: &crate::config::Logging,
+    ) -> Result<Option<Option<Arc<access_log::AccessLog>>>, L7Error> {
+        let current = self.shared.access_log.load();
+        let running = current
+            .as_ref()
+            .map_or_else(crate::config::Logging::default, |l| l.settings.clone());
+        if running == *settings {
+            return Ok(None);
+        }
+        let log = access_log::AccessLog::open(settings, self.shared.tier.log_dropped.clone())?;
+        Ok(Some(log.map(Arc::new)))
     }
 
     /// The addresses actually bound, per configured address (they differ for port 0).
@@ -268,53 +299,20 @@ impl L7Handle {
 
     /// Counters and state of every service and backend.
     pub fn stats(&self) -> L7Stats {
-        let table = self.shared.table.load();
-        let now = outlier::now_ms();
-        let mut services: Vec<ServiceStats> = table
-            .services
-            .values()
-            .map(|s| {
-                let (requests, classes, latency, retries) = s.counters.snapshot();
-                let backends = s
-                    .selector
-                    .backends
-                    .iter()
-                    .zip(&s.config.backends)
-                    .map(|(b, c)| BackendStats {
-                        name: b.name.clone(),
-                        address: b.addr.to_string(),
-                        weight: c.weight,
-                        capacity_scaler: c.capacity_scaler,
-                        healthy: b.healthy.load(Ordering::Relaxed),
-                        ejected: b.outlier.is_ejected(now),
-                        ejections: b.outlier.ejections(),
-                        in_flight: b.in_flight.load(Ordering::Relaxed),
-                        requests: b.requests.load(Ordering::Relaxed),
-                    })
-                    .collect();
-                ServiceStats {
-                    name: s.name.clone(),
-                    protocol: format!("{:?}", s.config.protocol).to_uppercase(),
-                    locality_lb_policy: format!("{:?}", s.selector.policy),
-                    session_affinity: format!("{:?}", s.config.session_affinity),
-                    requests,
-                    retries,
-                    responses_by_class: classes,
-                    latency,
-                    backends,
-                }
-            })
-            .collect();
-        services.sort_by(|a, b| a.name.cmp(&b.name));
-        L7Stats {
-            listeners: table
-                .listeners
-                .iter()
-                .map(|l| (l.addr.to_string(), l.proxy.clone()))
-                .collect(),
-            services,
-            in_flight: self.shared.in_flight.load(Ordering::Relaxed),
-            generation: table.generation,
+        stats_of(&self.shared)
+    }
+
+    /// What `/metrics` reads at every scrape (see [`crate::metrics::Metrics::register_l7`]).
+    pub fn metrics_source(
+        &self,
+    ) -> impl Fn() -> Result<crate::metrics::L7Counters, crate::metrics::SourceError>
+           + Send
+           + Sync
+           + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        move || match shared.upgrade() {
+            Some(s) => Ok(stats::counters(&stats_of(&s))),
+            None => Err("the L7 tier has stopped".into()),
         }
     }
 
@@ -331,6 +329,66 @@ impl L7Handle {
 impl Drop for L7Handle {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Counters and state of every service and backend of a running tier.
+fn stats_of(shared: &Shared) -> L7Stats {
+    let table = shared.table.load();
+    let now = outlier::now_ms();
+    let mut services: Vec<ServiceStats> = table
+        .services
+        .values()
+        .map(|s| {
+            let (requests, classes, latency, retries) = s.counters.snapshot();
+            let backends = s
+                .selector
+                .backends
+                .iter()
+                .zip(&s.config.backends)
+                .map(|(b, c)| BackendStats {
+                    name: b.name.clone(),
+                    address: b.addr.to_string(),
+                    weight: c.weight,
+                    capacity_scaler: c.capacity_scaler,
+                    healthy: b.healthy.load(Ordering::Relaxed),
+                    ejected: b.outlier.is_ejected(now),
+                    ejections: b.outlier.ejections(),
+                    in_flight: b.in_flight.load(Ordering::Relaxed),
+                    requests: b.requests.load(Ordering::Relaxed),
+                    responses_by_class: std::array::from_fn(|i| {
+                        b.responses[i].load(Ordering::Relaxed)
+                    }),
+                })
+                .collect();
+            ServiceStats {
+                name: s.name.clone(),
+                protocol: format!("{:?}", s.config.protocol).to_uppercase(),
+                locality_lb_policy: format!("{:?}", s.selector.policy),
+                session_affinity: format!("{:?}", s.config.session_affinity),
+                requests,
+                retries,
+                responses_by_class: classes,
+                latency,
+                backends,
+            }
+        })
+        .collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let tier = &shared.tier;
+    L7Stats {
+        listeners: table
+            .listeners
+            .iter()
+            .map(|l| (l.addr.to_string(), l.proxy.clone()))
+            .collect(),
+        services,
+        in_flight: shared.in_flight.load(Ordering::Relaxed),
+        generation: table.generation,
+        refused: tier.refused_snapshot(),
+        connections: tier.connections.load(Ordering::Relaxed),
+        connections_total: tier.connections_total.load(Ordering::Relaxed),
+        access_log_dropped: tier.log_dropped.load(Ordering::Relaxed),
     }
 }
 

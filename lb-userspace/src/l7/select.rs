@@ -60,6 +60,8 @@ pub struct Backend {
     pub outlier: OutlierState,
     /// Requests per second sent here (kept only when a service sets a max rate).
     pub rate: RateMeter,
+    /// Final responses by class (index 0 = 1xx … 4 = 5xx) of requests answered here.
+    pub responses: [AtomicU64; 5],
 }
 
 impl Backend {
@@ -80,6 +82,14 @@ impl Backend {
             requests: AtomicU64::new(0),
             outlier: OutlierState::default(),
             rate: RateMeter::default(),
+            responses: Default::default(),
+        }
+    }
+
+    /// Counts the final response of a request this backend answered.
+    pub fn record_response(&self, status: u16) {
+        if let Some(c) = super::stats::class_of(status) {
+            self.responses[c].fetch_add(1, Ordering::Relaxed);
         }
     }
 
