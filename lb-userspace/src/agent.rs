@@ -178,12 +178,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     // ---- L7 tier: listeners for forwarding rules with a target proxy, fed by the shared
     // health checker; every accepted configuration change swaps its routing table.
-    let l7 = crate::l7::start_if_configured(&cfg, Some(checker.subscribe()))?;
+    let l7 = crate::l7::start_if_configured(&cfg, Some(checker.subscribe()))?.map(Arc::new);
     if let Some(h) = &l7 {
         metrics.register_l7(h.metrics_source());
     }
 
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port);
+    if let Some(h) = l7.clone() {
+        agent.set_l7_listeners(Arc::new(move || h.listener_info()));
+    }
     let state_file = persist::state_file(&socket);
     let saved = persist::load(&state_file).unwrap_or_else(|e| {
         warn!(error = %e, "ignoring unreadable saved overrides");
@@ -239,7 +242,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         if agent.config_changes != changes_before {
             // New, removed or changed backends and checks: probes follow the configuration.
             checker.update(agent.config());
-            apply_l7(l7.as_ref(), agent.config());
+            apply_l7(l7.as_deref(), agent.config());
         }
         publish(&agent, &published);
     }

@@ -146,4 +146,18 @@ async fn metrics_and_access_log_count_every_request() {
         .expect("the 414 is logged");
     assert_eq!(long["status_details"], "uri_too_long");
     assert!(long["backend_service"].is_null());
+
+    // `lb status` lists the L7 listeners with what is bound.
+    let out = lb.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let want = format!("L7 listener 127.0.0.1:{web} (HTTP) -> web, bound 127.0.0.1:{web}");
+    assert!(text.lines().any(|l| l == want), "{want:?} not in\n{text}");
+    let out = lb.cli(&["-o", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    let listeners = v["l7_listeners"].as_array().expect("l7_listeners");
+    assert_eq!(listeners.len(), 3, "{v}");
+    assert!(listeners
+        .iter()
+        .all(|l| l["tls"] == false && l["bound"] == l["address"]));
 }

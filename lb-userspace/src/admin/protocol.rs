@@ -246,6 +246,22 @@ pub struct StatusInfo {
     pub last_error: Option<String>,
     /// Packets per XDP verdict reason (empty without an L4 dataplane).
     pub reasons: Vec<(String, u64)>,
+    /// L7 listeners (empty when the L7 tier does not run).
+    #[serde(default)]
+    pub l7_listeners: Vec<L7ListenerInfo>,
+}
+
+/// One L7 listener as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7ListenerInfo {
+    /// The forwarding rule's address and port.
+    pub address: String,
+    pub target_proxy: String,
+    /// HTTPS (a target HTTPS proxy) or plain HTTP.
+    pub tls: bool,
+    /// The socket actually bound; none when the configured listener is not running (a
+    /// refused change left the previous listeners in place).
+    pub bound: Option<String>,
 }
 
 /// One forwarding rule (`list rules`).

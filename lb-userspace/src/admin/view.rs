@@ -37,6 +37,7 @@ pub fn status(agent: &Agent) -> StatusInfo {
         config_changes: agent.config_changes,
         last_error: agent.last_error().map(str::to_string),
         reasons: agent.port().reasons(),
+        l7_listeners: agent.l7_listeners(),
     }
 }
 

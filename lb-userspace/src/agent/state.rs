@@ -91,7 +91,13 @@ pub struct Agent {
     /// Backends the previous agent held unhealthy, until the checker has a verdict (see
     /// `adopt`).
     seeded_down: BTreeSet<(String, String)>,
+    /// The running L7 listeners, for `status` (set by `agent::run` when the tier runs).
+    l7_listeners: Option<L7ListenerSource>,
 }
+
+/// Reads the running L7 listeners.
+pub type L7ListenerSource =
+    Arc<dyn Fn() -> Vec<crate::admin::protocol::L7ListenerInfo> + Send + Sync>;
 
 impl Agent {
     pub fn new(config: Config, config_path: Option<PathBuf>, port: Box<dyn L4Port>) -> Self {
@@ -110,6 +116,7 @@ impl Agent {
             last_error: None,
             state_file: None,
             seeded_down: BTreeSet::new(),
+            l7_listeners: None,
         }
     }
 
@@ -175,6 +182,13 @@ impl Agent {
     }
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+    pub fn set_l7_listeners(&mut self, source: L7ListenerSource) {
+        self.l7_listeners = Some(source);
+    }
+    /// The running L7 listeners (empty without the L7 tier).
+    pub fn l7_listeners(&self) -> Vec<crate::admin::protocol::L7ListenerInfo> {
+        self.l7_listeners.as_ref().map(|f| f()).unwrap_or_default()
     }
 
     /// The service's connection draining timeout.

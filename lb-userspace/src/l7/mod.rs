@@ -297,6 +297,22 @@ impl L7Handle {
         running.iter().map(|(a, (_, b))| (*a, *b)).collect()
     }
 
+    /// The configured listeners with what is bound for each (for `lb status`).
+    pub fn listener_info(&self) -> Vec<crate::admin::protocol::L7ListenerInfo> {
+        let bound: BTreeMap<SocketAddr, SocketAddr> = self.local_addrs().into_iter().collect();
+        let table = self.shared.table.load();
+        table
+            .listeners
+            .iter()
+            .map(|l| crate::admin::protocol::L7ListenerInfo {
+                address: l.addr.to_string(),
+                target_proxy: l.proxy.clone(),
+                tls: l.tls,
+                bound: bound.get(&l.addr).map(|b| b.to_string()),
+            })
+            .collect()
+    }
+
     /// Counters and state of every service and backend.
     pub fn stats(&self) -> L7Stats {
         stats_of(&self.shared)
