@@ -161,3 +161,57 @@ async fn metrics_and_access_log_count_every_request() {
         .iter()
         .all(|l| l["tls"] == false && l["bound"] == l["address"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_follows_a_reload() {
+    if !root_or_skip("agent L7 access log reload") {
+        return;
+    }
+    let a = backend("a", Behaviour::Status(200)).await;
+    let web = free_port();
+    let svc = format!("backends = [{}]", entry(&a, ""));
+    let off = format!("[admin]\nsocket = \"{{SOCK}}\"\n{}", site("web", web, &svc));
+    let lb = LbRun::start(&off, web);
+    let cfg_path = lb.dir.join("lb.toml");
+    let log_path = lb.dir.join("text.log");
+    let on = std::fs::read_to_string(&cfg_path).unwrap().replace(
+        "[admin]",
+        &format!(
+            "[logging]\naccess_log = \"{}\"\naccess_log_format = \"text\"\n\n[admin]",
+            log_path.display()
+        ),
+    );
+    let lines = tokio::task::spawn_blocking(move || {
+        assert_eq!(get(web, "/before", &[]).unwrap().0, 200);
+        std::fs::write(&cfg_path, on).unwrap();
+        let out = lb.cli(&["reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for _ in 0..3 {
+            assert_eq!(get(web, "/after", &[]).unwrap().0, 200);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.lines().count() >= 3 || Instant::now() > deadline {
+                break (text, lb);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    let (text, lb) = lines;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}\nagent log:\n{}", lb.log());
+    for l in lines {
+        assert!(
+            l.contains(" 127.0.0.1 GET \"/after\" HTTP/1.1 200 test.example ")
+                && l.contains("service=web backend=a attempts=1"),
+            "{l}"
+        );
+    }
+}

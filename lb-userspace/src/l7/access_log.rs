@@ -265,4 +265,56 @@ mod tests {
         let n = (0..10_000).filter(|_| sampled(0.25)).count();
         assert!((2_000..3_000).contains(&n), "{n}");
     }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (tx, _rx) = mpsc::channel(1);
+        let log = AccessLog {
+            settings: Logging::default(),
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        for _ in 0..3 {
+            log.write(&entry());
+        }
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn lines_reach_the_file() {
+        let path = std::env::temp_dir().join(format!("lb-access-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let settings = Logging {
+            access_log: path.display().to_string(),
+            access_log_format: AccessLogFormat::Json,
+        };
+        let log = AccessLog::open(&settings, Arc::default()).unwrap().unwrap();
+        for _ in 0..3 {
+            log.write(&entry());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let lines = loop {
+            let n = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .count();
+            if n >= 3 || Instant::now() > deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(lines, 3);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            AccessLog::open(
+                &Logging {
+                    access_log: "/nonexistent-dir/x.log".into(),
+                    ..settings
+                },
+                Arc::default()
+            )
+            .is_err(),
+            "an unwritable destination is an error"
+        );
+    }
 }

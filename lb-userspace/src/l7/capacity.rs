@@ -77,6 +77,8 @@ impl RateMeter {
 /// Targets of one backend service's backends, by backend index.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Capacity {
+    /// Backend names, in the order of the vectors below.
+    pub names: Vec<String>,
     /// Requests per second each backend may take before it is full.
     pub max_rate: Option<Vec<f64>>,
     /// Requests in flight each backend may hold before it is full.
@@ -101,21 +103,47 @@ impl Capacity {
             _ => None,
         };
         (max_rate.is_some() || max_in_flight.is_some()).then_some(Capacity {
+            names: bs.backends.iter().map(|b| b.display_name()).collect(),
             max_rate,
             max_in_flight,
         })
     }
 
+    /// The same targets in the order of `names` (a selector's backends), so the two never
+    /// disagree whatever subset or order the selector holds; a name without a target is
+    /// never full.
+    pub fn aligned<'a>(&self, names: impl Iterator<Item = &'a str>) -> Capacity {
+        let names: Vec<String> = names.map(str::to_string).collect();
+        let pick = |v: &Vec<f64>| -> Vec<f64> {
+            names
+                .iter()
+                .map(|n| {
+                    self.names
+                        .iter()
+                        .position(|m| m == n)
+                        .and_then(|i| v.get(i).copied())
+                        .unwrap_or(f64::INFINITY)
+                })
+                .collect()
+        };
+        Capacity {
+            max_rate: self.max_rate.as_ref().map(pick),
+            max_in_flight: self.max_in_flight.as_ref().map(pick),
+            names,
+        }
+    }
+
     /// Whether backend `i` has reached a target, with `rate` its requests per second and
     /// `in_flight` its requests in progress.
     pub fn full(&self, i: usize, rate: impl FnOnce() -> f64, in_flight: u64) -> bool {
-        if let Some(m) = &self.max_in_flight {
-            if in_flight as f64 >= m[i] {
+        let limit = |m: &Option<Vec<f64>>| m.as_ref().and_then(|m| m.get(i).copied());
+        if let Some(m) = limit(&self.max_in_flight) {
+            if in_flight as f64 >= m {
                 return true;
             }
         }
-        match &self.max_rate {
-            Some(m) => rate() >= m[i],
+        match limit(&self.max_rate) {
+            Some(m) => rate() >= m,
             None => false,
         }
     }
@@ -173,5 +201,11 @@ mod tests {
         assert!(u.full(1, || 0.0, 3));
         assert!(r.full(1, || 5.0, 0));
         assert!(!r.full(0, || 9.9, 1000));
+        assert!(
+            !r.full(7, || 1e9, 1000),
+            "out of range: never full, never a panic"
+        );
+        let swapped = r.aligned(["10.0.0.2:1", "new:1", "10.0.0.1:1"].into_iter());
+        assert_eq!(swapped.max_rate, Some(vec![5.0, f64::INFINITY, 10.0]));
     }
 }

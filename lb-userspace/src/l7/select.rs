@@ -235,9 +235,9 @@ impl Selector {
         s
     }
 
-    /// Sets balancing-mode targets (indexes as `backends`).
+    /// Sets balancing-mode targets (matched to `backends` by name).
     pub fn with_capacity(mut self, capacity: Option<Capacity>) -> Selector {
-        self.capacity = capacity;
+        self.capacity = capacity.map(|c| c.aligned(self.backends.iter().map(|b| b.name.as_str())));
         self
     }
 

@@ -360,8 +360,9 @@ fn with_capacity(s: Selector, extra: &str, scalers: &[f64]) -> Selector {
     bs.max_utilization = extra.max_utilization;
     bs.backends = scalers
         .iter()
-        .map(|c| crate::config::BackendConfig {
-            name: None,
+        .enumerate()
+        .map(|(i, c)| crate::config::BackendConfig {
+            name: Some(format!("b{i}")),
             address: "10.0.0.1".parse().unwrap(),
             port: Some(1),
             weight: 1,
@@ -437,4 +438,30 @@ fn affinity_keys_move_off_a_full_backend_while_another_has_room() {
         Some(0),
         "all full: the key's own"
     );
+}
+
+/// Cost of one pick on the request path (run with
+/// `cargo test --release -p lb-userspace --lib pick_cost -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn pick_cost() {
+    for (policy, n) in [
+        (LocalityLbPolicy::RoundRobin, 1),
+        (LocalityLbPolicy::RoundRobin, 2),
+        (LocalityLbPolicy::RoundRobin, 8),
+        (LocalityLbPolicy::Random, 8),
+        (LocalityLbPolicy::LeastRequest, 8),
+    ] {
+        let bs = backends(n);
+        let s = selector(policy, false, &bs, &vec![1000; n]);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let rounds = 5_000_000u32;
+        let t = std::time::Instant::now();
+        let mut sum = 0usize;
+        for _ in 0..rounds {
+            sum += s.pick(Key::None, 1, &[], &mut rng).unwrap();
+        }
+        let ns = t.elapsed().as_nanos() as f64 / rounds as f64;
+        println!("{policy:?} over {n} backends: {ns:.1} ns per pick ({sum})");
+    }
 }
