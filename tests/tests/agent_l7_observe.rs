@@ -59,6 +59,10 @@ async fn metrics_and_access_log_count_every_request() {
     let log_path = lb.dir.join("access.log");
 
     let (metrics, lines) = tokio::task::spawn_blocking(move || {
+        // hyper answers a head over the limit itself: counted (when its connection ends,
+        // so first), not logged.
+        let big = "y".repeat(70 * 1024);
+        assert_eq!(get(web, "/", &[("x-big", &big)]).unwrap().0, 431);
         for _ in 0..N {
             assert_eq!(get(web, "/hello?x=1", &[]).unwrap().0, 200);
         }
@@ -94,6 +98,7 @@ async fn metrics_and_access_log_count_every_request() {
         r#"lb_l7_retries_total{service="down"} 1"#,
         r#"lb_l7_refused_requests_total{reason="backend_unreachable"} 1"#,
         r#"lb_l7_refused_requests_total{reason="uri_too_long"} 1"#,
+        r#"lb_l7_refused_requests_total{reason="headers_too_large"} 1"#,
         r#"lb_l7_refused_requests_total{reason="no_backend"} 0"#,
         r#"lb_l7_backend_ejected{service="web",backend="a"} 0"#,
         "lb_l7_in_flight_requests 0",
@@ -190,23 +195,23 @@ async fn the_request_log_follows_a_reload() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        for _ in 0..3 {
-            assert_eq!(get(web, "/after", &[]).unwrap().0, 200);
-        }
+        // The agent answers the reload before the L7 tier has swapped (today), so send
+        // until three lines are there, bounded.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            assert_eq!(get(web, "/after", &[]).unwrap().0, 200);
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             if text.lines().count() >= 3 || Instant::now() > deadline {
                 break (text, lb);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     })
     .await
     .unwrap();
     let (text, lb) = lines;
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}\nagent log:\n{}", lb.log());
+    assert!(lines.len() >= 3, "{text}\nagent log:\n{}", lb.log());
     for l in lines {
         assert!(
             l.contains(" 127.0.0.1 GET \"/after\" HTTP/1.1 200 test.example ")
