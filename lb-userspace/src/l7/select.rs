@@ -126,8 +126,8 @@ pub enum Key {
 /// The round-robin cycle over the backends eligible when it was built.
 #[derive(Debug, Default)]
 struct Schedule {
-    /// Eligibility fingerprint it was built for (see [`Selector::eligibility`]).
-    eligible: u64,
+    /// Eligibility it was built for (see [`Selector::eligibility`]); none before the first.
+    eligible: Option<u64>,
     order: Vec<u32>,
 }
 
@@ -231,7 +231,9 @@ impl Selector {
             ring,
             capacity: None,
         };
-        s.rebuild_schedule(s.eligibility(now_ms()));
+        if policy == LocalityLbPolicy::RoundRobin {
+            s.rebuild_schedule(s.eligibility(now_ms()));
+        }
         s
     }
 
@@ -261,14 +263,17 @@ impl Selector {
         )
     }
 
-    /// Which backends are eligible (weight > 0, healthy, not ejected), as a bit per backend;
-    /// beyond 64 backends bits are folded together, so a change may go unnoticed and the
-    /// cycle then skips the ineligible backend instead (fair, if less evenly spread).
+    /// Which backends are eligible (weight > 0, healthy, not ejected), a bit per backend.
+    /// Beyond 64 backends it is not tracked (always 0): the cycle covers every backend with
+    /// a weight, and an ineligible backend's turns are drawn by weight among the others.
     fn eligibility(&self, now_ms: u64) -> u64 {
+        if self.backends.len() > 64 {
+            return 0;
+        }
         let mut bits = 0u64;
         for (i, b) in self.backends.iter().enumerate() {
             if self.weights[i] > 0 && b.eligible(now_ms) {
-                bits ^= 1 << (i % 64);
+                bits |= 1 << i;
             }
         }
         bits
@@ -286,7 +291,7 @@ impl Selector {
             })
             .collect();
         let s = Arc::new(Schedule {
-            eligible,
+            eligible: Some(eligible),
             order: schedule::build(&weights),
         });
         self.schedule.store(s.clone());
@@ -298,7 +303,7 @@ impl Selector {
         let eligible = self.eligibility(p.now_ms);
         let guard = self.schedule.load();
         let fresh;
-        let sched: &Schedule = if guard.eligible == eligible {
+        let sched: &Schedule = if guard.eligible == Some(eligible) {
             &guard
         } else {
             fresh = self.rebuild_schedule(eligible);
@@ -312,7 +317,18 @@ impl Selector {
             .ticket
             .get_or_init(|| self.rr.fetch_add(1, Ordering::Relaxed));
         let start = (ticket % n as u64) as usize;
-        (0..n)
+        let i = sched.order[start] as usize;
+        if self.usable(i, p) {
+            return Some(i);
+        }
+        if self.backends.len() > 64 {
+            // The cycle also holds ineligible backends here: their turns are drawn by weight
+            // among the usable ones, so no neighbour inherits a gap.
+            let mut rng = fastrand::Rng::with_seed(ticket);
+            return self.weighted_draw(p, &mut rng);
+        }
+        // A retry's tried backend, or one at its target: the next turn in the cycle.
+        (1..n)
             .map(|k| sched.order[(start + k) % n] as usize)
             .find(|&i| self.usable(i, p))
     }

@@ -465,3 +465,19 @@ fn pick_cost() {
         println!("{policy:?} over {n} backends: {ns:.1} ns per pick ({sum})");
     }
 }
+
+#[test]
+fn many_backends_share_by_weight_with_gaps() {
+    let bs = backends(70);
+    let s = selector(LocalityLbPolicy::RoundRobin, false, &bs, &[1000; 70]);
+    bs[3].healthy.store(false, Ordering::Relaxed);
+    let c = counts(&s, 70 * 100, |_| Key::None);
+    assert_eq!(c[3], 0);
+    // b3's 100 turns are drawn among the 69 others: no backend inherits them all.
+    assert!(
+        c.iter()
+            .enumerate()
+            .all(|(i, n)| i == 3 || (100..=110).contains(n)),
+        "{c:?}"
+    );
+}
