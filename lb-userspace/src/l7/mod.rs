@@ -315,19 +315,74 @@ impl L7Handle {
 
     /// Counters and state of every service and backend.
     pub fn stats(&self) -> L7Stats {
-        stats_of(&self.shared)
+        let table = self.shared.table.load();
+        let now = outlier::now_ms();
+        let mut services: Vec<ServiceStats> = table
+            .services
+            .values()
+            .map(|s| {
+                let (requests, classes, latency, retries) = s.counters.snapshot();
+                let backends = s
+                    .selector
+                    .backends
+                    .iter()
+                    .zip(&s.config.backends)
+                    .map(|(b, c)| BackendStats {
+                        name: b.name.clone(),
+                        address: b.addr.to_string(),
+                        weight: c.weight,
+                        capacity_scaler: c.capacity_scaler,
+                        healthy: b.healthy.load(Ordering::Relaxed),
+                        ejected: b.outlier.is_ejected(now),
+                        ejections: b.outlier.ejections(),
+                        in_flight: b.in_flight.load(Ordering::Relaxed),
+                        requests: b.requests.load(Ordering::Relaxed),
+                        responses_by_class: std::array::from_fn(|i| {
+                            b.responses[i].load(Ordering::Relaxed)
+                        }),
+                    })
+                    .collect();
+                ServiceStats {
+                    name: s.name.clone(),
+                    protocol: format!("{:?}", s.config.protocol).to_uppercase(),
+                    locality_lb_policy: format!("{:?}", s.selector.policy),
+                    session_affinity: format!("{:?}", s.config.session_affinity),
+                    requests,
+                    retries,
+                    responses_by_class: classes,
+                    latency,
+                    backends,
+                }
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        L7Stats {
+            listeners: table
+                .listeners
+                .iter()
+                .map(|l| (l.addr.to_string(), l.proxy.clone()))
+                .collect(),
+            services,
+            in_flight: self.shared.in_flight.load(Ordering::Relaxed),
+            generation: table.generation,
+            refused: self.shared.tier.refused_snapshot(),
+            connections: self.shared.tier.connections.load(Ordering::Relaxed),
+            connections_total: self.shared.tier.connections_total.load(Ordering::Relaxed),
+            access_log_dropped: self.shared.tier.log_dropped.load(Ordering::Relaxed),
+        }
     }
 
-    /// What `/metrics` reads at every scrape (see [`crate::metrics::Metrics::register_l7`]).
+    /// What `/metrics` reads at every scrape (see [`crate::metrics::Metrics::register_l7`]);
+    /// it holds the handle weakly, so a stopped tier reports an error instead of staying up.
     pub fn metrics_source(
-        &self,
+        self: &Arc<Self>,
     ) -> impl Fn() -> Result<crate::metrics::L7Counters, crate::metrics::SourceError>
            + Send
            + Sync
            + 'static {
-        let shared = Arc::downgrade(&self.shared);
-        move || match shared.upgrade() {
-            Some(s) => Ok(stats::counters(&stats_of(&s))),
+        let handle = Arc::downgrade(self);
+        move || match handle.upgrade() {
+            Some(h) => Ok(stats::counters(&h.stats())),
             None => Err("the L7 tier has stopped".into()),
         }
     }
@@ -345,66 +400,6 @@ impl L7Handle {
 impl Drop for L7Handle {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// Counters and state of every service and backend of a running tier.
-fn stats_of(shared: &Shared) -> L7Stats {
-    let table = shared.table.load();
-    let now = outlier::now_ms();
-    let mut services: Vec<ServiceStats> = table
-        .services
-        .values()
-        .map(|s| {
-            let (requests, classes, latency, retries) = s.counters.snapshot();
-            let backends = s
-                .selector
-                .backends
-                .iter()
-                .zip(&s.config.backends)
-                .map(|(b, c)| BackendStats {
-                    name: b.name.clone(),
-                    address: b.addr.to_string(),
-                    weight: c.weight,
-                    capacity_scaler: c.capacity_scaler,
-                    healthy: b.healthy.load(Ordering::Relaxed),
-                    ejected: b.outlier.is_ejected(now),
-                    ejections: b.outlier.ejections(),
-                    in_flight: b.in_flight.load(Ordering::Relaxed),
-                    requests: b.requests.load(Ordering::Relaxed),
-                    responses_by_class: std::array::from_fn(|i| {
-                        b.responses[i].load(Ordering::Relaxed)
-                    }),
-                })
-                .collect();
-            ServiceStats {
-                name: s.name.clone(),
-                protocol: format!("{:?}", s.config.protocol).to_uppercase(),
-                locality_lb_policy: format!("{:?}", s.selector.policy),
-                session_affinity: format!("{:?}", s.config.session_affinity),
-                requests,
-                retries,
-                responses_by_class: classes,
-                latency,
-                backends,
-            }
-        })
-        .collect();
-    services.sort_by(|a, b| a.name.cmp(&b.name));
-    let tier = &shared.tier;
-    L7Stats {
-        listeners: table
-            .listeners
-            .iter()
-            .map(|l| (l.addr.to_string(), l.proxy.clone()))
-            .collect(),
-        services,
-        in_flight: shared.in_flight.load(Ordering::Relaxed),
-        generation: table.generation,
-        refused: tier.refused_snapshot(),
-        connections: tier.connections.load(Ordering::Relaxed),
-        connections_total: tier.connections_total.load(Ordering::Relaxed),
-        access_log_dropped: tier.log_dropped.load(Ordering::Relaxed),
     }
 }
 
