@@ -9,7 +9,8 @@
 //!   `max_utilization` (0.8 by default) × its capacity scaler. `max_rate_per_endpoint`
 //!   may be set too, as a second target (Google Cloud allows both).
 //!
-//! A full backend is skipped while another eligible backend has room. When every eligible
+//! A backend is full when one more request would take it above a target. A full backend is
+//! skipped while another eligible backend has room. When every eligible
 //! backend is full the requests are still served, spread by weight as without targets:
 //! Google Cloud's "the target maximum RPS can be exceeded if all backends are at or above
 //! capacity".
@@ -133,17 +134,19 @@ impl Capacity {
         }
     }
 
-    /// Whether backend `i` has reached a target, with `rate` its requests per second and
-    /// `in_flight` its requests in progress.
+    /// Whether backend `i` is full: one more request would take it above a target, with
+    /// `rate` its requests per second and `in_flight` its requests in progress. (So a
+    /// backend takes at most the target's whole number of requests, and the rate estimate,
+    /// which dips right after a second boundary, does not let a burst through.)
     pub fn full(&self, i: usize, rate: impl FnOnce() -> f64, in_flight: u64) -> bool {
         let limit = |m: &Option<Vec<f64>>| m.as_ref().and_then(|m| m.get(i).copied());
         if let Some(m) = limit(&self.max_in_flight) {
-            if in_flight as f64 >= m {
+            if in_flight as f64 + 1.0 > m {
                 return true;
             }
         }
         match limit(&self.max_rate) {
-            Some(m) => rate() >= m,
+            Some(m) => rate() + 1.0 > m,
             None => false,
         }
     }
@@ -196,11 +199,13 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(u.max_in_flight, Some(vec![5.0, 2.5]));
-        assert!(!u.full(0, || 1e9, 4));
+        assert!(!u.full(0, || 1e9, 4), "a 5th request fits 5");
         assert!(u.full(0, || 0.0, 5));
-        assert!(u.full(1, || 0.0, 3));
-        assert!(r.full(1, || 5.0, 0));
-        assert!(!r.full(0, || 9.9, 1000));
+        assert!(!u.full(1, || 0.0, 1));
+        assert!(u.full(1, || 0.0, 2), "a 3rd would exceed 2.5");
+        assert!(r.full(1, || 4.5, 0));
+        assert!(!r.full(0, || 9.0, 1000));
+        assert!(r.full(0, || 9.1, 1000));
         assert!(
             !r.full(7, || 1e9, 1000),
             "out of range: never full, never a panic"

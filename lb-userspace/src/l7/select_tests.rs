@@ -422,7 +422,7 @@ fn affinity_keys_move_off_a_full_backend_while_another_has_room() {
     let bs = backends(2);
     let s = with_capacity(
         selector(LocalityLbPolicy::Maglev, true, &bs, &[1000, 1000]),
-        "balancing_mode = \"UTILIZATION\"\nmax_connections_per_endpoint = 1",
+        "balancing_mode = \"UTILIZATION\"\nmax_connections_per_endpoint = 2\nmax_utilization = 0.5",
         &[1.0, 1.0],
     );
     let mut rng = fastrand::Rng::with_seed(1);
