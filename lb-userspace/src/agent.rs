@@ -148,7 +148,7 @@ impl L4Port for NoL4 {
 /// The L7 tier as the agent drives it: a change prepared by [`L7Port::prepare`] waits
 /// here until the L4 side took it too.
 pub struct AgentL7 {
-    handle: crate::l7::L7Handle,
+    handle: Arc<crate::l7::L7Handle>,
     pending: Option<crate::l7::Prepared>,
 }
 
@@ -175,6 +175,9 @@ impl L7Port for AgentL7 {
     }
     fn stats(&self) -> Option<crate::l7::L7Stats> {
         Some(self.handle.stats())
+    }
+    fn listeners(&self) -> Vec<crate::l7::stats::L7ListenerInfo> {
+        self.handle.listener_info()
     }
 }
 
@@ -220,10 +223,14 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     // ---- L7 tier: always running (a reload may add the first L7 rule), driven by the
     // agent: its table follows every accepted change, its backends' admission follows
     // health, overrides and the failover policy, like the L4 plan.
-    let l7 = crate::l7::L7::start_driven(&cfg, crate::l7::L7Options::default())?;
+    let l7 = Arc::new(crate::l7::L7::start_driven(
+        &cfg,
+        crate::l7::L7Options::default(),
+    )?);
     for (configured, bound) in l7.local_addrs() {
         info!(%configured, %bound, "L7 listener started");
     }
+    metrics.register_l7(l7.metrics_source());
     let l7 = AgentL7 {
         handle: l7,
         pending: None,

@@ -254,7 +254,13 @@ pub struct StatusInfo {
     pub dataplane_unknown: Option<String>,
     /// Packets per XDP verdict reason (empty without an L4 dataplane).
     pub reasons: Vec<(String, u64)>,
+    /// L7 listeners (empty when the L7 tier does not run).
+    #[serde(default)]
+    pub l7_listeners: Vec<L7ListenerInfo>,
 }
+
+/// One L7 listener as `status` shows it (defined by the L7 tier, which reports it).
+pub use crate::l7::stats::L7ListenerInfo;
 
 /// One forwarding rule (`list rules`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -38,6 +38,7 @@ pub fn status(agent: &Agent) -> StatusInfo {
         last_error: agent.last_error().map(str::to_string),
         dataplane_unknown: agent.dataplane_unknown().map(str::to_string),
         reasons: agent.port().reasons(),
+        l7_listeners: agent.l7_listeners(),
     }
 }
 

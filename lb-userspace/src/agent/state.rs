@@ -54,8 +54,12 @@ pub trait L7Port: Send {
     fn abort(&mut self);
     /// Which backends take new requests and which must close what they still serve.
     fn set_admission(&mut self, adm: model::L7Admission);
-    /// Counters and listeners, for the admin views (None when the tier is off).
+    /// Counters, for the admin views (None when the tier is off).
     fn stats(&self) -> Option<crate::l7::L7Stats>;
+    /// The listeners the tier runs, for `status`.
+    fn listeners(&self) -> Vec<crate::l7::stats::L7ListenerInfo> {
+        Vec::new()
+    }
 }
 
 /// No L7 tier (unit tests of the L4 logic).
@@ -240,6 +244,10 @@ impl Agent {
     }
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+    /// The running L7 listeners (empty without the L7 tier).
+    pub fn l7_listeners(&self) -> Vec<crate::l7::stats::L7ListenerInfo> {
+        self.l7.listeners()
     }
     /// Why the dataplane's contents are unknown (a failed rollback), if they are.
     pub fn dataplane_unknown(&self) -> Option<&str> {

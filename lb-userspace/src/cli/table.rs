@@ -61,6 +61,17 @@ pub fn status(s: &StatusInfo) -> String {
     if !nonzero.is_empty() {
         out += &format!("verdicts: {}\n", nonzero.join(" "));
     }
+    for l in &s.l7_listeners {
+        out += &format!(
+            "L7 listener {} ({}) -> {}, {}\n",
+            l.address,
+            if l.tls { "HTTPS" } else { "HTTP" },
+            l.target_proxy,
+            l.bound
+                .as_ref()
+                .map_or_else(|| "NOT BOUND".to_string(), |b| format!("bound {b}")),
+        );
+    }
     out
 }
 

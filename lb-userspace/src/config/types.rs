@@ -14,6 +14,9 @@ pub struct Config {
     pub dataplane: Dataplane,
     #[serde(default)]
     pub admin: Admin,
+    /// The L7 request log's destination and format.
+    #[serde(default)]
+    pub logging: Logging,
     #[serde(default)]
     pub health_checks: BTreeMap<String, HealthCheck>,
     #[serde(default)]
@@ -301,10 +304,52 @@ pub enum LocalityLbPolicy {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum BalancingMode {
+    /// Requests per second (`max_rate_per_endpoint`), L7.
     #[default]
     Rate,
+    /// Requests in flight against `max_connections_per_endpoint`, L7.
     Utilization,
+    /// Connections: what an L4 passthrough service does (and the only mode it accepts).
     Connection,
+}
+
+/// A backend service's request log (Google Cloud's `logConfig`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Whether this service's requests are logged (when `logging.access_log` is not "off").
+    pub enable: bool,
+    /// Share of requests logged, 0.0..=1.0 (1.0).
+    #[serde(default = "one_f")]
+    pub sample_rate: f64,
+}
+
+/// Where request-log lines go (global; each service opts in or out with `log_config`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// "off" (default), "stderr", or a file path (appended to).
+    pub access_log: String,
+    pub access_log_format: AccessLogFormat,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            access_log: "off".into(),
+            access_log_format: AccessLogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One `key=value` line per request.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Outlier detection (SEMANTICS defaults).
@@ -380,8 +425,21 @@ pub struct BackendService {
     /// Default: ROUND_ROBIN without affinity, MAGLEV with affinity.
     #[serde(default)]
     pub locality_lb_policy: Option<LocalityLbPolicy>,
+    /// RATE (default) or UTILIZATION on L7 services; CONNECTION (or nothing) on L4 ones.
     #[serde(default)]
-    pub balancing_mode: BalancingMode,
+    pub balancing_mode: Option<BalancingMode>,
+    /// RATE/UTILIZATION target: requests per second per backend (× its capacity scaler).
+    #[serde(default)]
+    pub max_rate_per_endpoint: Option<f64>,
+    /// UTILIZATION: a backend's in-flight capacity (requests in progress at 100%).
+    #[serde(default)]
+    pub max_connections_per_endpoint: Option<u32>,
+    /// UTILIZATION target, 0.0..=1.0 of the in-flight capacity (0.8).
+    #[serde(default)]
+    pub max_utilization: Option<f64>,
+    /// Request logging of this service (see `[logging]` for where lines go).
+    #[serde(default)]
+    pub log_config: Option<LogConfig>,
     /// GENERATED_COOKIE lifetime (0: session cookie).
     #[serde(default)]
     pub affinity_cookie_ttl_sec: u32,

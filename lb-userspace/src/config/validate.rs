@@ -133,6 +133,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
     forwarding_rules(cfg, &mut errs);
     target_proxies(cfg, &mut errs);
     errs.extend(super::validate_ranges::validate_ranges(cfg));
+    errs.extend(super::validate_balancing::validate_balancing(cfg));
     if errs.is_empty() {
         Ok(())
     } else {

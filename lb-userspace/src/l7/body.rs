@@ -5,14 +5,17 @@
 //! runs from the first byte sent to the last byte received, SEMANTICS.md) and the guard
 //! that keeps the backend's in-flight count up until the last byte has gone out.
 
-use super::{client::Pooled, select::Backend};
+use super::{access_log::Pending, client::Pooled, select::Backend};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::{
     future::Future,
     pin::Pin,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
 };
 use tokio::time::Sleep;
@@ -20,7 +23,41 @@ use tokio::time::Sleep;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body sent to a backend: the client's streamed body, or nothing.
-pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
+pub type UpstreamBody = http_body_util::Either<RequestBody, http_body_util::Empty<Bytes>>;
+
+/// The client's request body on its way to a backend, its bytes counted for the access log
+/// when it is on.
+#[derive(Debug)]
+pub struct RequestBody {
+    pub inner: Incoming,
+    pub counted: Option<Arc<AtomicU64>>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(c), Poll::Ready(Some(Ok(f)))) = (&self.counted, &r) {
+            if let Some(d) = f.data_ref() {
+                c.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Counts a request against a backend from selection until its response body is done.
 #[derive(Debug)]
@@ -71,6 +108,8 @@ pub enum ProxyBody {
         /// The backend connection, given back to its pool once `inner` is read to its end.
         pooled: Option<Pooled>,
         evict: Option<EvictWait>,
+        /// The access-log entry, written when the body is done (or dropped).
+        log: Option<Box<Pending>>,
     },
 }
 
@@ -100,15 +139,20 @@ impl Body for ProxyBody {
                 guard,
                 pooled,
                 evict,
+                log,
             } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(None) => {
                     guard.take();
+                    log.take();
                     if let Some(p) = pooled.take() {
                         p.release();
                     }
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(r)) => {
+                    if let (Some(l), Ok(f)) = (log.as_mut(), &r) {
+                        l.add_response_bytes(f.data_ref().map_or(0, |d| d.len()));
+                    }
                     if inner.is_end_stream() {
                         if let Some(p) = pooled.take() {
                             p.release();
@@ -120,6 +164,7 @@ impl Body for ProxyBody {
                     if let Some(d) = deadline {
                         if d.as_mut().poll(cx).is_ready() {
                             guard.take();
+                            log.take();
                             return Poll::Ready(Some(Err(BodyTimeout.into())));
                         }
                     }

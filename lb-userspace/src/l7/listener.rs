@@ -84,6 +84,7 @@ async fn serve(
     bound: SocketAddr,
     permit: Permit,
 ) {
+    let _open = super::stats::OpenConnection::new(&shared.tier);
     let route = {
         let table = shared.table.load();
         match table.routes.get(&bound) {
@@ -140,7 +141,13 @@ async fn serve(
         }
     };
     match result {
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Ok(Err(e)) => {
+            // hyper answers unparseable or oversized heads itself; count them as refusals.
+            if let Some(r) = super::stats::Refused::of_connection_error(&*e) {
+                shared.tier.refused(r);
+            }
+            tracing::debug!(%peer, error = %e, "connection ended with an error")
+        }
         Err(why) => tracing::debug!(%peer, ?why, "connection closed by its timer"),
         Ok(Ok(())) => {}
     }

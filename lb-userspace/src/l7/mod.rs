@@ -9,8 +9,10 @@
 //! and swaps it atomically (arc-swap): requests already running keep the table they loaded,
 //! open WebSockets are independent tasks, new requests see the new table.
 
+pub mod access_log;
 pub mod backend_count;
 pub mod body;
+pub mod capacity;
 pub mod client;
 pub mod edge;
 pub mod framing;
@@ -22,6 +24,7 @@ pub mod proxy;
 // The URL-map modules live in `routing`; these names keep `l7::router` and friends
 // readable where the proxy uses them.
 pub use crate::routing::{actions, retry, route_match, router};
+pub mod schedule;
 pub mod select;
 pub mod stats;
 pub mod table;
@@ -98,6 +101,10 @@ pub struct Shared {
     /// The agent's last decision per backend (health, drain, failover); applied to every
     /// table it swaps in, so a new table never starts from stale flags.
     admission: Mutex<Arc<L7Admission>>,
+    /// Tier-wide counters: refusals by reason, connections, access-log drops.
+    pub tier: stats::TierCounters,
+    /// The request log, when `logging.access_log` is not "off".
+    pub access_log: arc_swap::ArcSwapOption<access_log::AccessLog>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -153,6 +160,8 @@ pub struct L7Handle {
 pub struct Prepared {
     table: Arc<table::Table>,
     settings: Arc<limits::ClientSettings>,
+    /// A new request log when `[logging]` changed (opened here: an unwritable path refuses).
+    log: Option<Option<Arc<access_log::AccessLog>>>,
     bound: Vec<(SocketAddr, std::net::TcpListener)>,
 }
 
@@ -202,6 +211,8 @@ impl L7 {
         );
         let clients = client::Clients::new();
         clients.set_max_backend_connections(budget);
+        let tier = stats::TierCounters::default();
+        let log = access_log::AccessLog::open(&cfg.logging, tier.log_dropped.clone())?;
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             registry,
@@ -211,6 +222,8 @@ impl L7 {
             opts,
             in_flight: AtomicU64::new(0),
             admission: Mutex::new(Arc::new(L7Admission::new())),
+            tier,
+            access_log: arc_swap::ArcSwapOption::from(log.map(Arc::new)),
         });
         let handle = L7Handle {
             shared,
@@ -220,6 +233,7 @@ impl L7 {
         let first = Prepared {
             table: handle.shared.table.load_full(),
             settings: handle.shared.limits.load_full(),
+            log: None,
             bound: handle.bind_new(&handle.shared.table.load())?,
         };
         handle.commit(first);
@@ -269,8 +283,10 @@ impl L7Handle {
     pub fn prepare(&self, cfg: &Model) -> Result<Prepared, L7Error> {
         let generation = self.shared.table.load().generation + 1;
         let table = table::build(cfg, generation, &self.shared.registry)?;
+        let log = self.prepare_access_log(&cfg.logging)?;
         let bound = self.bind_new(&table)?;
         Ok(Prepared {
+            log,
             table: Arc::new(table),
             settings: Arc::new(limits::ClientSettings::new(
                 cfg,
@@ -288,6 +304,9 @@ impl L7Handle {
         let old = self.shared.table.load_full();
         self.shared.apply_admission(&p.table);
         self.shared.limits.store(p.settings);
+        if let Some(log) = p.log {
+            self.shared.access_log.store(log);
+        }
         self.shared.table.store(p.table.clone());
         self.shared.registry.retain(&p.table);
         for (backend, timeout) in table::removed_backends(&old, &p.table) {
@@ -333,10 +352,44 @@ impl L7Handle {
         self.shared.apply_admission(&self.shared.table.load());
     }
 
+    /// A new request log when `settings` differ from the running one's (`Some(None)`:
+    /// turn it off); `None` when nothing changes.
+    #[allow(clippy::option_option)]
+    fn prepare_access_log(
+        &self,
+        settings: &crate::config::Logging,
+    ) -> Result<Option<Option<Arc<access_log::AccessLog>>>, L7Error> {
+        let current = self.shared.access_log.load();
+        let running = current
+            .as_ref()
+            .map_or_else(crate::config::Logging::default, |l| l.settings.clone());
+        if running == *settings {
+            return Ok(None);
+        }
+        let log = access_log::AccessLog::open(settings, self.shared.tier.log_dropped.clone())?;
+        Ok(Some(log.map(Arc::new)))
+    }
+
     /// The addresses actually bound, per configured address (they differ for port 0).
     pub fn local_addrs(&self) -> Vec<(SocketAddr, SocketAddr)> {
         let running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         running.iter().map(|(a, (_, b))| (*a, *b)).collect()
+    }
+
+    /// The configured listeners with what is bound for each (for `lb status`).
+    pub fn listener_info(&self) -> Vec<stats::L7ListenerInfo> {
+        let bound: BTreeMap<SocketAddr, SocketAddr> = self.local_addrs().into_iter().collect();
+        let table = self.shared.table.load();
+        table
+            .listeners
+            .iter()
+            .map(|l| stats::L7ListenerInfo {
+                address: l.addr.to_string(),
+                target_proxy: l.proxy.clone(),
+                tls: l.tls,
+                bound: bound.get(&l.addr).map(|b| b.to_string()),
+            })
+            .collect()
     }
 
     /// Counters and state of every service and backend.
@@ -365,6 +418,9 @@ impl L7Handle {
                         requests: b.requests.load(Ordering::Relaxed),
                         errors: b.errors.load(Ordering::Relaxed),
                         serving: b.serving.load(Ordering::Relaxed),
+                        responses_by_class: std::array::from_fn(|i| {
+                            b.responses[i].load(Ordering::Relaxed)
+                        }),
                     })
                     .collect();
                 ServiceStats {
@@ -390,6 +446,25 @@ impl L7Handle {
             services,
             in_flight: self.shared.in_flight.load(Ordering::Relaxed),
             generation: table.generation,
+            refused: self.shared.tier.refused_snapshot(),
+            connections: self.shared.tier.connections.load(Ordering::Relaxed),
+            connections_total: self.shared.tier.connections_total.load(Ordering::Relaxed),
+            access_log_dropped: self.shared.tier.log_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What `/metrics` reads at every scrape (see [`crate::metrics::Metrics::register_l7`]);
+    /// it holds the handle weakly, so a stopped tier reports an error instead of staying up.
+    pub fn metrics_source(
+        self: &Arc<Self>,
+    ) -> impl Fn() -> Result<crate::metrics::L7Counters, crate::metrics::SourceError>
+           + Send
+           + Sync
+           + 'static {
+        let handle = Arc::downgrade(self);
+        move || match handle.upgrade() {
+            Some(h) => Ok(stats::counters(&h.stats())),
+            None => Err("the L7 tier has stopped".into()),
         }
     }
 

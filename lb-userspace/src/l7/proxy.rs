@@ -3,12 +3,14 @@
 //! the timeout, retry per policy, and shape the response (headers, affinity cookie).
 
 use super::{
-    body::{InFlight, ProxyBody, UpstreamBody},
+    access_log::{self, Pending},
+    body::{InFlight, ProxyBody, RequestBody, UpstreamBody},
     client, edge,
     outlier::{now_ms, Attempt},
     retry::{self, Outcome},
     router::{self, Action, Forward, RequestView, Routed},
-    select::{self, Key},
+    select::{self, Backend, Key},
+    stats::Refused,
     table::{Service, Upstream},
     websocket, Shared,
 };
@@ -17,8 +19,11 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use std::{
     net::SocketAddr,
-    sync::{atomic::Ordering, Arc},
-    time::Instant,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Instant, SystemTime},
 };
 
 /// What the proxy knows about the client connection.
@@ -43,7 +48,7 @@ pub struct ConnInfo {
 #[error("unparseable chunk in the request body; closing the client and backend connections")]
 pub struct BrokenChunk;
 
-/// The hyper service function.
+/// The hyper service function: the pipeline, then counters and the access log.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
@@ -51,16 +56,150 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, BrokenChunk> {
     let _open = conn.activity.request();
     let start = Instant::now();
+    let log = shared.access_log.load_full();
+    let head = log.as_ref().map(|_| LogHead::of(&req, &conn));
+    let request_bytes = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
-    let (resp, service) = proxy(&shared, &conn, req).await;
+    let done = proxy(&shared, &conn, req, request_bytes.clone()).await;
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-    if let Some(s) = service {
-        s.counters.record(resp.status().as_u16(), start.elapsed());
+    let status = done.resp.status().as_u16();
+    if let Some(s) = &done.service {
+        s.counters.record(status, start.elapsed());
+    }
+    if let Some(b) = &done.backend {
+        b.record_response(status);
+    }
+    if let Some(r) = done.refused {
+        shared.tier.refused(r);
+    }
+    let rate = done.service.as_ref().map_or(1.0, |s| {
+        access_log::sample_rate(s.config.log_config.as_ref())
+    });
+    let mut resp = done.resp;
+    if let (Some(log), Some(head)) = (log, head) {
+        if access_log::sampled(rate) {
+            let entry = head.entry(
+                status,
+                done.service.as_deref(),
+                done.backend.as_deref(),
+                done.attempts,
+                done.refused,
+            );
+            let mut pending = Box::new(Pending {
+                entry,
+                log,
+                start,
+                request_bytes,
+            });
+            match resp.body_mut() {
+                ProxyBody::Upstream { log, .. } => *log = Some(pending),
+                ProxyBody::Full(b) => {
+                    pending.add_response_bytes(b.as_ref().map_or(0, |b| b.len()));
+                    drop(pending); // written now: the body is already complete
+                }
+            }
+        }
     }
     if conn.verdicts.chunk_broken() {
         return Err(BrokenChunk);
     }
     Ok(resp)
+}
+
+/// What the access log needs from the request head, taken before the pipeline consumes it
+/// (only when the log is on).
+struct LogHead {
+    time: SystemTime,
+    method: http::Method,
+    host: String,
+    url: String,
+    version: Version,
+    user_agent: Option<String>,
+    client: SocketAddr,
+    local: SocketAddr,
+    proxy: Arc<str>,
+}
+
+impl LogHead {
+    fn of(req: &Request<Incoming>, conn: &ConnInfo) -> LogHead {
+        let text =
+            |v: Option<&HeaderValue>| v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        LogHead {
+            time: SystemTime::now(),
+            method: req.method().clone(),
+            host: text(req.headers().get(header::HOST))
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default(),
+            url: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.to_string()),
+            version: req.version(),
+            user_agent: text(req.headers().get(header::USER_AGENT)),
+            client: conn.client,
+            local: conn.local,
+            proxy: conn.proxy.clone(),
+        }
+    }
+
+    fn entry(
+        self,
+        status: u16,
+        service: Option<&Service>,
+        backend: Option<&Backend>,
+        attempts: u32,
+        refused: Option<Refused>,
+    ) -> access_log::Entry {
+        access_log::Entry {
+            time: access_log::rfc3339(self.time),
+            remote_ip: self.client.ip().to_string(),
+            server_ip: self.local.ip().to_string(),
+            proxy: self.proxy.to_string(),
+            request_method: self.method.to_string(),
+            host: self.host,
+            request_url: self.url,
+            protocol: match self.version {
+                Version::HTTP_09 => "HTTP/0.9",
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            },
+            status,
+            backend_service: service.map(|s| s.name.clone()),
+            backend: backend.map(|b| b.name.clone()),
+            attempts,
+            status_details: refused.map(Refused::label),
+            request_size: 0,
+            response_size: 0,
+            latency_sec: 0.0,
+            user_agent: self.user_agent,
+        }
+    }
+}
+
+/// What one request came to, for the counters and the access log.
+struct Done {
+    resp: Response<ProxyBody>,
+    service: Option<Arc<Service>>,
+    /// The backend of the last attempt.
+    backend: Option<Arc<Backend>>,
+    /// Attempts sent to backends.
+    attempts: u32,
+    /// Why the proxy answered itself, when it did (not for redirects).
+    refused: Option<Refused>,
+}
+
+impl Done {
+    fn refused(resp: Response<ProxyBody>, why: Refused, service: Option<Arc<Service>>) -> Done {
+        Done {
+            resp,
+            service,
+            backend: None,
+            attempts: 0,
+            refused: Some(why),
+        }
+    }
 }
 
 /// A response generated by the proxy itself.
@@ -74,9 +213,12 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     r
 }
 
-type Outcome2 = (Response<ProxyBody>, Option<Arc<Service>>);
-
-async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Outcome2 {
+async fn proxy(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_bytes: Option<Arc<AtomicU64>>,
+) -> Done {
     let framing = if req.version() < Version::HTTP_2 {
         conn.verdicts.pop()
     } else {
@@ -93,15 +235,16 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        return (r, None);
+        return Done::refused(r, Refused::of_status(refusal.status().as_u16()), None);
     }
     let table = shared.table.load();
     let Some(proxy) = table.proxies.get(&*conn.proxy) else {
-        return (
+        return Done::refused(
             local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no target proxy for this listener\n",
             ),
+            Refused::Internal,
             None,
         );
     };
@@ -127,7 +270,13 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         };
         let routed: Routed<'_> = router.route(&view);
         match routed.action {
-            Action::NotFound => return (local(StatusCode::NOT_FOUND, "no route\n"), None),
+            Action::NotFound => {
+                return Done::refused(
+                    local(StatusCode::NOT_FOUND, "no route\n"),
+                    Refused::NoRoute,
+                    None,
+                )
+            }
             Action::Redirect(rd) => {
                 let (status, location) = router::redirect(rd, routed.matched, &view);
                 let mut r = Response::new(ProxyBody::empty());
@@ -136,7 +285,13 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r.headers_mut().insert(header::LOCATION, v);
                 }
-                return (r, None);
+                return Done {
+                    resp: r,
+                    service: None,
+                    backend: None,
+                    attempts: 0,
+                    refused: None,
+                };
             }
             Action::Forward(f) => {
                 let path = f.url_rewrite.as_ref().and_then(|rw| {
@@ -164,11 +319,12 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         )
     };
     let Some(service) = table.services.get(&ws.service).cloned() else {
-        return (
+        return Done::refused(
             local(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "route names an unknown backend service\n",
             ),
+            Refused::Internal,
             None,
         );
     };
@@ -213,11 +369,12 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         Some(p) => match p.parse() {
             Ok(pq) => pq,
             Err(_) => {
-                return (
+                return Done::refused(
                     local(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "URL rewrite produced an invalid path\n",
                     ),
+                    Refused::Internal,
                     Some(service),
                 )
             }
@@ -229,7 +386,11 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
 
-    let resp = forward_with_retries(
+    let body = RequestBody {
+        inner: body,
+        counted: request_bytes,
+    };
+    let (resp, last, attempts) = forward_with_retries(
         shared,
         &service,
         forward,
@@ -241,7 +402,23 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     .await;
     let (resp, backend) = match resp {
         Ok(x) => x,
-        Err(r) => return (r, Some(service)),
+        Err(r) => {
+            let why = Refused::of_status(r.status().as_u16());
+            return Done {
+                resp: r,
+                service: Some(service),
+                backend: last,
+                attempts,
+                refused: Some(why),
+            };
+        }
+    };
+    let answered = |resp: Response<ProxyBody>, service: Arc<Service>, refused| Done {
+        resp,
+        service: Some(service),
+        backend: last.clone(),
+        attempts,
+        refused,
     };
     let (mut rparts, rbody) = resp.0.into_parts();
     let guard = resp.1;
@@ -271,19 +448,21 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
                 websocket::spawn_tunnel(client_side, backend_side, service.timeout, guard);
             }
             None => {
-                return (
+                return answered(
                     local(
                         StatusCode::BAD_GATEWAY,
                         "backend switched protocols unasked\n",
                     ),
-                    Some(service),
+                    service,
+                    Some(Refused::BackendUnreachable),
                 )
             }
         }
         let (rparts, _) = backend_resp.into_parts();
-        return (
+        return answered(
             Response::from_parts(rparts, ProxyBody::empty()),
-            Some(service),
+            service,
+            None,
         );
     }
     let mut pooled = resp.3;
@@ -299,8 +478,9 @@ async fn proxy(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         guard: Some(guard),
         pooled,
         evict: None,
+        log: None,
     };
-    (Response::from_parts(rparts, body), Some(service))
+    answered(Response::from_parts(rparts, body), service, None)
 }
 
 /// Sets the affinity cookie when the client does not already hold the right one.
@@ -379,13 +559,17 @@ async fn forward_with_retries(
     forward: &Forward,
     parts: &mut http::request::Parts,
     pq: http::uri::PathAndQuery,
-    body: Incoming,
+    body: RequestBody,
     key: Key,
-) -> Result<Forwarded, Response<ProxyBody>> {
+) -> (
+    Result<Forwarded, Response<ProxyBody>>,
+    Option<Arc<Backend>>,
+    u32,
+) {
     let start = std::time::Instant::now();
     let deadline = start + forward.timeout.unwrap_or(service.timeout);
     let mut overall = Box::pin(tokio::time::sleep_until(deadline.into()));
-    let has_body = retry::has_body(&parts.headers, http_body::Body::is_end_stream(&body));
+    let has_body = retry::has_body(&parts.headers, http_body::Body::is_end_stream(&body.inner));
     let mut body = has_body.then_some(body);
     let plan = forward.retry;
     let version = match service.upstream {
@@ -399,10 +583,15 @@ async fn forward_with_retries(
     loop {
         let now = now_ms();
         let Some(idx) = selector.pick(key, now, &tried, &mut rng) else {
-            return Err(local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy backend\n",
-            ));
+            let last = tried.last().map(|i| selector.backends[*i].clone());
+            return (
+                Err(local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy backend\n",
+                )),
+                last,
+                attempt,
+            );
         };
         let backend = &selector.backends[idx];
         let guard = InFlight::new(backend.clone());
@@ -448,10 +637,11 @@ async fn forward_with_retries(
         let result = match result {
             Ok(None) => {
                 backend.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(local(
+                let answer = Err(local(
                     StatusCode::BAD_GATEWAY,
                     "backend drained before it answered\n",
                 ));
+                return (answer, Some(backend.clone()), attempt + 1);
             }
             Ok(Some(r)) => Ok(r),
             Err(()) => Err(()),
@@ -498,7 +688,7 @@ async fn forward_with_retries(
         if result_kind != Attempt::Success {
             backend.errors.fetch_add(1, Ordering::Relaxed);
         }
-        return match result {
+        let answer = match result {
             Ok(Ok((r, pooled))) => Ok(((r, guard, overall, pooled), backend.id)),
             Err(_) => Err(local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n")),
             Ok(Err(e)) => {
@@ -509,5 +699,6 @@ async fn forward_with_retries(
                 ))
             }
         };
+        return (answer, Some(backend.clone()), attempt + 1);
     }
 }

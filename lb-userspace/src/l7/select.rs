@@ -7,9 +7,13 @@
 //! configuration over the non-drained backends; an ineligible backend is skipped by walking
 //! to the next entry, so keys keep their backend while it stays eligible.
 
-use super::outlier::OutlierState;
+use super::capacity::{Capacity, RateMeter};
+use super::outlier::{now_ms, OutlierState};
+use super::schedule;
 use crate::config::{BackendService, LocalityLbPolicy, SessionAffinity};
 use crate::maglev::{self, MaglevBackend};
+use arc_swap::ArcSwap;
+use std::cell::OnceCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,6 +67,10 @@ pub struct Backend {
     /// Requests that ended in a 5xx answer from the backend or in no answer at all.
     pub errors: AtomicU64,
     pub outlier: OutlierState,
+    /// Requests per second sent here (kept only when a service sets a max rate).
+    pub rate: RateMeter,
+    /// Final responses by class (index 0 = 1xx … 4 = 5xx) of requests answered here.
+    pub responses: [AtomicU64; 5],
 }
 
 impl Backend {
@@ -85,6 +93,15 @@ impl Backend {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             outlier: OutlierState::default(),
+            rate: RateMeter::default(),
+            responses: Default::default(),
+        }
+    }
+
+    /// Counts the final response of a request this backend answered.
+    pub fn record_response(&self, status: u16) {
+        if let Some(c) = super::stats::class_of(status) {
+            self.responses[c].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -130,20 +147,49 @@ pub enum Key {
     Backend(u64),
 }
 
+/// The round-robin cycle over the backends eligible when it was built.
+#[derive(Debug, Default)]
+struct Schedule {
+    /// Eligibility it was built for (see [`Selector::eligibility`]); none before the first.
+    eligible: Option<u64>,
+    order: Vec<u32>,
+}
+
 /// Picks backends of one service.
+///
+/// ROUND_ROBIN follows a smooth weighted round-robin cycle (see [`super::schedule`]) built
+/// over the backends eligible right now and rebuilt when that set changes, indexed by one
+/// atomic counter: equal weights alternate request by request, 3:1 puts 3 and 1 in every
+/// window of 4. RANDOM and LEAST_REQUEST draw by weight among eligible backends. With a
+/// balancing-mode target ([`Capacity`]), full backends are passed over while another has
+/// room.
 #[derive(Debug)]
 pub struct Selector {
     pub policy: LocalityLbPolicy,
     pub backends: Vec<Arc<Backend>>,
     weights: Vec<u32>,
-    /// Cumulative effective weights, for weighted round robin and random draws.
+    /// Cumulative effective weights, for weighted random draws.
     cumulative: Vec<u64>,
     total: u64,
     rr: AtomicU64,
+    schedule: ArcSwap<Schedule>,
     /// Maglev table (indexes into `backends`), built only when hashing is used.
     maglev: Vec<u32>,
     /// Sorted (point, backend index) ring for RING_HASH.
     ring: Vec<(u64, u32)>,
+    /// Balancing-mode targets, when the service sets any.
+    capacity: Option<Capacity>,
+}
+
+/// Which backends a pass of a pick accepts.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    now_ms: u64,
+    avoid: &'a [usize],
+    /// Pass over backends at their balancing-mode target.
+    need_room: bool,
+    /// This pick's place in the round-robin cycle, taken once however many passes run.
+    ticket: &'a OnceCell<u64>,
 }
 
 impl Selector {
@@ -197,37 +243,154 @@ impl Selector {
             }
             ring.sort_unstable();
         }
-        Selector {
+        let s = Selector {
             policy,
             backends,
             weights,
             cumulative,
             total: acc,
             rr: AtomicU64::new(0),
+            schedule: ArcSwap::from_pointee(Schedule::default()),
             maglev,
             ring,
+            capacity: None,
+        };
+        if policy == LocalityLbPolicy::RoundRobin {
+            s.rebuild_schedule(s.eligibility(now_ms()));
         }
+        s
     }
 
-    fn usable(&self, i: usize, now_ms: u64, avoid: &[usize]) -> bool {
-        self.weights[i] > 0 && self.backends[i].eligible(now_ms) && !avoid.contains(&i)
+    /// Sets balancing-mode targets (matched to `backends` by name).
+    pub fn with_capacity(mut self, capacity: Option<Capacity>) -> Selector {
+        self.capacity = capacity.map(|c| c.aligned(self.backends.iter().map(|b| b.name.as_str())));
+        self
     }
 
-    /// The backend drawn for `x` in `0..total` by weight.
-    fn by_weight(&self, x: u64) -> usize {
-        self.cumulative.partition_point(|c| *c <= x)
+    fn usable(&self, i: usize, p: Pass<'_>) -> bool {
+        self.weights[i] > 0
+            && self.backends[i].eligible(p.now_ms)
+            && !p.avoid.contains(&i)
+            && !(p.need_room && self.full(i, p.now_ms))
     }
 
-    /// From `start`, the first usable backend in list order.
-    fn walk(&self, start: usize, now_ms: u64, avoid: &[usize]) -> Option<usize> {
-        let n = self.backends.len();
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.usable(i, now_ms, avoid))
+    /// Whether backend `i` is at its balancing-mode target.
+    fn full(&self, i: usize, now_ms: u64) -> bool {
+        let Some(c) = &self.capacity else {
+            return false;
+        };
+        let b = &self.backends[i];
+        c.full(
+            i,
+            || b.rate.rate(now_ms),
+            b.in_flight.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Which backends are eligible (weight > 0, healthy, not ejected), a bit per backend.
+    /// Beyond 64 backends it is not tracked (always 0): the cycle covers every backend with
+    /// a weight, and an ineligible backend's turns are drawn by weight among the others.
+    fn eligibility(&self, now_ms: u64) -> u64 {
+        if self.backends.len() > 64 {
+            return 0;
+        }
+        let mut bits = 0u64;
+        for (i, b) in self.backends.iter().enumerate() {
+            if self.weights[i] > 0 && b.eligible(now_ms) {
+                bits |= 1 << i;
+            }
+        }
+        bits
+    }
+
+    fn rebuild_schedule(&self, eligible: u64) -> Arc<Schedule> {
+        let weights: Vec<u64> = (0..self.backends.len())
+            .map(|i| {
+                let on = self.backends.len() > 64 || eligible & (1 << i) != 0;
+                if on {
+                    self.weights[i] as u64
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let s = Arc::new(Schedule {
+            eligible: Some(eligible),
+            order: schedule::build(&weights),
+        });
+        self.schedule.store(s.clone());
+        s
+    }
+
+    /// The next backend of the round-robin cycle that `p` accepts.
+    fn round_robin(&self, p: Pass<'_>) -> Option<usize> {
+        let eligible = self.eligibility(p.now_ms);
+        let guard = self.schedule.load();
+        let fresh;
+        let sched: &Schedule = if guard.eligible == Some(eligible) {
+            &guard
+        } else {
+            fresh = self.rebuild_schedule(eligible);
+            &fresh
+        };
+        let n = sched.order.len();
+        if n == 0 {
+            return None;
+        }
+        let ticket = *p
+            .ticket
+            .get_or_init(|| self.rr.fetch_add(1, Ordering::Relaxed));
+        let start = (ticket % n as u64) as usize;
+        let i = sched.order[start] as usize;
+        if self.usable(i, p) {
+            return Some(i);
+        }
+        if self.backends.len() > 64 {
+            // The cycle also holds ineligible backends here: their turns are drawn by weight
+            // among the usable ones, so no neighbour inherits a gap.
+            let mut rng = fastrand::Rng::with_seed(ticket);
+            return self.weighted_draw(p, &mut rng);
+        }
+        // A retry's tried backend, or one at its target: the next turn in the cycle.
+        (1..n)
+            .map(|k| sched.order[(start + k) % n] as usize)
+            .find(|&i| self.usable(i, p))
+    }
+
+    /// A draw by weight among the backends `p` accepts: one draw over all weights when it
+    /// lands on an acceptable backend (the common case), else a draw over the acceptable
+    /// ones only, so every acceptable backend keeps exactly its weight's share.
+    fn weighted_draw(&self, p: Pass<'_>, rng: &mut fastrand::Rng) -> Option<usize> {
+        let x = rng.u64(0..self.total);
+        let first = self.cumulative.partition_point(|c| *c <= x);
+        if self.usable(first, p) {
+            return Some(first);
+        }
+        let ok: u64 = (0..self.backends.len())
+            .filter(|&i| self.usable(i, p))
+            .map(|i| self.weights[i] as u64)
+            .sum();
+        if ok == 0 {
+            return None;
+        }
+        let mut x = rng.u64(0..ok);
+        (0..self.backends.len())
+            .filter(|&i| self.usable(i, p))
+            .find(|&i| {
+                let w = self.weights[i] as u64;
+                if x < w {
+                    true
+                } else {
+                    x -= w;
+                    false
+                }
+            })
     }
 
     /// Picks a backend index. `avoid` lists backends already tried for this request (a
-    /// retry goes to another backend when one is usable, else to the same one).
+    /// retry goes to another backend when one is usable, else to the same one). Backends at
+    /// their balancing-mode target are passed over while another has room; when all are
+    /// full, the pick ignores the targets (requests are served beyond them, by weight).
     pub fn pick(
         &self,
         key: Key,
@@ -238,61 +401,64 @@ impl Selector {
         if self.total == 0 {
             return None;
         }
-        self.pick_avoiding(key, now_ms, avoid, rng).or_else(|| {
-            (!avoid.is_empty())
-                .then(|| self.pick_avoiding(key, now_ms, &[], rng))
-                .flatten()
-        })
+        // Preference: another backend with room, another backend, then the tried ones.
+        let with_room = self.capacity.is_some();
+        let ticket = OnceCell::new();
+        let mut passes = [(true, true), (true, false), (false, true), (false, false)]
+            .into_iter()
+            .filter(|(use_avoid, need_room)| {
+                (with_room || !need_room) && (*use_avoid || !avoid.is_empty())
+            })
+            .map(|(use_avoid, need_room)| Pass {
+                now_ms,
+                avoid: if use_avoid { avoid } else { &[] },
+                need_room,
+                ticket: &ticket,
+            });
+        let picked = passes.find_map(|p| self.pick_in(key, p, rng))?;
+        if self.capacity.as_ref().is_some_and(|c| c.max_rate.is_some()) {
+            self.backends[picked].rate.record(now_ms);
+        }
+        Some(picked)
     }
 
-    fn pick_avoiding(
-        &self,
-        key: Key,
-        now_ms: u64,
-        avoid: &[usize],
-        rng: &mut fastrand::Rng,
-    ) -> Option<usize> {
+    fn pick_in(&self, key: Key, p: Pass<'_>, rng: &mut fastrand::Rng) -> Option<usize> {
         match key {
             Key::Backend(id) => {
                 if let Some(i) = self.backends.iter().position(|b| b.id == id) {
-                    if self.usable(i, now_ms, avoid) {
+                    if self.usable(i, p) {
                         return Some(i);
                     }
                 }
-                self.pick_avoiding(Key::None, now_ms, avoid, rng)
+                self.pick_in(Key::None, p, rng)
             }
             Key::Hash(h) if !self.ring.is_empty() => {
-                let start = self.ring.partition_point(|(p, _)| *p < h);
+                let start = self.ring.partition_point(|(pt, _)| *pt < h);
                 let n = self.ring.len();
                 (0..n)
                     .map(|k| self.ring[(start + k) % n].1 as usize)
-                    .find(|&i| self.usable(i, now_ms, avoid))
+                    .find(|&i| self.usable(i, p))
             }
             Key::Hash(h) if !self.maglev.is_empty() => {
                 let m = self.maglev.len();
                 let start = (h % m as u64) as usize;
                 (0..m)
                     .map(|k| self.maglev[(start + k) % m])
-                    .find(|&i| i != u32::MAX && self.usable(i as usize, now_ms, avoid))
+                    .find(|&i| i != u32::MAX && self.usable(i as usize, p))
                     .map(|i| i as usize)
             }
             _ => match self.policy {
-                LocalityLbPolicy::RoundRobin => {
-                    let x = self.rr.fetch_add(1, Ordering::Relaxed) % self.total;
-                    self.walk(self.by_weight(x), now_ms, avoid)
-                }
+                LocalityLbPolicy::RoundRobin => self.round_robin(p),
                 LocalityLbPolicy::LeastRequest => {
                     // Power of two choices (Mitzenmacher): two weighted random draws, the
                     // one with fewer requests in flight wins.
-                    let a = self.walk(self.by_weight(rng.u64(0..self.total)), now_ms, avoid)?;
-                    let b = self
-                        .walk(self.by_weight(rng.u64(0..self.total)), now_ms, avoid)
-                        .unwrap_or(a);
+                    let a = self.weighted_draw(p, rng)?;
+                    let b = self.weighted_draw(p, rng).unwrap_or(a);
                     let load = |i: usize| self.backends[i].in_flight.load(Ordering::Relaxed);
                     Some(if load(b) < load(a) { b } else { a })
                 }
                 // RANDOM, and hash policies without a key (no header, first request).
-                _ => self.walk(self.by_weight(rng.u64(0..self.total)), now_ms, avoid),
+                _ => self.weighted_draw(p, rng),
             },
         }
     }

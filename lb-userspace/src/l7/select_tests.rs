@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::{ConsistentHash, HttpCookie};
+use crate::l7::capacity::Capacity;
 
 fn backends(n: usize) -> Vec<Arc<Backend>> {
     (0..n)
@@ -258,5 +259,225 @@ fn default_policies_and_cookie_format() {
     assert_eq!(
         set_cookie("GCILB", "ab", "/", 30),
         "GCILB=\"ab\"; Path=/; Max-Age=30; HttpOnly"
+    );
+}
+
+fn sequence(s: &Selector, n: usize, now_ms: u64) -> Vec<usize> {
+    let mut rng = fastrand::Rng::with_seed(4);
+    (0..n)
+        .map(|_| s.pick(Key::None, now_ms, &[], &mut rng).unwrap())
+        .collect()
+}
+
+/// Every window of `len` consecutive picks holds exactly `want[i]` picks of backend i.
+fn assert_windows(seq: &[usize], len: usize, want: &[usize]) {
+    for (k, w) in seq.windows(len).enumerate() {
+        let mut c = vec![0; want.len()];
+        for i in w {
+            c[*i] += 1;
+        }
+        assert_eq!(c, want, "window at {k} of {seq:?}");
+    }
+}
+
+#[test]
+fn round_robin_alternates_request_by_request() {
+    let bs = backends(2);
+    let s = selector(LocalityLbPolicy::RoundRobin, false, &bs, &[1000, 1000]);
+    assert_eq!(sequence(&s, 12, 1), [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+}
+
+#[test]
+fn round_robin_three_to_one_in_every_window_of_four() {
+    let bs = backends(2);
+    let s = selector(
+        LocalityLbPolicy::RoundRobin,
+        false,
+        &bs,
+        &[effective_weight(3, 1.0), effective_weight(1, 1.0)],
+    );
+    assert_windows(&sequence(&s, 40, 1), 4, &[3, 1]);
+}
+
+#[test]
+fn capacity_scaler_keeps_the_interleaving() {
+    let bs = backends(3);
+    let s = selector(
+        LocalityLbPolicy::RoundRobin,
+        false,
+        &bs,
+        &[
+            effective_weight(1, 1.0),
+            effective_weight(1, 0.5),
+            effective_weight(1, 0.0),
+        ],
+    );
+    assert_windows(&sequence(&s, 30, 1), 3, &[2, 1, 0]);
+}
+
+#[test]
+fn round_robin_interleaves_the_eligible_backends_after_a_change() {
+    let bs = backends(3);
+    let s = selector(LocalityLbPolicy::RoundRobin, false, &bs, &[1000; 3]);
+    assert_windows(&sequence(&s, 9, 1), 3, &[1, 1, 1]);
+    bs[1].serving.store(false, Ordering::Relaxed);
+    assert_windows(&sequence(&s, 10, 1), 2, &[1, 0, 1]);
+    bs[1].serving.store(true, Ordering::Relaxed);
+    assert_windows(&sequence(&s, 9, 1), 3, &[1, 1, 1]);
+}
+
+#[test]
+fn random_draws_honour_weights_among_eligible_backends() {
+    let bs = backends(3);
+    let s = selector(LocalityLbPolicy::Random, false, &bs, &[1000, 1000, 2000]);
+    bs[0].serving.store(false, Ordering::Relaxed);
+    let c = counts(&s, 30_000, |_| Key::None);
+    assert_eq!(c[0], 0);
+    let share = c[2] as f64 / 30_000.0;
+    // Walking to the next backend in list order would give b1 b0's share (1/2 each).
+    assert!((share - 2.0 / 3.0).abs() < 0.02, "{c:?}");
+}
+
+#[test]
+fn least_request_spreads_sequential_requests() {
+    // Sequential requests find every backend idle: two equal random draws, ties to the
+    // first. Over short windows each backend still gets a share, within binomial bounds.
+    let bs = backends(2);
+    let s = selector(LocalityLbPolicy::LeastRequest, false, &bs, &[1000, 1000]);
+    let seq = sequence(&s, 400, 1);
+    for w in seq.chunks(40) {
+        let ones = w.iter().filter(|i| **i == 1).count();
+        assert!((8..=32).contains(&ones), "{w:?}");
+    }
+}
+
+fn with_capacity(s: Selector, extra: &str, scalers: &[f64]) -> Selector {
+    let mut bs = service(SessionAffinity::None, Default::default());
+    let extra: BackendService = toml::from_str(&format!("protocol = \"HTTP\"\n{extra}")).unwrap();
+    bs.balancing_mode = extra.balancing_mode;
+    bs.max_rate_per_endpoint = extra.max_rate_per_endpoint;
+    bs.max_connections_per_endpoint = extra.max_connections_per_endpoint;
+    bs.max_utilization = extra.max_utilization;
+    bs.backends = scalers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| crate::config::BackendConfig {
+            name: Some(format!("b{i}")),
+            address: "10.0.0.1".parse().unwrap(),
+            port: Some(1),
+            weight: 1,
+            capacity_scaler: *c,
+            failover: false,
+            mac: None,
+        })
+        .collect();
+    s.with_capacity(Capacity::of(&bs))
+}
+
+#[test]
+fn rate_mode_passes_over_full_backends_then_spreads_by_weight() {
+    let bs = backends(2);
+    let s = with_capacity(
+        selector(LocalityLbPolicy::RoundRobin, false, &bs, &[10_000, 1000]),
+        "max_rate_per_endpoint = 2.0",
+        &[1.0, 1.0],
+    );
+    // Weights alone would send b0 ten requests of eleven; at 2 per second each, the
+    // first 4 requests of a second are 2 and 2.
+    let first = sequence(&s, 4, 5_000);
+    assert_eq!(first.iter().filter(|i| **i == 0).count(), 2, "{first:?}");
+    // Both full: served anyway, by weight.
+    let more = sequence(&s, 22, 5_100);
+    let b0 = more.iter().filter(|i| **i == 0).count();
+    assert_eq!(b0, 20, "{more:?}");
+    // The next second has room again.
+    assert_eq!(
+        sequence(&s, 4, 7_000).iter().filter(|i| **i == 1).count(),
+        2
+    );
+}
+
+#[test]
+fn utilization_mode_passes_over_busy_backends() {
+    let bs = backends(2);
+    let s = with_capacity(
+        selector(LocalityLbPolicy::RoundRobin, false, &bs, &[1000, 1000]),
+        "balancing_mode = \"UTILIZATION\"\nmax_connections_per_endpoint = 10\nmax_utilization = 0.5",
+        &[1.0, 1.0],
+    );
+    bs[0].in_flight.store(5, Ordering::Relaxed);
+    assert_eq!(sequence(&s, 6, 1), [1; 6], "b0 is at 50% of 10 in flight");
+    bs[1].in_flight.store(5, Ordering::Relaxed);
+    let both = sequence(&s, 6, 1);
+    assert!(
+        both.contains(&0) && both.contains(&1),
+        "all full: by weight"
+    );
+    bs[0].in_flight.store(4, Ordering::Relaxed);
+    assert_eq!(sequence(&s, 4, 1), [0; 4]);
+}
+
+#[test]
+fn affinity_keys_move_off_a_full_backend_while_another_has_room() {
+    let bs = backends(2);
+    let s = with_capacity(
+        selector(LocalityLbPolicy::Maglev, true, &bs, &[1000, 1000]),
+        "balancing_mode = \"UTILIZATION\"\nmax_connections_per_endpoint = 2\nmax_utilization = 0.5",
+        &[1.0, 1.0],
+    );
+    let mut rng = fastrand::Rng::with_seed(1);
+    let key = (0..100u64)
+        .map(Key::Hash)
+        .find(|k| s.pick(*k, 1, &[], &mut rng) == Some(0))
+        .unwrap();
+    bs[0].in_flight.store(1, Ordering::Relaxed);
+    assert_eq!(s.pick(key, 1, &[], &mut rng), Some(1));
+    bs[1].in_flight.store(1, Ordering::Relaxed);
+    assert_eq!(
+        s.pick(key, 1, &[], &mut rng),
+        Some(0),
+        "all full: the key's own"
+    );
+}
+
+/// Cost of one pick on the request path (run with
+/// `cargo test --release -p lb-userspace --lib pick_cost -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn pick_cost() {
+    for (policy, n) in [
+        (LocalityLbPolicy::RoundRobin, 1),
+        (LocalityLbPolicy::RoundRobin, 2),
+        (LocalityLbPolicy::RoundRobin, 8),
+        (LocalityLbPolicy::Random, 8),
+        (LocalityLbPolicy::LeastRequest, 8),
+    ] {
+        let bs = backends(n);
+        let s = selector(policy, false, &bs, &vec![1000; n]);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let rounds = 5_000_000u32;
+        let t = std::time::Instant::now();
+        let mut sum = 0usize;
+        for _ in 0..rounds {
+            sum += s.pick(Key::None, 1, &[], &mut rng).unwrap();
+        }
+        let ns = t.elapsed().as_nanos() as f64 / rounds as f64;
+        println!("{policy:?} over {n} backends: {ns:.1} ns per pick ({sum})");
+    }
+}
+
+#[test]
+fn many_backends_share_by_weight_with_gaps() {
+    let bs = backends(70);
+    let s = selector(LocalityLbPolicy::RoundRobin, false, &bs, &[1000; 70]);
+    bs[3].serving.store(false, Ordering::Relaxed);
+    let c = counts(&s, 70 * 100, |_| Key::None);
+    assert_eq!(c[3], 0);
+    // b3's 100 turns are drawn among the 69 others: no backend inherits them all.
+    assert!(
+        c.iter()
+            .enumerate()
+            .all(|(i, n)| i == 3 || (100..=110).contains(n)),
+        "{c:?}"
     );
 }

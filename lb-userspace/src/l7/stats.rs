@@ -5,7 +5,7 @@
 //! Counters survive reloads: the runtime reuses a service's counters when the new
 //! configuration still has a service of that name.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -31,8 +31,8 @@ impl ServiceCounters {
     /// time from receiving the request to the response headers.
     pub fn record(&self, status: u16, latency: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if (100..600).contains(&status) {
-            self.classes[(status / 100 - 1) as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = class_of(status) {
+            self.classes[c].fetch_add(1, Ordering::Relaxed);
         }
         let secs = latency.as_secs_f64();
         let i = LATENCY_BOUNDS_SEC
@@ -72,6 +72,142 @@ impl ServiceCounters {
     }
 }
 
+/// The response class index of a status: 0 = 1xx … 4 = 5xx.
+pub fn class_of(status: u16) -> Option<usize> {
+    (100..600)
+        .contains(&status)
+        .then(|| (status / 100 - 1) as usize)
+}
+
+/// Why the proxy answered a request itself instead of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// 400: framing or another illegal request caught by the edge checks.
+    BadRequest,
+    /// 400 from hyper's parser (the request never reached the proxy's handler).
+    Malformed,
+    /// 414.
+    UriTooLong,
+    /// 431 from hyper's parser.
+    HeadersTooLarge,
+    /// The request head did not arrive within the header read timeout (hyper answers 408).
+    HeaderTimeout,
+    /// 404: no URL-map rule matched.
+    NoRoute,
+    /// 503: no healthy (eligible) backend.
+    NoBackend,
+    /// 504: the backend did not answer in time.
+    BackendTimeout,
+    /// 502: the backend could not be reached or reset the connection.
+    BackendUnreachable,
+    /// Anything else the proxy answered itself (500, a listener without a proxy).
+    Internal,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 10] = [
+        Refused::BadRequest,
+        Refused::Malformed,
+        Refused::UriTooLong,
+        Refused::HeadersTooLarge,
+        Refused::HeaderTimeout,
+        Refused::NoRoute,
+        Refused::NoBackend,
+        Refused::BackendTimeout,
+        Refused::BackendUnreachable,
+        Refused::Internal,
+    ];
+
+    /// The metric label and the access log's `status_details`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::BadRequest => "bad_request",
+            Refused::Malformed => "malformed",
+            Refused::UriTooLong => "uri_too_long",
+            Refused::HeadersTooLarge => "headers_too_large",
+            Refused::HeaderTimeout => "header_timeout",
+            Refused::NoRoute => "no_route",
+            Refused::NoBackend => "no_backend",
+            Refused::BackendTimeout => "backend_timeout",
+            Refused::BackendUnreachable => "backend_unreachable",
+            Refused::Internal => "internal",
+        }
+    }
+
+    /// The reason of a local response with this status.
+    pub fn of_status(status: u16) -> Refused {
+        match status {
+            400 => Refused::BadRequest,
+            404 => Refused::NoRoute,
+            408 => Refused::HeaderTimeout,
+            414 => Refused::UriTooLong,
+            431 => Refused::HeadersTooLarge,
+            502 => Refused::BackendUnreachable,
+            503 => Refused::NoBackend,
+            504 => Refused::BackendTimeout,
+            _ => Refused::Internal,
+        }
+    }
+
+    /// What a connection error of hyper's server says about a refused request, if anything.
+    pub fn of_connection_error(e: &(dyn std::error::Error + 'static)) -> Option<Refused> {
+        let h = e.downcast_ref::<hyper::Error>()?;
+        if h.is_parse_too_large() {
+            Some(Refused::HeadersTooLarge)
+        } else if h.is_parse() {
+            Some(Refused::Malformed)
+        } else if h.is_timeout() {
+            Some(Refused::HeaderTimeout)
+        } else {
+            None
+        }
+    }
+}
+
+/// Counters of the whole L7 tier (not per service).
+#[derive(Debug, Default)]
+pub struct TierCounters {
+    refused: [AtomicU64; Refused::ALL.len()],
+    /// Client connections open now.
+    pub connections: AtomicU64,
+    /// Client connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Access-log lines dropped because the writer fell behind.
+    pub log_dropped: std::sync::Arc<AtomicU64>,
+}
+
+impl TierCounters {
+    pub fn refused(&self, r: Refused) {
+        self.refused[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refused requests by reason label.
+    pub fn refused_snapshot(&self) -> Vec<(&'static str, u64)> {
+        Refused::ALL
+            .iter()
+            .map(|r| (r.label(), self.refused[*r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// A client connection counted open while this lives.
+#[derive(Debug)]
+pub struct OpenConnection<'a>(&'a TierCounters);
+
+impl<'a> OpenConnection<'a> {
+    pub fn new(c: &'a TierCounters) -> Self {
+        c.connections.fetch_add(1, Ordering::Relaxed);
+        c.connections_total.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(c)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A latency histogram in Prometheus shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Histogram {
@@ -99,6 +235,9 @@ pub struct BackendStats {
     pub errors: u64,
     /// Takes new requests (the agent's admission).
     pub serving: bool,
+    /// Final responses by class `[1xx, 2xx, 3xx, 4xx, 5xx]` of requests this backend
+    /// answered last (a retried request counts at the backend that gave the final answer).
+    pub responses_by_class: [u64; 5],
 }
 
 /// One backend service's counters and backends.
@@ -126,6 +265,66 @@ pub struct L7Stats {
     pub in_flight: u64,
     /// Configuration generation (1 at start, +1 per successful reload).
     pub generation: u64,
+    /// Requests the proxy answered itself, by reason label.
+    pub refused: Vec<(&'static str, u64)>,
+    /// Client connections open now, and accepted since start.
+    pub connections: u64,
+    pub connections_total: u64,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: u64,
+}
+
+/// The metrics' view of a stats snapshot.
+pub fn counters(s: &L7Stats) -> crate::metrics::L7Counters {
+    use crate::metrics::{HistogramCounts, L7BackendCounters, L7Counters, L7ServiceCounters};
+    L7Counters {
+        services: s
+            .services
+            .iter()
+            .map(|svc| L7ServiceCounters {
+                service: svc.name.clone(),
+                requests: svc.requests,
+                retries: svc.retries,
+                responses_by_class: svc.responses_by_class,
+                latency: HistogramCounts::from_cumulative(
+                    &svc.latency.bounds_sec,
+                    &svc.latency.cumulative_counts,
+                    svc.latency.sum_sec,
+                ),
+                backends: svc
+                    .backends
+                    .iter()
+                    .map(|b| L7BackendCounters {
+                        backend: b.name.clone(),
+                        requests: b.requests,
+                        in_flight: b.in_flight,
+                        ejected: b.ejected,
+                        ejections: b.ejections.into(),
+                        responses_by_class: b.responses_by_class,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        in_flight: s.in_flight,
+        generation: s.generation,
+        refused: s.refused.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        connections: s.connections,
+        connections_total: s.connections_total,
+        access_log_dropped: s.access_log_dropped,
+    }
+}
+
+/// One L7 listener as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7ListenerInfo {
+    /// The forwarding rule's address and port.
+    pub address: String,
+    pub target_proxy: String,
+    /// HTTPS (a target HTTPS proxy) or plain HTTP.
+    pub tls: bool,
+    /// The socket actually bound; none when the configured listener is not running (a
+    /// refused change left the previous listeners in place).
+    pub bound: Option<String>,
 }
 
 #[cfg(test)]

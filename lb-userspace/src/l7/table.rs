@@ -191,7 +191,8 @@ pub fn build(model: &Model, generation: u64, registry: &Registry) -> Result<Tabl
             affinity,
             members,
             bs.consistent_hash.minimum_ring_size,
-        );
+        )
+        .with_capacity(super::capacity::Capacity::of(bs));
         services.insert(
             name.clone(),
             Arc::new(Service {

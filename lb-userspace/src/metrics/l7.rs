@@ -21,6 +21,8 @@ pub struct L7BackendCounters {
     /// Currently ejected by outlier detection.
     pub ejected: bool,
     pub ejections: u64,
+    /// Final responses by class `[1xx, 2xx, 3xx, 4xx, 5xx]` given by this backend.
+    pub responses_by_class: [u64; 5],
 }
 
 /// Counters of one L7 backend service.
@@ -44,6 +46,13 @@ pub struct L7Counters {
     pub in_flight: u64,
     /// Configuration generation (reloads + 1).
     pub generation: u64,
+    /// Requests the proxy answered itself, by reason.
+    pub refused: Vec<(String, u64)>,
+    /// Client connections open now, and accepted since start.
+    pub connections: u64,
+    pub connections_total: u64,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: u64,
 }
 
 pub(super) type Source = Box<dyn Fn() -> Result<L7Counters, SourceError> + Send + Sync>;
@@ -76,6 +85,32 @@ impl Collector for L7Collector {
             "lb_l7_in_flight_requests",
             "Requests being proxied.",
             [(Vec::new(), i64::try_from(c.in_flight).unwrap_or(i64::MAX))],
+        )?;
+        gauges(
+            &mut enc,
+            "lb_l7_client_connections",
+            "Client connections open now.",
+            [(Vec::new(), i64::try_from(c.connections).unwrap_or(i64::MAX))],
+        )?;
+        counters(
+            &mut enc,
+            "lb_l7_client_connections_accepted",
+            "Client connections accepted.",
+            [(Vec::new(), c.connections_total)],
+        )?;
+        counters(
+            &mut enc,
+            "lb_l7_refused_requests",
+            "Requests the proxy answered itself instead of a backend, by reason.",
+            c.refused
+                .iter()
+                .map(|(r, n)| (vec![("reason", r.as_str())], *n)),
+        )?;
+        counters(
+            &mut enc,
+            "lb_l7_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind.",
+            [(Vec::new(), c.access_log_dropped)],
         )?;
         gauges(
             &mut enc,
@@ -130,8 +165,23 @@ impl Collector for L7Collector {
         counters(
             &mut enc,
             "lb_l7_backend_requests",
-            "Requests sent to the backend.",
+            "Requests sent to the backend (every attempt, retries included).",
             backends().map(|(l, b)| (l, b.requests)),
+        )?;
+        counters(
+            &mut enc,
+            "lb_l7_backend_responses",
+            "Final responses given by the backend, by status class.",
+            backends().flat_map(|(l, b)| {
+                CLASSES
+                    .iter()
+                    .zip(b.responses_by_class)
+                    .map(move |(class, n)| {
+                        let mut l = l.clone();
+                        l.push(("class", class));
+                        (l, n)
+                    })
+            }),
         )?;
         gauges(
             &mut enc,

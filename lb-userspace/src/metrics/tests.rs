@@ -90,10 +90,15 @@ fn l7_counters_render() {
                     in_flight: 0,
                     ejected: true,
                     ejections: 1,
+                    responses_by_class: [0, 2, 0, 0, 1],
                 }],
             }],
             in_flight: 0,
             generation: 2,
+            refused: vec![("no_backend".into(), 5)],
+            connections: 7,
+            connections_total: 9,
+            access_log_dropped: 0,
         })
     });
     let text = m.render();
@@ -103,6 +108,11 @@ fn l7_counters_render() {
         r#"lb_l7_request_duration_seconds_bucket{le="0.1",service="web"} 3"#,
         r#"lb_l7_request_duration_seconds_count{service="web"} 3"#,
         r#"lb_l7_backend_ejected{service="web",backend="b1"} 1"#,
+        r#"lb_l7_backend_responses_total{service="web",backend="b1",class="2xx"} 2"#,
+        r#"lb_l7_refused_requests_total{reason="no_backend"} 5"#,
+        "lb_l7_client_connections 7",
+        "lb_l7_client_connections_accepted_total 9",
+        "lb_l7_access_log_dropped_total 0",
         "lb_l7_config_generation 2",
     ] {
         assert!(

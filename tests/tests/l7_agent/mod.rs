@@ -1,0 +1,169 @@
+//! `lb run` serving L7 only (no `dataplane.interfaces`) on loopback, with the in-process
+//! test backends of `l7_support`: the agent, plain HTTP/1.1 requests over fresh connections,
+//! and `/metrics` scrapes. Every wait has a deadline; the guard stops the agent.
+
+#![allow(dead_code)]
+
+use lb_tests::{lb_binary, netns::ProcGuard, unique};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A running `lb run` with its folder (config, admin socket, log).
+pub struct LbRun {
+    pub dir: PathBuf,
+    pub metrics_port: u16,
+    proc: ProcGuard,
+}
+
+impl Drop for LbRun {
+    fn drop(&mut self) {
+        self.proc.terminate(5);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl LbRun {
+    /// Writes `config` (`{SOCK}`, `{METRICS}` and `{DIR}` replaced) and starts `lb run`;
+    /// returns once `ready_port` answers an HTTP request.
+    pub fn start(config: &str, ready_port: u16) -> LbRun {
+        let dir = std::env::temp_dir().join(unique("lbl7agent-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let metrics_port = super::support::free_port();
+        let text = config
+            .replace("{SOCK}", &dir.join("admin.sock").display().to_string())
+            .replace("{METRICS}", &format!("127.0.0.1:{metrics_port}"))
+            .replace("{DIR}", &dir.display().to_string());
+        let cfg = dir.join("lb.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let log = std::fs::File::create(dir.join("lb.log")).unwrap();
+        let proc = ProcGuard(Some(
+            Command::new(lb_binary())
+                .args(["run", "--config", cfg.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        ));
+        let run = LbRun {
+            dir,
+            metrics_port,
+            proc,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(ready_port, "/", &[]).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "lb run never answered on {ready_port}; log:\n{}",
+                run.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        run
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (status, _, body) = get(self.metrics_port, "/metrics", &[]).expect("metrics answer");
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// `lb <args>` against this agent's socket.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(lb_binary())
+            .args(args)
+            .arg("--socket")
+            .arg(self.dir.join("admin.sock"))
+            .output()
+            .unwrap()
+    }
+}
+
+/// GET over a fresh connection with extra headers; (status, X-Backend, body).
+pub fn get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String, String)> {
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test.example\r\nUser-Agent: lb-test\r\n{extra}Connection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {out:?}")))?;
+    let backend = out
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-backend")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    Ok((status, backend, body))
+}
+
+/// The backends that answered `n` sequential requests.
+pub fn sequence(port: u16, n: usize, headers: &[(&str, &str)]) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let (status, b, _) = get(port, "/", headers).expect("request");
+            assert_eq!(status, 200);
+            b
+        })
+        .collect()
+}
+
+/// One L7 listener, URL map, proxy and service named `<name>`; `service` holds the
+/// service's extra lines and backend entries.
+pub fn site(name: &str, port: u16, service: &str) -> String {
+    format!(
+        r#"
+[forwarding_rules.{name}]
+ip_address = "127.0.0.1"
+ports = [{port}]
+target = "{name}"
+
+[target_http_proxies.{name}]
+url_map = "{name}"
+
+[url_maps.{name}]
+default_service = "{name}"
+
+[backend_services.{name}]
+protocol = "HTTP"
+{service}
+"#
+    )
+}
+
+/// A backend entry of an inline `backends = [...]` list.
+pub fn entry(b: &super::support::TestBackend, extra: &str) -> String {
+    format!(
+        "{{ name = \"{}\", address = \"127.0.0.1\", port = {}{extra} }}",
+        b.name,
+        b.addr.port()
+    )
+}
