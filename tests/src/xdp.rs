@@ -20,13 +20,27 @@ pub struct XdpHarness {
 }
 
 impl XdpHarness {
-    /// Loads the object with small maps (ring `ring_size`, 4 services).
+    /// Loads the object with small maps (ring `ring_size`, 4 services, 4096 connections).
     pub fn new(ring_size: u32) -> Result<Self> {
+        Self::with_conn_table(
+            ring_size,
+            4096,
+            lb_common::limits::DEFAULT_CONN_PROMOTIONS_PER_SEC,
+        )
+    }
+
+    /// Loads the object with a given connection-table size and promotion rate limit.
+    pub fn with_conn_table(
+        ring_size: u32,
+        conn_table_size: u32,
+        promotions_per_sec: u32,
+    ) -> Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique("lbtest-"));
         let sizes = Sizes {
             ring_size,
             max_services: 4,
-            conn_table_size: 4096,
+            conn_table_size,
+            conn_promotions_per_sec: promotions_per_sec,
         };
         let mut ebpf = loader::load(&pin_dir, sizes).context("loading the balancer")?;
         for p in [names::PROG_LB, names::PROG_PASS] {
