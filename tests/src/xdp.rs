@@ -2,8 +2,11 @@
 //! frames with `BPF_PROG_TEST_RUN`. Dropping the harness removes every pinned object.
 
 use anyhow::{Context, Result};
-use aya::programs::Xdp;
-use lb_common::names;
+use aya::{
+    maps::{HashMap, MapData},
+    programs::Xdp,
+};
+use lb_common::{names, ConnEntry, FlowKey};
 use lb_userspace::dataplane::{
     loader::{self, Sizes},
     plan::L4Plan,
@@ -77,6 +80,40 @@ impl XdpHarness {
     /// Runs the trivial pass program (the cost floor).
     pub fn run_pass(&self, frame: &[u8], repeat: u32) -> Result<RunResult> {
         self.run_prog(names::PROG_PASS, frame, repeat)
+    }
+
+    /// A connection table as a userspace map: `CONNS`, or `YOUNG_CONNS` when `young`.
+    pub fn conn_table(&self, young: bool) -> Result<HashMap<MapData, FlowKey, ConnEntry>> {
+        let name = if young {
+            names::MAP_YOUNG_CONNS
+        } else {
+            names::MAP_CONNS
+        };
+        Ok(loader::open_pinned(&self.pin_dir, name)?)
+    }
+
+    /// Entries in a connection table (iterates it).
+    pub fn conn_entries(&self, young: bool) -> Result<usize> {
+        Ok(self.conn_table(young)?.keys().count())
+    }
+
+    /// Sends `frame` (a packet of a flow already seen) until the flow is promoted into
+    /// `CONNS` (a packet at least a second after its entry was made); at most 5 s.
+    pub fn promote(&self, frame: &[u8]) -> Result<()> {
+        let before = self.reason("conn_promoted")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let r = self.run(frame)?;
+            anyhow::ensure!(
+                r.verdict == 3,
+                "flow not forwarded while waiting for promotion"
+            );
+            if self.reason("conn_promoted")? > before {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        anyhow::bail!("the flow was not promoted within 5 s")
     }
 
     pub fn counters(&self) -> Result<Counters> {
