@@ -457,3 +457,26 @@ fn every_error_is_reported_not_just_the_first() {
     );
     assert_eq!(parse(&text).unwrap_err().0.len(), 2);
 }
+
+#[test]
+fn conn_promotion_limit_rule() {
+    for bad in ["0", "10000001"] {
+        broken(
+            "conn_table_size = 262144",
+            &format!("conn_table_size = 262144\nconn_promotions_per_sec = {bad}"),
+            "dataplane.conn_promotions_per_sec",
+            "conn_promotions_per_sec",
+            "1..=10000000",
+        );
+    }
+    let ok = BASE.replacen(
+        "conn_table_size = 262144",
+        "conn_table_size = 262144\nconn_promotions_per_sec = 1",
+        1,
+    );
+    assert_eq!(parse(&ok).unwrap().dataplane.conn_promotions_per_sec, 1);
+    assert_eq!(
+        parse(BASE).unwrap().dataplane.conn_promotions_per_sec,
+        lb_common::limits::DEFAULT_CONN_PROMOTIONS_PER_SEC
+    );
+}
