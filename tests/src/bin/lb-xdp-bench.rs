@@ -45,21 +45,25 @@ fn plan() -> L4Plan {
             evict: false,
         })
         .collect();
+    let service = |name: &str, backends| L4Service {
+        name: name.into(),
+        hash_mode: 0,
+        flags: 1,
+        idle_timeout_s: 600,
+        backends,
+    };
+    let vip = |port, service: &str| L4Vip {
+        name: format!("vip{port}"),
+        addr: [10, 0, 0, 100].into(),
+        port,
+        proto: 6,
+        service: service.into(),
+    };
+    // Port 81 fronts a service without backends: its packets go through the VIP-rule and
+    // Maglev lookups and are dropped before any insert (the new-flow breakdown below).
     L4Plan {
-        services: vec![L4Service {
-            name: "bench".into(),
-            hash_mode: 0,
-            flags: 1,
-            idle_timeout_s: 600,
-            backends,
-        }],
-        vips: vec![L4Vip {
-            name: "vip".into(),
-            addr: [10, 0, 0, 100].into(),
-            port: 80,
-            proto: 6,
-            service: "bench".into(),
-        }],
+        services: vec![service("bench", backends), service("none", vec![])],
+        vips: vec![vip(80, "bench"), vip(81, "none")],
     }
 }
 
@@ -195,19 +199,45 @@ fn main() -> Result<()> {
     }
     let mut floor_single = Vec::new();
     let mut new_single = Vec::new();
+    // Where a new flow's time goes: the same lookups up to a missed VIP rule (port 82, no
+    // rule: passed), up to the Maglev slot (port 81, no backend: dropped), then the insert.
+    let (mut no_rule_single, mut no_backend_single) = (Vec::new(), Vec::new());
     for port in 0..SINGLE_RUNS {
-        let f = Frame::tcp(
-            [10, 1, (port >> 8) as u8, port as u8],
-            1024 + port,
-            [10, 0, 0, 100],
-            80,
-        )
-        .bytes();
+        let at = |dport| {
+            Frame::tcp(
+                [10, 1, (port >> 8) as u8, port as u8],
+                1024 + port,
+                [10, 0, 0, 100],
+                dport,
+            )
+            .bytes()
+        };
+        let f = at(80);
         floor_single.push(h.run_pass(&f, 1)?.duration_ns as f64);
         let r = h.run(&f)?;
         assert_eq!(r.verdict, 3);
         new_single.push(r.duration_ns as f64);
     }
+    // A separate loop, so the new-flow runs above are timed exactly as before this
+    // breakdown existed (fresh sources: 10.2.x.y).
+    for port in 0..SINGLE_RUNS {
+        let at = |dport| {
+            Frame::tcp(
+                [10, 2, (port >> 8) as u8, port as u8],
+                1024 + port,
+                [10, 0, 0, 100],
+                dport,
+            )
+            .bytes()
+        };
+        let r = h.run(&at(82))?;
+        assert_eq!(r.verdict, 2);
+        no_rule_single.push(r.duration_ns as f64);
+        let r = h.run(&at(81))?;
+        assert_eq!(r.verdict, 1);
+        no_backend_single.push(r.duration_ns as f64);
+    }
+    let (no_rule, no_backend) = (median(no_rule_single), median(no_backend_single));
     let mut est_single = Vec::new();
     for _ in 0..SINGLE_RUNS {
         est_single.push(h.run(&vip_frame)?.duration_ns as f64);
@@ -239,6 +269,18 @@ fn main() -> Result<()> {
         "balancer, new flow (table full)",
         ns,
         ns - fs
+    );
+    println!(
+        "  {:<34} {:>8.1} ns   {:>+7.1} ns over floor",
+        "  of which: up to the VIP rule miss",
+        no_rule,
+        no_rule - fs
+    );
+    println!(
+        "  {:<34} {:>8.1} ns   {:>+7.1} ns over floor",
+        "  of which: up to the Maglev slot",
+        no_backend,
+        no_backend - fs
     );
     println!("insert cost, single runs, 262144-entry tables (nothing evicted), median:");
     println!(
