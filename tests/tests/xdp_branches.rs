@@ -446,3 +446,64 @@ fn inconsistent_maps_abort_and_count() {
     assert_eq!(h.reason("abort_internal").unwrap(), 3);
     assert_eq!(h.reason("tx").unwrap(), 0);
 }
+
+#[test]
+fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
+    // LRU exhaustion of CONNS itself: more flows promoted than it holds. Batches fit one
+    // CPU's share of the young table (this thread stays on CPU 0), each promoted a second
+    // after its SYNs.
+    if !root_or_skip("xdp fixtures") {
+        return;
+    }
+    pin_to_cpu0();
+    let mut h = XdpHarness::with_conn_table(RING, 1024, 10_000_000).expect("load");
+    let plan = base_plan();
+    h.apply(&plan).unwrap();
+    let flow = |i: u32| ack(Frame::tcp([10, 8, (i >> 8) as u8, i as u8], 2000, VIP, 80));
+    const BATCH: u32 = 450;
+    for b in 0..3 {
+        for i in b * BATCH..(b + 1) * BATCH {
+            let mut syn = flow(i);
+            syn.tcp_flags = 0x02;
+            assert_eq!(h.run(&syn.bytes()).unwrap().verdict, TX);
+        }
+        // Young entries must be a second old on the kernel's clock (time passing, not a
+        // wait for another thread).
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        for i in b * BATCH..(b + 1) * BATCH {
+            assert_eq!(h.run(&flow(i).bytes()).unwrap().verdict, TX);
+        }
+    }
+    assert_eq!(h.reason("conn_promoted").unwrap(), 3 * BATCH as u64);
+    let conns = h.conn_table(false).unwrap();
+    assert!(h.conn_entries(false).unwrap() <= 1024);
+    let gone = (0..3 * BATCH)
+        .find(|i| conns.get(&key(&flow(*i)), 0).is_err())
+        .expect("a 1024-entry table kept 1350 flows");
+    let f = flow(gone);
+    check(
+        &h,
+        &[Case {
+            what: "packet of a flow evicted from CONNS",
+            output: forwarded(&f.bytes(), predict(&plan, "five", &f)),
+            input: f.bytes(),
+            verdict: TX,
+        }],
+    );
+    assert_eq!(h.reason("conn_miss_mid_flow").unwrap(), 1);
+    // It starts again as a young flow.
+    assert!(h.conn_table(true).unwrap().get(&key(&f), 0).is_ok());
+}
+
+/// Runs this test thread on CPU 0 only (one per-CPU LRU list takes its inserts).
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the call affects this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
