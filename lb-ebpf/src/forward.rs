@@ -114,10 +114,7 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
     let Some(meta) = lookup_vip(&flow, addr_flags) else {
         return (PASS, Reason::PASS_NOT_VIP);
     };
-    if mid_flow {
-        counters::reason(Reason::CONN_MISS_MID_FLOW);
-    }
-    balance(eth, &meta, &flow, len, now, true)
+    balance(eth, &meta, &flow, len, now, Create::Yes { mid_flow })
 }
 
 /// The forwarding rule of a flow: exact port first, then the all-ports rule where the
@@ -190,7 +187,7 @@ fn icmp_frag_needed(
             let Some(meta) = lookup_vip(&flow, flags) else {
                 return not_ours;
             };
-            balance(eth, &meta, &flow, len, now, false)
+            balance(eth, &meta, &flow, len, now, Create::No)
         }
     };
     if verdict.0 == TX {
@@ -268,8 +265,16 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The full path: a packet for a VIP that had no usable fast-path entry. `create` records
-/// the choice in the connection table (not for ICMP errors, which are not flows).
+/// Whether the full path records its choice: yes for packets of the flow (`mid_flow`: a TCP
+/// packet without SYN, counted when it finds no entry), no for ICMP errors about it, which
+/// are not flows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    Yes { mid_flow: bool },
+    No,
+}
+
+/// The full path: a packet for a VIP that had no usable fast-path entry.
 #[inline(always)]
 fn balance(
     eth: *mut EthHdr,
@@ -277,7 +282,7 @@ fn balance(
     flow: &FlowKey,
     len: u64,
     now: u64,
-    create: bool,
+    create: Create,
 ) -> (u32, Reason) {
     let Some(vstats) = counters::vip(meta.vip_id) else {
         return (ABORT, Reason::ABORT_INTERNAL);
@@ -309,13 +314,16 @@ fn balance(
             vstats.conn_hits += 1;
             counters::backend(found.entry.backend, len, false);
             let be = found.backend;
-            if create {
+            if create != Create::No {
                 conntrack::touch(conn_key, found, now);
             }
             return rewrite(eth, be);
         }
     }
     vstats.conn_misses += 1;
+    if create == (Create::Yes { mid_flow: true }) {
+        counters::reason(Reason::CONN_MISS_MID_FLOW);
+    }
 
     let Some(settings) = SETTINGS.get(0) else {
         return (ABORT, Reason::ABORT_INTERNAL);
@@ -345,11 +353,12 @@ fn balance(
         vip_generation: meta.generation,
         last_seen_ns: now,
     };
-    if create {
+    let created = create != Create::No;
+    if created {
         conntrack::insert_young(conn_key, &entry);
         vstats.new_flows += 1;
     }
-    counters::backend(id, len, create);
+    counters::backend(id, len, created);
     rewrite(eth, be)
 }
 

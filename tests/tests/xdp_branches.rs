@@ -507,3 +507,46 @@ fn pin_to_cpu0() {
         );
     }
 }
+
+#[test]
+fn mid_flow_misses_count_only_packets_without_any_entry() {
+    // PER_SESSION: a new connection of a known session finds the session's entry, so its
+    // ACKs are no misses; an ACK from a client with no session is one.
+    if !root_or_skip("xdp fixtures") {
+        return;
+    }
+    let mut h = XdpHarness::with_conn_table(RING, 4096, 5000).expect("load");
+    let plan = L4Plan {
+        services: vec![service(
+            "sess",
+            lb_common::hash_mode::CLIENT_IP,
+            lb_common::service_flags::PER_SESSION,
+            vec![backend(1), backend(2), backend(3)],
+        )],
+        vips: vec![vip("s", VIP, 0, 6, "sess")],
+    };
+    h.apply(&plan).unwrap();
+    let syn = Frame::tcp(CLIENT, 47000, VIP, 80);
+    let owner = predict(&plan, "sess", &syn);
+    assert_eq!(h.run(&syn.bytes()).unwrap().frame[0..6], owner);
+    let same_session = ack(Frame::tcp(CLIENT, 47001, VIP, 443));
+    let stranger = ack(Frame::tcp([10, 0, 4, 4], 47000, VIP, 80));
+    check(
+        &h,
+        &[
+            Case {
+                what: "ACK of a new connection in a known session",
+                output: forwarded(&same_session.bytes(), owner),
+                input: same_session.bytes(),
+                verdict: TX,
+            },
+            Case {
+                what: "ACK with no session",
+                output: forwarded(&stranger.bytes(), predict(&plan, "sess", &stranger)),
+                input: stranger.bytes(),
+                verdict: TX,
+            },
+        ],
+    );
+    assert_eq!(h.reason("conn_miss_mid_flow").unwrap(), 1);
+}
