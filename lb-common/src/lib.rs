@@ -29,6 +29,8 @@ pub mod names {
     pub const MAP_BACKENDS: &str = "BACKENDS";
     pub const MAP_MAGLEV: &str = "MAGLEV";
     pub const MAP_CONNS: &str = "CONNS";
+    pub const MAP_YOUNG_CONNS: &str = "YOUNG_CONNS";
+    pub const MAP_PROMOTION_WINDOW: &str = "PROMOTION_WINDOW";
     pub const MAP_SETTINGS: &str = "SETTINGS";
     pub const MAP_VIP_STATS: &str = "VIP_STATS";
     pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
@@ -51,7 +53,17 @@ pub mod limits {
     pub const DEFAULT_RING_SIZE: u32 = 65537;
     /// Default connection-table capacity (LRU: the least recently used flow is evicted).
     pub const DEFAULT_CONN_TABLE_SIZE: u32 = 262_144;
+    /// Default promotions from the young-flow table into the connection table, per second
+    /// and per CPU (`dataplane.conn_promotions_per_sec`).
+    pub const DEFAULT_CONN_PROMOTIONS_PER_SEC: u32 = 5_000;
+    /// A young flow is promoted into the connection table by its first packet at least this
+    /// long after the entry was made (or last refreshed while promotion was refused).
+    pub const PROMOTE_AFTER_NS: u64 = 1_000_000_000;
 }
+
+/// `BPF_F_NO_COMMON_LRU` (include/uapi/linux/bpf.h): one LRU list per CPU instead of one
+/// shared list, so inserts and evictions take no lock shared between CPUs.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Maglev slot value meaning "no backend": the service has none usable, drop.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -235,6 +247,18 @@ pub struct Settings {
     /// Maglev table size M (prime). The `MAGLEV` array holds `2 * M` slots per service.
     pub ring_size: u32,
     pub max_services: u32,
+    /// Most young flows promoted into `CONNS` per second on one CPU; above it, promotion is
+    /// skipped (counted) and the flow stays young. 0 is never written (validation).
+    pub conn_promotions_per_sec: u32,
+}
+
+/// Value of `PROMOTION_WINDOW` (per CPU): promotions counted in the current one-second
+/// window, the rate limit of [`Settings::conn_promotions_per_sec`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PromotionWindow {
+    pub start_ns: u64,
+    pub count: u64,
 }
 
 /// Per-CPU counters of one VIP (`VIP_STATS`).
@@ -295,6 +319,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for PromotionWindow {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
 }
@@ -325,7 +350,9 @@ mod layout {
         assert_eq!(offset_of!(ConnEntry, last_seen_ns), 16);
         assert_eq!(size_of::<VipState>(), 8);
         assert_eq!(offset_of!(FlowKey, kind), 38);
-        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<Settings>(), 12);
+        assert_eq!(offset_of!(Settings, conn_promotions_per_sec), 8);
+        assert_eq!(size_of::<PromotionWindow>(), 16);
         assert_eq!(size_of::<VipStats>(), 48);
         assert_eq!(size_of::<BackendStats>(), 24);
     }

@@ -43,7 +43,22 @@ impl Reason {
     /// (counted in addition to TX).
     pub const SEEN_ICMP_TO_BACKEND: Reason = Reason(13);
 
-    pub const COUNT: u32 = 14;
+    // Connection-table events (counted beside the packet's verdict, like `SEEN_*`): each is
+    // a packet that caused the event. See the README, "Connection table under a flood".
+    /// A new flow's entry made in the young-flow table.
+    pub const CONN_YOUNG_INSERT: Reason = Reason(14);
+    /// An insert into either table failed (memory pressure); the packet is still forwarded.
+    pub const CONN_INSERT_FAILED: Reason = Reason(15);
+    /// A young flow that lived past `PROMOTE_AFTER_NS` was copied into `CONNS`.
+    pub const CONN_PROMOTED: Reason = Reason(16);
+    /// A promotion refused because this CPU promoted `conn_promotions_per_sec` flows in the
+    /// current second (a flood of flows that live long enough); the flow stays young.
+    pub const CONN_PROMOTION_SKIPPED: Reason = Reason(17);
+    /// A TCP packet without SYN to a VIP that found no entry in either table: its entry was
+    /// evicted or expired, or the flow started elsewhere. The observable trace of evictions.
+    pub const CONN_MISS_MID_FLOW: Reason = Reason(18);
+
+    pub const COUNT: u32 = 19;
 
     /// Stable names, used by `lb stats`, the admin socket and metrics.
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
@@ -61,6 +76,11 @@ impl Reason {
         "abort_internal",
         "seen_ip_options",
         "seen_icmp_to_backend",
+        "conn_young_insert",
+        "conn_insert_failed",
+        "conn_promoted",
+        "conn_promotion_skipped",
+        "conn_miss_mid_flow",
     ];
 
     pub fn name(self) -> &'static str {

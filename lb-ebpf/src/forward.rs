@@ -2,11 +2,14 @@
 //! 1. Ethernet, then IPv4 (other ethertypes and IPv6 pass untouched);
 //! 2. IPv4 sanity (version, IHL ≥ 5, total length ≥ header): failures pass, so the kernel
 //!    applies its own validation exactly as if the balancer were not there;
-//! 3. TCP or UDP only; fragments and truncated L4 headers are dropped only when addressed to
-//!    a VIP address (their ports cannot be read, so no backend can be chosen), else passed;
-//! 4. fast path: the connection table by raw 5-tuple (established PER_CONNECTION flows);
-//! 5. VIP lookup on (address, port, protocol), then (address, 0, protocol);
-//! 6. PER_SESSION entry, else Maglev; rewrite MACs; XDP_TX.
+//! 3. TCP or UDP only;
+//! 4. VIP address check (one small lookup) before any connection-table access: traffic not
+//!    for a VIP address passes; fragments and truncated L4 headers to a VIP address are
+//!    dropped (their ports cannot be read, so no backend can be chosen);
+//! 5. fast path: the connection tables by raw 5-tuple (established PER_CONNECTION flows);
+//! 6. VIP lookup on (address, port, protocol), then (address, 0, protocol);
+//! 7. PER_SESSION entry, else Maglev (new entries go to the young table, `conntrack`);
+//!    rewrite MACs; XDP_TX.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
@@ -23,9 +26,9 @@ use network_types::{
 };
 
 use crate::{
-    counters,
+    conntrack, counters,
     keys::{v4_flow, vip_addr_key, vip_key},
-    maps::{BACKENDS, CONNS, MAGLEV, SERVICES, SETTINGS, VIPS, VIP_ADDRS, VIP_STATE},
+    maps::{BACKENDS, MAGLEV, SERVICES, SETTINGS, VIPS, VIP_ADDRS, VIP_STATE},
     parse::{frame_len, ptr_at},
 };
 
@@ -36,8 +39,9 @@ const ABORT: u32 = xdp_action::XDP_ABORTED;
 
 /// IPv4 "more fragments" flag and fragment offset (RFC 791 §3.1).
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
-/// Connection-table timestamps are refreshed at most this often.
-const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+/// Offset of the flags byte in the TCP header (RFC 9293 §3.1) and its SYN bit.
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
 
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> (u32, Reason) {
@@ -62,15 +66,22 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
         return (PASS, Reason::PASS_BAD_IP);
     }
     let proto = ip.proto;
-    if proto == PROTO_ICMP && u16::from_be_bytes(ip.frags) & IP_MF_OFFSET_MASK == 0 {
+    let fragment = u16::from_be_bytes(ip.frags) & IP_MF_OFFSET_MASK != 0;
+    if proto == PROTO_ICMP && !fragment {
         return icmp_frag_needed(ctx, eth, EthHdr::LEN + ihl, ip.dst_addr);
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return (PASS, Reason::PASS_NOT_TCP_UDP);
     }
     let dst = ip.dst_addr;
-    if u16::from_be_bytes(ip.frags) & IP_MF_OFFSET_MASK != 0 {
-        return verdict_without_ports(dst, proto, Reason::DROP_FRAGMENT);
+    // VIP check first: one small lookup settles all traffic not for a VIP address (most of a
+    // host's traffic) before any connection-table access.
+    let Some(addr_flags) = vip_addr_flags(dst, proto) else {
+        return (PASS, Reason::PASS_NOT_VIP);
+    };
+    if fragment {
+        // Its ports cannot be read (or are in another fragment): no backend can be chosen.
+        return (DROP, Reason::DROP_FRAGMENT);
     }
     if ihl > Ipv4Hdr::LEN {
         // Options are skipped by IHL and the packet is forwarded unchanged; counted so an
@@ -79,32 +90,31 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
     }
     let l4 = EthHdr::LEN + ihl;
     // Both TCP and UDP start with source and destination ports; require the whole header.
+    // A TCP packet without SYN continues a flow (for the mid-flow miss counter).
     let ports = if proto == PROTO_TCP {
-        ptr_at::<TcpHdr>(ctx, l4).map(|t| unsafe { ((*t).source, (*t).dest) })
+        ptr_at::<TcpHdr>(ctx, l4).map(|t| unsafe {
+            let flags = (t as *const u8).add(TCP_FLAGS_OFFSET).read();
+            ((*t).source, (*t).dest, flags & TCP_SYN == 0)
+        })
     } else {
-        ptr_at::<UdpHdr>(ctx, l4).map(|u| unsafe { ((*u).src, (*u).dst) })
+        ptr_at::<UdpHdr>(ctx, l4).map(|u| unsafe { ((*u).src, (*u).dst, false) })
     };
-    let Some((sport, dport)) = ports else {
-        return verdict_without_ports(dst, proto, Reason::DROP_SHORT_L4);
+    let Some((sport, dport, mid_flow)) = ports else {
+        return (DROP, Reason::DROP_SHORT_L4);
     };
     let flow = v4_flow(ip.src_addr, dst, sport, dport, proto);
     let len = frame_len(ctx);
     let now = now_ns();
-    // Fast path: an established PER_CONNECTION flow finds its entry from its own headers,
-    // with one hash lookup; the entry names its VIP, whose state says whether it still
-    // stands. Anything else falls through to the full VIP lookup.
-    if let Some(verdict) = established(eth, &flow, len, now) {
+    // Fast path: an established PER_CONNECTION flow finds its entry from its own headers;
+    // the entry names its VIP, whose state says whether it still stands. Anything else
+    // falls through to the VIP lookup (exact port, then the all-ports rule where one exists).
+    if let Some(verdict) = established(eth, &flow, len, now, true) {
         return verdict;
     }
-    // Which VIP: the address map first (one lookup settles all traffic not for a VIP
-    // address), then the exact port, then the all-ports rule only where one exists.
-    let Some(addr_flags) = vip_addr_flags(dst, proto) else {
-        return (PASS, Reason::PASS_NOT_VIP);
-    };
     let Some(meta) = lookup_vip(&flow, addr_flags) else {
         return (PASS, Reason::PASS_NOT_VIP);
     };
-    balance(eth, &meta, &flow, len, now, true)
+    balance(eth, &meta, &flow, len, now, Create::Yes { mid_flow })
 }
 
 /// The forwarding rule of a flow: exact port first, then the all-ports rule where the
@@ -166,18 +176,18 @@ fn icmp_frag_needed(
         [ports[0], ports[1]],
         inner.proto,
     );
+    let Some(flags) = vip_addr_flags(inner.src_addr, inner.proto) else {
+        return not_ours;
+    };
     let len = frame_len(ctx);
     let now = now_ns();
-    let verdict = match established(eth, &flow, len, now) {
+    let verdict = match established(eth, &flow, len, now, false) {
         Some(v) => v,
         None => {
-            let Some(flags) = vip_addr_flags(inner.src_addr, inner.proto) else {
-                return not_ours;
-            };
             let Some(meta) = lookup_vip(&flow, flags) else {
                 return not_ours;
             };
-            balance(eth, &meta, &flow, len, now, false)
+            balance(eth, &meta, &flow, len, now, Create::No)
         }
     };
     if verdict.0 == TX {
@@ -187,48 +197,55 @@ fn icmp_frag_needed(
 }
 
 /// The connection-table fast path for PER_CONNECTION flows; `None` sends the packet down the
-/// full path (no entry, stale entry, or a service now tracking sessions).
+/// full path (no entry, stale entry, or a service now tracking sessions). `is_flow_packet`
+/// is false for ICMP errors about the flow, which neither refresh nor promote its entry.
 #[inline(always)]
-fn established(eth: *mut EthHdr, flow: &FlowKey, len: u64, now: u64) -> Option<(u32, Reason)> {
-    let entry = unsafe { &mut *CONNS.get_ptr_mut(flow)? };
-    let state = VIP_STATE.get(entry.vip_id)?;
-    if state.generation != entry.vip_generation {
-        return None;
-    }
-    let svc = SERVICES.get(state.service)?;
-    if svc.flags & service_flags::PER_SESSION != 0 {
-        return None;
-    }
-    let be = usable_entry(entry, svc, flow.proto, now)?;
-    let vstats = counters::vip(entry.vip_id)?;
+fn established(
+    eth: *mut EthHdr,
+    flow: &FlowKey,
+    len: u64,
+    now: u64,
+    is_flow_packet: bool,
+) -> Option<(u32, Reason)> {
+    let found = conntrack::find(flow, |e| {
+        let state = VIP_STATE.get(e.vip_id)?;
+        if state.generation != e.vip_generation {
+            return None;
+        }
+        let svc = SERVICES.get(state.service)?;
+        if svc.flags & service_flags::PER_SESSION != 0 {
+            return None;
+        }
+        usable_entry(e, svc, flow.proto, now)
+    })?;
+    let vstats = counters::vip(found.entry.vip_id)?;
     vstats.packets += 1;
     vstats.bytes += len;
     vstats.conn_hits += 1;
-    counters::backend(entry.backend, len, false);
+    counters::backend(found.entry.backend, len, false);
+    let be = found.backend;
+    if is_flow_packet {
+        conntrack::touch(flow, found, now);
+    }
     Some(rewrite(eth, be))
 }
 
 /// The backend of a connection-table entry, if the flow may stay there: not idle past the
-/// service's timeout, and the backend keeps the flow (see `keeps_flow`). Refreshes the
-/// entry's timestamp.
+/// service's timeout, and the backend keeps the flow (see `keeps_flow`).
 #[inline(always)]
 fn usable_entry(
-    entry: &mut ConnEntry,
+    entry: &ConnEntry,
     svc: &ServiceMeta,
     proto: u8,
     now: u64,
 ) -> Option<&'static Backend> {
     let idle_ns = svc.idle_timeout_s as u64 * 1_000_000_000;
-    let age = now.wrapping_sub(entry.last_seen_ns);
-    if age > idle_ns {
+    if now.wrapping_sub(entry.last_seen_ns) > idle_ns {
         return None;
     }
     let be = BACKENDS.get(entry.backend)?;
     if !keeps_flow(be, entry.generation, svc, proto) {
         return None;
-    }
-    if age > LAST_SEEN_GRANULARITY_NS {
-        entry.last_seen_ns = now;
     }
     Some(be)
 }
@@ -240,16 +257,6 @@ fn vip_addr_flags(dst: [u8; 4], proto: u8) -> Option<u32> {
     unsafe { VIP_ADDRS.get(vip_addr_key(dst, proto)) }.copied()
 }
 
-/// Fragments and truncated L4 headers: dropped when addressed to a VIP address, else passed.
-#[inline(always)]
-fn verdict_without_ports(dst: [u8; 4], proto: u8, drop_reason: Reason) -> (u32, Reason) {
-    if vip_addr_flags(dst, proto).is_some() {
-        (DROP, drop_reason)
-    } else {
-        (PASS, Reason::PASS_NOT_VIP)
-    }
-}
-
 /// The coarse monotonic clock: tick resolution (a few ms) is plenty for idle timeouts
 /// counted in seconds, and it costs a memory read instead of a clocksource read per packet.
 #[inline(always)]
@@ -258,8 +265,16 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The full path: a packet for a VIP that had no usable fast-path entry. `create` records
-/// the choice in the connection table (not for ICMP errors, which are not flows).
+/// Whether the full path records its choice: yes for packets of the flow (`mid_flow`: a TCP
+/// packet without SYN, counted when it finds no entry), no for ICMP errors about it, which
+/// are not flows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    Yes { mid_flow: bool },
+    No,
+}
+
+/// The full path: a packet for a VIP that had no usable fast-path entry.
 #[inline(always)]
 fn balance(
     eth: *mut EthHdr,
@@ -267,7 +282,7 @@ fn balance(
     flow: &FlowKey,
     len: u64,
     now: u64,
-    create: bool,
+    create: Create,
 ) -> (u32, Reason) {
     let Some(vstats) = counters::vip(meta.vip_id) else {
         return (ABORT, Reason::ABORT_INTERNAL);
@@ -289,18 +304,26 @@ fn balance(
     }
     let conn_key = if per_session { &hashed } else { flow };
     if per_session {
-        if let Some(entry) = CONNS.get_ptr_mut(conn_key) {
-            let entry = unsafe { &mut *entry };
-            if entry.vip_id == meta.vip_id && entry.vip_generation == meta.generation {
-                if let Some(be) = usable_entry(entry, svc, flow.proto, now) {
-                    vstats.conn_hits += 1;
-                    counters::backend(entry.backend, len, false);
-                    return rewrite(eth, be);
-                }
+        let found = conntrack::find(conn_key, |e| {
+            if e.vip_id != meta.vip_id || e.vip_generation != meta.generation {
+                return None;
             }
+            usable_entry(e, svc, flow.proto, now)
+        });
+        if let Some(found) = found {
+            vstats.conn_hits += 1;
+            counters::backend(found.entry.backend, len, false);
+            let be = found.backend;
+            if create != Create::No {
+                conntrack::touch(conn_key, found, now);
+            }
+            return rewrite(eth, be);
         }
     }
     vstats.conn_misses += 1;
+    if create == (Create::Yes { mid_flow: true }) {
+        counters::reason(Reason::CONN_MISS_MID_FLOW);
+    }
 
     let Some(settings) = SETTINGS.get(0) else {
         return (ABORT, Reason::ABORT_INTERNAL);
@@ -330,13 +353,12 @@ fn balance(
         vip_generation: meta.generation,
         last_seen_ns: now,
     };
-    // A failed insert (only possible under memory pressure) still forwards this packet;
-    // the next one is hashed again to the same backend.
-    if create {
-        let _ = CONNS.insert(conn_key, entry, 0);
+    let created = create != Create::No;
+    if created {
+        conntrack::insert_young(conn_key, &entry);
         vstats.new_flows += 1;
     }
-    counters::backend(id, len, create);
+    counters::backend(id, len, created);
     rewrite(eth, be)
 }
 

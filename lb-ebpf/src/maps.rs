@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    limits, Backend, BackendStats, ConnEntry, FlowKey, Reason, ServiceMeta, Settings, VipAddrKey,
-    VipKey, VipMeta, VipState, VipStats,
+    limits, Backend, BackendStats, ConnEntry, FlowKey, PromotionWindow, Reason, ServiceMeta,
+    Settings, VipAddrKey, VipKey, VipMeta, VipState, VipStats, BPF_F_NO_COMMON_LRU,
 };
 
 /// Forwarding rules: (address, port or 0, protocol) → service and VIP id.
@@ -37,11 +37,27 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(limits::MAX_BACKEN
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Connection table: flow → backend. LRU so a full table evicts the coldest flow rather
-/// than refusing new ones.
+/// Connection table: flow → backend, for flows that lived past `PROMOTE_AFTER_NS` (promoted
+/// from `YOUNG_CONNS`, at most `conn_promotions_per_sec` per CPU per second). LRU so a full
+/// table evicts the coldest flow rather than refusing new ones; a flood of short-lived
+/// (spoofed) flows never reaches it. One LRU list shared by all CPUs: an established flow
+/// ages against every CPU's promotions, not against one CPU's share of the table.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, 0);
+
+/// Young-flow table: every new flow's entry starts here, so packets of a flow younger than a
+/// second stay on their backend. A flood churns only this table. Per-CPU LRU lists
+/// (`BPF_F_NO_COMMON_LRU`): inserts take no cross-CPU lock (README: insert cost figures).
+/// Sized like `CONNS` by the loader.
+#[map]
+pub static YOUNG_CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Per CPU: the promotion rate window (`Settings::conn_promotions_per_sec`). Not pinned: a
+/// new program starting with an empty window only allows one window's worth early.
+#[map]
+pub static PROMOTION_WINDOW: PerCpuArray<PromotionWindow> = PerCpuArray::with_max_entries(1, 0);
 
 /// `SETTINGS[0]`: ring size and service count.
 #[map]

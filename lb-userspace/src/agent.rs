@@ -82,6 +82,7 @@ pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
         ring_size: d.ring_size,
         max_services: d.max_services,
         conn_table_size: d.conn_table_size,
+        conn_promotions_per_sec: d.conn_promotions_per_sec,
     };
     let mut ebpf = loader::load(&d.pin_path, sizes).context("loading the dataplane")?;
     for iface in &d.interfaces {

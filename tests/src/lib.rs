@@ -6,6 +6,7 @@ pub mod lbrun;
 pub mod netns;
 pub mod packet;
 pub mod xdp;
+pub mod xdp_cases;
 
 /// A name unique to this process and call, for namespaces, links and pin folders, so two
 /// test runs (or two tests in one run) never collide.

@@ -2,8 +2,11 @@
 //! frames with `BPF_PROG_TEST_RUN`. Dropping the harness removes every pinned object.
 
 use anyhow::{Context, Result};
-use aya::programs::Xdp;
-use lb_common::names;
+use aya::{
+    maps::{HashMap, MapData},
+    programs::Xdp,
+};
+use lb_common::{names, ConnEntry, FlowKey};
 use lb_userspace::dataplane::{
     loader::{self, Sizes},
     plan::L4Plan,
@@ -20,13 +23,27 @@ pub struct XdpHarness {
 }
 
 impl XdpHarness {
-    /// Loads the object with small maps (ring `ring_size`, 4 services).
+    /// Loads the object with small maps (ring `ring_size`, 4 services, 4096 connections).
     pub fn new(ring_size: u32) -> Result<Self> {
+        Self::with_conn_table(
+            ring_size,
+            4096,
+            lb_common::limits::DEFAULT_CONN_PROMOTIONS_PER_SEC,
+        )
+    }
+
+    /// Loads the object with a given connection-table size and promotion rate limit.
+    pub fn with_conn_table(
+        ring_size: u32,
+        conn_table_size: u32,
+        promotions_per_sec: u32,
+    ) -> Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique("lbtest-"));
         let sizes = Sizes {
             ring_size,
             max_services: 4,
-            conn_table_size: 4096,
+            conn_table_size,
+            conn_promotions_per_sec: promotions_per_sec,
         };
         let mut ebpf = loader::load(&pin_dir, sizes).context("loading the balancer")?;
         for p in [names::PROG_LB, names::PROG_PASS] {
@@ -63,6 +80,40 @@ impl XdpHarness {
     /// Runs the trivial pass program (the cost floor).
     pub fn run_pass(&self, frame: &[u8], repeat: u32) -> Result<RunResult> {
         self.run_prog(names::PROG_PASS, frame, repeat)
+    }
+
+    /// A connection table as a userspace map: `CONNS`, or `YOUNG_CONNS` when `young`.
+    pub fn conn_table(&self, young: bool) -> Result<HashMap<MapData, FlowKey, ConnEntry>> {
+        let name = if young {
+            names::MAP_YOUNG_CONNS
+        } else {
+            names::MAP_CONNS
+        };
+        Ok(loader::open_pinned(&self.pin_dir, name)?)
+    }
+
+    /// Entries in a connection table (iterates it).
+    pub fn conn_entries(&self, young: bool) -> Result<usize> {
+        Ok(self.conn_table(young)?.keys().count())
+    }
+
+    /// Sends `frame` (a packet of a flow already seen) until the flow is promoted into
+    /// `CONNS` (a packet at least a second after its entry was made); at most 5 s.
+    pub fn promote(&self, frame: &[u8]) -> Result<()> {
+        let before = self.reason("conn_promoted")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let r = self.run(frame)?;
+            anyhow::ensure!(
+                r.verdict == 3,
+                "flow not forwarded while waiting for promotion"
+            );
+            if self.reason("conn_promoted")? > before {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        anyhow::bail!("the flow was not promoted within 5 s")
     }
 
     pub fn counters(&self) -> Result<Counters> {

@@ -564,6 +564,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ChangeErro
     if a.conn_table_size != b.conn_table_size {
         diffs.insert("dataplane.conn_table_size");
     }
+    if a.conn_promotions_per_sec != b.conn_promotions_per_sec {
+        diffs.insert("dataplane.conn_promotions_per_sec");
+    }
     if a.pin_path != b.pin_path {
         diffs.insert("dataplane.pin_path");
     }

@@ -16,6 +16,7 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("dataplane.ring_size", "dataplane/loader.rs", "Maglev table size; budget checked with max_services"),
     ("dataplane.max_services", "dataplane/loader.rs", "Maglev map room"),
     ("dataplane.conn_table_size", "dataplane/loader.rs", "connection-table LRU size, bounded"),
+    ("dataplane.conn_promotions_per_sec", "dataplane/loader.rs", "young-to-established promotions per CPU per second"),
     ("dataplane.pin_path", "dataplane/loader.rs", "bpffs pins"),
     ("admin", "agent.rs", "section"),
     ("admin.socket", "agent.rs", "admin Unix socket"),

@@ -78,8 +78,11 @@ pub struct Dataplane {
     pub ring_size: u32,
     /// Backend services the Maglev map has room for.
     pub max_services: u32,
-    /// Connection-table capacity (LRU).
+    /// Connection-table capacity (LRU); the young-flow table has as many entries.
     pub conn_table_size: u32,
+    /// Young flows promoted into the connection table per second per CPU, at most; above
+    /// it (a flood of flows that live past a second) promotion is skipped and counted.
+    pub conn_promotions_per_sec: u32,
     /// bpffs folder where the program and maps are pinned, so a restarted agent adopts them.
     pub pin_path: PathBuf,
 }
@@ -92,6 +95,7 @@ impl Default for Dataplane {
             ring_size: lb_common::limits::DEFAULT_RING_SIZE,
             max_services: lb_common::limits::DEFAULT_MAX_SERVICES,
             conn_table_size: lb_common::limits::DEFAULT_CONN_TABLE_SIZE,
+            conn_promotions_per_sec: lb_common::limits::DEFAULT_CONN_PROMOTIONS_PER_SEC,
             pin_path: PathBuf::from("/sys/fs/bpf/lb"),
         }
     }

@@ -123,6 +123,19 @@ pub fn locate(text: &str, place: &str) -> Option<usize> {
     best
 }
 
+/// The promotion rate limit of the connection table: 0 would never promote a flow (every
+/// flow would live in the flood-exposed young table), so it is refused.
+fn conn_promotions_error(d: &Dataplane) -> Option<String> {
+    const RANGE: std::ops::RangeInclusive<u32> = 1..=10_000_000;
+    (!RANGE.contains(&d.conn_promotions_per_sec)).then(|| {
+        format!(
+            "{} is outside 1..=10000000 (flows per second per CPU; the default is {})",
+            d.conn_promotions_per_sec,
+            lb_common::limits::DEFAULT_CONN_PROMOTIONS_PER_SEC
+        )
+    })
+}
+
 /// Checks every rule; returns all errors found. One function per section, each adding
 /// the errors of its section with their places.
 pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
@@ -164,6 +177,9 @@ fn dataplane(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "dataplane.conn_table_size".into(),
             "must be at least 1024".into(),
         );
+    }
+    if let Some(msg) = conn_promotions_error(d) {
+        err("dataplane.conn_promotions_per_sec".into(), msg);
     }
 }
 

@@ -29,6 +29,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::MAP_BACKENDS,
     names::MAP_MAGLEV,
     names::MAP_CONNS,
+    names::MAP_YOUNG_CONNS,
     names::MAP_SETTINGS,
     names::MAP_VIP_STATS,
     names::MAP_BACKEND_STATS,
@@ -54,12 +55,15 @@ pub enum LoadError {
     Io(String),
 }
 
-/// Sizes fixed at load time.
+/// Sizes and settings fixed at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sizes {
     pub ring_size: u32,
     pub max_services: u32,
+    /// Entries of `CONNS`, and of `YOUNG_CONNS` (same size).
     pub conn_table_size: u32,
+    /// `Settings::conn_promotions_per_sec` (written into `SETTINGS` at load).
+    pub conn_promotions_per_sec: u32,
 }
 
 impl Sizes {
@@ -108,22 +112,28 @@ fn is_bpffs(p: &Path) -> bool {
 }
 
 /// Drops pinned maps whose size no longer matches `sizes` (a changed ring size, service
-/// count or table size cannot be adopted); returns the names dropped.
+/// count or table size cannot be adopted) or whose shape an upgrade changed (more verdict
+/// reasons, a longer `Settings`); returns the names dropped.
 fn drop_mismatched_pins(dir: &Path, sizes: &Sizes) -> Vec<&'static str> {
+    let settings_size = std::mem::size_of::<Settings>() as u32;
+    // (name, entries, value size when it matters)
     let want = [
-        (names::MAP_MAGLEV, sizes.maglev_entries()),
-        (names::MAP_SERVICES, sizes.max_services),
-        (names::MAP_CONNS, sizes.conn_table_size),
+        (names::MAP_MAGLEV, sizes.maglev_entries(), None),
+        (names::MAP_SERVICES, sizes.max_services, None),
+        (names::MAP_CONNS, sizes.conn_table_size, None),
+        (names::MAP_YOUNG_CONNS, sizes.conn_table_size, None),
+        (names::MAP_REASONS, lb_common::Reason::COUNT, None),
+        (names::MAP_SETTINGS, 1, Some(settings_size)),
     ];
     let mut dropped = Vec::new();
-    for (name, entries) in want {
+    for (name, entries, value_size) in want {
         let path = dir.join(name);
         if !path.exists() {
             continue;
         }
         let ok = MapData::from_pin(&path)
             .and_then(|m| m.info())
-            .map(|i| i.max_entries() == entries)
+            .map(|i| i.max_entries() == entries && value_size.is_none_or(|v| i.value_size() == v))
             .unwrap_or(false);
         if !ok {
             warn!(map = name, "pinned map has another size than the configuration asks; recreating it (its flows and tables start empty)");
@@ -146,7 +156,8 @@ pub fn load(pin_dir: &Path, sizes: Sizes) -> Result<Ebpf, LoadError> {
     loader
         .map_max_entries(names::MAP_MAGLEV, sizes.maglev_entries())
         .map_max_entries(names::MAP_SERVICES, sizes.max_services)
-        .map_max_entries(names::MAP_CONNS, sizes.conn_table_size);
+        .map_max_entries(names::MAP_CONNS, sizes.conn_table_size)
+        .map_max_entries(names::MAP_YOUNG_CONNS, sizes.conn_table_size);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -160,6 +171,7 @@ pub fn load(pin_dir: &Path, sizes: Sizes) -> Result<Ebpf, LoadError> {
         Settings {
             ring_size: sizes.ring_size,
             max_services: sizes.max_services,
+            conn_promotions_per_sec: sizes.conn_promotions_per_sec,
         },
         0,
     )?;

@@ -151,7 +151,7 @@ impl Collector for DataplaneCollector {
         counters(
             &mut enc,
             "lb_dataplane_packets",
-            "Packets by XDP verdict reason.",
+            "Packets by XDP verdict reason; seen_* and conn_* count packets that caused an event (IP options, ICMP to a backend, connection-table inserts, promotions, misses).",
             c.reasons
                 .iter()
                 .map(|(r, n)| (vec![("reason", r.as_str())], *n)),

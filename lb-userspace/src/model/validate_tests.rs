@@ -528,3 +528,26 @@ fn route_action_timeouts_are_bounded_without_panicking() {
         assert!(errs.contains(place), "{place} missing in:\n{errs}");
     }
 }
+
+#[test]
+fn conn_promotion_limit_rule() {
+    for bad in ["0", "10000001"] {
+        broken(
+            "conn_table_size = 262144",
+            &format!("conn_table_size = 262144\nconn_promotions_per_sec = {bad}"),
+            "dataplane.conn_promotions_per_sec",
+            "conn_promotions_per_sec",
+            "1..=10000000",
+        );
+    }
+    let ok = BASE.replacen(
+        "conn_table_size = 262144",
+        "conn_table_size = 262144\nconn_promotions_per_sec = 1",
+        1,
+    );
+    assert_eq!(parse(&ok).unwrap().dataplane.conn_promotions_per_sec, 1);
+    assert_eq!(
+        parse(BASE).unwrap().dataplane.conn_promotions_per_sec,
+        lb_common::limits::DEFAULT_CONN_PROMOTIONS_PER_SEC
+    );
+}

@@ -8,6 +8,10 @@
 //!   timed as many single runs with distinct source ports, compared by median against single
 //!   runs of the floor; a single run carries ~45 ns of timer overhead on both sides.
 //!
+//! - Insert cost and contention: single runs of new flows (young-table inserts, per-CPU LRU
+//!   lists) and of promotions (connection-table inserts, one shared LRU list), from one
+//!   thread on CPU 0, then from two threads pinned to CPUs 0 and 1 at once.
+//!
 //! Run with `cargo xtask bench-xdp` (root).
 
 use anyhow::Result;
@@ -27,12 +31,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() -> Result<()> {
-    anyhow::ensure!(
-        lb_tests::is_root(),
-        "the benchmark loads BPF programs: run as root"
-    );
-    let mut h = XdpHarness::new(65537)?;
+/// The bench plan: one TCP VIP (10.0.0.100:80) over three backends.
+fn plan() -> L4Plan {
     let backends = (1..=3u8)
         .map(|i| L4Backend {
             name: format!("b{i}"),
@@ -45,25 +45,134 @@ fn main() -> Result<()> {
             evict: false,
         })
         .collect();
-    h.apply(&L4Plan {
-        services: vec![L4Service {
-            name: "bench".into(),
-            hash_mode: 0,
-            flags: 1,
-            idle_timeout_s: 600,
-            backends,
-        }],
-        vips: vec![L4Vip {
-            name: "vip".into(),
-            addr: [10, 0, 0, 100].into(),
-            port: 80,
-            proto: 6,
-            service: "bench".into(),
-        }],
+    let service = |name: &str, backends| L4Service {
+        name: name.into(),
+        hash_mode: 0,
+        flags: 1,
+        idle_timeout_s: 600,
+        backends,
+    };
+    let vip = |port, service: &str| L4Vip {
+        name: format!("vip{port}"),
+        addr: [10, 0, 0, 100].into(),
+        port,
+        proto: 6,
+        service: service.into(),
+    };
+    // Port 81 fronts a service without backends: its packets go through the VIP-rule and
+    // Maglev lookups and are dropped before any insert (the new-flow breakdown below).
+    L4Plan {
+        services: vec![service("bench", backends), service("none", vec![])],
+        vips: vec![vip(80, "bench"), vip(81, "none")],
+    }
+}
+
+/// A TCP frame to the VIP from a source numbered `i` (distinct 5-tuples for distinct `i`).
+fn flow(i: u32, ack: bool) -> Vec<u8> {
+    let mut f = Frame::tcp(
+        [10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+        1024 + (i % 60000) as u16,
+        [10, 0, 0, 100],
+        80,
+    );
+    if ack {
+        f.tcp_flags = 0x10;
+    }
+    f.bytes()
+}
+
+/// Pins the calling thread to one CPU.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; the call affects this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Median single-run time of the balancer over `frames`, on each CPU of `cpus` at once
+/// (one thread per CPU, each with its own half of the frames).
+fn single_runs_on(h: &XdpHarness, frames: &[Vec<u8>], cpus: &[usize]) -> Result<f64> {
+    let chunk = frames.len() / cpus.len();
+    let times = std::thread::scope(|s| {
+        let handles: Vec<_> = cpus
+            .iter()
+            .enumerate()
+            .map(|(n, &cpu)| {
+                let mine = &frames[n * chunk..(n + 1) * chunk];
+                s.spawn(move || -> Result<Vec<f64>> {
+                    pin(cpu);
+                    let mut v = Vec::with_capacity(mine.len());
+                    for f in mine {
+                        let r = h.run(f)?;
+                        anyhow::ensure!(r.verdict == 3, "not forwarded");
+                        v.push(r.duration_ns as f64);
+                    }
+                    Ok(v)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|j| j.join().expect("bench thread"))
+            .collect::<Result<Vec<_>>>()
     })?;
-    let vip_frame = Frame::tcp([10, 0, 0, 1], 40000, [10, 0, 0, 100], 80).bytes();
+    Ok(median(times.concat()))
+}
+
+/// Insert cost of the two tables, alone and with both CPUs inserting: new flows (young table,
+/// per-CPU LRU lists) and promotions (connection table, one shared LRU list, plus the
+/// young entry's delete). A table large enough that nothing is evicted.
+fn insert_costs() -> Result<[(f64, f64); 2]> {
+    const N: u32 = 20_000;
+    let h = XdpHarness::with_conn_table(65537, 262_144, 10_000_000)?;
+    let mut h = h;
+    h.apply(&plan())?;
+    let mut out = [(0.0, 0.0); 2];
+    for (round, cpus) in [&[0usize][..], &[0, 1][..]].into_iter().enumerate() {
+        let base = 100_000 * (round as u32 + 1);
+        let syns: Vec<_> = (base..base + N).map(|i| flow(i, false)).collect();
+        let acks: Vec<_> = (base..base + N).map(|i| flow(i, true)).collect();
+        let started = std::time::Instant::now();
+        let new_flow = single_runs_on(&h, &syns, cpus)?;
+        // Promotion needs the entries to be a second old on the kernel clock.
+        std::thread::sleep(
+            std::time::Duration::from_millis(1100).saturating_sub(started.elapsed()),
+        );
+        let promoted_before = h.reason("conn_promoted")?;
+        let promotion = single_runs_on(&h, &acks, cpus)?;
+        anyhow::ensure!(
+            h.reason("conn_promoted")? - promoted_before == N as u64,
+            "not every ACK promoted its flow"
+        );
+        if round == 0 {
+            out[0] = (new_flow, promotion);
+        } else {
+            out[1] = (new_flow, promotion);
+        }
+    }
+    Ok(out)
+}
+
+fn row(name: &str, ns: f64, floor: f64) {
+    println!("  {name:<34} {ns:>8.1} ns   {:>5.2}x floor", ns / floor);
+}
+
+fn main() -> Result<()> {
+    anyhow::ensure!(
+        lb_tests::is_root(),
+        "the benchmark loads BPF programs: run as root"
+    );
+    // Table as in the fixtures (4096, so the new-flow runs below fill it and evict), and a
+    // promotion limit that never applies (the bench promotes on purpose).
+    let mut h = XdpHarness::with_conn_table(65537, 4096, 10_000_000)?;
+    h.apply(&plan())?;
+    let vip_frame = flow(0, true);
     let other = Frame::tcp([10, 0, 0, 1], 40000, [10, 0, 0, 200], 80).bytes();
     assert_eq!(h.run(&vip_frame)?.verdict, 3, "VIP frame not forwarded");
+    // Established = promoted into the connection table (a packet a second after the first).
+    h.promote(&vip_frame)?;
 
     let repeated = |f: &dyn Fn() -> Result<u32>| -> Result<f64> {
         let mut v = Vec::new();
@@ -75,53 +184,76 @@ fn main() -> Result<()> {
     let floor = repeated(&|| Ok(h.run_pass(&other, REPEAT)?.duration_ns))?;
     let non_vip = repeated(&|| Ok(h.run_repeat(&other, REPEAT)?.duration_ns))?;
     let established = repeated(&|| Ok(h.run_repeat(&vip_frame, REPEAT)?.duration_ns))?;
+    // A young flow (first second): a fresh flow per round, repeated at once.
+    let young_n = std::cell::Cell::new(1_000_000u32);
+    let young = repeated(&|| {
+        young_n.set(young_n.get() + 1);
+        let f = flow(young_n.get(), true);
+        h.run(&f)?;
+        Ok(h.run_repeat(&f, REPEAT / 4)?.duration_ns)
+    })?;
 
     if quick() {
-        println!("floor {floor} ns, non-VIP {non_vip} ns ({:.2}x), established {established} ns ({:.2}x)", non_vip / floor, established / floor);
+        println!("floor {floor} ns, non-VIP {non_vip} ns ({:.2}x), established {established} ns ({:.2}x), young {young} ns", non_vip / floor, established / floor);
         return Ok(());
     }
     let mut floor_single = Vec::new();
     let mut new_single = Vec::new();
+    // Where a new flow's time goes: the same lookups up to a missed VIP rule (port 82, no
+    // rule: passed), up to the Maglev slot (port 81, no backend: dropped), then the insert.
+    let (mut no_rule_single, mut no_backend_single) = (Vec::new(), Vec::new());
     for port in 0..SINGLE_RUNS {
-        let f = Frame::tcp(
-            [10, 1, (port >> 8) as u8, port as u8],
-            1024 + port,
-            [10, 0, 0, 100],
-            80,
-        )
-        .bytes();
+        let at = |dport| {
+            Frame::tcp(
+                [10, 1, (port >> 8) as u8, port as u8],
+                1024 + port,
+                [10, 0, 0, 100],
+                dport,
+            )
+            .bytes()
+        };
+        let f = at(80);
         floor_single.push(h.run_pass(&f, 1)?.duration_ns as f64);
         let r = h.run(&f)?;
         assert_eq!(r.verdict, 3);
         new_single.push(r.duration_ns as f64);
     }
+    // A separate loop, so the new-flow runs above are timed exactly as before this
+    // breakdown existed (fresh sources: 10.2.x.y).
+    for port in 0..SINGLE_RUNS {
+        let at = |dport| {
+            Frame::tcp(
+                [10, 2, (port >> 8) as u8, port as u8],
+                1024 + port,
+                [10, 0, 0, 100],
+                dport,
+            )
+            .bytes()
+        };
+        let r = h.run(&at(82))?;
+        assert_eq!(r.verdict, 2);
+        no_rule_single.push(r.duration_ns as f64);
+        let r = h.run(&at(81))?;
+        assert_eq!(r.verdict, 1);
+        no_backend_single.push(r.duration_ns as f64);
+    }
+    let (no_rule, no_backend) = (median(no_rule_single), median(no_backend_single));
     let mut est_single = Vec::new();
     for _ in 0..SINGLE_RUNS {
         est_single.push(h.run(&vip_frame)?.duration_ns as f64);
     }
     let (fs, ns, es) = (median(floor_single), median(new_single), median(est_single));
+    let costs = insert_costs()?;
 
     println!(
         "XDP per-packet cost, BPF_PROG_TEST_RUN, {} CPUs",
         std::thread::available_parallelism()?.get()
     );
     println!("repeat {REPEAT}, median of {ROUNDS} rounds:");
-    println!(
-        "  {:<34} {:>8.1} ns   {:>5.2}x floor",
-        "trivial xdp_pass (floor)", floor, 1.0
-    );
-    println!(
-        "  {:<34} {:>8.1} ns   {:>5.2}x floor",
-        "balancer, non-VIP packet",
-        non_vip,
-        non_vip / floor
-    );
-    println!(
-        "  {:<34} {:>8.1} ns   {:>5.2}x floor",
-        "balancer, established flow",
-        established,
-        established / floor
-    );
+    row("trivial xdp_pass (floor)", floor, floor);
+    row("balancer, non-VIP packet", non_vip, floor);
+    row("balancer, established flow", established, floor);
+    row("balancer, young flow (first second)", young, floor);
     println!(
         "single runs (repeat 1), median of {SINGLE_RUNS}, timer overhead included on both sides:"
     );
@@ -134,9 +266,34 @@ fn main() -> Result<()> {
     );
     println!(
         "  {:<34} {:>8.1} ns   {:>+7.1} ns over floor",
-        "balancer, new flow",
+        "balancer, new flow (table full)",
         ns,
         ns - fs
+    );
+    println!(
+        "  {:<34} {:>8.1} ns   {:>+7.1} ns over floor",
+        "  of which: up to the VIP rule miss",
+        no_rule,
+        no_rule - fs
+    );
+    println!(
+        "  {:<34} {:>8.1} ns   {:>+7.1} ns over floor",
+        "  of which: up to the Maglev slot",
+        no_backend,
+        no_backend - fs
+    );
+    println!("insert cost, single runs, 262144-entry tables (nothing evicted), median:");
+    println!(
+        "  {:<34} {:>12} {:>16}",
+        "", "CPU 0 alone", "CPUs 0+1 at once"
+    );
+    println!(
+        "  {:<34} {:>9.1} ns {:>13.1} ns",
+        "new flow: young insert (per-CPU LRU)", costs[0].0, costs[1].0
+    );
+    println!(
+        "  {:<34} {:>9.1} ns {:>13.1} ns",
+        "promotion: CONNS insert (shared LRU)", costs[0].1, costs[1].1
     );
     Ok(())
 }
