@@ -14,7 +14,7 @@ use super::{
     table::{Service, Upstream},
     websocket, Shared,
 };
-use crate::config::SessionAffinity;
+use crate::config::{url_map::HeaderAction, SessionAffinity};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use std::{
@@ -213,12 +213,114 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     r
 }
 
+/// The header actions that apply to one request, from the outside in.
+type Actions<'t> = [Option<&'t HeaderAction>; 4];
+
+/// Where the URL map sends a request that goes to a backend service.
+struct Route<'t> {
+    forward: &'t Forward,
+    /// The rewritten path and query, when a URL rewrite applies.
+    path: Option<String>,
+    header_actions: [Option<&'t HeaderAction>; 3],
+    /// HTTP/2 clients send `:authority`, not Host; HTTP/1.1 backends need Host.
+    original_host: Option<String>,
+}
+
+/// The pipeline, one phase per function: refuse, route, choose the service and the
+/// affinity key, shape the request head, forward with retries, shape the response.
 async fn proxy(
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     request_bytes: Option<Arc<AtomicU64>>,
 ) -> Done {
+    if let Some(done) = refuse(shared, conn, &req) {
+        return done;
+    }
+    let table = shared.table.load();
+    let Some(proxy) = table.proxies.get(&*conn.proxy) else {
+        let r = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no target proxy for this listener\n",
+        );
+        return Done::refused(r, Refused::Internal, None);
+    };
+    let upgrade = req.version() == Version::HTTP_11 && edge::is_upgrade(req.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let route = match route(&table.routers[proxy.router], conn, &parts) {
+        Ok(r) => r,
+        Err(done) => return done,
+    };
+    let ws = if route.forward.services.len() == 1 {
+        &route.forward.services[0]
+    } else {
+        let f = route.forward;
+        router::pick_weighted(
+            &f.services,
+            f.total_weight,
+            fastrand::u32(0..f.total_weight),
+        )
+    };
+    let Some(service) = table.services.get(&ws.service).cloned() else {
+        let r = local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "route names an unknown backend service\n",
+        );
+        return Done::refused(r, Refused::Internal, None);
+    };
+    let affinity = if service.affinity {
+        let mut rng = fastrand::Rng::new();
+        select::affinity(&service.config, &parts.headers, conn.client.ip(), &mut rng)
+    } else {
+        select::Affinity {
+            key: Key::None,
+            new_cookie_value: None,
+        }
+    };
+    // Header actions from the outside in (URL map, path matcher, rule, weighted service);
+    // an array, not a Vec: no allocation per request.
+    let [a, b, c] = route.header_actions;
+    let actions: Actions<'_> = [a, b, c, ws.header_action.as_ref()];
+    let pq = match request_head(&mut parts, conn, &route, &actions, upgrade) {
+        Ok(pq) => pq,
+        Err(r) => return Done::refused(r, Refused::Internal, Some(service)),
+    };
+    let body = RequestBody {
+        inner: body,
+        counted: request_bytes,
+    };
+    let (resp, last, attempts) = forward_with_retries(
+        shared,
+        &service,
+        route.forward,
+        &mut parts,
+        pq,
+        body,
+        affinity.key,
+    )
+    .await;
+    let answered = |resp: Response<ProxyBody>, refused: Option<Refused>| Done {
+        resp,
+        service: Some(service.clone()),
+        backend: last.clone(),
+        attempts,
+        refused,
+    };
+    let (resp, backend) = match resp {
+        Ok(x) => x,
+        Err(r) => {
+            let why = Refused::of_status(r.status().as_u16());
+            return answered(r, Some(why));
+        }
+    };
+    let (r, why) = respond(resp, &service, &actions, &affinity, backend, on_upgrade);
+    answered(r, why)
+}
+
+/// Framing, semantics and size rules of the edge: a refused request gets its answer and
+/// nothing reaches a backend.
+fn refuse(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>) -> Option<Done> {
     let framing = if req.version() < Version::HTTP_2 {
         conn.verdicts.pop()
     } else {
@@ -227,199 +329,133 @@ async fn proxy(
     let refusal = framing
         .map(edge::Refusal::BadFraming)
         .or_else(|| edge::check_semantics(req.version(), req.method(), req.uri(), req.headers()))
-        .or_else(|| edge::check_request(req.uri(), req.headers(), shared.opts.max_url_bytes));
-    if let Some(refusal) = refusal {
-        let mut r = local(refusal.status(), refusal.reason());
-        if req.version() < Version::HTTP_2 {
-            // The body's framing is unknown, so the connection cannot be reused.
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return Done::refused(r, Refused::of_status(refusal.status().as_u16()), None);
+        .or_else(|| edge::check_request(req.uri(), req.headers(), shared.opts.max_url_bytes))?;
+    let mut r = local(refusal.status(), refusal.reason());
+    if req.version() < Version::HTTP_2 {
+        // The body's framing is unknown, so the connection cannot be reused.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let table = shared.table.load();
-    let Some(proxy) = table.proxies.get(&*conn.proxy) else {
-        return Done::refused(
-            local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no target proxy for this listener\n",
-            ),
-            Refused::Internal,
+    Some(Done::refused(
+        r,
+        Refused::of_status(refusal.status().as_u16()),
+        None,
+    ))
+}
+
+/// Matches the URL map: a route to forward, or the answer (404, a redirect).
+fn route<'t>(
+    router: &'t router::Router,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+) -> Result<Route<'t>, Done> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let view = RequestView {
+        host,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        scheme: conn.scheme,
+    };
+    let routed: Routed<'t> = router.route(&view);
+    match routed.action {
+        Action::NotFound => Err(Done::refused(
+            local(StatusCode::NOT_FOUND, "no route\n"),
+            Refused::NoRoute,
             None,
-        );
-    };
-    let router = &table.routers[proxy.router];
-    let upgrade = req.version() == Version::HTTP_11 && edge::is_upgrade(req.headers());
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-
-    // Route. Everything borrowed from the request ends with this block.
-    let (forward, path, header_actions, original_host) = {
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let view = RequestView {
-            host,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            headers: &parts.headers,
-            scheme: conn.scheme,
-        };
-        let routed: Routed<'_> = router.route(&view);
-        match routed.action {
-            Action::NotFound => {
-                return Done::refused(
-                    local(StatusCode::NOT_FOUND, "no route\n"),
-                    Refused::NoRoute,
-                    None,
-                )
+        )),
+        Action::Redirect(rd) => {
+            let (status, location) = router::redirect(rd, routed.matched, &view);
+            let mut r = Response::new(ProxyBody::empty());
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
             }
-            Action::Redirect(rd) => {
-                let (status, location) = router::redirect(rd, routed.matched, &view);
-                let mut r = Response::new(ProxyBody::empty());
-                *r.status_mut() =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    r.headers_mut().insert(header::LOCATION, v);
-                }
-                return Done {
-                    resp: r,
-                    service: None,
-                    backend: None,
-                    attempts: 0,
-                    refused: None,
-                };
-            }
-            Action::Forward(f) => {
-                let path = f.url_rewrite.as_ref().and_then(|rw| {
-                    let p = router::rewrite_path(rw, routed.matched, view.path)?;
-                    Some(match view.query {
-                        Some(q) => format!("{p}?{q}"),
-                        None => p,
-                    })
-                });
-                // HTTP/2 clients send `:authority`, not Host; HTTP/1.1 backends need Host.
-                let original_host =
-                    (!parts.headers.contains_key(header::HOST)).then(|| host.to_string());
-                (f, path, routed.header_actions, original_host)
-            }
+            Err(Done {
+                resp: r,
+                service: None,
+                backend: None,
+                attempts: 0,
+                refused: None,
+            })
         }
-    };
-
-    let ws = if forward.services.len() == 1 {
-        &forward.services[0]
-    } else {
-        router::pick_weighted(
-            &forward.services,
-            forward.total_weight,
-            fastrand::u32(0..forward.total_weight),
-        )
-    };
-    let Some(service) = table.services.get(&ws.service).cloned() else {
-        return Done::refused(
-            local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "route names an unknown backend service\n",
-            ),
-            Refused::Internal,
-            None,
-        );
-    };
-    let mut rng = fastrand::Rng::new();
-    let affinity = if service.affinity {
-        select::affinity(&service.config, &parts.headers, conn.client.ip(), &mut rng)
-    } else {
-        select::Affinity {
-            key: Key::None,
-            new_cookie_value: None,
+        Action::Forward(f) => {
+            let path = f.url_rewrite.as_ref().and_then(|rw| {
+                let p = router::rewrite_path(rw, routed.matched, view.path)?;
+                Some(match view.query {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                })
+            });
+            let original_host =
+                (!parts.headers.contains_key(header::HOST)).then(|| host.to_string());
+            Ok(Route {
+                forward: f,
+                path,
+                header_actions: routed.header_actions,
+                original_host,
+            })
         }
-    };
+    }
+}
 
-    // Request headers towards the backend.
+/// The request head towards the backend: hop-by-hop headers out, Host, header actions,
+/// X-Forwarded-For/-Proto and Via; returns the path to request.
+fn request_head(
+    parts: &mut http::request::Parts,
+    conn: &ConnInfo,
+    route: &Route<'_>,
+    actions: &Actions<'_>,
+    upgrade: bool,
+) -> Result<http::uri::PathAndQuery, Response<ProxyBody>> {
     let h = &mut parts.headers;
     edge::strip_hop_by_hop(h, upgrade);
-    if let Some(host) = original_host {
-        if let Ok(v) = HeaderValue::from_str(&host) {
+    if let Some(host) = &route.original_host {
+        if let Ok(v) = HeaderValue::from_str(host) {
             h.insert(header::HOST, v);
         }
     }
-    if let Some(hr) = forward
-        .url_rewrite
-        .as_ref()
-        .and_then(|r| r.host_rewrite.as_deref())
-    {
+    let host_rewrite = route.forward.url_rewrite.as_ref();
+    if let Some(hr) = host_rewrite.and_then(|r| r.host_rewrite.as_deref()) {
         if let Ok(v) = HeaderValue::from_str(hr) {
             h.insert(header::HOST, v);
         }
     }
-    for a in header_actions
-        .iter()
-        .flatten()
-        .copied()
-        .chain(ws.header_action.as_ref())
-    {
+    for a in actions.iter().flatten() {
         edge::apply_request_action(h, a);
     }
     edge::add_forwarded_pair(h, &conn.xff_pair, conn.scheme);
     edge::add_via(h, parts.version);
-    let pq: http::uri::PathAndQuery = match path {
-        Some(p) => match p.parse() {
-            Ok(pq) => pq,
-            Err(_) => {
-                return Done::refused(
-                    local(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "URL rewrite produced an invalid path\n",
-                    ),
-                    Refused::Internal,
-                    Some(service),
-                )
-            }
-        },
-        None => parts
+    match &route.path {
+        Some(p) => p.parse().map_err(|_| {
+            local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "URL rewrite produced an invalid path\n",
+            )
+        }),
+        None => Ok(parts
             .uri
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    };
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))),
+    }
+}
 
-    let body = RequestBody {
-        inner: body,
-        counted: request_bytes,
-    };
-    let (resp, last, attempts) = forward_with_retries(
-        shared,
-        &service,
-        forward,
-        &mut parts,
-        pq,
-        body,
-        affinity.key,
-    )
-    .await;
-    let (resp, backend) = match resp {
-        Ok(x) => x,
-        Err(r) => {
-            let why = Refused::of_status(r.status().as_u16());
-            return Done {
-                resp: r,
-                service: Some(service),
-                backend: last,
-                attempts,
-                refused: Some(why),
-            };
-        }
-    };
-    let answered = |resp: Response<ProxyBody>, service: Arc<Service>, refused| Done {
-        resp,
-        service: Some(service),
-        backend: last.clone(),
-        attempts,
-        refused,
-    };
+/// The response towards the client: hop-by-hop headers out, header actions, the affinity
+/// cookie, Via; a 101 starts the tunnel; a declined upgrade closes the connection.
+fn respond(
+    resp: ForwardedResponse,
+    service: &Service,
+    actions: &Actions<'_>,
+    affinity: &select::Affinity,
+    backend: u64,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> (Response<ProxyBody>, Option<Refused>) {
     let (mut rparts, rbody) = resp.0.into_parts();
     let guard = resp.1;
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -430,40 +466,24 @@ async fn proxy(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    for a in header_actions
-        .iter()
-        .flatten()
-        .copied()
-        .chain(ws.header_action.as_ref())
-    {
+    for a in actions.iter().flatten() {
         edge::apply_response_action(&mut rparts.headers, a);
     }
-    add_affinity_cookie(&mut rparts.headers, &service, &affinity, backend);
+    add_affinity_cookie(&mut rparts.headers, service, affinity, backend);
     edge::add_via(&mut rparts.headers, rparts.version);
     if switching {
+        let Some(client_side) = on_upgrade else {
+            let r = local(
+                StatusCode::BAD_GATEWAY,
+                "backend switched protocols unasked\n",
+            );
+            return (r, Some(Refused::BackendUnreachable));
+        };
         let mut backend_resp = Response::from_parts(rparts, rbody);
-        match on_upgrade {
-            Some(client_side) => {
-                let backend_side = hyper::upgrade::on(&mut backend_resp);
-                websocket::spawn_tunnel(client_side, backend_side, service.timeout, guard);
-            }
-            None => {
-                return answered(
-                    local(
-                        StatusCode::BAD_GATEWAY,
-                        "backend switched protocols unasked\n",
-                    ),
-                    service,
-                    Some(Refused::BackendUnreachable),
-                )
-            }
-        }
+        let backend_side = hyper::upgrade::on(&mut backend_resp);
+        websocket::spawn_tunnel(client_side, backend_side, service.timeout, guard);
         let (rparts, _) = backend_resp.into_parts();
-        return answered(
-            Response::from_parts(rparts, ProxyBody::empty()),
-            service,
-            None,
-        );
+        return (Response::from_parts(rparts, ProxyBody::empty()), None);
     }
     let mut pooled = resp.3;
     if http_body::Body::is_end_stream(&rbody) {
@@ -480,7 +500,7 @@ async fn proxy(
         evict: None,
         log: None,
     };
-    answered(Response::from_parts(rparts, body), service, None)
+    (Response::from_parts(rparts, body), None)
 }
 
 /// Sets the affinity cookie when the client does not already hold the right one.
@@ -527,15 +547,13 @@ fn add_affinity_cookie(
 /// The backend's response, the in-flight guard, the timer of the overall deadline (reused by
 /// the response body, so a request costs one timer), the pooled backend connection (plain
 /// HTTP/1.1), and the backend's id.
-type Forwarded = (
-    (
-        Response<Incoming>,
-        InFlight,
-        std::pin::Pin<Box<tokio::time::Sleep>>,
-        Option<client::Pooled>,
-    ),
-    u64,
+type ForwardedResponse = (
+    Response<Incoming>,
+    InFlight,
+    std::pin::Pin<Box<tokio::time::Sleep>>,
+    Option<client::Pooled>,
 );
+type Forwarded = (ForwardedResponse, u64);
 
 fn classify(e: &client::ClientError) -> Outcome {
     if e.is_connect() {
