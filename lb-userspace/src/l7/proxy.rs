@@ -227,7 +227,8 @@ struct Route<'t> {
 }
 
 /// The pipeline, one phase per function: refuse, route, choose the service and the
-/// affinity key, shape the request head, forward with retries, shape the response.
+/// affinity key, shape the request head, forward with retries, shape the response. (About
+/// 90 lines: what is left is the order of the phases and the values they hand on.)
 async fn proxy(
     shared: &Shared,
     conn: &ConnInfo,
@@ -250,7 +251,7 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let route = match route(&table.routers[proxy.router], conn, &parts) {
         Ok(r) => r,
-        Err(done) => return done,
+        Err(done) => return *done,
     };
     let ws = if route.forward.services.len() == 1 {
         &route.forward.services[0]
@@ -282,9 +283,12 @@ async fn proxy(
     // an array, not a Vec: no allocation per request.
     let [a, b, c] = route.header_actions;
     let actions: Actions<'_> = [a, b, c, ws.header_action.as_ref()];
-    let pq = match request_head(&mut parts, conn, &route, &actions, upgrade) {
-        Ok(pq) => pq,
-        Err(r) => return Done::refused(r, Refused::Internal, Some(service)),
+    let Some(pq) = request_head(&mut parts, conn, &route, &actions, upgrade) else {
+        let r = local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "URL rewrite produced an invalid path\n",
+        );
+        return Done::refused(r, Refused::Internal, Some(service));
     };
     let body = RequestBody {
         inner: body,
@@ -348,7 +352,7 @@ fn route<'t>(
     router: &'t router::Router,
     conn: &ConnInfo,
     parts: &http::request::Parts,
-) -> Result<Route<'t>, Done> {
+) -> Result<Route<'t>, Box<Done>> {
     let host = parts
         .headers
         .get(header::HOST)
@@ -364,11 +368,11 @@ fn route<'t>(
     };
     let routed: Routed<'t> = router.route(&view);
     match routed.action {
-        Action::NotFound => Err(Done::refused(
+        Action::NotFound => Err(Box::new(Done::refused(
             local(StatusCode::NOT_FOUND, "no route\n"),
             Refused::NoRoute,
             None,
-        )),
+        ))),
         Action::Redirect(rd) => {
             let (status, location) = router::redirect(rd, routed.matched, &view);
             let mut r = Response::new(ProxyBody::empty());
@@ -376,13 +380,13 @@ fn route<'t>(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            Err(Done {
+            Err(Box::new(Done {
                 resp: r,
                 service: None,
                 backend: None,
                 attempts: 0,
                 refused: None,
-            })
+            }))
         }
         Action::Forward(f) => {
             let path = f.url_rewrite.as_ref().and_then(|rw| {
@@ -405,14 +409,15 @@ fn route<'t>(
 }
 
 /// The request head towards the backend: hop-by-hop headers out, Host, header actions,
-/// X-Forwarded-For/-Proto and Via; returns the path to request.
+/// X-Forwarded-For/-Proto and Via; returns the path to request (None: a rewrite made an
+/// invalid one).
 fn request_head(
     parts: &mut http::request::Parts,
     conn: &ConnInfo,
     route: &Route<'_>,
     actions: &Actions<'_>,
     upgrade: bool,
-) -> Result<http::uri::PathAndQuery, Response<ProxyBody>> {
+) -> Option<http::uri::PathAndQuery> {
     let h = &mut parts.headers;
     edge::strip_hop_by_hop(h, upgrade);
     if let Some(host) = &route.original_host {
@@ -432,17 +437,14 @@ fn request_head(
     edge::add_forwarded_pair(h, &conn.xff_pair, conn.scheme);
     edge::add_via(h, parts.version);
     match &route.path {
-        Some(p) => p.parse().map_err(|_| {
-            local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "URL rewrite produced an invalid path\n",
-            )
-        }),
-        None => Ok(parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))),
+        Some(p) => p.parse().ok(),
+        None => Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        ),
     }
 }
 
@@ -555,6 +557,92 @@ type ForwardedResponse = (
 );
 type Forwarded = (ForwardedResponse, u64);
 
+/// The request of one attempt towards a backend.
+fn upstream_request(
+    method: &http::Method,
+    version: Version,
+    pq: &http::uri::PathAndQuery,
+    headers: http::HeaderMap,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let mut ureq = Request::new(body);
+    *ureq.method_mut() = method.clone();
+    *ureq.version_mut() = version;
+    *ureq.uri_mut() = Uri::from(pq.clone());
+    *ureq.headers_mut() = headers;
+    ureq
+}
+
+/// The deadlines of one attempt: its own (`per_try`, when shorter than what is left) or
+/// the request's overall timer.
+struct Try<'a> {
+    per_try: Option<std::time::Duration>,
+    overall: std::pin::Pin<&'a mut tokio::time::Sleep>,
+}
+
+/// One attempt: `Err(())` on a timeout, `Ok(None)` when the backend was evicted (its
+/// draining ended) before it answered, else the client's result.
+async fn send_once(
+    shared: &Shared,
+    service: &Service,
+    backend: &Backend,
+    ureq: Request<UpstreamBody>,
+    t: Try<'_>,
+) -> Result<Option<Result<(Response<Incoming>, Option<client::Pooled>), client::ClientError>>, ()> {
+    let fut = shared.clients.request(
+        service.upstream,
+        backend.addr,
+        &backend.authority,
+        service.keepalive,
+        ureq,
+    );
+    let fut = async {
+        tokio::select! {
+            biased;
+            r = fut => Some(r),
+            _ = backend.wait_evicted() => None,
+        }
+    };
+    match t.per_try {
+        Some(p) => tokio::time::timeout(p, fut).await.map_err(|_| ()),
+        None => {
+            let mut overall = t.overall;
+            tokio::select! {
+                biased;
+                r = fut => Ok(r),
+                _ = overall.as_mut() => Err(()),
+            }
+        }
+    }
+}
+
+/// The answer when the last attempt got no response.
+fn failed(service: &Service, backend: &Backend, e: &client::ClientError) -> Response<ProxyBody> {
+    tracing::debug!(service = %service.name, backend = %backend.name, error = %e, "backend request failed");
+    local(StatusCode::BAD_GATEWAY, "backend unreachable or reset\n")
+}
+
+/// Feeds outlier detection with an attempt's result.
+fn record_outlier(service: &Service, backend: &Backend, kind: Attempt, now: u64, roll: u32) {
+    let selector = &service.selector;
+    let ejected_now = if kind != Attempt::Success {
+        selector
+            .backends
+            .iter()
+            .filter(|b| b.outlier.is_ejected(now))
+            .count()
+    } else {
+        0
+    };
+    let n = selector.backends.len();
+    if backend
+        .outlier
+        .record(&service.outlier, kind, now, ejected_now, n, roll)
+    {
+        tracing::warn!(service = %service.name, backend = %backend.name, "backend ejected by outlier detection");
+    }
+}
+
 fn classify(e: &client::ClientError) -> Outcome {
     if e.is_connect() {
         return Outcome::ConnectFailure;
@@ -571,6 +659,9 @@ fn classify(e: &client::ClientError) -> Outcome {
     Outcome::Reset
 }
 
+/// Sends the request to backends until one answers or the retry policy stops: one loop
+/// (about 100 lines) because every attempt shares the deadline, the body (sent once), the
+/// backends already tried and the attempt count; each step of it is a function.
 async fn forward_with_retries(
     shared: &Shared,
     service: &Arc<Service>,
@@ -618,48 +709,26 @@ async fn forward_with_retries(
             None => http_body_util::Either::Right(http_body_util::Empty::new()),
         };
         let last = attempt >= plan.num_retries || has_body;
-        let mut ureq = Request::new(ubody);
-        *ureq.method_mut() = parts.method.clone();
-        *ureq.version_mut() = version;
-        *ureq.uri_mut() = Uri::from(pq.clone());
-        *ureq.headers_mut() = if last {
+        // The last attempt takes the headers; earlier ones send a copy.
+        let headers = if last {
             std::mem::take(&mut parts.headers)
         } else {
             parts.headers.clone()
         };
+        let ureq = upstream_request(&parts.method, version, &pq, headers, ubody);
         let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-        let fut = shared.clients.request(
-            service.upstream,
-            backend.addr,
-            &backend.authority,
-            service.keepalive,
-            ureq,
-        );
-        let fut = async {
-            // A backend evicted while the request waits for its answer gives no answer: the
-            // drain is over, the request ends like a reset.
-            tokio::select! {
-                biased;
-                r = fut => Some(r),
-                _ = backend.wait_evicted() => None,
-            }
+        let tries = Try {
+            per_try: plan.per_try_timeout.filter(|p| *p < remaining),
+            overall: overall.as_mut(),
         };
-        let result = match plan.per_try_timeout {
-            Some(p) if p < remaining => tokio::time::timeout(p, fut).await.map_err(|_| ()),
-            _ => tokio::select! {
-                biased;
-                r = fut => Ok(r),
-                _ = overall.as_mut() => Err(()),
-            },
-        };
-        let result = match result {
+        let result = match send_once(shared, service, backend, ureq, tries).await {
             Ok(None) => {
                 backend.errors.fetch_add(1, Ordering::Relaxed);
-                let answer = Err(local(
+                let r = local(
                     StatusCode::BAD_GATEWAY,
                     "backend drained before it answered\n",
-                ));
-                return (answer, Some(backend.clone()), attempt + 1);
+                );
+                return (Err(r), Some(backend.clone()), attempt + 1);
             }
             Ok(Some(r)) => Ok(r),
             Err(()) => Err(()),
@@ -674,25 +743,7 @@ async fn forward_with_retries(
             Outcome::Status(s) if !(502..=504).contains(&s) => Attempt::ServerError,
             _ => Attempt::GatewayFailure,
         };
-        let ejected_now = if result_kind != Attempt::Success {
-            selector
-                .backends
-                .iter()
-                .filter(|b| b.outlier.is_ejected(now))
-                .count()
-        } else {
-            0
-        };
-        if backend.outlier.record(
-            &service.outlier,
-            result_kind,
-            now,
-            ejected_now,
-            selector.backends.len(),
-            rng.u32(0..100),
-        ) {
-            tracing::warn!(service = %service.name, backend = %backend.name, "backend ejected by outlier detection");
-        }
+        record_outlier(service, backend, result_kind, now, rng.u32(0..100));
         if !last
             && plan.should_retry(outcome, attempt, has_body)
             && std::time::Instant::now() < deadline
@@ -708,14 +759,8 @@ async fn forward_with_retries(
         }
         let answer = match result {
             Ok(Ok((r, pooled))) => Ok(((r, guard, overall, pooled), backend.id)),
-            Err(_) => Err(local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n")),
-            Ok(Err(e)) => {
-                tracing::debug!(service = %service.name, backend = %backend.name, error = %e, "backend request failed");
-                Err(local(
-                    StatusCode::BAD_GATEWAY,
-                    "backend unreachable or reset\n",
-                ))
-            }
+            Err(()) => Err(local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n")),
+            Ok(Err(e)) => Err(failed(service, backend, &e)),
         };
         return (answer, Some(backend.clone()), attempt + 1);
     }

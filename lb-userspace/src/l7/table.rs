@@ -166,6 +166,34 @@ pub fn build(model: &Model, generation: u64, registry: &Registry) -> Result<Tabl
         router_index.insert(name.clone(), routers.len());
         routers.push(router.clone());
     }
+    let services = services(cfg, registry)?;
+    let proxies = proxies(cfg, &router_index)?;
+    let listeners = listeners(cfg);
+    let routes = listeners
+        .iter()
+        .map(|l| {
+            let tls = proxies.get(&l.proxy).and_then(|p| p.tls.clone());
+            (
+                l.addr,
+                ListenerRoute {
+                    proxy: l.proxy.as_str().into(),
+                    tls,
+                },
+            )
+        })
+        .collect();
+    Ok(Table {
+        generation,
+        routers,
+        proxies,
+        services,
+        listeners,
+        routes,
+    })
+}
+
+/// The L7 backend services, with backends and counters from the registry.
+fn services(cfg: &Config, registry: &Registry) -> Result<HashMap<String, Arc<Service>>, L7Error> {
     let mut services = HashMap::new();
     for (name, bs) in &cfg.backend_services {
         let Some(upstream) = upstream_of(bs.protocol) else {
@@ -208,12 +236,20 @@ pub fn build(model: &Model, generation: u64, registry: &Registry) -> Result<Tabl
             }),
         );
     }
+    Ok(services)
+}
+
+/// The target proxies: their URL map and, for HTTPS, certificates read and TLS set up.
+fn proxies(
+    cfg: &Config,
+    router_index: &HashMap<String, usize>,
+) -> Result<HashMap<String, Proxy>, L7Error> {
     let mut proxies = HashMap::new();
     for (name, p) in &cfg.target_http_proxies {
         proxies.insert(
             name.clone(),
             Proxy {
-                router: router_of(&router_index, &p.url_map, name)?,
+                router: router_of(router_index, &p.url_map, name)?,
                 tls: None,
             },
         );
@@ -230,7 +266,7 @@ pub fn build(model: &Model, generation: u64, registry: &Registry) -> Result<Tabl
         proxies.insert(
             name.clone(),
             Proxy {
-                router: router_of(&router_index, &p.url_map, name)?,
+                router: router_of(router_index, &p.url_map, name)?,
                 tls: Some(Arc::new(tls::server_config(
                     name,
                     Arc::new(CertSet::new(certs)),
@@ -238,28 +274,7 @@ pub fn build(model: &Model, generation: u64, registry: &Registry) -> Result<Tabl
             },
         );
     }
-    let listeners = listeners(cfg);
-    let routes = listeners
-        .iter()
-        .map(|l| {
-            let tls = proxies.get(&l.proxy).and_then(|p| p.tls.clone());
-            (
-                l.addr,
-                ListenerRoute {
-                    proxy: l.proxy.as_str().into(),
-                    tls,
-                },
-            )
-        })
-        .collect();
-    Ok(Table {
-        generation,
-        routers,
-        proxies,
-        services,
-        listeners,
-        routes,
-    })
+    Ok(proxies)
 }
 
 /// Backends of `old` that `new` no longer has, each with its service's connection
