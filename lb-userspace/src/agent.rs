@@ -212,7 +212,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
 
     // Health checks are probes whose verdicts arrive as snapshots; they never touch maps.
     let mut checker = HealthChecker::start(&cfg);
-    let mut health_rx = checker.subscribe();
+    // Subscribed now: verdicts that arrive before the loop starts are not missed.
+    let health_rx = checker.subscribe();
     let metrics = Arc::new(Metrics::new());
     metrics.register_health(checker.reader());
     let published = Arc::new(Mutex::new(Published::default()));
@@ -221,21 +222,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     }
     let _metrics_server = metrics::serve_from_config(&cfg, metrics.clone()).await?;
 
-    // ---- L7 tier: always running (a reload may add the first L7 rule), driven by the
-    // agent: its table follows every accepted change, its backends' admission follows
-    // health, overrides and the failover policy, like the L4 plan.
-    let l7 = Arc::new(crate::l7::L7::start_driven(
-        &cfg,
-        crate::l7::L7Options::default(),
-    )?);
-    for (configured, bound) in l7.local_addrs() {
-        info!(%configured, %bound, "L7 listener started");
-    }
-    metrics.register_l7(l7.metrics_source());
-    let l7 = AgentL7 {
-        handle: l7,
-        pending: None,
-    };
+    let l7 = start_l7(&cfg, &metrics)?;
 
     let mut agent = Agent::new(cfg, Some(config_path.to_path_buf()), port).with_l7(Box::new(l7));
     let state_file = persist::state_file(&socket);
@@ -257,6 +244,41 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let server = tokio::spawn(admin::server::serve(listener, call_tx, limits));
     info!(socket = %socket.display(), "admin socket ready");
 
+    serve(&mut agent, &mut checker, health_rx, &mut calls, &published).await?;
+    checker.shutdown();
+    server.abort();
+    let _ignored = std::fs::remove_file(&socket);
+    info!("agent stopping; the dataplane stays attached (lb down removes it)");
+    Ok(())
+}
+
+/// The L7 tier: always running (a reload may add the first L7 rule), driven by the agent:
+/// its table follows every accepted change, its backends' admission follows health,
+/// overrides and the failover policy, like the L4 plan.
+fn start_l7(cfg: &crate::model::Model, metrics: &Metrics) -> Result<AgentL7> {
+    let l7 = Arc::new(crate::l7::L7::start_driven(
+        cfg,
+        crate::l7::L7Options::default(),
+    )?);
+    for (configured, bound) in l7.local_addrs() {
+        info!(%configured, %bound, "L7 listener started");
+    }
+    metrics.register_l7(l7.metrics_source());
+    Ok(AgentL7 {
+        handle: l7,
+        pending: None,
+    })
+}
+
+/// The agent's one task: every trigger (admin call, health snapshot, drain deadline,
+/// tick, signal) reaches the agent here, one at a time, until SIGINT or SIGTERM.
+async fn serve(
+    agent: &mut Agent,
+    checker: &mut HealthChecker,
+    mut health_rx: tokio::sync::watch::Receiver<Arc<crate::health::HealthSnapshot>>,
+    calls: &mut mpsc::Receiver<admin::server::Call>,
+    published: &Mutex<Published>,
+) -> Result<()> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -268,7 +290,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             .map(tokio::time::Instant::from_std);
         tokio::select! {
             Some(call) = calls.recv() => {
-                let resp = admin::handle::handle(&mut agent, call.verb, Instant::now());
+                let resp = admin::handle::handle(agent, call.verb, Instant::now());
                 let _gone = call.reply.send(resp);
             }
             Ok(()) = health_rx.changed() => {
@@ -291,12 +313,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             // New, removed or changed backends and checks: probes follow the configuration.
             checker.update(agent.config());
         }
-        publish(&agent, &published);
+        publish(agent, published);
     }
-    checker.shutdown();
-    server.abort();
-    let _ignored = std::fs::remove_file(&socket);
-    info!("agent stopping; the dataplane stays attached (lb down removes it)");
     Ok(())
 }
 

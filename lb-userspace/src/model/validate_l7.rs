@@ -53,6 +53,12 @@ pub fn validate_l7(cfg: &Config) -> (Routers, Vec<ConfigError>) {
             ));
         }
     }
+    l7_listeners_and_services(cfg, &mut errs);
+    (routers, errs)
+}
+
+/// L7 listeners name concrete TCP ports; L7 services have what their affinity needs.
+fn l7_listeners_and_services(cfg: &Config, errs: &mut Vec<ConfigError>) {
     for (name, fr) in &cfg.forwarding_rules {
         if fr.target.is_some() {
             if fr.all_ports {
@@ -91,7 +97,6 @@ pub fn validate_l7(cfg: &Config) -> (Routers, Vec<ConfigError>) {
             }
         }
     }
-    (routers, errs)
 }
 
 #[cfg(test)]
