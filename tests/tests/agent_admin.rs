@@ -303,6 +303,32 @@ fn every_verb_works_and_every_refusal_leaves_the_dataplane_unchanged() {
     )
     .unwrap();
     refused(&agent, &["reload"], "invalid", "dataplane.ring_size");
+    // A valid file the L7 tier cannot take (an unreadable certificate) next to an L4 change
+    // (a second VIP port): refused before any map is written, so both tiers stay.
+    let with_tls = three.replace("ports = [80]", "ports = [80, 8080]")
+        + r#"
+[backend_services.app]
+protocol = "HTTP"
+backends = [{ name = "a", address = "10.0.0.77", port = 8080 }]
+
+[url_maps.app]
+default_service = "app"
+
+[ssl_certificates.missing]
+certificate = "/nonexistent/lb-test.pem"
+private_key = "/nonexistent/lb-test.key"
+
+[target_https_proxies.tls]
+url_map = "app"
+ssl_certificates = ["missing"]
+
+[forwarding_rules.tls]
+ip_address = "127.0.0.1"
+ports = [8443]
+target = "tls"
+"#;
+    std::fs::write(&agent.config, &with_tls).unwrap();
+    refused(&agent, &["reload"], "dataplane", "ssl_certificates.missing");
     std::fs::write(&agent.config, &three).unwrap();
 
     // ---- Unprivileged peers ----
