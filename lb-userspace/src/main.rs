@@ -12,14 +12,25 @@ use std::path::PathBuf;
     about = "A local equivalent of Google Cloud's internal load balancers (XDP L4 + L7 proxy)"
 )]
 struct Cli {
-    /// Admin socket of the running agent (client verbs).
-    #[arg(long, global = true, default_value = cli::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// Admin socket of the running agent (client verbs). Default: `admin.socket` of
+    /// /etc/lb/lb.toml when that file exists, else /run/lb/admin.sock.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     /// Output of client verbs: aligned tables, or JSON for scripts.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Log lines on stderr: human-readable text (colours only on a terminal) or one JSON
+    /// object per line. Filter with RUST_LOG (e.g. `RUST_LOG=info,lb_userspace::health=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -28,7 +39,7 @@ enum Cmd {
     /// serve the L7 tier, health checks, the admin socket and metrics. Without
     /// `dataplane.interfaces` the XDP tier is off (no root needed for L7 alone).
     Run {
-        #[arg(long, short)]
+        #[arg(long, short, default_value = cli::DEFAULT_CONFIG)]
         config: PathBuf,
         /// Start even when the saved admin overrides (drain, maintenance, forced health) next
         /// to the socket cannot be read, dropping them; without it such a file stops the agent.
@@ -36,29 +47,48 @@ enum Cmd {
         discard_state: bool,
     },
     /// Check a configuration file and report every error with its place.
-    Validate { file: PathBuf },
+    Validate {
+        #[arg(default_value = cli::DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
     /// Show the dataplane counters (read from the pinned maps).
     Stats {
-        #[arg(long, default_value = "/sys/fs/bpf/lb")]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pins: cli::PinArgs,
     },
     /// Detach the XDP program and remove every pinned object: flows are forgotten.
     Down {
-        #[arg(long, default_value = "/sys/fs/bpf/lb")]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pins: cli::PinArgs,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     #[command(flatten)]
     Client(ClientCmd),
 }
 
+/// Logs go to stderr, filtered by RUST_LOG (default `info`); colour codes only when stderr
+/// is a terminal, so files and journald get plain text.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match cli.cmd {
         Cmd::Run {
             config,
@@ -77,11 +107,18 @@ fn main() -> Result<()> {
                 std::process::exit(1);
             }
         },
-        Cmd::Stats { pin_path } => {
+        Cmd::Stats { pins } => {
+            let pin_path = pins.resolve()?;
             print!("{}", lb_userspace::dataplane::stats::report(&pin_path)?);
             Ok(())
         }
-        Cmd::Down { pin_path } => {
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "lb", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Down { pins } => {
+            let pin_path = pins.resolve()?;
             let removed = lb_userspace::dataplane::loader::teardown(&pin_path)?;
             println!(
                 "removed {} pinned object(s) from {}",
@@ -90,6 +127,9 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Client(c) => std::process::exit(cli::run(&cli.socket, cli.output, c)?),
+        Cmd::Client(c) => {
+            let socket = cli::socket_for(cli.socket, &c)?;
+            std::process::exit(cli::run(&socket, cli.output, c)?)
+        }
     }
 }

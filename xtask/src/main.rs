@@ -4,6 +4,7 @@
 mod bench;
 mod bench_l7;
 mod bootstrap;
+mod deb;
 mod demo;
 mod test;
 
@@ -25,6 +26,9 @@ enum Cmd {
     Test,
     /// Bootstrap, then the demo: a namespace topology with a client, `lb` and three backends.
     Demo,
+    /// The Debian package (cargo-deb, installed on first use): binary, systemd unit, example
+    /// /etc/lb/lb.toml and shell completions, in target/debian/.
+    Deb,
     /// Nanoseconds per packet of the XDP program from BPF_PROG_TEST_RUN, beside a trivial
     /// pass program built by the project.
     BenchXdp,
@@ -37,6 +41,7 @@ fn main() -> Result<()> {
         Cmd::Bootstrap => bootstrap::run(),
         Cmd::Test => test::run(),
         Cmd::Demo => demo::run(),
+        Cmd::Deb => deb::run(),
         Cmd::BenchXdp => bench::xdp(),
         Cmd::BenchL7(o) => bench_l7::run(o),
     }
