@@ -61,6 +61,24 @@ enum Cmd {
         #[command(flatten)]
         pins: cli::PinArgs,
     },
+    /// List connection-table entries (established and first-second flows) from the pinned
+    /// maps, like `conntrack -L`.
+    Flows {
+        #[command(flatten)]
+        pins: cli::PinArgs,
+        /// Only flows to this VIP: an address, or address:port.
+        #[arg(long)]
+        vip: Option<VipArg>,
+        /// Only flows pinned to this backend address.
+        #[arg(long)]
+        backend: Option<std::net::IpAddr>,
+        /// Only flows from this client address.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// Print only the number of matching flows.
+        #[arg(long)]
+        count: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(hide = true)]
     Completions {
@@ -84,6 +102,39 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => fmt.json().with_ansi(false).init(),
     }
+}
+
+/// `--vip 10.0.0.100` or `--vip 10.0.0.100:80`.
+#[derive(Clone, Copy)]
+struct VipArg(std::net::IpAddr, Option<u16>);
+
+impl std::str::FromStr for VipArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+            return Ok(VipArg(a.ip(), Some(a.port())));
+        }
+        s.parse()
+            .map(|ip| VipArg(ip, None))
+            .map_err(|_| format!("{s:?} is neither an address nor address:port"))
+    }
+}
+
+fn flows(
+    pins: &cli::PinArgs,
+    filter: &lb_userspace::dataplane::flows::Filter,
+    count: bool,
+    output: Output,
+) -> Result<()> {
+    use lb_userspace::dataplane::flows;
+    let list = flows::list(&pins.resolve()?, filter)?;
+    match (count, output) {
+        (true, Output::Json) => println!("{}", serde_json::json!({ "count": list.len() })),
+        (true, Output::Table) => println!("{}", list.len()),
+        (false, Output::Json) => println!("{}", serde_json::to_string(&list)?),
+        (false, Output::Table) => print!("{}", flows::table(&list)),
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -111,6 +162,21 @@ fn main() -> Result<()> {
             let pin_path = pins.resolve()?;
             print!("{}", lb_userspace::dataplane::stats::report(&pin_path)?);
             Ok(())
+        }
+        Cmd::Flows {
+            pins,
+            vip,
+            backend,
+            client,
+            count,
+        } => {
+            let filter = lb_userspace::dataplane::flows::Filter {
+                vip: vip.map(|v| v.0),
+                vip_port: vip.and_then(|v| v.1),
+                backend,
+                client,
+            };
+            flows(&pins, &filter, count, cli.output)
         }
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
