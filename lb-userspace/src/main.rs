@@ -79,6 +79,19 @@ enum Cmd {
         #[arg(long)]
         count: bool,
     },
+    /// Explain the dataplane's decision for one IPv4 flow: the rule and service, the fields
+    /// the affinity hashes, the Maglev slot and backend, the connection-table entry, and why
+    /// the answer differs from the hash. Read from the pinned maps; changes nothing.
+    Explain {
+        #[command(flatten)]
+        pins: cli::PinArgs,
+        #[arg(value_enum)]
+        proto: Proto,
+        src: std::net::Ipv4Addr,
+        sport: u16,
+        dst: std::net::Ipv4Addr,
+        dport: u16,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(hide = true)]
     Completions {
@@ -102,6 +115,12 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => fmt.json().with_ansi(false).init(),
     }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
 }
 
 /// `--vip 10.0.0.100` or `--vip 10.0.0.100:80`.
@@ -177,6 +196,32 @@ fn main() -> Result<()> {
                 client,
             };
             flows(&pins, &filter, count, cli.output)
+        }
+        Cmd::Explain {
+            pins,
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+        } => {
+            use lb_userspace::dataplane::explain;
+            let t = explain::Tuple {
+                proto: match proto {
+                    Proto::Tcp => lb_common::PROTO_TCP,
+                    Proto::Udp => lb_common::PROTO_UDP,
+                },
+                src,
+                sport,
+                dst,
+                dport,
+            };
+            let x = explain::explain(&pins.resolve()?, t)?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string(&x)?),
+                Output::Table => print!("{}", explain::report(&x)),
+            }
+            Ok(())
         }
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -1,6 +1,7 @@
 //! `lb flows` through `lb run`: connections a client opens through the VIP are listed from
 //! the pinned connection tables with their client, VIP and backend, and the filters
-//! (--vip, --backend, --client, --count) select them. The agent also warns that it attached
+//! (--vip, --backend, --client, --count) select them; `lb explain` on each names the same
+//! backend, decided by the connection table. The agent also warns that it attached
 //! XDP to a veth (the topology's interfaces are veth pairs).
 
 mod agent_support;
@@ -96,6 +97,27 @@ fn lb_flows_lists_the_connections_a_client_opened() {
         .map(|i| count(&agent, &["--backend", &t.backend_ip(i).to_string()]))
         .sum();
     assert_eq!(sum, total);
+
+    // `lb explain` on each listed flow names the same backend, decided by the table.
+    for f in &ours {
+        let o = Command::new(lb_tests::lb_binary())
+            .args([
+                "-o",
+                "json",
+                "explain",
+                "--pin-path",
+                agent.pin_dir.to_str().unwrap(),
+            ])
+            .args(["tcp", &client, &f["client_port"].to_string(), &vip, "80"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let x: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(x["verdict"], "forward", "{x:#}");
+        assert_eq!(x["backend"], f["backend"], "{x:#}");
+        assert_eq!(x["decided_by"], "connection table", "{x:#}");
+        assert_eq!(x["rule"], format!("{vip}:80/tcp"), "{x:#}");
+    }
     for c in &convs {
         assert!(c.works(1), "conversation broke");
     }

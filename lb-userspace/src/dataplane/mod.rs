@@ -3,6 +3,7 @@
 //! program on fixture frames (`testrun`) and finding backend MACs (`neighbor`).
 
 pub mod alloc;
+pub mod explain;
 pub mod flows;
 pub mod iface;
 pub mod linger;
