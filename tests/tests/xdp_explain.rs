@@ -13,7 +13,7 @@ use lb_tests::{
     xdp_cases::{backend, mac, service, vip, DROP, OTHER, PASS, RING, TX, VIP, VIP2},
 };
 use lb_userspace::dataplane::{
-    explain::{explain, Tuple, Verdict},
+    explain::{explain, report, Tuple, Verdict},
     plan::L4Plan,
 };
 use std::{collections::BTreeMap, net::IpAddr};
@@ -166,6 +166,16 @@ fn explain_agrees_with_the_program_across_modes_drains_and_failures() {
     h.apply(&p).unwrap();
     let drained = agree(&h, "drained");
     assert!(drained.contains_key("kept by a drain"), "{drained:?}");
+    let kept = tuples()
+        .into_iter()
+        .map(|t| explain(&h.pin_dir, t).unwrap())
+        .find(|x| {
+            x.decided_by == "connection table" && x.steps.iter().any(|s| s.contains("draining"))
+        })
+        .unwrap();
+    let text = report(&kept);
+    assert!(text.contains("decided by the connection table"), "{text}");
+    eprintln!("{text}");
 
     // Backend 2 unhealthy and out of the table (as failover leaves it): TCP flows persist,
     // UDP flows (no UDP persistence) move.
