@@ -92,6 +92,9 @@ enum Cmd {
         dst: std::net::Ipv4Addr,
         dport: u16,
     },
+    /// Print the manual page (roff) on stdout: `lb manpage | man -l -`.
+    #[command(hide = true)]
+    Manpage,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(hide = true)]
     Completions {
@@ -221,6 +224,11 @@ fn main() -> Result<()> {
                 Output::Json => println!("{}", serde_json::to_string(&x)?),
                 Output::Table => print!("{}", explain::report(&x)),
             }
+            Ok(())
+        }
+        Cmd::Manpage => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
             Ok(())
         }
         Cmd::Completions { shell } => {

@@ -315,6 +315,19 @@ fn completions_are_generated() {
 }
 
 #[test]
+fn manual_page_is_generated() {
+    let o = Command::new(lb_tests::lb_binary())
+        .arg("manpage")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains(".TH lb 1"), "{out}");
+    for verb in ["run", "validate", "flows", "explain", "down"] {
+        assert!(out.contains(verb), "manual page lacks {verb}");
+    }
+}
+
+#[test]
 fn deb_metadata_lists_files_that_exist() {
     let manifest = repo_root().join("lb-userspace/Cargo.toml");
     let doc: toml::Value = std::fs::read_to_string(&manifest).unwrap().parse().unwrap();
@@ -336,6 +349,7 @@ fn deb_metadata_lists_files_that_exist() {
         "lib/systemd/system/lb.service",
         "etc/lb/lb.toml",
         "usr/share/bash-completion/completions/lb",
+        "usr/share/man/man1/lb.1",
     ] {
         assert!(dests.iter().any(|d| d == needed), "package lacks {needed}");
     }

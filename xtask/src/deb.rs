@@ -1,7 +1,7 @@
 //! `cargo xtask deb`: the Debian package, built with cargo-deb (installed here on first use,
 //! not by bootstrap, so CI does not pay for it). Steps: bootstrap (bpf-linker for the eBPF
-//! object), a release build, shell completions from `lb completions <shell>` into
-//! target/release/completions/, then `cargo deb --no-build`. What goes in the package is
+//! object), a release build, shell completions (`lb completions <shell>`) and the manual
+//! page (`lb manpage`) into target/release/completions/, then `cargo deb --no-build`. What goes in the package is
 //! listed in lb-userspace/Cargo.toml, `[package.metadata.deb]`.
 
 use crate::bootstrap::{cargo, root};
@@ -28,6 +28,14 @@ pub fn run() -> Result<()> {
         }
         std::fs::write(out.join(file), o.stdout)?;
     }
+    let man = Command::new(release.join("lb"))
+        .arg("manpage")
+        .output()
+        .context("running lb manpage")?;
+    if !man.status.success() {
+        bail!("lb manpage failed");
+    }
+    std::fs::write(out.join("lb.1"), man.stdout)?;
     cargo(&["deb", "-p", "lb-userspace", "--no-build"], &[])?;
     eprintln!("package: {}", root().join("target/debian").display());
     Ok(())
