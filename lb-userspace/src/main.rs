@@ -92,6 +92,16 @@ enum Cmd {
         dst: std::net::Ipv4Addr,
         dport: u16,
     },
+    /// A live view of VIPs and backends (rates, health, state) from the agent, redrawn every
+    /// interval until Ctrl-C.
+    Top {
+        /// Seconds between frames (0.2 ..= 60).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many frames (for scripts; the first frame has no rates yet).
+        #[arg(long)]
+        iterations: Option<u32>,
+    },
     /// Print the manual page (roff) on stdout: `lb manpage | man -l -`.
     #[command(hide = true)]
     Manpage,
@@ -225,6 +235,23 @@ fn main() -> Result<()> {
                 Output::Table => print!("{}", explain::report(&x)),
             }
             Ok(())
+        }
+        Cmd::Top {
+            interval,
+            iterations,
+        } => {
+            if !(0.2..=60.0).contains(&interval) {
+                anyhow::bail!("--interval {interval}: choose between 0.2 and 60 seconds");
+            }
+            let socket = match cli.socket {
+                Some(s) => s,
+                None => cli::socket_for(None, &cli::ClientCmd::Status)?,
+            };
+            cli::top::run(
+                &socket,
+                std::time::Duration::from_secs_f64(interval),
+                iterations,
+            )
         }
         Cmd::Manpage => {
             let cmd = <Cli as clap::CommandFactory>::command();

@@ -1,8 +1,9 @@
 //! `lb flows` through `lb run`: connections a client opens through the VIP are listed from
 //! the pinned connection tables with their client, VIP and backend, and the filters
 //! (--vip, --backend, --client, --count) select them; `lb explain` on each names the same
-//! backend, decided by the connection table. The agent also warns that it attached
-//! XDP to a veth (the topology's interfaces are veth pairs).
+//! backend, decided by the connection table; `lb top` shows the VIP's rates and the
+//! backends. The agent also warns that it attached XDP to a veth (the topology's interfaces
+//! are veth pairs).
 
 mod agent_support;
 
@@ -121,4 +122,42 @@ fn lb_flows_lists_the_connections_a_client_opened() {
     for c in &convs {
         assert!(c.works(1), "conversation broke");
     }
+    top_shows_rates(&t, &agent);
+}
+
+/// `lb top` through the admin socket: three frames while new connections arrive; the rule
+/// and every backend are shown, and some frame has a non-zero new-flow rate on the VIP.
+fn top_shows_rates(t: &Topology, agent: &Agent) {
+    let top = Command::new(lb_tests::lb_binary())
+        .args(["--socket", socket(agent).to_str().unwrap()])
+        .args(["top", "--interval", "0.5", "--iterations", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(1500) {
+        new_flows(t, 5).unwrap();
+    }
+    let out = top.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("lb top:").count(), 4, "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes off a terminal:\n{text}"
+    );
+    for i in 0..3 {
+        assert!(text.contains(&format!("web/backend-{i}")), "{text}");
+    }
+    // Rule rows: RULE VIP SERVICE PKT/S BIT/S NEW/S NO-BACKEND/S.
+    let new_rates: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("web "))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .collect();
+    assert_eq!(new_rates.len(), 4, "{text}");
+    assert!(
+        new_rates.iter().any(|r| *r != "0"),
+        "no new-flow rate:\n{text}"
+    );
 }

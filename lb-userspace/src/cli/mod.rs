@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod table;
+pub mod top;
 
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
