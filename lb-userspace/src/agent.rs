@@ -8,6 +8,7 @@
 
 pub mod adopt;
 pub mod lock;
+pub mod notify;
 pub mod overrides;
 pub mod persist;
 pub mod state;
@@ -89,6 +90,7 @@ pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
         let how = loader::attach(&mut ebpf, &d.pin_path, iface, d.xdp_mode)
             .with_context(|| format!("attaching XDP to {iface}"))?;
         info!(iface, mode = ?how, "XDP program attached");
+        crate::dataplane::iface::warn_if_veth(iface);
     }
     let programmer = Programmer::open(&d.pin_path, d.ring_size, d.max_services)?;
     let counters = Counters::open(&d.pin_path)
@@ -243,8 +245,20 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let (call_tx, mut calls) = mpsc::channel::<admin::server::Call>(64);
     let server = tokio::spawn(admin::server::serve(listener, call_tx, limits));
     info!(socket = %socket.display(), "admin socket ready");
+    // Dataplane programmed, L7 listening, admin socket answering: systemd may go on.
+    let mut notifier = notify::Notifier::from_env();
+    notifier.ready();
 
-    serve(&mut agent, &mut checker, health_rx, &mut calls, &published).await?;
+    serve(
+        &mut agent,
+        &mut checker,
+        health_rx,
+        &mut calls,
+        &published,
+        &mut notifier,
+    )
+    .await?;
+    notifier.stopping();
     checker.shutdown();
     server.abort();
     let _ignored = std::fs::remove_file(&socket);
@@ -278,6 +292,7 @@ async fn serve(
     mut health_rx: tokio::sync::watch::Receiver<Arc<crate::health::HealthSnapshot>>,
     calls: &mut mpsc::Receiver<admin::server::Call>,
     published: &Mutex<Published>,
+    notifier: &mut notify::Notifier,
 ) -> Result<()> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -301,6 +316,7 @@ async fn serve(
                 agent.reconcile(Instant::now());
             }
             _ = tick.tick() => agent.reconcile(Instant::now()),
+            _ = notifier.watchdog_due() => notifier.watchdog(),
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             // SIGHUP reloads the file like `lb reload`; a broken file changes nothing.

@@ -4,7 +4,9 @@
 mod bench;
 mod bench_l7;
 mod bootstrap;
+mod deb;
 mod demo;
+mod lab;
 mod test;
 
 use anyhow::Result;
@@ -25,6 +27,12 @@ enum Cmd {
     Test,
     /// Bootstrap, then the demo: a namespace topology with a client, `lb` and three backends.
     Demo,
+    /// The prime-number lab (GSP041): health check, the 10x10 table of primes through the
+    /// VIP, and the frontend on 127.0.0.1:8080 for a browser until Ctrl-C.
+    Lab,
+    /// The Debian package (cargo-deb, installed on first use): binary, systemd unit, example
+    /// /etc/lb/lb.toml and shell completions, in target/debian/.
+    Deb,
     /// Nanoseconds per packet of the XDP program from BPF_PROG_TEST_RUN, beside a trivial
     /// pass program built by the project.
     BenchXdp,
@@ -37,6 +45,8 @@ fn main() -> Result<()> {
         Cmd::Bootstrap => bootstrap::run(),
         Cmd::Test => test::run(),
         Cmd::Demo => demo::run(),
+        Cmd::Deb => deb::run(),
+        Cmd::Lab => lab::run(),
         Cmd::BenchXdp => bench::xdp(),
         Cmd::BenchL7(o) => bench_l7::run(o),
     }

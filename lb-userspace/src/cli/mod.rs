@@ -4,15 +4,87 @@
 
 pub mod client;
 pub mod table;
+pub mod top;
 
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use std::{net::IpAddr, path::Path};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use crate::admin::protocol::{ForcedHealth, ListWhat, NewBackend, Verb};
 
 /// Default admin socket (the config's `admin.socket` default).
 pub const DEFAULT_SOCKET: &str = "/run/lb/admin.sock";
+
+/// Where `lb run`, `lb validate` and `lb reload` look for the configuration without
+/// `--config` (the packaged unit's file).
+pub const DEFAULT_CONFIG: &str = "/etc/lb/lb.toml";
+
+/// The configuration's shapes (not validated: only a path is read from it). `None` when
+/// the default file is absent or unreadable; an explicit file must be readable.
+fn config_shapes(explicit: Option<&Path>) -> Result<Option<crate::config::Config>> {
+    let (path, required) = match explicit {
+        Some(p) => (p, true),
+        None => (Path::new(DEFAULT_CONFIG), false),
+    };
+    if !required && !path.exists() {
+        return Ok(None);
+    }
+    let parsed = crate::config::read(path).and_then(|text| crate::config::from_toml(&text));
+    match parsed {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if required => anyhow::bail!(
+            "{}: {e}\nfix the file (`lb validate {}` lists every error) or pass --pin-path / --socket",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "default configuration unreadable; using built-in defaults");
+            Ok(None)
+        }
+    }
+}
+
+/// The admin socket a client verb talks to: `--socket`, else `admin.socket` of the
+/// configuration (`lb reload --config FILE`, or /etc/lb/lb.toml when it exists), else the
+/// default socket.
+pub fn socket_for(explicit: Option<PathBuf>, cmd: &ClientCmd) -> Result<PathBuf> {
+    if let Some(s) = explicit {
+        return Ok(s);
+    }
+    let config = match cmd {
+        ClientCmd::Reload { config } => config.as_deref(),
+        _ => None,
+    };
+    Ok(config_shapes(config)?
+        .map(|c| c.admin.socket)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)))
+}
+
+/// Where a verb that reads the pinned maps finds them.
+#[derive(Debug, clap::Args)]
+pub struct PinArgs {
+    /// Folder of the pinned dataplane. Default: `dataplane.pin_path` of the configuration.
+    #[arg(long, conflicts_with = "config")]
+    pub pin_path: Option<PathBuf>,
+    /// Configuration whose `dataplane.pin_path` to use (default /etc/lb/lb.toml when it
+    /// exists, else /sys/fs/bpf/lb).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+impl PinArgs {
+    pub fn resolve(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.pin_path {
+            return Ok(p.clone());
+        }
+        Ok(config_shapes(self.config.as_deref())?
+            .map(|c| c.dataplane.pin_path)
+            .unwrap_or_else(|| crate::config::Dataplane::default().pin_path))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Output {
@@ -80,8 +152,13 @@ pub enum ClientCmd {
         #[arg(value_enum)]
         health: HealthArg,
     },
-    /// Re-read the configuration file; nothing changes if it is invalid.
-    Reload,
+    /// Re-read the configuration file; nothing changes if it is invalid. The agent re-reads
+    /// the file it was started with; `--config` only tells where to find its socket.
+    Reload {
+        /// Configuration whose `admin.socket` to reach (default /etc/lb/lb.toml when it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,7 +269,7 @@ impl ClientCmd {
                     HealthArg::Auto => ForcedHealth::Auto,
                 },
             },
-            ClientCmd::Reload => Verb::Reload,
+            ClientCmd::Reload { .. } => Verb::Reload,
         }
     }
 }

@@ -3,6 +3,9 @@
 //! program on fixture frames (`testrun`) and finding backend MACs (`neighbor`).
 
 pub mod alloc;
+pub mod explain;
+pub mod flows;
+pub mod iface;
 pub mod linger;
 pub mod loader;
 pub mod maps;

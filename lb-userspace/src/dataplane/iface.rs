@@ -1,0 +1,91 @@
+//! Facts about the interfaces XDP attaches to. A veth gets a warning: frames from senders
+//! that leave TCP/UDP checksums to offload (the default on veth) reach XDP with partial
+//! checksums, `XDP_TX` sends them on as they are, and the backend drops them. It works
+//! once the senders finish checksums in software (`ethtool -K <if> tx off`).
+
+use std::io;
+
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+/// `struct ethtool_drvinfo` of <linux/ethtool.h>.
+#[repr(C)]
+struct DrvInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// `struct ifreq` with the `ifr_data` member of its union (40 bytes on 64-bit Linux).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut DrvInfo,
+    _pad: [u8; 16],
+}
+
+/// The interface's driver name as `ethtool -i` shows it (SIOCETHTOOL, ETHTOOL_GDRVINFO).
+pub fn driver(iface: &str) -> io::Result<String> {
+    if iface.is_empty() || iface.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    // SAFETY: all-zero is a valid value of this plain-data struct.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: req is a valid ifreq whose data points at a drvinfo living across the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// Logs a warning when XDP goes onto a veth (see the module comment).
+pub fn warn_if_veth(iface: &str) {
+    if driver(iface).is_ok_and(|d| d == "veth") {
+        tracing::warn!(
+            iface,
+            "XDP attached to a veth: senders must compute TCP/UDP checksums in software \
+             (`ethtool -K <their interface> tx off`), or backends drop the forwarded frames"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_is_not_a_veth_and_bad_names_are_refused() {
+        // lo answers GDRVINFO with an empty or "loopback"-like name, never "veth".
+        if let Ok(d) = super::driver("lo") {
+            assert_ne!(d, "veth");
+        }
+        assert!(super::driver("").is_err());
+        assert!(super::driver("a-name-far-too-long-for-linux").is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! `cargo xtask deb`: the Debian package, built with cargo-deb (installed here on first use,
+//! not by bootstrap, so CI does not pay for it). Steps: bootstrap (bpf-linker for the eBPF
+//! object), a release build, shell completions (`lb completions <shell>`) and the manual
+//! page (`lb manpage`) into target/release/completions/, then `cargo deb --no-build`. What goes in the package is
+//! listed in lb-userspace/Cargo.toml, `[package.metadata.deb]`.
+
+use crate::bootstrap::{cargo, root};
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+
+/// The packaging tool (installed with `--locked`: the dependency versions it was released with).
+const CARGO_DEB: &str = "cargo-deb";
+
+pub fn run() -> Result<()> {
+    crate::bootstrap::run()?;
+    ensure_cargo_deb()?;
+    cargo(&["build", "--release", "-p", "lb-userspace", "--bins"], &[])?;
+    let release = root().join("target/release");
+    let out = release.join("completions");
+    std::fs::create_dir_all(&out)?;
+    for (shell, file) in [("bash", "lb.bash"), ("zsh", "_lb"), ("fish", "lb.fish")] {
+        let o = Command::new(release.join("lb"))
+            .args(["completions", shell])
+            .output()
+            .context("running lb completions")?;
+        if !o.status.success() {
+            bail!("lb completions {shell} failed");
+        }
+        std::fs::write(out.join(file), o.stdout)?;
+    }
+    let man = Command::new(release.join("lb"))
+        .arg("manpage")
+        .output()
+        .context("running lb manpage")?;
+    if !man.status.success() {
+        bail!("lb manpage failed");
+    }
+    std::fs::write(out.join("lb.1"), man.stdout)?;
+    cargo(&["deb", "-p", "lb-userspace", "--no-build"], &[])?;
+    eprintln!("package: {}", root().join("target/debian").display());
+    Ok(())
+}
+
+/// Installs cargo-deb when `cargo deb` is not there yet (idempotent, like bootstrap).
+fn ensure_cargo_deb() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        cargo(&["install", "--locked", CARGO_DEB], &[])?;
+    }
+    Ok(())
+}
