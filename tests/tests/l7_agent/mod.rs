@@ -101,12 +101,27 @@ pub fn get(
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
-    write!(
-        s,
+    // One write of the whole head; a proxy that refuses an oversized head may close before
+    // it is all sent (EPIPE here), and its answer is still there to read.
+    let head = format!(
         "GET {path} HTTP/1.1\r\nHost: test.example\r\nUser-Agent: lb-test\r\n{extra}Connection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
+    );
+    if let Err(e) = s.write_all(head.as_bytes()) {
+        if !matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ) {
+            return Err(e);
+        }
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = s.read_to_end(&mut raw) {
+        // A reset after the answer arrived (the refused head was not read to its end).
+        if raw.is_empty() || e.kind() != std::io::ErrorKind::ConnectionReset {
+            return Err(e);
+        }
+    }
+    let out = String::from_utf8_lossy(&raw).into_owned();
     let status = out
         .split_whitespace()
         .nth(1)
