@@ -119,6 +119,40 @@ pub fn agent_sections(t: &crate::netns::Topology) -> String {
     )
 }
 
+/// The GSP041 lab's resources (seed 000): the `/2` HTTP health check expecting `True`, the
+/// `primes` TCP service with `backends` backends `primes-<i>`, and the VIP on port 80.
+pub fn gsp041_sections(t: &crate::netns::Topology, backends: usize) -> String {
+    let mut cfg = format!(
+        r#"
+[health_checks.http-2]
+protocol = "HTTP"
+port = 80
+request_path = "/2"
+response = "True"
+check_interval_sec = 1
+timeout_sec = 1
+
+[backend_services.primes]
+protocol = "TCP"
+health_check = "http-2"
+
+[forwarding_rules.primes-vip]
+ip_address = "{vip}"
+ip_protocol = "TCP"
+ports = [80]
+backend_service = "primes"
+"#,
+        vip = t.vip()
+    );
+    for i in 0..backends {
+        cfg += &format!(
+            "[[backend_services.primes.backends]]\nname = \"primes-{i}\"\naddress = \"{}\"\n",
+            t.backend_ip(i)
+        );
+    }
+    cfg
+}
+
 /// One TCP exchange: connect, read the backend's banner line. Returns the banner.
 pub fn tcp_banner(to: SocketAddr, timeout: Duration) -> Result<String> {
     let s = TcpStream::connect_timeout(&to, timeout)?;

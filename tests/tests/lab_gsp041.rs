@@ -62,34 +62,7 @@ fn the_prime_number_lab_works_through_the_vip() {
         "max_services = 4\n",
         &format!("max_services = 4\nring_size = {}\n", agent_support::RING),
     );
-    cfg += &format!(
-        r#"
-[health_checks.http-2]
-protocol = "HTTP"
-port = 80
-request_path = "/2"
-response = "True"
-check_interval_sec = 1
-timeout_sec = 1
-
-[backend_services.primes]
-protocol = "TCP"
-health_check = "http-2"
-
-[forwarding_rules.primes-vip]
-ip_address = "{vip}"
-ip_protocol = "TCP"
-ports = [80]
-backend_service = "primes"
-"#,
-        vip = t.vip()
-    );
-    for i in 0..4 {
-        cfg += &format!(
-            "[[backend_services.primes.backends]]\nname = \"primes-{i}\"\naddress = \"{}\"\n",
-            t.backend_ip(i)
-        );
-    }
+    cfg += &lb_tests::lbrun::gsp041_sections(&t, 4);
     let agent = Agent::start(&t.balancer, &cfg).unwrap();
     // The broken backend leaves rotation once its check fails twice (interval 1 s); the
     // three good ones stay. Read from the pinned maps, with a deadline.

@@ -45,20 +45,10 @@ pub fn status(agent: &Agent) -> StatusInfo {
 pub fn list(agent: &Agent, what: ListWhat, now: Instant) -> serde_json::Value {
     let v = match what {
         ListWhat::Rules => serde_json::to_value(rules(agent)),
-        ListWhat::Services => serde_json::to_value(
-            agent
-                .config()
-                .backend_services
-                .keys()
-                .filter_map(|n| service(agent, n, now).ok())
-                .collect::<Vec<_>>(),
-        ),
+        ListWhat::Services => serde_json::to_value(all_services(agent, now)),
         ListWhat::Backends => serde_json::to_value(
-            agent
-                .config()
-                .backend_services
-                .keys()
-                .filter_map(|n| service(agent, n, now).ok())
+            all_services(agent, now)
+                .into_iter()
                 .flat_map(|s| s.backends)
                 .collect::<Vec<_>>(),
         ),
@@ -111,16 +101,35 @@ fn rules(agent: &Agent) -> Vec<RuleInfo> {
         .collect()
 }
 
+/// Every service, with the L7 tier's counters read once for all of them.
+fn all_services(agent: &Agent, now: Instant) -> Vec<ServiceInfo> {
+    let l7 = agent.l7_stats();
+    agent
+        .config()
+        .backend_services
+        .keys()
+        .filter_map(|n| service_with(agent, n, now, l7.as_ref()).ok())
+        .collect()
+}
+
 pub fn service(agent: &Agent, name: &str, now: Instant) -> Result<ServiceInfo, ChangeError> {
+    service_with(agent, name, now, agent.l7_stats().as_ref())
+}
+
+fn service_with(
+    agent: &Agent,
+    name: &str,
+    now: Instant,
+    l7: Option<&crate::l7::L7Stats>,
+) -> Result<ServiceInfo, ChangeError> {
     let bs: &BackendService = agent.find_service(name)?;
     let timeout = agent.drain_timeout(name);
     let planned = agent
         .applied()
         .and_then(|p| p.services.iter().find(|s| s.name == name));
-    let l7 = (!bs.protocol.is_l4())
-        .then(|| agent.l7_stats())
-        .flatten()
-        .and_then(|st| st.services.into_iter().find(|s| s.name == name));
+    let l7 = l7
+        .filter(|_| !bs.protocol.is_l4())
+        .and_then(|st| st.services.iter().find(|s| s.name == name));
     let backends = bs
         .backends
         .iter()

@@ -150,11 +150,6 @@ pub fn listeners(cfg: &Config) -> Vec<ListenerSpec> {
     out
 }
 
-/// Whether a configuration has anything for the L7 tier to serve.
-pub fn has_l7(cfg: &Config) -> bool {
-    cfg.forwarding_rules.values().any(|f| f.target.is_some())
-}
-
 /// Builds a table; fails without side effects other than new registry entries (forgotten
 /// again at the next commit).
 pub fn build(model: &Model, generation: u64, registry: &Registry) -> Result<Table, L7Error> {

@@ -8,37 +8,16 @@ use lb_tests::{
     lbrun::{field, tcp_banner, udp_banner, wait_for, Agent},
     netns::Topology,
 };
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 const CONFIG: &str = include_str!("demo.toml");
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn check_stop() -> Result<()> {
-    if STOP.load(Ordering::SeqCst) {
-        bail!("interrupted: cleaning up");
-    }
-    Ok(())
-}
 
 fn main() -> Result<()> {
     anyhow::ensure!(
         lb_tests::is_root(),
         "the demo creates network namespaces: run as root"
     );
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    lb_tests::interrupt::install();
     // Guards drop in reverse order: agent (lb down), backends, then namespaces.
     let result = demo();
     if let (Err(_), Ok(secs)) = (&result, std::env::var("LB_DEMO_HOLD")) {
@@ -77,7 +56,7 @@ fn demo() -> Result<()> {
             ])
         })
         .collect::<Result<Vec<_>>>()?;
-    check_stop()?;
+    lb_tests::interrupt::check()?;
     let cfg = CONFIG
         .replace("{IFACE}", &t.iface)
         .replace("{VIP}", &vip)
@@ -106,7 +85,7 @@ fn demo() -> Result<()> {
             agent.log()
         );
     }
-    check_stop()?;
+    lb_tests::interrupt::check()?;
     for (proto, port) in [("TCP", 80u16), ("UDP", 53)] {
         println!(
             "== 24 {proto} connections from the client to {}:{port}",
@@ -142,7 +121,7 @@ fn demo() -> Result<()> {
             *per.entry(name.to_string()).or_default() += 1;
         }
         println!("   spread: {per:?}");
-        check_stop()?;
+        lb_tests::interrupt::check()?;
     }
     let sock = agent.dir.join("admin.sock");
     let lb = |args: &[&str]| -> Result<()> {
@@ -160,7 +139,7 @@ fn demo() -> Result<()> {
     };
     println!("== the agent's view (lb list backends)");
     lb(&["list", "backends"])?;
-    check_stop()?;
+    lb_tests::interrupt::check()?;
     println!("== lb drain web backend-0: no new flows for it, open ones may finish");
     lb(&["drain", "web", "backend-0"])?;
     let to = SocketAddr::new(t.vip().into(), 80);
@@ -176,7 +155,7 @@ fn demo() -> Result<()> {
     }
     println!("   12 new TCP connections after the drain: {per:?}");
     lb(&["undrain", "web", "backend-0"])?;
-    check_stop()?;
+    lb_tests::interrupt::check()?;
     println!("== dataplane counters (lb stats, read from the pinned maps)");
     let out = std::process::Command::new(lb_tests::lb_binary())
         .args(["stats", "--pin-path", agent.pin_dir.to_str().unwrap()])

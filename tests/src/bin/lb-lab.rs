@@ -16,36 +16,19 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab");
 const BROKEN: usize = 3;
 const FRONTEND_PORT: u16 = 8080;
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn check_stop() -> Result<()> {
-    if STOP.load(Ordering::SeqCst) {
-        bail!("interrupted: cleaning up");
-    }
-    Ok(())
-}
 
 fn main() -> Result<()> {
     anyhow::ensure!(
         lb_tests::is_root(),
         "the lab creates network namespaces: run as root"
     );
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    lb_tests::interrupt::install();
     let result = lab();
     if let Err(e) = &result {
         eprintln!("lab stopped: {e}");
@@ -55,36 +38,7 @@ fn main() -> Result<()> {
 }
 
 fn config(t: &Topology) -> String {
-    let mut cfg = agent_sections(t);
-    cfg += &format!(
-        r#"
-[health_checks.http-2]
-protocol = "HTTP"
-port = 80
-request_path = "/2"
-response = "True"
-check_interval_sec = 1
-timeout_sec = 1
-
-[backend_services.primes]
-protocol = "TCP"
-health_check = "http-2"
-
-[forwarding_rules.primes-vip]
-ip_address = "{}"
-ip_protocol = "TCP"
-ports = [80]
-backend_service = "primes"
-"#,
-        t.vip()
-    );
-    for i in 0..4 {
-        cfg += &format!(
-            "[[backend_services.primes.backends]]\nname = \"primes-{i}\"\naddress = \"{}\"\n",
-            t.backend_ip(i)
-        );
-    }
-    cfg
+    agent_sections(t) + &lb_tests::lbrun::gsp041_sections(t, 4)
 }
 
 fn lb(agent: &Agent, args: &[&str]) -> Result<String> {
@@ -102,7 +56,7 @@ fn watch_health(agent: &Agent) -> Result<()> {
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let started = Instant::now();
     loop {
-        check_stop()?;
+        lb_tests::interrupt::check()?;
         let text = lb(agent, &["-o", "json", "describe", "service", "primes"])?;
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let mut now = BTreeMap::new();
@@ -235,7 +189,7 @@ fn lab() -> Result<()> {
     watch_health(&agent)?;
     println!("== the agent's view (lb list backends)");
     print!("{}", lb(&agent, &["list", "backends"])?);
-    check_stop()?;
+    lb_tests::interrupt::check()?;
 
     let frontend = format!("{LAB}/primes_frontend.py");
     let _front = t.client.spawn(&[
@@ -252,12 +206,13 @@ fn lab() -> Result<()> {
     println!("== the frontend's 10x10 table of 1..100 through the VIP, primes in brackets");
     print!("{text}");
     println!("   {primes} primes (1..100 holds 25)");
-    check_stop()?;
+    lb_tests::interrupt::check()?;
 
     println!("== open http://127.0.0.1:{port}/1 in a browser (any /<start>); Ctrl-C to stop");
     listener.set_nonblocking(true)?;
     let started = Instant::now();
-    while !STOP.load(Ordering::SeqCst) && serve_secs.is_none_or(|s| started.elapsed().as_secs() < s)
+    while !lb_tests::interrupt::stopping()
+        && serve_secs.is_none_or(|s| started.elapsed().as_secs() < s)
     {
         match listener.accept() {
             Ok((c, _)) => {
