@@ -1,5 +1,5 @@
-//! `cargo xtask deb`: the Debian package, built with cargo-deb (installed here on first use,
-//! not by bootstrap, so CI does not pay for it). Steps: bootstrap (bpf-linker for the eBPF
+//! `cargo xtask deb`: the Debian package, built with cargo-deb (installed on first use, here
+//! and by `cargo xtask test`, whose package test builds one). Steps: bootstrap (bpf-linker for the eBPF
 //! object), a release build, shell completions (`lb completions <shell>`) and the manual
 //! page (`lb manpage`) into target/release/completions/, then `cargo deb --no-build`. What goes in the package is
 //! listed in lb-userspace/Cargo.toml, `[package.metadata.deb]`.
@@ -42,7 +42,7 @@ pub fn run() -> Result<()> {
 }
 
 /// Installs cargo-deb when `cargo deb` is not there yet (idempotent, like bootstrap).
-fn ensure_cargo_deb() -> Result<()> {
+pub fn ensure_cargo_deb() -> Result<()> {
     let have = Command::new("cargo")
         .args(["deb", "--version"])
         .output()

@@ -6,6 +6,8 @@ use anyhow::Result;
 
 pub fn run() -> Result<()> {
     bootstrap::run()?;
+    // The package test (tests/tests/agent_service.rs) builds a .deb.
+    crate::deb::ensure_cargo_deb()?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     cargo(
         &[
