@@ -108,6 +108,9 @@ pub mod backend_flags {
     pub const DRAINING: u32 = 1 << 2;
     /// Existing flows must leave too (draining timeout expired, or maintenance).
     pub const EVICT: u32 = 1 << 3;
+    /// A failover backend of its service (its role, not its state). The program ignores it;
+    /// `lb explain` reads it to say that failover put a flow there.
+    pub const FAILOVER: u32 = 1 << 4;
 }
 
 /// Key of `VIPS`: one forwarding rule. `port_be == 0` means every port of that address and

@@ -22,8 +22,11 @@ pub struct XdpHarness {
     pub programmer: Programmer,
 }
 
+/// Services the harness's maps hold (small: each takes two Maglev tables).
+const SERVICES: u32 = 8;
+
 impl XdpHarness {
-    /// Loads the object with small maps (ring `ring_size`, 4 services, 4096 connections).
+    /// Loads the object with small maps (ring `ring_size`, 8 services, 4096 connections).
     pub fn new(ring_size: u32) -> Result<Self> {
         Self::with_conn_table(
             ring_size,
@@ -41,7 +44,7 @@ impl XdpHarness {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique("lbtest-"));
         let sizes = Sizes {
             ring_size,
-            max_services: 4,
+            max_services: SERVICES,
             conn_table_size,
             conn_promotions_per_sec: promotions_per_sec,
         };
@@ -50,7 +53,7 @@ impl XdpHarness {
             let prog: &mut Xdp = ebpf.program_mut(p).context("program")?.try_into()?;
             prog.load()?;
         }
-        let programmer = Programmer::open(&pin_dir, ring_size, 4)?;
+        let programmer = Programmer::open(&pin_dir, ring_size, SERVICES)?;
         Ok(XdpHarness {
             ebpf,
             pin_dir,

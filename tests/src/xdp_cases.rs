@@ -38,6 +38,7 @@ pub fn backend(i: u8) -> L4Backend {
         healthy: true,
         draining: false,
         evict: false,
+        failover: false,
     }
 }
 

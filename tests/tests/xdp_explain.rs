@@ -1,9 +1,10 @@
-//! `lb explain` agrees with the program: for a few hundred generated 5-tuples across
-//! affinity modes (5-tuple, CLIENT_IP on an all-ports rule, CLIENT_IP_NO_DESTINATION with
-//! PER_SESSION tracking), rules without backends and addresses or ports without rules, the
-//! explanation read from the pinned maps names the backend that BPF_PROG_TEST_RUN then
-//! sends the frame to, before and after drains, unhealthy backends (TCP persists, UDP does
-//! not) and maintenance.
+//! `lb explain` agrees with the program: for a few hundred generated 5-tuples across every
+//! hash mode (5-tuple, CLIENT_IP_PROTO on a TCP and a UDP rule, CLIENT_IP on an all-ports
+//! rule, CLIENT_IP_NO_DESTINATION with PER_SESSION tracking), a service with a failover
+//! backend, rules without backends and addresses or ports without rules, the explanation
+//! read from the pinned maps names the backend that BPF_PROG_TEST_RUN then sends the frame
+//! to, before and after drains, unhealthy backends (TCP persists, UDP does not),
+//! maintenance, failover, failback and the last-resort spread over unhealthy primaries.
 
 use lb_common::{hash_mode, service_flags};
 use lb_tests::{
@@ -12,6 +13,7 @@ use lb_tests::{
     xdp::XdpHarness,
     xdp_cases::{backend, mac, service, vip, DROP, OTHER, PASS, RING, TX, VIP, VIP2},
 };
+use lb_userspace::dataplane::plan::L4Backend;
 use lb_userspace::dataplane::{
     explain::{explain, report, Tuple, Verdict},
     plan::L4Plan,
@@ -40,6 +42,19 @@ fn plan() -> L4Plan {
                 service_flags::PER_SESSION | service_flags::PERSIST_TCP,
                 three(),
             ),
+            service(
+                "cipp",
+                hash_mode::CLIENT_IP_PROTO,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
+            service(
+                "fo",
+                hash_mode::FIVE_TUPLE,
+                // NEVER_PERSIST: flows leave an unhealthy primary, so failover gets some.
+                0,
+                vec![backend(1), backend(2), failover(4)],
+            ),
             service("empty", hash_mode::FIVE_TUPLE, 0, vec![]),
         ],
         vips: vec![
@@ -48,11 +63,23 @@ fn plan() -> L4Plan {
             vip("all", VIP2, 0, 6, "cip"),
             vip("sess", VIP, 9000, 6, "sess"),
             vip("void", VIP, 9999, 6, "empty"),
+            vip("cipp-tcp", VIP, 7000, 6, "cipp"),
+            vip("cipp-udp", VIP, 7000, 17, "cipp"),
+            vip("fo", VIP, 8000, 6, "fo"),
         ],
     }
 }
 
-/// (proto, dst, dport) of every destination tried: five rules, then two without one.
+/// A failover backend: out of the table until failover.
+fn failover(i: u8) -> L4Backend {
+    L4Backend {
+        in_table: false,
+        failover: true,
+        ..backend(i)
+    }
+}
+
+/// (proto, dst, dport) of every destination tried: eight rules, then two without one.
 const DESTS: &[(u8, [u8; 4], u16)] = &[
     (6, VIP, 80),
     (17, VIP, 53),
@@ -60,6 +87,9 @@ const DESTS: &[(u8, [u8; 4], u16)] = &[
     (6, VIP2, 8080),
     (6, VIP, 9000),
     (6, VIP, 9999),
+    (6, VIP, 7000),
+    (17, VIP, 7000),
+    (6, VIP, 8000),
     (6, VIP, 81),
     (6, OTHER, 80),
 ];
@@ -116,11 +146,28 @@ fn agree(h: &XdpHarness, phase: &str) -> BTreeMap<String, usize> {
             v => format!("{v:?}"),
         };
         *seen.entry(key).or_default() += 1;
-        if x.steps.iter().any(|s| s.contains("draining")) {
+        if x.steps.iter().any(|s| s.contains("backend is draining")) {
             *seen.entry("kept by a drain".into()).or_default() += 1;
         }
-        if x.steps.iter().any(|s| s.contains("persists connections")) {
-            *seen.entry("kept by persistence".into()).or_default() += 1;
+        for (step, what) in [
+            ("persists connections", "kept by persistence"),
+            (
+                "a failover backend: failover is active",
+                "put there by failover",
+            ),
+            (
+                "failover is active: new flows",
+                "kept on a primary during failover",
+            ),
+            (
+                "failover ended",
+                "kept on a failover backend after failback",
+            ),
+            ("last resort", "last resort"),
+        ] {
+            if x.steps.iter().any(|s| s.contains(step)) {
+                *seen.entry(what.into()).or_default() += 1;
+            }
         }
     }
     seen
@@ -170,7 +217,7 @@ fn explain_agrees_with_the_program_across_modes_drains_and_failures() {
         .into_iter()
         .map(|t| explain(&h.pin_dir, t).unwrap())
         .find(|x| {
-            x.decided_by == "connection table" && x.steps.iter().any(|s| s.contains("draining"))
+            x.decided_by == "connection table" && x.steps.iter().any(|s| s.contains("backend is draining"))
         })
         .unwrap();
     let text = report(&kept);
@@ -206,4 +253,99 @@ fn explain_agrees_with_the_program_across_modes_drains_and_failures() {
     let evicted = agree(&h, "evicted");
     assert!(!evicted.contains_key("kept by a drain"), "{evicted:?}");
     eprintln!("{n} tuples per phase: {fresh:?} {again:?} {drained:?} {unhealthy:?} {evicted:?}");
+
+    // Every backend back; then failover in `fo`: b1 unhealthy, b2 healthy but below the
+    // ratio, the failover backend b4 takes new flows while flows on b2 stay.
+    let mut p = plan();
+    h.apply(&p).unwrap();
+    agree(&h, "restored");
+    let fo = |p: &mut L4Plan, f: &dyn Fn(&mut L4Backend)| {
+        for b in &mut p
+            .services
+            .iter_mut()
+            .find(|s| s.name == "fo")
+            .unwrap()
+            .backends
+        {
+            f(b)
+        }
+    };
+    fo(&mut p, &|b| {
+        b.in_table = b.failover;
+        b.healthy = b.mac != Some(mac(1));
+    });
+    h.apply(&p).unwrap();
+    let failed_over = agree(&h, "failover");
+    assert!(
+        failed_over.contains_key("put there by failover"),
+        "{failed_over:?}"
+    );
+    assert!(
+        failed_over.contains_key("kept on a primary during failover"),
+        "{failed_over:?}"
+    );
+
+    // Failback: the primaries healthy and in the table again; flows on b4 stay.
+    fo(&mut p, &|b| {
+        b.in_table = !b.failover;
+        b.healthy = true;
+    });
+    h.apply(&p).unwrap();
+    let failed_back = agree(&h, "failback");
+    assert!(
+        failed_back.contains_key("kept on a failover backend after failback"),
+        "{failed_back:?}"
+    );
+
+    // Nothing healthy in `fo`: the table holds the unhealthy primaries (last resort).
+    fo(&mut p, &|b| {
+        b.in_table = !b.failover;
+        b.healthy = false;
+        b.evict = b.failover;
+    });
+    h.apply(&p).unwrap();
+    let last = agree(&h, "last resort");
+    assert!(last.contains_key("last resort"), "{last:?}");
+    eprintln!("{failed_over:?} {failed_back:?} {last:?}");
+}
+
+/// CLIENT_IP_PROTO hashes the client address, the VIP and the protocol: every source port of
+/// one client lands on one backend, and TCP and UDP from one client may land apart; the
+/// explanation names the hashed fields and agrees with the program.
+#[test]
+fn client_ip_proto_keeps_ports_together_and_protocols_apart() {
+    if !root_or_skip("xdp explain") {
+        return;
+    }
+    let mut h = XdpHarness::new(RING).unwrap();
+    h.apply(&plan()).unwrap();
+    let mut apart = 0;
+    for c in 1..=12u8 {
+        let mut by_proto = BTreeMap::new();
+        for proto in [6u8, 17] {
+            for p in 0..6u16 {
+                let t = Tuple {
+                    proto,
+                    src: [10, 0, 2, c].into(),
+                    sport: 30000 + p * 101,
+                    dst: VIP.into(),
+                    dport: 7000,
+                };
+                let x = explain(&h.pin_dir, t).unwrap();
+                assert_eq!(x.affinity, Some("CLIENT_IP_PROTO"));
+                assert!(x.hashed_fields.contains(&"protocol"), "{x:?}");
+                let r = h.run(&frame(&t)).unwrap();
+                assert_eq!(r.verdict, TX, "{x:?}");
+                let b = x.backend.unwrap();
+                let IpAddr::V4(v4) = b else { panic!() };
+                assert_eq!(&r.frame[0..6], &mac(v4.octets()[3] - 10), "{x:?}");
+                let first = *by_proto.entry(proto).or_insert(b);
+                assert_eq!(first, b, "client {c} {proto}: ports split");
+            }
+        }
+        if by_proto[&6] != by_proto[&17] {
+            apart += 1;
+        }
+    }
+    assert!(apart > 0, "TCP and UDP from every client landed together");
 }

@@ -480,13 +480,18 @@ fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
                 x.decided_by = "maglev";
                 match mg.backend_slot {
                     Some(s) => {
+                        x.steps.extend(table_role(m, s));
                         x.steps
                             .push("new flow: the young table records the choice".into());
                         Some((s, mg.backend))
                     }
                     None => {
-                        x.steps
-                            .push("no usable backend: XDP_DROP (drop_no_backend)".into());
+                        x.steps.push(
+                            "no usable backend (none configured, or every one unhealthy, \
+                             draining or in maintenance with drop_traffic_if_unhealthy): \
+                             XDP_DROP (drop_no_backend)"
+                                .into(),
+                        );
                         None
                     }
                 }
@@ -515,6 +520,26 @@ fn unreachable_pass(x: &mut Explanation) {
     x.steps.push("no rule for this port: XDP_PASS".into());
 }
 
+/// Why the Maglev table holds `slot` when that is not the plain case of a healthy primary.
+fn table_role(m: &Maps, slot: u32) -> Option<String> {
+    let be = m.backend(slot)?;
+    if be.flags & backend_flags::HEALTHY == 0 {
+        Some(
+            "its backend is unhealthy: no backend of the active pool is healthy, so new flows \
+             spread over every primary as a last resort (drop_traffic_if_unhealthy = false)"
+                .into(),
+        )
+    } else if be.flags & backend_flags::FAILOVER != 0 {
+        Some(
+            "its backend is a failover backend: failover is active (the healthy share of the \
+             primaries is below failover_ratio, or none is healthy)"
+                .into(),
+        )
+    } else {
+        None
+    }
+}
+
 /// Why a tracked flow's backend differs from what the hash picks now, if it does.
 fn differs(m: &Maps, maglev: &Option<MaglevInfo>, slot: u32) -> Option<String> {
     let hashed = maglev.as_ref().and_then(|g| g.backend_slot);
@@ -522,10 +547,16 @@ fn differs(m: &Maps, maglev: &Option<MaglevInfo>, slot: u32) -> Option<String> {
         return None;
     }
     let be = m.backend(slot)?;
+    let failover = |b: &Backend| b.flags & backend_flags::FAILOVER != 0;
+    let hashed_failover = hashed.and_then(|s| m.backend(s)).map(|b| failover(&b));
     let why = if be.flags & backend_flags::DRAINING != 0 {
         "its backend is draining: out of the Maglev table, existing flows stay until the draining timeout"
     } else if be.flags & backend_flags::HEALTHY == 0 {
         "its backend is unhealthy and the service persists connections on unhealthy backends"
+    } else if failover(&be) && hashed_failover == Some(false) {
+        "failover ended (the primaries are healthy again): new flows go to the primaries, flows already on a failover backend stay"
+    } else if !failover(&be) && hashed_failover == Some(true) {
+        "failover is active: new flows go to the failover backends, flows already on a primary stay (connection draining on failover)"
     } else {
         "the Maglev table changed since the flow started (backends added or removed, weights, failover or health elsewhere)"
     };

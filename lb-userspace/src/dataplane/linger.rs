@@ -97,6 +97,7 @@ mod tests {
             healthy: true,
             draining: false,
             evict: false,
+            failover: false,
         }
     }
 

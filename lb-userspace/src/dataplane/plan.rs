@@ -36,6 +36,8 @@ pub struct L4Backend {
     pub draining: bool,
     /// Existing flows must leave (drain timeout over, maintenance, removed from failover).
     pub evict: bool,
+    /// A failover backend (in the table only while failover is active); shown by `lb explain`.
+    pub failover: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -233,6 +233,9 @@ impl<M: MapLayer> Programmer<M> {
                 if b.evict || b.mac.is_none() {
                     flags |= backend_flags::EVICT;
                 }
+                if b.failover {
+                    flags |= backend_flags::FAILOVER;
+                }
                 let mut addr = [0u8; 16];
                 addr[..4].copy_from_slice(&b.addr.octets());
                 let entry = Backend {

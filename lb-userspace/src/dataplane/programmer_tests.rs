@@ -22,6 +22,7 @@ fn b(name: &str, last: u8) -> L4Backend {
         healthy: true,
         draining: false,
         evict: false,
+        failover: false,
     }
 }
 

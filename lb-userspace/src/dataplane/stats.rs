@@ -110,6 +110,7 @@ pub fn report(pin_dir: &Path) -> Result<String, LoadError> {
             (backend_flags::HEALTHY, "healthy"),
             (backend_flags::DRAINING, "draining"),
             (backend_flags::EVICT, "evict"),
+            (backend_flags::FAILOVER, "failover"),
         ] {
             if b.flags & f != 0 {
                 state.push(n);

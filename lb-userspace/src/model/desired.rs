@@ -251,6 +251,7 @@ pub fn l4_plan(
                     healthy: states[i].healthy(),
                     draining: states[i].draining,
                     evict: evict[i],
+                    failover: b.failover,
                 })
             })
             .collect();

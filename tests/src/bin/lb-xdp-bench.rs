@@ -43,6 +43,7 @@ fn plan() -> L4Plan {
             healthy: true,
             draining: false,
             evict: false,
+            failover: false,
         })
         .collect();
     let service = |name: &str, backends| L4Service {
