@@ -195,8 +195,16 @@ pub struct RunOptions {
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
-    let cfg = crate::model::load(config_path)
-        .map_err(|e| anyhow::anyhow!("{}:\n{e}", config_path.display()))?;
+    let cfg = crate::model::load(config_path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}:\n{e}\nnothing was started: fix the file and run again \
+                 (`lb validate <file>` checks a file without starting anything)",
+            config_path.display()
+        )
+    })?;
+    // Before anything is created: a missing interface must leave no pin folder behind.
+    crate::dataplane::iface::check_present(&cfg.dataplane.interfaces)
+        .map_err(anyhow::Error::msg)?;
     // One agent per pin folder and socket (see `lock`); held until this function returns.
     let _lock = lock::acquire(&cfg)?;
     // The socket first: a live socket means another agent runs, and it must be found out

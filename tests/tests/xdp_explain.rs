@@ -217,7 +217,8 @@ fn explain_agrees_with_the_program_across_modes_drains_and_failures() {
         .into_iter()
         .map(|t| explain(&h.pin_dir, t).unwrap())
         .find(|x| {
-            x.decided_by == "connection table" && x.steps.iter().any(|s| s.contains("backend is draining"))
+            x.decided_by == "connection table"
+                && x.steps.iter().any(|s| s.contains("backend is draining"))
         })
         .unwrap();
     let text = report(&kept);

@@ -105,7 +105,7 @@ pub enum ChangeError {
     /// A map write failed mid-change and restoring the previous state failed too: the
     /// configuration did not change, but the maps are partly written until a reconcile
     /// rewrites them.
-    #[error("the dataplane failed in the middle of the change and could not be restored; the configuration did not change: {0}")]
+    #[error("the dataplane failed in the middle of the change and could not be restored; the configuration did not change: {0}. Run `lb reload` to program the maps from the file again, or restart the agent")]
     DataplaneUnknown(String),
     /// Nothing to reload from.
     #[error("the agent was not started from a file; nothing to reload")]

@@ -12,11 +12,11 @@ use crate::admin::protocol::{self, Response, Verb};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The agent is not running, or the socket path is wrong, or permission is missing.
-    #[error("cannot connect to the agent at {path}: {source} (is `lb run` running? is --socket right? are you root?)")]
+    #[error("cannot connect to the agent at {path}: {cause}; {}", next_step(cause))]
     Connect {
         path: String,
-        #[source]
-        source: std::io::Error,
+        /// Not `source`: the message already says it, and a source is printed again.
+        cause: std::io::Error,
     },
     #[error("talking to the agent: {0}")]
     Io(#[from] std::io::Error),
@@ -26,6 +26,22 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
 }
 
+/// What to do about a failed connection, by its cause.
+fn next_step(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        PermissionDenied => "the socket is root's: run the command with sudo",
+        ConnectionRefused => {
+            "no agent listens there (it stopped?): start it with `systemctl start lb` \
+             or `sudo lb run --config <file>`"
+        }
+        _ => {
+            "is `lb run` running? Start it with `systemctl start lb` or \
+             `sudo lb run --config <file>`, or point at its socket with --socket or --config"
+        }
+    }
+}
+
 /// Sends `verb` and returns the agent's response.
 pub fn call(socket: &Path, verb: &Verb) -> Result<Response, ClientError> {
     call_line(socket, &protocol::encode_request(verb))
@@ -33,9 +49,9 @@ pub fn call(socket: &Path, verb: &Verb) -> Result<Response, ClientError> {
 
 /// Sends a raw line (tests use it for malformed requests).
 pub fn call_line(socket: &Path, line: &str) -> Result<Response, ClientError> {
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+    let mut s = UnixStream::connect(socket).map_err(|cause| ClientError::Connect {
         path: socket.display().to_string(),
-        source,
+        cause,
     })?;
     // A reload or a change waits for map writes; 30 s is far beyond any of them.
     s.set_read_timeout(Some(Duration::from_secs(30)))?;

@@ -22,9 +22,17 @@ use std::path::Path;
 /// Reads a configuration file's text.
 pub fn read(path: &Path) -> Result<String, ConfigErrors> {
     std::fs::read_to_string(path).map_err(|e| {
+        let next = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "; name the configuration with --config, or start from the commented example \
+                 (packaging/lb.toml in the repository, /etc/lb/lb.toml from the package)"
+            }
+            std::io::ErrorKind::PermissionDenied => "; run the command as root (sudo)",
+            _ => "",
+        };
         ConfigErrors::single(ConfigError::new(
             path.display().to_string(),
-            format!("cannot read the file: {e}"),
+            format!("cannot read the file: {e}{next}"),
         ))
     })
 }

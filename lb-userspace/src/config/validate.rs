@@ -61,7 +61,9 @@ impl ConfigErrors {
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         ConfigErrors::single(ConfigError {
-            place: "file".into(),
+            place: line
+                .and_then(|l| key_at(text, l))
+                .unwrap_or_else(|| "file".into()),
             line,
             message: e.message().trim().to_string(),
         })
@@ -76,6 +78,29 @@ impl ConfigErrors {
             }
         }
         self
+    }
+}
+
+/// The dotted key defined on `line` (1-based): the last table header above it, then the
+/// key before `=` on that line (a TOML error's place, which the parser does not name).
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    let here = lines.last()?.trim();
+    let header = lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = here
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !here.starts_with('['));
+    match (header, key) {
+        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(h), None) if here.starts_with('[') => Some(h),
+        _ => None,
     }
 }
 

@@ -32,6 +32,21 @@ struct IfReq {
     _pad: [u8; 16],
 }
 
+/// Fails on the first configured interface this network namespace does not have, before
+/// anything is loaded or pinned.
+pub fn check_present(ifaces: &[String]) -> Result<(), String> {
+    match ifaces
+        .iter()
+        .find(|i| !std::path::Path::new("/sys/class/net").join(i).exists())
+    {
+        Some(iface) => Err(format!(
+            "no network interface {iface:?} here: fix dataplane.interfaces (`ip link` lists \
+             this host's interfaces; the agent must run in the interface's network namespace)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The interface's driver name as `ethtool -i` shows it (SIOCETHTOOL, ETHTOOL_GDRVINFO).
 pub fn driver(iface: &str) -> io::Result<String> {
     if iface.is_empty() || iface.len() >= libc::IFNAMSIZ {

@@ -278,10 +278,27 @@ pub fn open_pinned<T>(pin_dir: &Path, name: &str) -> Result<T, LoadError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        let next = if !pin_dir.exists() {
+            format!(
+                "no dataplane is pinned at {}: start the agent with `dataplane.interfaces` in \
+                 its config (`sudo lb run --config <file>`), or name the agent's config with \
+                 --config (or its pin folder with --pin-path)",
+                pin_dir.display()
+            )
+        } else if !path.exists() {
+            format!(
+                "{} holds no {name}: is it the pin folder of another program or release? \
+                 Check `dataplane.pin_path` of the agent's config",
+                pin_dir.display()
+            )
+        } else {
+            "run the command as root (sudo): pinned maps are root's".to_string()
+        };
         LoadError::Io(format!(
-            "opening pinned map {} (is the dataplane loaded with this pin folder?): {e}",
-            pin_dir.join(name).display()
+            "opening pinned map {}: {e}; {next}",
+            path.display()
         ))
     })?;
     Ok(T::try_from(Map::from_map_data(data)?)?)
