@@ -99,7 +99,8 @@ fn key_at(text: &str, line: usize) -> Option<String> {
     match (header, key) {
         (Some(h), Some(k)) => Some(format!("{h}.{k}")),
         (None, Some(k)) => Some(k),
-        (Some(h), None) if here.starts_with('[') => Some(h),
+        // A well-formed header line (a broken one is a syntax error of the file).
+        (Some(h), None) if here.starts_with('[') && here.ends_with(']') => Some(h),
         _ => None,
     }
 }

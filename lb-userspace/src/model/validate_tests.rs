@@ -436,14 +436,14 @@ fn syntax_and_unknown_fields_report_the_line() {
     broken(
         "weight = 1\n",
         "wieght = 1\n",
-        "file",
+        "backend_services.l4.backends.wieght",
         "wieght",
         "unknown field `wieght`",
     );
     broken(
         "ring_size = 65537",
         "ring_size = \"big\"",
-        "file",
+        "dataplane.ring_size",
         "ring_size",
         "invalid type",
     );
