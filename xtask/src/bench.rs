@@ -4,6 +4,22 @@
 use crate::bootstrap::{self, cargo};
 use anyhow::Result;
 
+/// `cargo xtask fuzz-xdp [N] [--seed S]` (the fuzzer lives in lb-tests for the same reason).
+pub fn fuzz_xdp(args: &[String]) -> Result<()> {
+    bootstrap::run()?;
+    let mut a = vec![
+        "run",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "lb-fuzz-xdp",
+        "--",
+    ];
+    a.extend(args.iter().map(String::as_str));
+    cargo(&a, &[])
+}
+
 pub fn xdp() -> Result<()> {
     bootstrap::run()?;
     cargo(

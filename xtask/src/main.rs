@@ -36,6 +36,12 @@ enum Cmd {
     /// Nanoseconds per packet of the XDP program from BPF_PROG_TEST_RUN, beside a trivial
     /// pass program built by the project.
     BenchXdp,
+    /// Generated and mutated frames (default 1,000,000) through the XDP program with
+    /// BPF_PROG_TEST_RUN, each checked by an oracle: `fuzz-xdp [N] [--seed S]`.
+    FuzzXdp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// lb's L7 proxy against nginx and HAProxy on loopback (wrk, h2load), side by side.
     BenchL7(bench_l7::Options),
 }
@@ -48,6 +54,7 @@ fn main() -> Result<()> {
         Cmd::Deb => deb::run(),
         Cmd::Lab => lab::run(),
         Cmd::BenchXdp => bench::xdp(),
+        Cmd::FuzzXdp { args } => bench::fuzz_xdp(&args),
         Cmd::BenchL7(o) => bench_l7::run(o),
     }
 }
