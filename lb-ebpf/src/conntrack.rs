@@ -81,6 +81,7 @@ fn promote(key: &FlowKey, young: &mut ConnEntry, now: u64) {
         let _ = YOUNG_CONNS.remove(key);
     } else {
         counters::reason(Reason::CONN_INSERT_FAILED);
+        crate::diag::insert_failed();
         young.last_seen_ns = now;
     }
 }
@@ -115,5 +116,6 @@ pub fn insert_young(key: &FlowKey, entry: &ConnEntry) {
         counters::reason(Reason::CONN_YOUNG_INSERT);
     } else {
         counters::reason(Reason::CONN_INSERT_FAILED);
+        crate::diag::insert_failed();
     }
 }

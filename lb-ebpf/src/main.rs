@@ -3,12 +3,14 @@
 //! backend through a connection table, by L2 direct server return (only the MACs change).
 //!
 //! Module map: `parse` reads headers with bounds checks, `maps` declares every map,
-//! `forward` is the per-packet decision, `conntrack` the connection tables, `counters` bumps per-CPU statistics.
+//! `forward` is the per-packet decision, `conntrack` the connection tables, `counters` bumps per-CPU statistics, `diag` logs rare
+//! verdicts through aya-log when switched on.
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod counters;
+mod diag;
 mod forward;
 mod keys;
 mod maps;
@@ -21,6 +23,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = forward::process(&ctx);
     counters::reason(reason);
+    diag::verdict(&ctx, reason);
     action
 }
 

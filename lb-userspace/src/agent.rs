@@ -77,7 +77,7 @@ pub struct L4Dataplane {
 }
 
 /// Loads or adopts the dataplane and attaches it to the configured interfaces.
-pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
+pub fn start_l4(cfg: &Config, xdp_log: bool) -> Result<L4Dataplane> {
     let d = &cfg.dataplane;
     let sizes = Sizes {
         ring_size: d.ring_size,
@@ -85,7 +85,11 @@ pub fn start_l4(cfg: &Config) -> Result<L4Dataplane> {
         conn_table_size: d.conn_table_size,
         conn_promotions_per_sec: d.conn_promotions_per_sec,
     };
-    let mut ebpf = loader::load(&d.pin_path, sizes).context("loading the dataplane")?;
+    let mut ebpf =
+        loader::load_logged(&d.pin_path, sizes, xdp_log).context("loading the dataplane")?;
+    if xdp_log {
+        crate::dataplane::xdp_log::forward(&mut ebpf)?;
+    }
     for iface in &d.interfaces {
         let how = loader::attach(&mut ebpf, &d.pin_path, iface, d.xdp_mode)
             .with_context(|| format!("attaching XDP to {iface}"))?;
@@ -190,6 +194,8 @@ pub struct RunOptions {
     /// Start without the saved overrides when the state file is unreadable (corrupt, another
     /// version, too big) instead of refusing to start.
     pub discard_state: bool,
+    /// The XDP program's rare-path logs (drops, aborts, failed inserts) into the agent's log.
+    pub xdp_log: bool,
 }
 
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
@@ -216,7 +222,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         info!("no dataplane.interfaces: the L4 tier is off");
         Box::new(NoL4)
     } else {
-        Box::new(start_l4(&cfg)?)
+        Box::new(start_l4(&cfg, opts.xdp_log)?)
     };
     let l4_pins = (!cfg.dataplane.interfaces.is_empty()).then(|| cfg.dataplane.pin_path.clone());
 

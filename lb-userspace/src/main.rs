@@ -45,6 +45,10 @@ enum Cmd {
         /// to the socket cannot be read, dropping them; without it such a file stops the agent.
         #[arg(long)]
         discard_state: bool,
+        /// Log the XDP program's rare verdicts (drops, aborts, failed connection-table
+        /// inserts) with the interface and frame length; off, they cost nothing measurable.
+        #[arg(long)]
+        xdp_log: bool,
     },
     /// Check a configuration file and report every error with its place.
     Validate {
@@ -176,9 +180,13 @@ fn main() -> Result<()> {
         Cmd::Run {
             config,
             discard_state,
+            xdp_log,
         } => lb_userspace::l7::runtime()?.block_on(lb_userspace::agent::run(
             &config,
-            lb_userspace::agent::RunOptions { discard_state },
+            lb_userspace::agent::RunOptions {
+                discard_state,
+                xdp_log,
+            },
         )),
         Cmd::Validate { file } => match lb_userspace::model::load(&file) {
             Ok(_) => {

@@ -18,12 +18,19 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     pub dir: PathBuf,
     pub proc: ProcGuard,
+    /// Options of `lb run` after the config (`--xdp-log`, ...), kept for restarts.
+    pub run_args: Vec<String>,
 }
 
 impl Agent {
     /// Writes `config` (TOML; `{PIN}` and `{SOCK}` are replaced by private paths) and starts
     /// `lb run` in `ns`, logging to `<dir>/lb.log`.
     pub fn start(ns: &Ns, config: &str) -> Result<Agent> {
+        Self::start_with_args(ns, config, &[])
+    }
+
+    /// [`Agent::start`] with more `lb run` options.
+    pub fn start_with_args(ns: &Ns, config: &str, run_args: &[&str]) -> Result<Agent> {
         let name = crate::unique("lbagent-");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -33,32 +40,37 @@ impl Agent {
             .replace("{SOCK}", &dir.join("admin.sock").display().to_string());
         let path = dir.join("lb.toml");
         std::fs::write(&path, text)?;
-        let proc = Self::spawn(ns, &path, &dir)?;
+        let run_args: Vec<String> = run_args.iter().map(|a| a.to_string()).collect();
+        let proc = Self::spawn(ns, &path, &dir, &run_args)?;
         Ok(Agent {
             ns: ns.clone(),
             config: path,
             pin_dir,
             dir,
             proc,
+            run_args,
         })
     }
 
-    fn spawn(ns: &Ns, config: &std::path::Path, dir: &std::path::Path) -> Result<ProcGuard> {
+    fn spawn(
+        ns: &Ns,
+        config: &std::path::Path,
+        dir: &std::path::Path,
+        run_args: &[String],
+    ) -> Result<ProcGuard> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("lb.log"))?;
         let lb = crate::lb_binary();
-        ns.spawn_with(
-            &[
-                lb.to_str().unwrap(),
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            Stdio::null(),
-            Stdio::from(log),
-        )
+        let mut args = vec![
+            lb.to_str().unwrap(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ];
+        args.extend(run_args.iter().map(String::as_str));
+        ns.spawn_with(&args, Stdio::null(), Stdio::from(log))
     }
 
     /// Replaces the config file (`{PIN}`/`{SOCK}` filled in) without telling the agent.
@@ -86,7 +98,7 @@ impl Agent {
     /// Starts the agent again with the same config (it adopts the pinned dataplane).
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill();
-        self.proc = Self::spawn(&self.ns, &self.config, &self.dir)?;
+        self.proc = Self::spawn(&self.ns, &self.config, &self.dir, &self.run_args)?;
         Ok(())
     }
 

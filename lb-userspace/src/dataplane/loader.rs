@@ -145,15 +145,29 @@ fn drop_mismatched_pins(dir: &Path, sizes: &Sizes) -> Vec<&'static str> {
 }
 
 /// Loads the object with every map pinned under `pin_dir` (adopting maps already there) and
-/// writes the program-wide settings.
+/// writes the program-wide settings; the program's aya-log diagnostics off.
 pub fn load(pin_dir: &Path, sizes: Sizes) -> Result<Ebpf, LoadError> {
+    load_logged(pin_dir, sizes, false)
+}
+
+/// [`load`], with the program's rare-path logs (aya-log, `lb-ebpf/src/diag.rs`) on or off.
+/// The level is a global of the object, fixed at load: off, each log site is one load and
+/// a branch. With logs on, the caller must read them (`aya_log::EbpfLogger`).
+pub fn load_logged(pin_dir: &Path, sizes: Sizes, xdp_log: bool) -> Result<Ebpf, LoadError> {
     ensure_bpffs()?;
     std::fs::create_dir_all(pin_dir)
         .map_err(|e| LoadError::Io(format!("creating {}: {e}", pin_dir.display())))?;
     drop_mismatched_pins(pin_dir, &sizes);
     let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|n| (*n, pin_dir.join(n))).collect();
+    // aya-log's level global defaults to "everything": 0 switches every log site off.
+    let level: u8 = if xdp_log {
+        aya_log::Level::Info as u8
+    } else {
+        0
+    };
     let mut loader = EbpfLoader::new();
     loader
+        .override_global(aya_log::LEVEL, &level, true)
         .map_max_entries(names::MAP_MAGLEV, sizes.maglev_entries())
         .map_max_entries(names::MAP_SERVICES, sizes.max_services)
         .map_max_entries(names::MAP_CONNS, sizes.conn_table_size)

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod programmer;
 pub mod stats;
 pub mod testrun;
+pub mod xdp_log;
 
 /// The eBPF object built by build.rs from `lb-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
