@@ -7,6 +7,7 @@
 //! programmer adopts them, and the first reconcile only writes what differs.
 
 pub mod adopt;
+pub mod announce;
 pub mod lock;
 pub mod notify;
 pub mod overrides;
@@ -239,6 +240,17 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             ),
         }
     }
+    // Announcements start from the first plan, so a restarted agent hands BIRD the set it
+    // already has (no withdrawal while the agent was away, none now).
+    agent.reconcile(Instant::now());
+    let announcer = announce::Announcer::start(
+        &agent.config().announce,
+        crate::model::announce::prefixes(&agent.announcements()),
+    );
+    if let Some(a) = &announcer {
+        metrics.register_announce(a.shared());
+    }
+    let mut agent = agent.with_announcer(announcer);
     agent.reconcile(Instant::now());
     publish(&agent, &published);
 

@@ -72,6 +72,45 @@ pub fn status(s: &StatusInfo) -> String {
                 .map_or_else(|| "NOT BOUND".to_string(), |b| format!("bound {b}")),
         );
     }
+    if let Some(a) = &s.announce {
+        out += &announce(a);
+    }
+    out
+}
+
+/// The announcement part of `status`: the daemon, whether it is in step, and each rule.
+fn announce(a: &crate::model::announce::AnnounceStatus) -> String {
+    let mut out = format!(
+        "announce via {} ({}){}{}
+",
+        a.daemon,
+        a.include_file,
+        if a.node_drained { ", NODE DRAINED" } else { "" },
+        if a.in_sync {
+            ""
+        } else {
+            ", daemon not in step yet"
+        },
+    );
+    if let Some(e) = &a.last_error {
+        out += &format!(
+            "ANNOUNCE ERROR: {e}
+"
+        );
+    }
+    for r in &a.rules {
+        let state = match r.withdrawn {
+            None => "announced".to_string(),
+            Some(w) => format!("withdrawn: {}", w.words()),
+        };
+        out += &format!(
+            "  {} {} {}
+",
+            r.rule,
+            r.prefix(),
+            state
+        );
+    }
     out
 }
 

@@ -1,0 +1,380 @@
+//! A high-availability topology: clients behind a router that runs BIRD with ECMP, several
+//! balancers each running `lb run` and BIRD (eBGP to the router, BFD), and backends, all in
+//! network namespaces with unique names that the guard removes (BIRD processes included).
+//!
+//! Wiring (N = a per-run second octet):
+//!
+//! ```text
+//!  client 10.N.1.2 ── eth0|eth1 10.N.1.1  router  10.N.0.1 eth0 ── bridge "lan" ─┬─ balancer 0  10.N.0.2   (XDP on eth0)
+//!                                 BIRD: eBGP + BFD to every balancer,            ├─ balancer 1  10.N.0.3   (XDP on eth0)
+//!                                 ECMP (merge paths), L4 hash policy 1           ├─ backend 0   10.N.0.11
+//!                                                                                ├─ backend 1   10.N.0.12
+//!                                                                                └─ backend 2   10.N.0.13
+//! ```
+//!
+//! Each balancer's BIRD announces what its agent writes into the include file (the shipped
+//! packaging/bird/bird.conf with this topology's addresses). The router installs one route
+//! per VIP with a next hop per announcing balancer and hashes each flow's 5-tuple onto one
+//! of them. The balancer's XDP program rewrites the frame's MACs to the chosen backend's
+//! (L2 direct server return on the shared segment); backends hold the VIPs on `lo` without
+//! answering ARP for them, and answer the client through the router (their default route).
+//! The bridge ports facing the balancers carry a trivial XDP program, without which veth
+//! drops the balancers' XDP_TX frames (TOOLCHAIN.md); the client computes checksums in
+//! software (`tx off`), since a forwarded frame bounced by XDP keeps veth's unfinished one.
+
+use crate::netns::{attach_pass_in, sh, Ns, ProcGuard};
+use anyhow::{bail, Context, Result};
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+/// The BIRD configuration shipped for balancers; the topology fills in its addresses.
+pub const BALANCER_BIRD_CONF: &str = include_str!("../../packaging/bird/bird.conf");
+
+/// AS of the router; balancer i has 65101 + i.
+const ROUTER_AS: u32 = 65000;
+
+pub struct Ha {
+    pub prefix: String,
+    pub net: u8,
+    /// BIRD configurations, sockets, logs and include files.
+    pub dir: PathBuf,
+    pub router: Ns,
+    pub client: Ns,
+    pub lan: Ns,
+    pub balancers: Vec<Ns>,
+    pub backends: Vec<Ns>,
+    birds: Vec<ProcGuard>,
+    peer_xdp: Vec<aya::Ebpf>,
+    namespaces: Vec<String>,
+}
+
+impl Ha {
+    /// Builds the namespaces and links and starts the router's BIRD (balancers' BIRDs start
+    /// with [`Ha::start_balancer_bird`], once their include file exists).
+    pub fn new(balancers: usize, backends: usize) -> Result<Ha> {
+        let prefix = crate::unique("lbha");
+        let net = (std::process::id() % 150 + 60) as u8;
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let mut ha = Ha {
+            prefix: prefix.clone(),
+            net,
+            dir,
+            router: Ns(format!("{prefix}-rt")),
+            client: Ns(format!("{prefix}-cl")),
+            lan: Ns(format!("{prefix}-lan")),
+            balancers: (0..balancers)
+                .map(|i| Ns(format!("{prefix}-lb{i}")))
+                .collect(),
+            backends: (0..backends)
+                .map(|i| Ns(format!("{prefix}-b{i}")))
+                .collect(),
+            birds: Vec::new(),
+            peer_xdp: Vec::new(),
+            namespaces: Vec::new(),
+        };
+        ha.build().inspect_err(|_| ha.cleanup())?;
+        Ok(ha)
+    }
+
+    pub fn vip(&self, k: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net, 0, 100 + k)
+    }
+    pub fn router_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net, 0, 1)
+    }
+    pub fn balancer_ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net, 0, 2 + i as u8)
+    }
+    pub fn backend_ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net, 0, 11 + i as u8)
+    }
+    pub fn client_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net, 1, 2)
+    }
+
+    /// Balancer i's include file and BIRD control socket.
+    pub fn include_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("lb{i}-vips.conf"))
+    }
+    pub fn control_socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("lb{i}.ctl"))
+    }
+
+    /// The `[announce]` section of balancer i's agent.
+    pub fn announce_section(&self, i: usize) -> String {
+        format!(
+            "[announce]\ndaemon = \"bird\"\ninclude_file = \"{}\"\ncontrol_socket = \"{}\"\n\n",
+            self.include_file(i).display(),
+            self.control_socket(i).display()
+        )
+    }
+
+    fn add_ns(&mut self, ns: &Ns) -> Result<()> {
+        sh(&["ip", "netns", "add", &ns.0])?;
+        self.namespaces.push(ns.0.clone());
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// A veth pair: `ifname` in `host` with `addr`, `peer` in `other` (on `br0` when
+    /// `other` is the LAN).
+    fn link(&self, host: &Ns, ifname: &str, addr: &str, other: &Ns, peer: &str) -> Result<()> {
+        let tmp = format!("{}{peer}", &self.prefix);
+        let tmp = &tmp[tmp.len().saturating_sub(15)..];
+        sh(&[
+            "ip", "link", "add", tmp, "type", "veth", "peer", "name", peer, "netns", &other.0,
+        ])?;
+        sh(&["ip", "link", "set", tmp, "netns", &host.0])?;
+        host.exec(&["ip", "link", "set", tmp, "name", ifname])?;
+        host.exec(&["ip", "addr", "add", addr, "dev", ifname])?;
+        host.exec(&["ip", "link", "set", ifname, "up"])?;
+        if other.0 == self.lan.0 {
+            other.exec(&["ip", "link", "set", peer, "master", "br0"])?;
+        }
+        other.exec(&["ip", "link", "set", peer, "up"])?;
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let net = self.net;
+        for ns in [self.lan.clone(), self.router.clone(), self.client.clone()] {
+            self.add_ns(&ns)?;
+        }
+        let (lan, router, client) = (self.lan.clone(), self.router.clone(), self.client.clone());
+        lan.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        lan.exec(&["ip", "link", "set", "br0", "up"])?;
+        self.link(&router, "eth0", &format!("10.{net}.0.1/24"), &lan, "prt")?;
+        self.link(
+            &client,
+            "eth0",
+            &format!("10.{net}.1.2/24"),
+            &router,
+            "eth1",
+        )?;
+        router.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.{net}.1.1/24"),
+            "dev",
+            "eth1",
+        ])?;
+        for s in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.fib_multipath_hash_policy=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.eth0.rp_filter=0",
+            "net.ipv4.conf.eth1.rp_filter=0",
+        ] {
+            router.exec(&["sysctl", "-qw", s])?;
+        }
+        client.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        client.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{net}.1.1"),
+        ])?;
+        for (i, b) in self.balancers.clone().iter().enumerate() {
+            self.add_ns(b)?;
+            let port = format!("pl{i}");
+            self.link(
+                b,
+                "eth0",
+                &format!("{}/24", self.balancer_ip(i)),
+                &lan,
+                &port,
+            )?;
+            self.peer_xdp.push(attach_pass_in(&lan, &port)?);
+        }
+        for (i, b) in self.backends.clone().iter().enumerate() {
+            self.add_ns(b)?;
+            self.link(
+                b,
+                "eth0",
+                &format!("{}/24", self.backend_ip(i)),
+                &lan,
+                &format!("pb{i}"),
+            )?;
+            for k in 0..2 {
+                b.exec(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/32", self.vip(k)),
+                    "dev",
+                    "lo",
+                ])?;
+            }
+            for s in [
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+            ] {
+                b.exec(&["sysctl", "-qw", s])?;
+            }
+            b.exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &self.router_ip().to_string(),
+            ])?;
+        }
+        self.start_router_bird()
+    }
+
+    fn spawn_bird(&mut self, ns: &Ns, name: &str, conf: &str) -> Result<()> {
+        let conf_path = self.dir.join(format!("{name}.conf"));
+        std::fs::write(&conf_path, conf)?;
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let ctl = self.dir.join(format!("{name}.ctl"));
+        let g = ns.spawn_with(
+            &[
+                "bird",
+                "-f",
+                "-c",
+                conf_path.to_str().unwrap(),
+                "-s",
+                ctl.to_str().unwrap(),
+            ],
+            Stdio::null(),
+            Stdio::from(log),
+        )?;
+        self.birds.push(g);
+        crate::lbrun::wait_for(Duration::from_secs(10), || {
+            birdc(&ctl, &["show", "status"]).map(|_| ())
+        })
+        .with_context(|| format!("BIRD {name} did not answer; log:\n{}", self.bird_log(name)))
+    }
+
+    fn start_router_bird(&mut self) -> Result<()> {
+        let mut conf = format!(
+            "router id {rt};\nlog stderr all;\nprotocol device {{ scan time 1; }}\n\
+             protocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; merge paths on; }}\n\
+             protocol bfd {{ interface \"eth0\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n\
+             template bgp balancer {{ local {rt} as {ROUTER_AS}; hold time 3; keepalive time 1; \
+             connect retry time 1; error wait time 1, 2; bfd on; ipv4 {{ import all; export none; }}; }}\n",
+            rt = self.router_ip()
+        );
+        for i in 0..self.balancers.len() {
+            conf += &format!(
+                "protocol bgp lb{i} from balancer {{ neighbor {} as {}; }}\n",
+                self.balancer_ip(i),
+                65101 + i as u32
+            );
+        }
+        let router = self.router.clone();
+        self.spawn_bird(&router, "router", &conf)
+    }
+
+    /// Starts balancer i's BIRD from the shipped configuration (its include file must exist:
+    /// the agent writes it, or [`Ha::empty_include`] before the agent starts).
+    pub fn start_balancer_bird(&mut self, i: usize) -> Result<()> {
+        let conf = BALANCER_BIRD_CONF
+            .replace("192.0.2.10", &self.balancer_ip(i).to_string())
+            .replace("192.0.2.1", &self.router_ip().to_string())
+            .replace("65101", &(65101 + i as u32).to_string())
+            .replace(
+                "/etc/bird/lb-vips.conf",
+                &self.include_file(i).display().to_string(),
+            )
+            .replace("log syslog all;", "log stderr all;");
+        let ns = self.balancers[i].clone();
+        self.spawn_bird(&ns, &format!("lb{i}"), &conf)
+    }
+
+    /// Writes an include file announcing nothing (BIRD needs the file to start).
+    pub fn empty_include(&self, i: usize) -> Result<()> {
+        std::fs::write(
+            self.include_file(i),
+            "protocol static lb_vips {\n  ipv4;\n}\n",
+        )?;
+        Ok(())
+    }
+
+    pub fn bird_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The router's next hops for `vip` (empty: no route).
+    pub fn next_hops(&self, vip: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
+        let out = self
+            .router
+            .exec(&["ip", "route", "show", &format!("{vip}/32")])?;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let mut hops: Vec<Ipv4Addr> = words
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .filter_map(|w| w[1].parse().ok())
+            .collect();
+        hops.sort();
+        Ok(hops)
+    }
+
+    /// Waits until the router's next hops for `vip` are exactly `want`; returns how long it took.
+    pub fn wait_next_hops(
+        &self,
+        vip: Ipv4Addr,
+        want: &[Ipv4Addr],
+        within: Duration,
+    ) -> Result<Duration> {
+        let mut want = want.to_vec();
+        want.sort();
+        let t0 = Instant::now();
+        loop {
+            let got = self.next_hops(vip)?;
+            if got == want {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > within {
+                bail!("router next hops for {vip}: {got:?}, expected {want:?} within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Cuts balancer i's cable: its bridge port goes down.
+    pub fn cut_link(&self, i: usize) -> Result<()> {
+        self.lan
+            .exec(&["ip", "link", "set", &format!("pl{i}"), "down"])?;
+        Ok(())
+    }
+
+    fn cleanup(&mut self) {
+        for b in &mut self.birds {
+            b.kill();
+        }
+        self.peer_xdp.clear();
+        for ns in self.namespaces.drain(..).rev() {
+            let _ignored = sh(&["ip", "netns", "del", &ns]);
+        }
+        let _ignored = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Ha {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// `birdc -s <ctl> <args>`: its output, or an error with it.
+pub fn birdc(ctl: &std::path::Path, args: &[&str]) -> Result<String> {
+    let mut v = vec!["birdc", "-s", ctl.to_str().unwrap()];
+    v.extend_from_slice(args);
+    let out = sh(&v)?;
+    if out.contains("Unable to connect") {
+        bail!("{out}");
+    }
+    Ok(out)
+}

@@ -1,0 +1,581 @@
+//! Several balancers behind ECMP, through `lb run` and BIRD as a user would run them: a
+//! router namespace running BIRD with ECMP (`merge paths on`, `fib_multipath_hash_policy =
+//! 1`), two balancer namespaces each running `lb run` (XDP on its veth) and BIRD peering
+//! with the router over eBGP with BFD (the shipped packaging/bird/bird.conf), three backends
+//! on the balancers' L2 segment, and a client behind the router. The wiring is drawn in
+//! `lb_tests::ha`: the router hashes each flow onto one announcing balancer, the balancer
+//! rewrites MACs to the backend Maglev picks (L2 DSR), and backends answer the client
+//! through the router.
+//!
+//! One topology, checked in order (each phase prints what it measured):
+//! 1. both balancers were fed the same backends in different orders (file order, and on
+//!    balancer 1 admin-socket adds with a removal and re-add in between, other names): every
+//!    Maglev slot maps to the same backend address in both pinned maps;
+//! 2. flows from 360 client ports spread over both balancers (each 30–70%) and the three
+//!    backends (each 25–42%);
+//! 3. `lb node drain` on balancer 0 withdraws its announcements (the router keeps only
+//!    balancer 1), open flows keep working, and the same 5-tuples reach the same backends
+//!    through balancer 1; `lb node undrain` announces again;
+//! 4. a VIP whose service loses its only backend (its health check fails) is withdrawn by
+//!    both balancers within interval × (unhealthy threshold + 1) + 1 s = 2.5 s;
+//! 5. SIGKILL of balancer 0's agent, then its link cut: long-lived TCP connections exchanging
+//!    every 100 ms continue through balancer 1 on the same backends, none is reset, and the
+//!    longest gap is bounded by the BFD detection time (3 × 100 ms) + 1 s.
+
+use anyhow::{bail, Context, Result};
+use lb_tests::{
+    ha::Ha,
+    lbrun::{field, wait_for, Agent},
+    netns::{Ns, ProcGuard},
+};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+mod agent_support;
+use agent_support as support;
+use support::{lb, lb_ok, Maps, BACKEND_BIN, RING};
+
+/// First client port of the spread and same-backend rounds; PORTS ports from it.
+const FIRST_PORT: u16 = 41000;
+const PORTS: u16 = 360;
+/// BFD: 3 × 100 ms (packaging/bird/bird.conf and the router).
+const BFD_DETECTION: Duration = Duration::from_millis(300);
+
+/// Balancer `i`'s configuration: `web` (VIP 0, port 80) over `backends` in that order with
+/// those names, and `solo` (VIP 1, port 80) over backend 0 alone, health-checked on port
+/// 9000 so the test can take its only backend away.
+fn config(ha: &Ha, i: usize, backends: &[(usize, &str)]) -> String {
+    let mut c = format!(
+        r#"[dataplane]
+interfaces = ["eth0"]
+pin_path = "{{PIN}}"
+max_services = 4
+ring_size = {RING}
+
+[admin]
+socket = "{{SOCK}}"
+
+{announce}
+[health_checks.web]
+protocol = "TCP"
+port = 80
+check_interval_sec = 0.5
+timeout_sec = 0.5
+healthy_threshold = 1
+unhealthy_threshold = 2
+
+[health_checks.solo]
+protocol = "TCP"
+port = 9000
+check_interval_sec = 0.5
+timeout_sec = 0.5
+healthy_threshold = 1
+unhealthy_threshold = 2
+
+[forwarding_rules.web]
+ip_address = "{vip0}"
+ports = [80]
+backend_service = "web"
+
+[forwarding_rules.solo]
+ip_address = "{vip1}"
+ports = [80]
+backend_service = "solo"
+
+[backend_services.solo]
+protocol = "TCP"
+health_check = "solo"
+backends = [{{ name = "solo-0", address = "{b0}" }}]
+
+[backend_services.web]
+protocol = "TCP"
+health_check = "web"
+"#,
+        announce = ha.announce_section(i),
+        vip0 = ha.vip(0),
+        vip1 = ha.vip(1),
+        b0 = ha.backend_ip(0),
+    );
+    for (b, name) in backends {
+        c += &format!(
+            "\n[[backend_services.web.backends]]\nname = \"{name}\"\naddress = \"{}\"\n",
+            ha.backend_ip(*b)
+        );
+    }
+    c
+}
+
+/// Starts `lb-backend NAME PORT UDP` in backend `i`.
+fn backend(ha: &Ha, i: usize, name: &str, port: u16, udp: u16) -> Result<ProcGuard> {
+    ha.backends[i].spawn(&[BACKEND_BIN, name, &port.to_string(), &udp.to_string()])
+}
+
+/// Web's Maglev table as backend addresses, from balancer `agent`'s pinned maps.
+fn web_table(agent: &Agent, web: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
+    let m = Maps::read(&agent.pin_dir)?;
+    let sid = m
+        .vips
+        .iter()
+        .find(|(k, _)| k.addr[..4] == web.octets())
+        .map(|(_, v)| v.service)
+        .context("web VIP not in the maps")?;
+    m.tables[&sid]
+        .iter()
+        .map(|slot| {
+            let b = m.backends.get(slot).context("table names an empty slot")?;
+            Ok(Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]))
+        })
+        .collect()
+}
+
+/// One short connection from `port` to the VIP: the answering backend's name. Closed with a
+/// reset (linger 0), so the same 5-tuple can be used again at once (no TIME_WAIT).
+fn probe(to: SocketAddr, port: u16) -> Result<String> {
+    use std::os::fd::AsRawFd;
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    if sock < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh socket we own; converted into a TcpStream below.
+    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(sock) };
+    let one: libc::c_int = 1;
+    let sa = |ip: Ipv4Addr, p: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: p.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    let SocketAddr::V4(to4) = to else {
+        bail!("IPv4 only")
+    };
+    // SAFETY: plain socket calls on our descriptor with correctly sized arguments.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            4,
+        );
+        // Bounds the connect too (a SYN nobody answers would otherwise wait minutes).
+        let tv = libc::timeval {
+            tv_sec: 3,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        let local = sa(Ipv4Addr::UNSPECIFIED, port);
+        if libc::bind(
+            stream.as_raw_fd(),
+            &local as *const _ as *const libc::sockaddr,
+            len,
+        ) != 0
+        {
+            bail!("bind {port}: {}", std::io::Error::last_os_error());
+        }
+        let remote = sa(*to4.ip(), to4.port());
+        if libc::connect(
+            stream.as_raw_fd(),
+            &remote as *const _ as *const libc::sockaddr,
+            len,
+        ) != 0
+        {
+            bail!("connect from {port}: {}", std::io::Error::last_os_error());
+        }
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    stream.set_linger(Some(Duration::ZERO))?;
+    let name = field(&line, "name")
+        .with_context(|| format!("banner {line:?}"))?
+        .to_string();
+    Ok(name)
+}
+
+/// Probes every port of the round from the client: port → backend name.
+fn round(ha: &Ha) -> Result<BTreeMap<u16, String>> {
+    let to = SocketAddr::new(ha.vip(0).into(), 80);
+    ha.client.run_in(move || -> Result<BTreeMap<u16, String>> {
+        let mut out = BTreeMap::new();
+        for p in FIRST_PORT..FIRST_PORT + PORTS {
+            let name = wait_for(Duration::from_secs(5), || probe(to, p))
+                .with_context(|| format!("client port {p}"))?;
+            out.insert(p, name);
+        }
+        Ok(out)
+    })?
+}
+
+/// Client ports of VIP 0 flows in balancer `agent`'s connection tables.
+fn carried(agent: &Agent, vip: Ipv4Addr) -> Result<Vec<u16>> {
+    let f = lb_userspace::dataplane::flows::Filter {
+        vip: Some(vip.into()),
+        ..Default::default()
+    };
+    let mut ports: Vec<u16> = lb_userspace::dataplane::flows::list(&agent.pin_dir, &f)?
+        .into_iter()
+        .map(|fl| fl.client_port)
+        .filter(|p| (FIRST_PORT..FIRST_PORT + PORTS).contains(p))
+        .collect();
+    ports.sort();
+    ports.dedup();
+    Ok(ports)
+}
+
+/// A long-lived connection exchanging a line every 100 ms from the client namespace until
+/// stopped; records every successful exchange's time and the first error.
+struct Talker {
+    backend: String,
+    local_port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<Vec<Instant>, String>>>,
+}
+
+impl Talker {
+    fn open(client: &Ns, to: SocketAddr) -> Result<Talker> {
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(String, u16), String>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let ns = client.clone();
+        let thread = std::thread::spawn(move || {
+            ns.run_in(move || talk(to, &tx, &stop2))
+                .map_err(|e| e.to_string())?
+        });
+        let (backend, local_port) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("no banner")?
+            .map_err(anyhow::Error::msg)?;
+        Ok(Talker {
+            backend,
+            local_port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops it: the times of its successful exchanges, or its first error.
+    fn finish(mut self) -> Result<Vec<Instant>, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().map_or(Err("no thread".into()), |t| {
+            t.join().map_err(|_| "panicked".to_string())?
+        })
+    }
+}
+
+impl Drop for Talker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ignored = t.join();
+        }
+    }
+}
+
+/// The talker's loop. Linear retransmission timeouts (`TCP_THIN_LINEAR_TIMEOUTS`, for
+/// streams with few packets in flight) keep the client retrying every RTO while the router
+/// has not yet moved the flow, rather than backing off past the failover.
+fn talk(
+    to: SocketAddr,
+    tx: &std::sync::mpsc::Sender<Result<(String, u16), String>>,
+    stop: &AtomicBool,
+) -> Result<Vec<Instant>, String> {
+    use std::os::fd::AsRawFd;
+    let s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(e.to_string()));
+            return Err(e.to_string());
+        }
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on our socket with an int option.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_THIN_LINEAR_TIMEOUTS,
+            &one as *const _ as *const libc::c_void,
+            4,
+        );
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(8)));
+    let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut banner = String::new();
+    r.read_line(&mut banner).map_err(|e| e.to_string())?;
+    let name = field(&banner, "name").unwrap_or("?").to_string();
+    let _ = tx.send(Ok((name.clone(), local)));
+    let mut times = Vec::new();
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        i += 1;
+        let mut line = String::new();
+        writeln!(w, "ping{i}").map_err(|e| format!("write {i}: {e}"))?;
+        let n = r
+            .read_line(&mut line)
+            .map_err(|e| format!("read {i}: {e}"))?;
+        if n == 0 || line.trim() != format!("{name} ping{i}") {
+            return Err(format!("exchange {i}: got {line:?}"));
+        }
+        times.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(times)
+}
+
+fn longest_gap(times: &[Instant]) -> Duration {
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
+}
+
+fn share(n: usize, total: usize) -> f64 {
+    n as f64 / total as f64
+}
+
+#[test]
+fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()> {
+    if !lb_tests::root_or_skip("two_balancers_behind_ecmp") {
+        return Ok(());
+    }
+    let mut ha = Ha::new(2, 3)?;
+    let (vip, vip_solo) = (ha.vip(0), ha.vip(1));
+    let bal: Vec<Ipv4Addr> = (0..2).map(|i| ha.balancer_ip(i)).collect();
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        servers.push(backend(&ha, i, &format!("backend-{i}"), 80, 53)?);
+    }
+    let mut solo_check = Some(backend(&ha, 0, "solo-check", 9000, 9053)?);
+    for i in 0..2 {
+        ha.empty_include(i)?;
+        ha.start_balancer_bird(i)?;
+    }
+    // Balancer 0: file order 0, 1, 2. Balancer 1: 2 and 0 in the file under other names,
+    // then backend 1 added through the socket, 0 removed and added back without a name.
+    let mut a0 = Agent::start(
+        &ha.balancers[0],
+        &config(
+            &ha,
+            0,
+            &[(0, "backend-0"), (1, "backend-1"), (2, "backend-2")],
+        ),
+    )?;
+    let a1 = Agent::start(
+        &ha.balancers[1],
+        &config(&ha, 1, &[(2, "two"), (0, "zero")]),
+    )?;
+    wait_for(Duration::from_secs(20), || {
+        support::socket(&a1)
+            .exists()
+            .then_some(())
+            .context("socket")
+    })?;
+    let b1 = ha.backend_ip(1).to_string();
+    let b0 = ha.backend_ip(0).to_string();
+    wait_for(Duration::from_secs(10), || {
+        let o = lb(
+            &a1,
+            &["backend", "add", "web", "--address", &b1, "--name", "one"],
+        );
+        (o.code == 0).then_some(()).context(o.stderr)
+    })?;
+    lb_ok(&a1, &["backend", "remove", "web", "zero"]);
+    lb_ok(&a1, &["backend", "add", "web", "--address", &b0]);
+
+    // Both announce both VIPs; the router spreads over both.
+    let t = ha
+        .wait_next_hops(vip, &bal, Duration::from_secs(30))
+        .with_context(|| {
+            format!(
+                "router log:\n{}\nlb0 log:\n{}",
+                ha.bird_log("router"),
+                a0.log()
+            )
+        })?;
+    println!("ECMP route to {vip} via both balancers after {t:?}");
+    ha.wait_next_hops(vip_solo, &bal, Duration::from_secs(10))?;
+
+    // 1. Same table on both balancers, read from their pinned maps.
+    let t0 = wait_for(Duration::from_secs(10), || {
+        let t = web_table(&a0, vip)?;
+        (t.iter().collect::<std::collections::BTreeSet<_>>().len() == 3)
+            .then_some(t)
+            .context("balancer 0 table lacks a backend")
+    })?;
+    let t1 = wait_for(Duration::from_secs(10), || {
+        let t = web_table(&a1, vip)?;
+        (t == t0).then_some(t).context("tables differ")
+    })
+    .context("balancer 1's Maglev table differs from balancer 0's")?;
+    assert_eq!(t0.len(), RING as usize);
+    assert_eq!(t0, t1);
+    let slots = |a: &Agent| -> Result<Vec<u32>> {
+        Ok(Maps::read(&a.pin_dir)?.backends.keys().copied().collect())
+    };
+    println!(
+        "same Maglev table on both balancers ({} slots); backend slot ids {:?} vs {:?}",
+        t0.len(),
+        slots(&a0)?,
+        slots(&a1)?
+    );
+
+    // 2. Spread over balancers and backends.
+    let first = round(&ha)?;
+    let via0 = carried(&a0, vip)?;
+    let via1 = carried(&a1, vip)?;
+    let total = PORTS as usize;
+    assert_eq!(
+        via0.len() + via1.len(),
+        total,
+        "each flow on exactly one balancer"
+    );
+    let mut per_backend: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in first.values() {
+        *per_backend.entry(n.as_str()).or_default() += 1;
+    }
+    println!(
+        "{total} flows: balancer 0 {} ({:.0}%), balancer 1 {} ({:.0}%); backends {per_backend:?}",
+        via0.len(),
+        100.0 * share(via0.len(), total),
+        via1.len(),
+        100.0 * share(via1.len(), total)
+    );
+    for n in [via0.len(), via1.len()] {
+        assert!(
+            (0.30..=0.70).contains(&share(n, total)),
+            "balancer share {n}/{total}"
+        );
+    }
+    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+    for (b, n) in &per_backend {
+        assert!(
+            (0.25..=0.42).contains(&share(*n, total)),
+            "{b}: {n}/{total}"
+        );
+    }
+
+    // 3. Node drain on balancer 0: withdrawn, open flows keep working, same backends via 1.
+    let open: Vec<Talker> = (0..6)
+        .map(|_| Talker::open(&ha.client, SocketAddr::new(vip.into(), 80)))
+        .collect::<Result<_>>()?;
+    lb_ok(&a0, &["node", "drain"]);
+    let t = ha.wait_next_hops(vip, &bal[1..], Duration::from_secs(5))?;
+    ha.wait_next_hops(vip_solo, &bal[1..], Duration::from_secs(5))?;
+    println!("lb node drain: the router dropped balancer 0 after {t:?}");
+    let st = lb_ok(&a0, &["status"]);
+    let rules = &st["announce"]["rules"];
+    assert!(st["announce"]["node_drained"].as_bool().unwrap(), "{st}");
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["withdrawn"] == "node-drained"),
+        "{st}"
+    );
+    let second = round(&ha)?;
+    let now_via1 = carried(&a1, vip)?;
+    assert_eq!(now_via1.len(), total, "every flow now through balancer 1");
+    let moved: Vec<u16> = via0
+        .iter()
+        .copied()
+        .filter(|p| first[p] != second[p])
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "flows that changed backend with their balancer: {moved:?}"
+    );
+    assert_eq!(first, second);
+    println!(
+        "{} flows first carried by balancer 0 reached the same backends through balancer 1",
+        via0.len()
+    );
+    for t in open {
+        let (backend, port) = (t.backend.clone(), t.local_port);
+        let times = t.finish().map_err(anyhow::Error::msg)?;
+        assert!(times.len() >= 3, "flow from {port} ({backend}) barely ran");
+    }
+    lb_ok(&a0, &["node", "undrain"]);
+    ha.wait_next_hops(vip, &bal, Duration::from_secs(5))?;
+
+    // 4. The solo service loses its only backend: both balancers withdraw its VIP.
+    let bound = Duration::from_secs_f64(0.5 * 3.0 + 1.0);
+    if let Some(mut g) = solo_check.take() {
+        g.kill();
+    }
+    let t = ha.wait_next_hops(vip_solo, &[], Duration::from_secs(10))?;
+    println!("VIP {vip_solo} withdrawn {t:?} after its only backend failed (bound {bound:?})");
+    assert!(t <= bound, "withdrawal took {t:?}, over {bound:?}");
+    assert_eq!(ha.next_hops(vip)?, bal, "the web VIP stays announced");
+    let st = lb_ok(&a1, &["status"]);
+    let solo = st["announce"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "solo")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(solo["withdrawn"], "no-usable-backend", "{st}");
+
+    // 5. SIGKILL balancer 0's agent, then cut its link.
+    let talkers: Vec<Talker> = (0..12)
+        .map(|_| Talker::open(&ha.client, SocketAddr::new(vip.into(), 80)))
+        .collect::<Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(1500)); // let them promote into CONNS
+    let on0: Vec<u16> = carried(&a0, vip)?;
+    let through0 = talkers
+        .iter()
+        .filter(|t| on0.contains(&t.local_port))
+        .count();
+    a0.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    ha.cut_link(0)?;
+    let cut = Instant::now();
+    let t = ha.wait_next_hops(vip, &bal[1..], Duration::from_secs(10))?;
+    println!("link cut: the router dropped balancer 0 after {t:?} (BFD {BFD_DETECTION:?})");
+    std::thread::sleep(Duration::from_secs(3));
+    let bound = BFD_DETECTION + Duration::from_secs(1);
+    let mut worst = Duration::ZERO;
+    for tk in talkers {
+        let (backend, port) = (tk.backend.clone(), tk.local_port);
+        let times = tk
+            .finish()
+            .map_err(|e| anyhow::anyhow!("connection from {port} ({backend}) failed: {e}"))?;
+        let after = times.iter().filter(|t| **t > cut).count();
+        assert!(
+            after >= 20,
+            "connection from {port} made {after} exchanges after the cut"
+        );
+        worst = worst.max(longest_gap(&times));
+    }
+    println!(
+        "{through0} of 12 long-lived connections went through balancer 0; none reset; longest gap {worst:?} (bound {bound:?})"
+    );
+    assert!(
+        through0 > 0,
+        "no connection crossed balancer 0; the kill proved nothing"
+    );
+    assert!(worst <= bound, "longest gap {worst:?} over {bound:?}");
+    drop(servers);
+    Ok(())
+}
