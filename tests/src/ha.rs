@@ -19,8 +19,10 @@
 //! (L2 direct server return on the shared segment); backends hold the VIPs on `lo` without
 //! answering ARP for them, and answer the client through the router (their default route).
 //! The bridge ports facing the balancers carry a trivial XDP program, without which veth
-//! drops the balancers' XDP_TX frames (TOOLCHAIN.md); the client computes checksums in
-//! software (`tx off`), since a forwarded frame bounced by XDP keeps veth's unfinished one.
+//! drops the balancers' XDP_TX frames (TOOLCHAIN.md), and do not flood unknown unicast (a
+//! NIC's MAC filter, which veth lacks: a cut balancer's frames must be lost, not flooded to
+//! the other balancer); the client computes checksums in software (`tx off`), since a
+//! forwarded frame bounced by XDP keeps veth's unfinished one.
 
 use crate::netns::{attach_pass_in, sh, Ns, ProcGuard};
 use anyhow::{bail, Context, Result};
@@ -193,6 +195,10 @@ impl Ha {
                 &port,
             )?;
             self.peer_xdp.push(attach_pass_in(&lan, &port)?);
+            // A NIC drops frames for other MACs before XDP sees them; a veth does not. Without
+            // this, frames for a balancer whose link is cut would be flooded to the others
+            // (the bridge forgets the dead port's MACs) and fail over without the router.
+            lan.exec(&["bridge", "link", "set", "dev", &port, "flood", "off"])?;
         }
         for (i, b) in self.backends.clone().iter().enumerate() {
             self.add_ns(b)?;

@@ -11,16 +11,19 @@
 //! 1. both balancers were fed the same backends in different orders (file order, and on
 //!    balancer 1 admin-socket adds with a removal and re-add in between, other names): every
 //!    Maglev slot maps to the same backend address in both pinned maps;
-//! 2. flows from 360 client ports spread over both balancers (each 30–70%) and the three
+//! 2. flows from 600 client ports spread over both balancers (each 30–70%) and the three
 //!    backends (each 25–42%);
 //! 3. `lb node drain` on balancer 0 withdraws its announcements (the router keeps only
 //!    balancer 1), open flows keep working, and the same 5-tuples reach the same backends
 //!    through balancer 1; `lb node undrain` announces again;
 //! 4. a VIP whose service loses its only backend (its health check fails) is withdrawn by
 //!    both balancers within interval × (unhealthy threshold + 1) + 1 s = 2.5 s;
-//! 5. SIGKILL of balancer 0's agent, then its link cut: long-lived TCP connections exchanging
+//! 5. an agent restart withdraws nothing (the router keeps both next hops throughout);
+//! 6. SIGKILL of balancer 0's agent, then its link cut: long-lived TCP connections exchanging
 //!    every 100 ms continue through balancer 1 on the same backends, none is reset, and the
-//!    longest gap is bounded by the BFD detection time (3 × 100 ms) + 1 s.
+//!    longest gap is bounded by the BFD detection time (3 × 100 ms) + 1 s;
+//! 7. `lb down` withdraws the balancer's announcements (empty include file, `birdc
+//!    configure`) before removing its dataplane.
 
 use anyhow::{bail, Context, Result};
 use lb_tests::{
@@ -43,9 +46,11 @@ mod agent_support;
 use agent_support as support;
 use support::{lb, lb_ok, Maps, BACKEND_BIN, RING};
 
-/// First client port of the spread and same-backend rounds; PORTS ports from it.
-const FIRST_PORT: u16 = 41000;
-const PORTS: u16 = 360;
+/// First client port of the spread and same-backend rounds; PORTS ports from it. Above the
+/// ephemeral range (32768–60999), so no other connection of the test takes one of them.
+const FIRST_PORT: u16 = 61000;
+/// 600 flows: a backend's expected third is then 4 standard deviations inside 25–42%.
+const PORTS: u16 = 600;
 /// BFD: 3 × 100 ms (packaging/bird/bird.conf and the router).
 const BFD_DETECTION: Duration = Duration::from_millis(300);
 
@@ -62,6 +67,7 @@ ring_size = {RING}
 
 [admin]
 socket = "{{SOCK}}"
+metrics_listen = "127.0.0.1:9100"
 
 {announce}
 [health_checks.web]
@@ -202,7 +208,20 @@ fn probe(to: SocketAddr, port: u16) -> Result<String> {
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    stream.set_linger(Some(Duration::ZERO))?;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on our socket with a linger struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
     let name = field(&line, "name")
         .with_context(|| format!("banner {line:?}"))?
         .to_string();
@@ -223,8 +242,16 @@ fn round(ha: &Ha) -> Result<BTreeMap<u16, String>> {
     })?
 }
 
-/// Client ports of VIP 0 flows in balancer `agent`'s connection tables.
+/// Client ports of the round's flows to `vip` in balancer `agent`'s connection tables.
 fn carried(agent: &Agent, vip: Ipv4Addr) -> Result<Vec<u16>> {
+    Ok(carried_any(agent, vip)?
+        .into_iter()
+        .filter(|p| (FIRST_PORT..FIRST_PORT + PORTS).contains(p))
+        .collect())
+}
+
+/// Client ports of every flow to `vip` in balancer `agent`'s connection tables.
+fn carried_any(agent: &Agent, vip: Ipv4Addr) -> Result<Vec<u16>> {
     let f = lb_userspace::dataplane::flows::Filter {
         vip: Some(vip.into()),
         ..Default::default()
@@ -232,7 +259,6 @@ fn carried(agent: &Agent, vip: Ipv4Addr) -> Result<Vec<u16>> {
     let mut ports: Vec<u16> = lb_userspace::dataplane::flows::list(&agent.pin_dir, &f)?
         .into_iter()
         .map(|fl| fl.client_port)
-        .filter(|p| (FIRST_PORT..FIRST_PORT + PORTS).contains(p))
         .collect();
     ports.sort();
     ports.dedup();
@@ -416,7 +442,7 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
     ha.wait_next_hops(vip_solo, &bal, Duration::from_secs(10))?;
 
     // 1. Same table on both balancers, read from their pinned maps.
-    let t0 = wait_for(Duration::from_secs(10), || {
+    let table = wait_for(Duration::from_secs(10), || {
         let t = web_table(&a0, vip)?;
         (t.iter().collect::<std::collections::BTreeSet<_>>().len() == 3)
             .then_some(t)
@@ -424,17 +450,22 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
     })?;
     let t1 = wait_for(Duration::from_secs(10), || {
         let t = web_table(&a1, vip)?;
-        (t == t0).then_some(t).context("tables differ")
+        (t == table).then_some(t).context("tables differ")
     })
     .context("balancer 1's Maglev table differs from balancer 0's")?;
-    assert_eq!(t0.len(), RING as usize);
-    assert_eq!(t0, t1);
-    let slots = |a: &Agent| -> Result<Vec<u32>> {
-        Ok(Maps::read(&a.pin_dir)?.backends.keys().copied().collect())
+    assert_eq!(table.len(), RING as usize);
+    assert_eq!(table, t1);
+    // Slot ids of the web backends (by address) differ between the hosts; the table agrees.
+    let slots = |a: &Agent| -> Result<Vec<String>> {
+        let m = Maps::read(&a.pin_dir)?;
+        Ok(m.backends
+            .iter()
+            .map(|(slot, b)| format!("{slot}={}.{}", b.addr[2], b.addr[3]))
+            .collect())
     };
     println!(
-        "same Maglev table on both balancers ({} slots); backend slot ids {:?} vs {:?}",
-        t0.len(),
+        "same Maglev table on both balancers ({} entries); backend slots {:?} vs {:?}",
+        table.len(),
         slots(&a0)?,
         slots(&a1)?
     );
@@ -493,6 +524,20 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
             .all(|r| r["withdrawn"] == "node-drained"),
         "{st}"
     );
+    let metrics = ha.balancers[0].exec(&["curl", "-sS", "http://127.0.0.1:9100/metrics"])?;
+    for line in [
+        "lb_announce_node_drained 1".to_string(),
+        format!(
+            "lb_announce_rule_state{{rule=\"web\",prefix=\"{vip}/32\",state=\"node_drained\"}} 1"
+        ),
+        format!("lb_announce_rule_state{{rule=\"web\",prefix=\"{vip}/32\",state=\"announced\"}} 0"),
+        "lb_announce_in_sync 1".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
     let second = round(&ha)?;
     let now_via1 = carried(&a1, vip)?;
     assert_eq!(now_via1.len(), total, "every flow now through balancer 1");
@@ -537,12 +582,40 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
         .unwrap_or_default();
     assert_eq!(solo["withdrawn"], "no-usable-backend", "{st}");
 
-    // 5. SIGKILL balancer 0's agent, then cut its link.
+    // An agent restart (an upgrade) withdraws nothing: the file stays, BIRD keeps it.
+    let mut a1 = a1;
+    let file_before = std::fs::read_to_string(ha.include_file(1))?;
+    // Socket changes last until a restart: the file now names all three, in a third order.
+    a1.rewrite_config(&config(&ha, 1, &[(1, "one"), (2, "two"), (0, "zero")]))?;
+    a1.restart()?;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            ha.next_hops(vip)?,
+            bal,
+            "a restarting agent must not withdraw"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = wait_for(Duration::from_secs(10), || {
+        let o = lb(&a1, &["status"]);
+        (o.code == 0).then(|| o.json()).context(o.stderr)
+    })?;
+    assert_eq!(st["announce"]["in_sync"], true, "{st}");
+    assert_eq!(std::fs::read_to_string(ha.include_file(1))?, file_before);
+    wait_for(Duration::from_secs(10), || {
+        (web_table(&a1, vip)? == table)
+            .then_some(())
+            .context("restarted balancer 1's table differs")
+    })?;
+    println!("agent restart: both next hops stayed for 3 s, the include file unchanged");
+
+    // 6. SIGKILL balancer 0's agent, then cut its link.
     let talkers: Vec<Talker> = (0..12)
         .map(|_| Talker::open(&ha.client, SocketAddr::new(vip.into(), 80)))
         .collect::<Result<_>>()?;
     std::thread::sleep(Duration::from_millis(1500)); // let them promote into CONNS
-    let on0: Vec<u16> = carried(&a0, vip)?;
+    let on0: Vec<u16> = carried_any(&a0, vip)?;
     let through0 = talkers
         .iter()
         .filter(|t| on0.contains(&t.local_port))
@@ -576,6 +649,16 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
         "no connection crossed balancer 0; the kill proved nothing"
     );
     assert!(worst <= bound, "longest gap {worst:?} over {bound:?}");
+
+    // 7. `lb down` on balancer 1 withdraws what it announced before removing the dataplane.
+    a1.kill();
+    let down = std::process::Command::new(lb_tests::lb_binary())
+        .args(["down", "--config", a1.config.to_str().unwrap()])
+        .output()?;
+    assert!(down.status.success(), "{down:?}");
+    let t = ha.wait_next_hops(vip, &[], Duration::from_secs(5))?;
+    println!("lb down: the router has no route to {vip} after {t:?}");
+    assert!(!std::fs::read_to_string(ha.include_file(1))?.contains("route"));
     drop(servers);
     Ok(())
 }
