@@ -161,8 +161,10 @@ async fn worker(
         };
         if failed {
             // A new set is taken at once; otherwise the same one is tried again.
-            let _ = tokio::time::timeout(RETRY, rx.changed()).await;
-            continue;
+            match tokio::time::timeout(RETRY, rx.changed()).await {
+                Ok(Err(_)) => return, // The agent stopped.
+                Ok(Ok(())) | Err(_) => continue,
+            }
         }
         if rx.changed().await.is_err() {
             return; // The agent stopped; the file stays as it is.
