@@ -25,20 +25,15 @@
 //! 7. `lb down` withdraws the balancer's announcements (empty include file, `birdc
 //!    configure`) before removing its dataplane.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lb_tests::{
-    ha::Ha,
-    lbrun::{field, wait_for, Agent},
-    netns::{Ns, ProcGuard},
+    ha::{self, longest_gap, probe, Ha, Talker},
+    lbrun::{wait_for, Agent},
+    netns::ProcGuard,
 };
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -142,92 +137,6 @@ fn web_table(agent: &Agent, web: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
         .collect()
 }
 
-/// One short connection from `port` to the VIP: the answering backend's name. Closed with a
-/// reset (linger 0), so the same 5-tuple can be used again at once (no TIME_WAIT).
-fn probe(to: SocketAddr, port: u16) -> Result<String> {
-    use std::os::fd::AsRawFd;
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-    if sock < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh socket we own; converted into a TcpStream below.
-    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(sock) };
-    let one: libc::c_int = 1;
-    let sa = |ip: Ipv4Addr, p: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: p.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    let SocketAddr::V4(to4) = to else {
-        bail!("IPv4 only")
-    };
-    // SAFETY: plain socket calls on our descriptor with correctly sized arguments.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const _ as *const libc::c_void,
-            4,
-        );
-        // Bounds the connect too (a SYN nobody answers would otherwise wait minutes).
-        let tv = libc::timeval {
-            tv_sec: 3,
-            tv_usec: 0,
-        };
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-        let local = sa(Ipv4Addr::UNSPECIFIED, port);
-        if libc::bind(
-            stream.as_raw_fd(),
-            &local as *const _ as *const libc::sockaddr,
-            len,
-        ) != 0
-        {
-            bail!("bind {port}: {}", std::io::Error::last_os_error());
-        }
-        let remote = sa(*to4.ip(), to4.port());
-        if libc::connect(
-            stream.as_raw_fd(),
-            &remote as *const _ as *const libc::sockaddr,
-            len,
-        ) != 0
-        {
-            bail!("connect from {port}: {}", std::io::Error::last_os_error());
-        }
-    }
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on our socket with a linger struct.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as u32,
-        );
-    }
-    let name = field(&line, "name")
-        .with_context(|| format!("banner {line:?}"))?
-        .to_string();
-    Ok(name)
-}
-
 /// Probes every port of the round from the client: port → backend name.
 fn round(ha: &Ha) -> Result<BTreeMap<u16, String>> {
     let to = SocketAddr::new(ha.vip(0).into(), 80);
@@ -244,135 +153,10 @@ fn round(ha: &Ha) -> Result<BTreeMap<u16, String>> {
 
 /// Client ports of the round's flows to `vip` in balancer `agent`'s connection tables.
 fn carried(agent: &Agent, vip: Ipv4Addr) -> Result<Vec<u16>> {
-    Ok(carried_any(agent, vip)?
+    Ok(ha::carried(agent, vip)?
         .into_iter()
         .filter(|p| (FIRST_PORT..FIRST_PORT + PORTS).contains(p))
         .collect())
-}
-
-/// Client ports of every flow to `vip` in balancer `agent`'s connection tables.
-fn carried_any(agent: &Agent, vip: Ipv4Addr) -> Result<Vec<u16>> {
-    let f = lb_userspace::dataplane::flows::Filter {
-        vip: Some(vip.into()),
-        ..Default::default()
-    };
-    let mut ports: Vec<u16> = lb_userspace::dataplane::flows::list(&agent.pin_dir, &f)?
-        .into_iter()
-        .map(|fl| fl.client_port)
-        .collect();
-    ports.sort();
-    ports.dedup();
-    Ok(ports)
-}
-
-/// A long-lived connection exchanging a line every 100 ms from the client namespace until
-/// stopped; records every successful exchange's time and the first error.
-struct Talker {
-    backend: String,
-    local_port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Result<Vec<Instant>, String>>>,
-}
-
-impl Talker {
-    fn open(client: &Ns, to: SocketAddr) -> Result<Talker> {
-        let (tx, rx) = std::sync::mpsc::channel::<Result<(String, u16), String>>();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let ns = client.clone();
-        let thread = std::thread::spawn(move || {
-            ns.run_in(move || talk(to, &tx, &stop2))
-                .map_err(|e| e.to_string())?
-        });
-        let (backend, local_port) = rx
-            .recv_timeout(Duration::from_secs(5))
-            .context("no banner")?
-            .map_err(anyhow::Error::msg)?;
-        Ok(Talker {
-            backend,
-            local_port,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops it: the times of its successful exchanges, or its first error.
-    fn finish(mut self) -> Result<Vec<Instant>, String> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().map_or(Err("no thread".into()), |t| {
-            t.join().map_err(|_| "panicked".to_string())?
-        })
-    }
-}
-
-impl Drop for Talker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ignored = t.join();
-        }
-    }
-}
-
-/// The talker's loop. Linear retransmission timeouts (`TCP_THIN_LINEAR_TIMEOUTS`, for
-/// streams with few packets in flight) keep the client retrying every RTO while the router
-/// has not yet moved the flow, rather than backing off past the failover.
-fn talk(
-    to: SocketAddr,
-    tx: &std::sync::mpsc::Sender<Result<(String, u16), String>>,
-    stop: &AtomicBool,
-) -> Result<Vec<Instant>, String> {
-    use std::os::fd::AsRawFd;
-    let s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = tx.send(Err(e.to_string()));
-            return Err(e.to_string());
-        }
-    };
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt on our socket with an int option.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_THIN_LINEAR_TIMEOUTS,
-            &one as *const _ as *const libc::c_void,
-            4,
-        );
-    }
-    let _ = s.set_read_timeout(Some(Duration::from_secs(8)));
-    let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
-    let mut w = s.try_clone().map_err(|e| e.to_string())?;
-    let mut r = BufReader::new(s);
-    let mut banner = String::new();
-    r.read_line(&mut banner).map_err(|e| e.to_string())?;
-    let name = field(&banner, "name").unwrap_or("?").to_string();
-    let _ = tx.send(Ok((name.clone(), local)));
-    let mut times = Vec::new();
-    let mut i = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        i += 1;
-        let mut line = String::new();
-        writeln!(w, "ping{i}").map_err(|e| format!("write {i}: {e}"))?;
-        let n = r
-            .read_line(&mut line)
-            .map_err(|e| format!("read {i}: {e}"))?;
-        if n == 0 || line.trim() != format!("{name} ping{i}") {
-            return Err(format!("exchange {i}: got {line:?}"));
-        }
-        times.push(Instant::now());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(times)
-}
-
-fn longest_gap(times: &[Instant]) -> Duration {
-    times
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default()
 }
 
 fn share(n: usize, total: usize) -> f64 {
@@ -615,7 +399,7 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
         .map(|_| Talker::open(&ha.client, SocketAddr::new(vip.into(), 80)))
         .collect::<Result<_>>()?;
     std::thread::sleep(Duration::from_millis(1500)); // let them promote into CONNS
-    let on0: Vec<u16> = carried_any(&a0, vip)?;
+    let on0: Vec<u16> = ha::carried(&a0, vip)?;
     let through0 = talkers
         .iter()
         .filter(|t| on0.contains(&t.local_port))
