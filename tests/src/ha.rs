@@ -299,7 +299,7 @@ impl Ha {
             .replace("192.0.2.1", &self.router_ip().to_string())
             .replace("65101", &(65101 + i as u32).to_string())
             .replace(
-                "/etc/bird/lb-vips.conf",
+                "/var/lib/lb/bird-vips.conf",
                 &self.include_file(i).display().to_string(),
             )
             .replace("log syslog all;", "log stderr all;");

@@ -13,8 +13,10 @@
 //! worker task writes the file atomically and runs birdc with a deadline, retrying every
 //! [`RETRY`] while it fails, so a stopped or slow BIRD never blocks the agent. `configure`
 //! runs when the set changes, and once at start (harmless when BIRD already has the file:
-//! unchanged protocols are left alone); an agent that stops leaves the file as it is, so
-//! an upgrade withdraws nothing. `lb down` writes the empty protocol ([`withdraw_all`]).
+//! unchanged protocols are left alone), and when the file no longer says what BIRD was told
+//! (checked every [`RECHECK`]: emptied at BIRD's start, edited by hand). An agent that
+//! stops leaves the file as it is, so an upgrade withdraws nothing. `lb down` writes the
+//! empty protocol ([`withdraw_all`]).
 
 use std::{
     collections::BTreeSet,
@@ -34,6 +36,8 @@ pub const PROTOCOL: &str = "lb_vips";
 const BIRDC_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between attempts while writing or configuring fails.
 const RETRY: Duration = Duration::from_secs(2);
+/// How often the include file is compared with what BIRD was told.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// The include file's text for a set of prefixes ("10.0.0.10/32").
 pub fn render(prefixes: &BTreeSet<String>) -> String {
@@ -166,8 +170,21 @@ async fn worker(
                 Ok(Ok(())) | Err(_) => continue,
             }
         }
-        if rx.changed().await.is_err() {
-            return; // The agent stopped; the file stays as it is.
+        // Wait for the next set, and meanwhile check that the file still says what BIRD was
+        // told: a file emptied or edited by someone else (BIRD's own start-up drop-in, an
+        // operator) is written back and BIRD reconfigured.
+        loop {
+            match tokio::time::timeout(RECHECK, rx.changed()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return, // The agent stopped; the file stays as it is.
+                Err(_) => {
+                    let want = render(&rx.borrow());
+                    if std::fs::read_to_string(&bird.include_file).ok().as_ref() != Some(&want) {
+                        warn!(file = %bird.include_file.display(), "the announce include file changed behind the agent's back; writing it again");
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -200,7 +217,13 @@ fn write_if_changed(path: &Path, text: &str) -> Result<(), String> {
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|mut f| {
+            // BIRD runs as its own user: readable by all whatever the agent's umask.
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
         .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ignored = std::fs::remove_file(&tmp);
@@ -294,6 +317,9 @@ mod tests {
         assert_eq!(m1.ino(), m2.ino(), "unchanged text: not rewritten");
         write_if_changed(&f, "b").unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "b");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "BIRD's user must read it whatever the umask");
         // A symlink at the temporary's path is refused and its target untouched.
         let victim = d.join("victim");
         std::fs::write(&victim, "precious").unwrap();

@@ -48,7 +48,7 @@ pub struct Announce {
     pub daemon: AnnounceDaemon,
     /// BIRD: the file the agent writes (atomically) with a static protocol holding one
     /// route per announced prefix; BIRD's configuration includes it.
-    /// Default /etc/bird/lb-vips.conf; absolute.
+    /// Default /var/lib/lb/bird-vips.conf (the packaged unit's StateDirectory); absolute.
     pub include_file: Option<PathBuf>,
     /// BIRD: its control socket, for `birdc -s <socket> configure` after each change of the
     /// announced set. Default /run/bird/bird.ctl (Debian's); absolute.
@@ -66,7 +66,7 @@ impl Default for Announce {
 }
 
 impl Announce {
-    pub const DEFAULT_INCLUDE_FILE: &'static str = "/etc/bird/lb-vips.conf";
+    pub const DEFAULT_INCLUDE_FILE: &'static str = "/var/lib/lb/bird-vips.conf";
     pub const DEFAULT_CONTROL_SOCKET: &'static str = "/run/bird/bird.ctl";
 
     /// The include file, with its default.

@@ -96,7 +96,7 @@ backend_service = "web"
         let m = crate::config::from_toml(&t).unwrap();
         assert_eq!(
             m.announce.include_file(),
-            std::path::PathBuf::from("/etc/bird/lb-vips.conf")
+            std::path::PathBuf::from("/var/lib/lb/bird-vips.conf")
         );
         assert_eq!(
             m.announce.control_socket(),
