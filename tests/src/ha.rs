@@ -44,6 +44,9 @@ use std::{
 /// The BIRD configuration shipped for balancers; the topology fills in its addresses.
 pub const BALANCER_BIRD_CONF: &str = include_str!("../../packaging/bird/bird.conf");
 
+/// VIPs the backends hold on `lo` ([`Ha::vip`] 0..VIPS).
+pub const VIPS: u8 = 4;
+
 /// AS of the router; balancer i has 65101 + i.
 const ROUTER_AS: u32 = 65000;
 
@@ -217,7 +220,7 @@ impl Ha {
                 &lan,
                 &format!("pb{i}"),
             )?;
-            for k in 0..2 {
+            for k in 0..VIPS {
                 b.exec(&[
                     "ip",
                     "addr",

@@ -13,6 +13,8 @@
 //!    Maglev slot maps to the same backend address in both pinned maps;
 //! 2. flows from 600 client ports spread over both balancers (each 30–70%) and the three
 //!    backends (each 25–42%);
+//!    CLIENT_IP affinity sends every flow of the client to one backend through either
+//!    balancer; a rule with `announce = false` is never announced;
 //! 3. `lb node drain` on balancer 0 withdraws its announcements (the router keeps only
 //!    balancer 1), open flows keep working, and the same 5-tuples reach the same backends
 //!    through balancer 1; `lb node undrain` announces again;
@@ -46,6 +48,8 @@ use support::{lb, lb_ok, Maps, BACKEND_BIN, RING};
 const FIRST_PORT: u16 = 61000;
 /// 600 flows: a backend's expected third is then 4 standard deviations inside 25–42%.
 const PORTS: u16 = 600;
+/// Client ports of the CLIENT_IP affinity rounds (60 of them).
+const STICKY_PORT: u16 = 62000;
 /// BFD: 3 × 100 ms (packaging/bird/bird.conf and the router).
 const BFD_DETECTION: Duration = Duration::from_millis(300);
 
@@ -96,6 +100,22 @@ protocol = "TCP"
 health_check = "solo"
 backends = [{{ name = "solo-0", address = "{b0}" }}]
 
+[forwarding_rules.sticky]
+ip_address = "{vip2}"
+ports = [80]
+backend_service = "sticky"
+
+[forwarding_rules.hidden]
+ip_address = "{vip3}"
+ports = [80]
+backend_service = "web"
+announce = false
+
+[backend_services.sticky]
+protocol = "TCP"
+session_affinity = "CLIENT_IP"
+backends = [{{ address = "{b0}" }}, {{ address = "{b1}" }}, {{ address = "{b2}" }}]
+
 [backend_services.web]
 protocol = "TCP"
 health_check = "web"
@@ -103,7 +123,11 @@ health_check = "web"
         announce = ha.announce_section(i),
         vip0 = ha.vip(0),
         vip1 = ha.vip(1),
+        vip2 = ha.vip(2),
+        vip3 = ha.vip(3),
         b0 = ha.backend_ip(0),
+        b1 = ha.backend_ip(1),
+        b2 = ha.backend_ip(2),
     );
     for (b, name) in backends {
         c += &format!(
@@ -139,10 +163,15 @@ fn web_table(agent: &Agent, web: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
 
 /// Probes every port of the round from the client: port → backend name.
 fn round(ha: &Ha) -> Result<BTreeMap<u16, String>> {
-    let to = SocketAddr::new(ha.vip(0).into(), 80);
+    round_to(ha, ha.vip(0), FIRST_PORT..FIRST_PORT + PORTS)
+}
+
+/// Probes `vip` from each of `ports`: port → backend name.
+fn round_to(ha: &Ha, vip: Ipv4Addr, ports: std::ops::Range<u16>) -> Result<BTreeMap<u16, String>> {
+    let to = SocketAddr::new(vip.into(), 80);
     ha.client.run_in(move || -> Result<BTreeMap<u16, String>> {
         let mut out = BTreeMap::new();
-        for p in FIRST_PORT..FIRST_PORT + PORTS {
+        for p in ports {
             let name = wait_for(Duration::from_secs(5), || probe(to, p))
                 .with_context(|| format!("client port {p}"))?;
             out.insert(p, name);
@@ -151,11 +180,11 @@ fn round(ha: &Ha) -> Result<BTreeMap<u16, String>> {
     })?
 }
 
-/// Client ports of the round's flows to `vip` in balancer `agent`'s connection tables.
-fn carried(agent: &Agent, vip: Ipv4Addr) -> Result<Vec<u16>> {
+/// Client ports among `ports` of the flows to `vip` in balancer `agent`'s connection tables.
+fn carried(agent: &Agent, vip: Ipv4Addr, ports: &std::ops::Range<u16>) -> Result<Vec<u16>> {
     Ok(ha::carried(agent, vip)?
         .into_iter()
-        .filter(|p| (FIRST_PORT..FIRST_PORT + PORTS).contains(p))
+        .filter(|p| ports.contains(p))
         .collect())
 }
 
@@ -224,6 +253,18 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
         })?;
     println!("ECMP route to {vip} via both balancers after {t:?}");
     ha.wait_next_hops(vip_solo, &bal, Duration::from_secs(10))?;
+    ha.wait_next_hops(ha.vip(2), &bal, Duration::from_secs(10))?;
+    // The opted-out rule is never announced, and says so.
+    assert_eq!(ha.next_hops(ha.vip(3))?, Vec::<Ipv4Addr>::new());
+    let st = lb_ok(&a0, &["status"]);
+    let hidden = st["announce"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "hidden")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(hidden["withdrawn"], "opted-out", "{st}");
 
     // 1. Same table on both balancers, read from their pinned maps.
     let table = wait_for(Duration::from_secs(10), || {
@@ -256,8 +297,8 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
 
     // 2. Spread over balancers and backends.
     let first = round(&ha)?;
-    let via0 = carried(&a0, vip)?;
-    let via1 = carried(&a1, vip)?;
+    let via0 = carried(&a0, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
+    let via1 = carried(&a1, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
     let total = PORTS as usize;
     assert_eq!(
         via0.len() + via1.len(),
@@ -289,6 +330,19 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
         );
     }
 
+    // Hashed affinity agrees across balancers too: CLIENT_IP sends every port of the one
+    // client to one backend, whichever balancer the router picked.
+    let sticky_ports = STICKY_PORT..STICKY_PORT + 60;
+    let sticky = round_to(&ha, ha.vip(2), sticky_ports.clone())?;
+    let sticky_backends: std::collections::BTreeSet<&String> = sticky.values().collect();
+    let (s0, s1) = (
+        carried(&a0, ha.vip(2), &sticky_ports)?.len(),
+        carried(&a1, ha.vip(2), &sticky_ports)?.len(),
+    );
+    println!("CLIENT_IP affinity: 60 flows, {s0} via balancer 0 and {s1} via balancer 1, backends {sticky_backends:?}");
+    assert!(s0 > 0 && s1 > 0, "both balancers should carry some");
+    assert_eq!(sticky_backends.len(), 1, "{sticky:?}");
+
     // 3. Node drain on balancer 0: withdrawn, open flows keep working, same backends via 1.
     let open: Vec<Talker> = (0..6)
         .map(|_| Talker::open(&ha.client, SocketAddr::new(vip.into(), 80)))
@@ -305,7 +359,7 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
             .as_array()
             .unwrap()
             .iter()
-            .all(|r| r["withdrawn"] == "node-drained"),
+            .all(|r| r["withdrawn"] == "node-drained" || r["rule"] == "hidden"),
         "{st}"
     );
     let metrics = ha.balancers[0].exec(&["curl", "-sS", "http://127.0.0.1:9100/metrics"])?;
@@ -323,7 +377,12 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
         );
     }
     let second = round(&ha)?;
-    let now_via1 = carried(&a1, vip)?;
+    assert_eq!(
+        round_to(&ha, ha.vip(2), sticky_ports.clone())?,
+        sticky,
+        "CLIENT_IP flows changed backend with their balancer"
+    );
+    let now_via1 = carried(&a1, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
     assert_eq!(now_via1.len(), total, "every flow now through balancer 1");
     let moved: Vec<u16> = via0
         .iter()
