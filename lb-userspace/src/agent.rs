@@ -240,18 +240,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             ),
         }
     }
-    // Announcements start from the first plan, so a restarted agent hands BIRD the set it
-    // already has (no withdrawal while the agent was away, none now).
     agent.reconcile(Instant::now());
-    let announcer = announce::Announcer::start(
-        &agent.config().announce,
-        crate::model::announce::prefixes(&agent.announcements()),
-    );
-    if let Some(a) = &announcer {
-        metrics.register_announce(a.shared());
-    }
-    let mut agent = agent.with_announcer(announcer);
-    agent.reconcile(Instant::now());
+    let mut agent = start_announcing(agent, &metrics);
     publish(&agent, &published);
 
     let (call_tx, mut calls) = mpsc::channel::<admin::server::Call>(64);
@@ -276,6 +266,22 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let _ignored = std::fs::remove_file(&socket);
     info!("agent stopping; the dataplane stays attached (lb down removes it)");
     Ok(())
+}
+
+/// Starts the announcer of `[announce]` (if any) from the decision of the plan just applied,
+/// so a restarted agent hands BIRD the set it already has (no withdrawal while the agent was
+/// away, none now).
+fn start_announcing(agent: Agent, metrics: &Metrics) -> Agent {
+    let announcer = announce::Announcer::start(
+        &agent.config().announce,
+        crate::model::announce::prefixes(&agent.announcements()),
+    );
+    if let Some(a) = &announcer {
+        metrics.register_announce(a.shared());
+    }
+    let mut agent = agent.with_announcer(announcer);
+    agent.reconcile(Instant::now());
+    agent
 }
 
 /// The L7 tier: always running (a reload may add the first L7 rule), driven by the agent:

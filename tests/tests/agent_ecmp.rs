@@ -197,311 +197,372 @@ fn two_balancers_behind_ecmp_announce_through_bird_and_keep_flows() -> Result<()
     if !lb_tests::root_or_skip("two_balancers_behind_ecmp") {
         return Ok(());
     }
-    let mut ha = Ha::new(2, 3)?;
-    let (vip, vip_solo) = (ha.vip(0), ha.vip(1));
-    let bal: Vec<Ipv4Addr> = (0..2).map(|i| ha.balancer_ip(i)).collect();
-    let mut servers = Vec::new();
-    for i in 0..3 {
-        servers.push(backend(&ha, i, &format!("backend-{i}"), 80, 53)?);
-    }
-    let mut solo_check = Some(backend(&ha, 0, "solo-check", 9000, 9053)?);
-    for i in 0..2 {
-        ha.empty_include(i)?;
-        ha.start_balancer_bird(i)?;
-    }
-    // Balancer 0: file order 0, 1, 2. Balancer 1: 2 and 0 in the file under other names,
-    // then backend 1 added through the socket, 0 removed and added back without a name.
-    let mut a0 = Agent::start(
-        &ha.balancers[0],
-        &config(
-            &ha,
-            0,
-            &[(0, "backend-0"), (1, "backend-1"), (2, "backend-2")],
-        ),
-    )?;
-    let a1 = Agent::start(
-        &ha.balancers[1],
-        &config(&ha, 1, &[(2, "two"), (0, "zero")]),
-    )?;
-    wait_for(Duration::from_secs(20), || {
-        support::socket(&a1)
-            .exists()
-            .then_some(())
-            .context("socket")
-    })?;
-    let b1 = ha.backend_ip(1).to_string();
-    let b0 = ha.backend_ip(0).to_string();
-    wait_for(Duration::from_secs(10), || {
-        let o = lb(
-            &a1,
-            &["backend", "add", "web", "--address", &b1, "--name", "one"],
-        );
-        (o.code == 0).then_some(()).context(o.stderr)
-    })?;
-    lb_ok(&a1, &["backend", "remove", "web", "zero"]);
-    lb_ok(&a1, &["backend", "add", "web", "--address", &b0]);
+    let mut rig = Rig::start()?;
+    let table = rig.same_tables()?;
+    let (first, via0) = rig.spread()?;
+    let sticky = rig.client_ip_affinity()?;
+    rig.node_drain(&first, &via0, &sticky)?;
+    rig.withdrawn_without_backend()?;
+    rig.restart_keeps_announcements(&table)?;
+    rig.kill_and_cut()?;
+    rig.down()
+}
 
-    // Both announce both VIPs; the router spreads over both.
-    let t = ha
-        .wait_next_hops(vip, &bal, Duration::from_secs(30))
-        .with_context(|| {
-            format!(
-                "router log:\n{}\nlb0 log:\n{}",
-                ha.bird_log("router"),
-                a0.log()
-            )
+/// The topology and its processes. Fields drop in order: agents, backends, then `ha`
+/// (namespaces, BIRD processes).
+struct Rig {
+    a0: Agent,
+    a1: Agent,
+    solo_check: Option<ProcGuard>,
+    _servers: Vec<ProcGuard>,
+    bal: Vec<Ipv4Addr>,
+    ha: Ha,
+}
+
+/// A rule's entry in `lb status -o json`'s announcements.
+fn rule_status(st: &serde_json::Value, rule: &str) -> serde_json::Value {
+    st["announce"]["rules"]
+        .as_array()
+        .and_then(|v| v.iter().find(|r| r["rule"] == rule))
+        .cloned()
+        .unwrap_or_default()
+}
+
+impl Rig {
+    /// Backends, BIRDs and both agents; balancer 0 lists the web backends 0, 1, 2 in its
+    /// file, balancer 1 lists 2 and 0 under other names, then gets 1 through the socket, 0
+    /// removed and added back without a name. Returns once the router has both next hops.
+    fn start() -> Result<Rig> {
+        let mut ha = Ha::new(2, 3)?;
+        let bal: Vec<Ipv4Addr> = (0..2).map(|i| ha.balancer_ip(i)).collect();
+        let servers = (0..3)
+            .map(|i| backend(&ha, i, &format!("backend-{i}"), 80, 53))
+            .collect::<Result<Vec<_>>>()?;
+        let solo_check = Some(backend(&ha, 0, "solo-check", 9000, 9053)?);
+        for i in 0..2 {
+            ha.empty_include(i)?;
+            ha.start_balancer_bird(i)?;
+        }
+        let a0 = Agent::start(
+            &ha.balancers[0],
+            &config(
+                &ha,
+                0,
+                &[(0, "backend-0"), (1, "backend-1"), (2, "backend-2")],
+            ),
+        )?;
+        let a1 = Agent::start(
+            &ha.balancers[1],
+            &config(&ha, 1, &[(2, "two"), (0, "zero")]),
+        )?;
+        let (b0, b1) = (ha.backend_ip(0).to_string(), ha.backend_ip(1).to_string());
+        wait_for(Duration::from_secs(20), || {
+            let o = lb(
+                &a1,
+                &["backend", "add", "web", "--address", &b1, "--name", "one"],
+            );
+            (o.code == 0).then_some(()).context(o.stderr)
         })?;
-    println!("ECMP route to {vip} via both balancers after {t:?}");
-    ha.wait_next_hops(vip_solo, &bal, Duration::from_secs(10))?;
-    ha.wait_next_hops(ha.vip(2), &bal, Duration::from_secs(10))?;
-    // The opted-out rule is never announced, and says so.
-    assert_eq!(ha.next_hops(ha.vip(3))?, Vec::<Ipv4Addr>::new());
-    let st = lb_ok(&a0, &["status"]);
-    let hidden = st["announce"]["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["rule"] == "hidden")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(hidden["withdrawn"], "opted-out", "{st}");
-
-    // 1. Same table on both balancers, read from their pinned maps.
-    let table = wait_for(Duration::from_secs(10), || {
-        let t = web_table(&a0, vip)?;
-        (t.iter().collect::<std::collections::BTreeSet<_>>().len() == 3)
-            .then_some(t)
-            .context("balancer 0 table lacks a backend")
-    })?;
-    let t1 = wait_for(Duration::from_secs(10), || {
-        let t = web_table(&a1, vip)?;
-        (t == table).then_some(t).context("tables differ")
-    })
-    .context("balancer 1's Maglev table differs from balancer 0's")?;
-    assert_eq!(table.len(), RING as usize);
-    assert_eq!(table, t1);
-    // Slot ids of the web backends (by address) differ between the hosts; the table agrees.
-    let slots = |a: &Agent| -> Result<Vec<String>> {
-        let m = Maps::read(&a.pin_dir)?;
-        Ok(m.backends
-            .iter()
-            .map(|(slot, b)| format!("{slot}={}.{}", b.addr[2], b.addr[3]))
-            .collect())
-    };
-    println!(
-        "same Maglev table on both balancers ({} entries); backend slots {:?} vs {:?}",
-        table.len(),
-        slots(&a0)?,
-        slots(&a1)?
-    );
-
-    // 2. Spread over balancers and backends.
-    let first = round(&ha)?;
-    let via0 = carried(&a0, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
-    let via1 = carried(&a1, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
-    let total = PORTS as usize;
-    assert_eq!(
-        via0.len() + via1.len(),
-        total,
-        "each flow on exactly one balancer"
-    );
-    let mut per_backend: BTreeMap<&str, usize> = BTreeMap::new();
-    for n in first.values() {
-        *per_backend.entry(n.as_str()).or_default() += 1;
-    }
-    println!(
-        "{total} flows: balancer 0 {} ({:.0}%), balancer 1 {} ({:.0}%); backends {per_backend:?}",
-        via0.len(),
-        100.0 * share(via0.len(), total),
-        via1.len(),
-        100.0 * share(via1.len(), total)
-    );
-    for n in [via0.len(), via1.len()] {
-        assert!(
-            (0.30..=0.70).contains(&share(n, total)),
-            "balancer share {n}/{total}"
-        );
-    }
-    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
-    for (b, n) in &per_backend {
-        assert!(
-            (0.25..=0.42).contains(&share(*n, total)),
-            "{b}: {n}/{total}"
-        );
-    }
-
-    // Hashed affinity agrees across balancers too: CLIENT_IP sends every port of the one
-    // client to one backend, whichever balancer the router picked.
-    let sticky_ports = STICKY_PORT..STICKY_PORT + 60;
-    let sticky = round_to(&ha, ha.vip(2), sticky_ports.clone())?;
-    let sticky_backends: std::collections::BTreeSet<&String> = sticky.values().collect();
-    let (s0, s1) = (
-        carried(&a0, ha.vip(2), &sticky_ports)?.len(),
-        carried(&a1, ha.vip(2), &sticky_ports)?.len(),
-    );
-    println!("CLIENT_IP affinity: 60 flows, {s0} via balancer 0 and {s1} via balancer 1, backends {sticky_backends:?}");
-    assert!(s0 > 0 && s1 > 0, "both balancers should carry some");
-    assert_eq!(sticky_backends.len(), 1, "{sticky:?}");
-
-    // 3. Node drain on balancer 0: withdrawn, open flows keep working, same backends via 1.
-    let open: Vec<Talker> = (0..6)
-        .map(|_| Talker::open(&ha.client, SocketAddr::new(vip.into(), 80)))
-        .collect::<Result<_>>()?;
-    lb_ok(&a0, &["node", "drain"]);
-    let t = ha.wait_next_hops(vip, &bal[1..], Duration::from_secs(5))?;
-    ha.wait_next_hops(vip_solo, &bal[1..], Duration::from_secs(5))?;
-    println!("lb node drain: the router dropped balancer 0 after {t:?}");
-    let st = lb_ok(&a0, &["status"]);
-    let rules = &st["announce"]["rules"];
-    assert!(st["announce"]["node_drained"].as_bool().unwrap(), "{st}");
-    assert!(
-        rules
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["withdrawn"] == "node-drained" || r["rule"] == "hidden"),
-        "{st}"
-    );
-    let metrics = ha.balancers[0].exec(&["curl", "-sS", "http://127.0.0.1:9100/metrics"])?;
-    for line in [
-        "lb_announce_node_drained 1".to_string(),
-        format!(
-            "lb_announce_rule_state{{rule=\"web\",prefix=\"{vip}/32\",state=\"node_drained\"}} 1"
-        ),
-        format!("lb_announce_rule_state{{rule=\"web\",prefix=\"{vip}/32\",state=\"announced\"}} 0"),
-        "lb_announce_in_sync 1".to_string(),
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "{line} not in:\n{metrics}"
-        );
-    }
-    let second = round(&ha)?;
-    assert_eq!(
-        round_to(&ha, ha.vip(2), sticky_ports.clone())?,
-        sticky,
-        "CLIENT_IP flows changed backend with their balancer"
-    );
-    let now_via1 = carried(&a1, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
-    assert_eq!(now_via1.len(), total, "every flow now through balancer 1");
-    let moved: Vec<u16> = via0
-        .iter()
-        .copied()
-        .filter(|p| first[p] != second[p])
-        .collect();
-    assert!(
-        moved.is_empty(),
-        "flows that changed backend with their balancer: {moved:?}"
-    );
-    assert_eq!(first, second);
-    println!(
-        "{} flows first carried by balancer 0 reached the same backends through balancer 1",
-        via0.len()
-    );
-    for t in open {
-        let (backend, port) = (t.backend.clone(), t.local_port);
-        let times = t.finish().map_err(anyhow::Error::msg)?;
-        assert!(times.len() >= 3, "flow from {port} ({backend}) barely ran");
-    }
-    lb_ok(&a0, &["node", "undrain"]);
-    ha.wait_next_hops(vip, &bal, Duration::from_secs(5))?;
-
-    // 4. The solo service loses its only backend: both balancers withdraw its VIP.
-    let bound = Duration::from_secs_f64(0.5 * 3.0 + 1.0);
-    if let Some(mut g) = solo_check.take() {
-        g.kill();
-    }
-    let t = ha.wait_next_hops(vip_solo, &[], Duration::from_secs(10))?;
-    println!("VIP {vip_solo} withdrawn {t:?} after its only backend failed (bound {bound:?})");
-    assert!(t <= bound, "withdrawal took {t:?}, over {bound:?}");
-    assert_eq!(ha.next_hops(vip)?, bal, "the web VIP stays announced");
-    let st = lb_ok(&a1, &["status"]);
-    let solo = st["announce"]["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["rule"] == "solo")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(solo["withdrawn"], "no-usable-backend", "{st}");
-
-    // An agent restart (an upgrade) withdraws nothing: the file stays, BIRD keeps it.
-    let mut a1 = a1;
-    let file_before = std::fs::read_to_string(ha.include_file(1))?;
-    // Socket changes last until a restart: the file now names all three, in a third order.
-    a1.rewrite_config(&config(&ha, 1, &[(1, "one"), (2, "two"), (0, "zero")]))?;
-    a1.restart()?;
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(3) {
-        assert_eq!(
-            ha.next_hops(vip)?,
+        lb_ok(&a1, &["backend", "remove", "web", "zero"]);
+        lb_ok(&a1, &["backend", "add", "web", "--address", &b0]);
+        let t = ha
+            .wait_next_hops(ha.vip(0), &bal, Duration::from_secs(30))
+            .with_context(|| {
+                format!(
+                    "router log:\n{}\nlb0 log:\n{}",
+                    ha.bird_log("router"),
+                    a0.log()
+                )
+            })?;
+        println!("ECMP route to {} via both balancers after {t:?}", ha.vip(0));
+        for k in [1, 2] {
+            ha.wait_next_hops(ha.vip(k), &bal, Duration::from_secs(10))?;
+        }
+        // The opted-out rule is never announced, and says so.
+        assert_eq!(ha.next_hops(ha.vip(3))?, Vec::<Ipv4Addr>::new());
+        let st = lb_ok(&a0, &["status"]);
+        assert_eq!(rule_status(&st, "hidden")["withdrawn"], "opted-out", "{st}");
+        Ok(Rig {
+            a0,
+            a1,
+            solo_check,
+            _servers: servers,
             bal,
-            "a restarting agent must not withdraw"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+            ha,
+        })
     }
-    let st = wait_for(Duration::from_secs(10), || {
-        let o = lb(&a1, &["status"]);
-        (o.code == 0).then(|| o.json()).context(o.stderr)
-    })?;
-    assert_eq!(st["announce"]["in_sync"], true, "{st}");
-    assert_eq!(std::fs::read_to_string(ha.include_file(1))?, file_before);
-    wait_for(Duration::from_secs(10), || {
-        (web_table(&a1, vip)? == table)
-            .then_some(())
-            .context("restarted balancer 1's table differs")
-    })?;
-    println!("agent restart: both next hops stayed for 3 s, the include file unchanged");
 
-    // 6. SIGKILL balancer 0's agent, then cut its link.
-    let talkers: Vec<Talker> = (0..12)
-        .map(|_| Talker::open(&ha.client, SocketAddr::new(vip.into(), 80)))
-        .collect::<Result<_>>()?;
-    std::thread::sleep(Duration::from_millis(1500)); // let them promote into CONNS
-    let on0: Vec<u16> = ha::carried(&a0, vip)?;
-    let through0 = talkers
-        .iter()
-        .filter(|t| on0.contains(&t.local_port))
-        .count();
-    a0.kill();
-    std::thread::sleep(Duration::from_millis(500));
-    ha.cut_link(0)?;
-    let cut = Instant::now();
-    let t = ha.wait_next_hops(vip, &bal[1..], Duration::from_secs(10))?;
-    println!("link cut: the router dropped balancer 0 after {t:?} (BFD {BFD_DETECTION:?})");
-    std::thread::sleep(Duration::from_secs(3));
-    let bound = BFD_DETECTION + Duration::from_secs(1);
-    let mut worst = Duration::ZERO;
-    for tk in talkers {
-        let (backend, port) = (tk.backend.clone(), tk.local_port);
-        let times = tk
-            .finish()
-            .map_err(|e| anyhow::anyhow!("connection from {port} ({backend}) failed: {e}"))?;
-        let after = times.iter().filter(|t| **t > cut).count();
+    /// Phase 1: Every Maglev entry maps to the same backend address on both balancers, although
+    /// their backend slots differ. Returns the table.
+    fn same_tables(&self) -> Result<Vec<Ipv4Addr>> {
+        let vip = self.ha.vip(0);
+        let table = wait_for(Duration::from_secs(10), || {
+            let t = web_table(&self.a0, vip)?;
+            (t.iter().collect::<std::collections::BTreeSet<_>>().len() == 3)
+                .then_some(t)
+                .context("balancer 0 table lacks a backend")
+        })?;
+        wait_for(Duration::from_secs(10), || {
+            (web_table(&self.a1, vip)? == table)
+                .then_some(())
+                .context("tables differ")
+        })
+        .context("balancer 1's Maglev table differs from balancer 0's")?;
+        assert_eq!(table.len(), RING as usize);
+        let slots = |a: &Agent| -> Result<Vec<String>> {
+            let m = Maps::read(&a.pin_dir)?;
+            Ok(m.backends
+                .iter()
+                .map(|(slot, b)| format!("{slot}={}.{}", b.addr[2], b.addr[3]))
+                .collect())
+        };
+        println!(
+            "same Maglev table on both balancers ({} entries); backend slots {:?} vs {:?}",
+            table.len(),
+            slots(&self.a0)?,
+            slots(&self.a1)?
+        );
+        Ok(table)
+    }
+
+    /// Phase 2: Flows from PORTS client ports spread over both balancers (30–70% each) and the
+    /// three backends (25–42% each). Returns port → backend and the ports balancer 0 carried.
+    fn spread(&self) -> Result<(BTreeMap<u16, String>, Vec<u16>)> {
+        let vip = self.ha.vip(0);
+        let first = round(&self.ha)?;
+        let via0 = carried(&self.a0, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
+        let via1 = carried(&self.a1, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
+        let total = PORTS as usize;
+        assert_eq!(
+            via0.len() + via1.len(),
+            total,
+            "each flow on exactly one balancer"
+        );
+        let mut per_backend: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in first.values() {
+            *per_backend.entry(n.as_str()).or_default() += 1;
+        }
+        println!(
+            "{total} flows: balancer 0 {} ({:.0}%), balancer 1 {} ({:.0}%); backends {per_backend:?}",
+            via0.len(),
+            100.0 * share(via0.len(), total),
+            via1.len(),
+            100.0 * share(via1.len(), total)
+        );
+        for n in [via0.len(), via1.len()] {
+            assert!(
+                (0.30..=0.70).contains(&share(n, total)),
+                "balancer share {n}/{total}"
+            );
+        }
+        assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+        for (b, n) in &per_backend {
+            assert!(
+                (0.25..=0.42).contains(&share(*n, total)),
+                "{b}: {n}/{total}"
+            );
+        }
+        Ok((first.clone(), via0))
+    }
+
+    /// Hashed affinity agrees across balancers too: CLIENT_IP sends every port of the one
+    /// client to one backend, whichever balancer the router picked.
+    fn client_ip_affinity(&self) -> Result<BTreeMap<u16, String>> {
+        let ports = STICKY_PORT..STICKY_PORT + 60;
+        let sticky = round_to(&self.ha, self.ha.vip(2), ports.clone())?;
+        let backends: std::collections::BTreeSet<&String> = sticky.values().collect();
+        let (s0, s1) = (
+            carried(&self.a0, self.ha.vip(2), &ports)?.len(),
+            carried(&self.a1, self.ha.vip(2), &ports)?.len(),
+        );
+        println!("CLIENT_IP affinity: 60 flows, {s0} via balancer 0 and {s1} via balancer 1, backends {backends:?}");
+        assert!(s0 > 0 && s1 > 0, "both balancers should carry some");
+        assert_eq!(backends.len(), 1, "{sticky:?}");
+        Ok(sticky)
+    }
+
+    /// Phase 3: `lb node drain` on balancer 0: withdrawn (status, metrics, router), open flows keep
+    /// working, and the same 5-tuples reach the same backends through balancer 1.
+    fn node_drain(
+        &self,
+        first: &BTreeMap<u16, String>,
+        via0: &[u16],
+        sticky: &BTreeMap<u16, String>,
+    ) -> Result<()> {
+        let (ha, vip) = (&self.ha, self.ha.vip(0));
+        let open: Vec<Talker> = (0..6)
+            .map(|_| Talker::open(&ha.client, SocketAddr::new(vip.into(), 80)))
+            .collect::<Result<_>>()?;
+        lb_ok(&self.a0, &["node", "drain"]);
+        let t = ha.wait_next_hops(vip, &self.bal[1..], Duration::from_secs(5))?;
+        ha.wait_next_hops(ha.vip(1), &self.bal[1..], Duration::from_secs(5))?;
+        println!("lb node drain: the router dropped balancer 0 after {t:?}");
+        let st = lb_ok(&self.a0, &["status"]);
+        assert!(st["announce"]["node_drained"].as_bool().unwrap(), "{st}");
+        for rule in ["web", "solo", "sticky"] {
+            assert_eq!(rule_status(&st, rule)["withdrawn"], "node-drained", "{st}");
+        }
+        let metrics = ha.balancers[0].exec(&["curl", "-sS", "http://127.0.0.1:9100/metrics"])?;
+        for line in [
+            "lb_announce_node_drained 1".to_string(),
+            format!("lb_announce_rule_state{{rule=\"web\",prefix=\"{vip}/32\",state=\"node_drained\"}} 1"),
+            format!("lb_announce_rule_state{{rule=\"web\",prefix=\"{vip}/32\",state=\"announced\"}} 0"),
+            "lb_announce_in_sync 1".to_string(),
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
+        }
+        let second = round(ha)?;
+        let sticky_ports = STICKY_PORT..STICKY_PORT + 60;
+        assert_eq!(
+            &round_to(ha, ha.vip(2), sticky_ports)?,
+            sticky,
+            "CLIENT_IP flows changed backend with their balancer"
+        );
+        let now_via1 = carried(&self.a1, vip, &(FIRST_PORT..FIRST_PORT + PORTS))?;
+        assert_eq!(
+            now_via1.len(),
+            PORTS as usize,
+            "every flow now through balancer 1"
+        );
+        let moved: Vec<u16> = via0
+            .iter()
+            .copied()
+            .filter(|p| first[p] != second[p])
+            .collect();
         assert!(
-            after >= 20,
-            "connection from {port} made {after} exchanges after the cut"
+            moved.is_empty(),
+            "flows that changed backend with their balancer: {moved:?}"
         );
-        worst = worst.max(longest_gap(&times));
+        assert_eq!(first, &second);
+        println!(
+            "{} flows first carried by balancer 0 reached the same backends through balancer 1",
+            via0.len()
+        );
+        for t in open {
+            let (backend, port) = (t.backend.clone(), t.local_port);
+            let times = t.finish().map_err(anyhow::Error::msg)?;
+            assert!(times.len() >= 3, "flow from {port} ({backend}) barely ran");
+        }
+        lb_ok(&self.a0, &["node", "undrain"]);
+        ha.wait_next_hops(vip, &self.bal, Duration::from_secs(5))?;
+        Ok(())
     }
-    println!(
-        "{through0} of 12 long-lived connections went through balancer 0; none reset; longest gap {worst:?} (bound {bound:?})"
-    );
-    assert!(
-        through0 > 0,
-        "no connection crossed balancer 0; the kill proved nothing"
-    );
-    assert!(worst <= bound, "longest gap {worst:?} over {bound:?}");
 
-    // 7. `lb down` on balancer 1 withdraws what it announced before removing the dataplane.
-    a1.kill();
-    let down = std::process::Command::new(lb_tests::lb_binary())
-        .args(["down", "--config", a1.config.to_str().unwrap()])
-        .output()?;
-    assert!(down.status.success(), "{down:?}");
-    let t = ha.wait_next_hops(vip, &[], Duration::from_secs(5))?;
-    println!("lb down: the router has no route to {vip} after {t:?}");
-    assert!(!std::fs::read_to_string(ha.include_file(1))?.contains("route"));
-    drop(servers);
-    Ok(())
+    /// Phase 4: The solo service loses its only backend: both balancers withdraw its VIP within
+    /// interval × (unhealthy threshold + 1) + 1 s.
+    fn withdrawn_without_backend(&mut self) -> Result<()> {
+        let (ha, vip_solo) = (&self.ha, self.ha.vip(1));
+        let bound = Duration::from_secs_f64(0.5 * 3.0 + 1.0);
+        if let Some(mut g) = self.solo_check.take() {
+            g.kill();
+        }
+        let t = ha.wait_next_hops(vip_solo, &[], Duration::from_secs(10))?;
+        println!("VIP {vip_solo} withdrawn {t:?} after its only backend failed (bound {bound:?})");
+        assert!(t <= bound, "withdrawal took {t:?}, over {bound:?}");
+        assert_eq!(
+            ha.next_hops(ha.vip(0))?,
+            self.bal,
+            "the web VIP stays announced"
+        );
+        let st = lb_ok(&self.a1, &["status"]);
+        assert_eq!(
+            rule_status(&st, "solo")["withdrawn"],
+            "no-usable-backend",
+            "{st}"
+        );
+        Ok(())
+    }
+
+    /// Phase 5: An agent restart (an upgrade) withdraws nothing: the file stays, BIRD keeps it.
+    fn restart_keeps_announcements(&mut self, table: &[Ipv4Addr]) -> Result<()> {
+        let (vip, file) = (self.ha.vip(0), self.ha.include_file(1));
+        let before = std::fs::read_to_string(&file)?;
+        // Socket changes last until a restart: the file now names all three, in a third order.
+        self.a1
+            .rewrite_config(&config(&self.ha, 1, &[(1, "one"), (2, "two"), (0, "zero")]))?;
+        self.a1.restart()?;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            assert_eq!(
+                self.ha.next_hops(vip)?,
+                self.bal,
+                "a restarting agent must not withdraw"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = wait_for(Duration::from_secs(10), || {
+            let o = lb(&self.a1, &["status"]);
+            (o.code == 0).then(|| o.json()).context(o.stderr)
+        })?;
+        assert_eq!(st["announce"]["in_sync"], true, "{st}");
+        assert_eq!(std::fs::read_to_string(&file)?, before);
+        wait_for(Duration::from_secs(10), || {
+            (web_table(&self.a1, vip)? == table)
+                .then_some(())
+                .context("restarted balancer 1's table differs")
+        })?;
+        println!("agent restart: both next hops stayed for 3 s, the include file unchanged");
+        Ok(())
+    }
+
+    /// Phase 6: SIGKILL of balancer 0's agent, then its link cut: long-lived connections carry on
+    /// through balancer 1, none reset, the longest gap within BFD detection + 1 s.
+    fn kill_and_cut(&mut self) -> Result<()> {
+        let vip = self.ha.vip(0);
+        let talkers: Vec<Talker> = (0..12)
+            .map(|_| Talker::open(&self.ha.client, SocketAddr::new(vip.into(), 80)))
+            .collect::<Result<_>>()?;
+        std::thread::sleep(Duration::from_millis(1500)); // let them promote into CONNS
+        let on0: Vec<u16> = ha::carried(&self.a0, vip)?;
+        let through0 = talkers
+            .iter()
+            .filter(|t| on0.contains(&t.local_port))
+            .count();
+        self.a0.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        self.ha.cut_link(0)?;
+        let cut = Instant::now();
+        let t = self
+            .ha
+            .wait_next_hops(vip, &self.bal[1..], Duration::from_secs(10))?;
+        println!("link cut: the router dropped balancer 0 after {t:?} (BFD {BFD_DETECTION:?})");
+        std::thread::sleep(Duration::from_secs(3));
+        let bound = BFD_DETECTION + Duration::from_secs(1);
+        let mut worst = Duration::ZERO;
+        for tk in talkers {
+            let (backend, port) = (tk.backend.clone(), tk.local_port);
+            let times = tk
+                .finish()
+                .map_err(|e| anyhow::anyhow!("connection from {port} ({backend}) failed: {e}"))?;
+            let after = times.iter().filter(|t| **t > cut).count();
+            assert!(
+                after >= 20,
+                "connection from {port} made {after} exchanges after the cut"
+            );
+            worst = worst.max(longest_gap(&times));
+        }
+        println!(
+            "{through0} of 12 long-lived connections went through balancer 0; none reset; longest gap {worst:?} (bound {bound:?})"
+        );
+        assert!(
+            through0 > 0,
+            "no connection crossed balancer 0; the kill proved nothing"
+        );
+        assert!(worst <= bound, "longest gap {worst:?} over {bound:?}");
+        Ok(())
+    }
+
+    /// Phase 7: `lb down` on balancer 1 withdraws what it announced before removing the dataplane.
+    fn down(&mut self) -> Result<()> {
+        let vip = self.ha.vip(0);
+        self.a1.kill();
+        let down = std::process::Command::new(lb_tests::lb_binary())
+            .args(["down", "--config", self.a1.config.to_str().unwrap()])
+            .output()?;
+        assert!(down.status.success(), "{down:?}");
+        let t = self.ha.wait_next_hops(vip, &[], Duration::from_secs(5))?;
+        println!("lb down: the router has no route to {vip} after {t:?}");
+        assert!(!std::fs::read_to_string(self.ha.include_file(1))?.contains("route"));
+        Ok(())
+    }
 }
