@@ -56,7 +56,8 @@ enum Cmd {
         #[command(flatten)]
         pins: cli::PinArgs,
     },
-    /// Detach the XDP program and remove every pinned object: flows are forgotten.
+    /// Withdraw this balancer's VIP announcements (`[announce]` of the configuration), then
+    /// detach the XDP program and remove every pinned object: flows are forgotten.
     Down {
         #[command(flatten)]
         pins: cli::PinArgs,

@@ -179,7 +179,7 @@ async fn worker(
                 Ok(Err(_)) => return, // The agent stopped; the file stays as it is.
                 Err(_) => {
                     let want = render(&rx.borrow());
-                    if std::fs::read_to_string(&bird.include_file).ok().as_ref() != Some(&want) {
+                    if !holds(&bird.include_file, &want) {
                         warn!(file = %bird.include_file.display(), "the announce include file changed behind the agent's back; writing it again");
                         break;
                     }
@@ -194,7 +194,7 @@ async fn worker(
 fn write_if_changed(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+    if holds(path, text) {
         return Ok(());
     }
     let ctx = |e: std::io::Error| format!("{}: {e}", path.display());
@@ -229,6 +229,12 @@ fn write_if_changed(path: &Path, text: &str) -> Result<(), String> {
         let _ignored = std::fs::remove_file(&tmp);
     }
     written.map_err(ctx)
+}
+
+/// Whether the file at `path` holds exactly `text` (read only when its size says it can).
+fn holds(path: &Path, text: &str) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() == text.len() as u64)
+        && std::fs::read_to_string(path).is_ok_and(|t| t == text)
 }
 
 /// `birdc -s <socket> configure`, with a deadline; BIRD's answer on failure.
