@@ -20,7 +20,8 @@
 //!    through balancer 1; `lb node undrain` announces again;
 //! 4. a VIP whose service loses its only backend (its health check fails) is withdrawn by
 //!    both balancers within interval × (unhealthy threshold + 1) + 1 s = 2.5 s;
-//! 5. an agent restart withdraws nothing (the router keeps both next hops throughout);
+//! 5. an agent restart withdraws nothing (the router keeps both next hops throughout), and
+//!    an include file emptied behind the agent's back is written again;
 //! 6. SIGKILL of balancer 0's agent, then its link cut: long-lived TCP connections exchanging
 //!    every 100 ms continue through balancer 1 on the same backends, none is reset, and the
 //!    longest gap is bounded by the BFD detection time (3 × 100 ms) + 1 s;
@@ -502,6 +503,16 @@ impl Rig {
                 .context("restarted balancer 1's table differs")
         })?;
         println!("agent restart: both next hops stayed for 3 s, the include file unchanged");
+        // BIRD restarted with an emptied file (the drop-in of packaging/bird/bird.conf): the
+        // agent notices the file no longer says what it announced and writes it back.
+        self.ha.empty_include(1)?;
+        lb_tests::ha::birdc(&self.ha.control_socket(1), &["configure"])?;
+        self.ha
+            .wait_next_hops(vip, &self.bal[..1], Duration::from_secs(3))?;
+        let t = self
+            .ha
+            .wait_next_hops(vip, &self.bal, Duration::from_secs(8))?;
+        println!("include file emptied behind the agent: announced again after {t:?} (checked every 5 s)");
         Ok(())
     }
 
