@@ -80,36 +80,25 @@ pub fn status(s: &StatusInfo) -> String {
 
 /// The announcement part of `status`: the daemon, whether it is in step, and each rule.
 fn announce(a: &crate::model::announce::AnnounceStatus) -> String {
+    let drained = if a.node_drained { ", NODE DRAINED" } else { "" };
+    let sync = if a.in_sync {
+        ""
+    } else {
+        ", daemon not in step yet"
+    };
     let mut out = format!(
-        "announce via {} ({}){}{}
-",
-        a.daemon,
-        a.include_file,
-        if a.node_drained { ", NODE DRAINED" } else { "" },
-        if a.in_sync {
-            ""
-        } else {
-            ", daemon not in step yet"
-        },
+        "announce via {} ({}){drained}{sync}\n",
+        a.daemon, a.include_file
     );
     if let Some(e) = &a.last_error {
-        out += &format!(
-            "ANNOUNCE ERROR: {e}
-"
-        );
+        out += &format!("ANNOUNCE ERROR: {e}\n");
     }
     for r in &a.rules {
         let state = match r.withdrawn {
             None => "announced".to_string(),
             Some(w) => format!("withdrawn: {}", w.words()),
         };
-        out += &format!(
-            "  {} {} {}
-",
-            r.rule,
-            r.prefix(),
-            state
-        );
+        out += &format!("  {} {} {state}\n", r.rule, r.prefix());
     }
     out
 }
