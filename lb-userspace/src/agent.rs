@@ -279,6 +279,7 @@ fn start_announcing(agent: Agent, metrics: &Metrics) -> Agent {
     let announcer = announce::Announcer::start(
         &agent.config().announce,
         crate::model::announce::prefixes(&agent.announcements()),
+        agent.overrides().node_drained,
     );
     if let Some(a) = &announcer {
         metrics.register_announce(a.shared());

@@ -15,8 +15,10 @@
 //! runs when the set changes, and once at start (harmless when BIRD already has the file:
 //! unchanged protocols are left alone), and when the file no longer says what BIRD was told
 //! (checked every [`RECHECK`]: emptied at BIRD's start, edited by hand). An agent that
-//! stops leaves the file as it is, so an upgrade withdraws nothing. `lb down` writes the
-//! empty protocol ([`withdraw_all`]).
+//! stops leaves the file as it is, so an upgrade withdraws nothing, and for its first
+//! [`STARTUP_GRACE`] a starting agent withdraws nothing the file announced (MACs and health
+//! verdicts are still settling; a node drain acts at once). `lb down` writes the empty
+//! protocol ([`withdraw_all`]).
 
 use std::{
     collections::BTreeSet,
@@ -54,19 +56,60 @@ pub fn render(prefixes: &BTreeSet<String>) -> String {
     s
 }
 
+/// How long a starting agent keeps announcing what the file already announces: backend
+/// MACs (ARP) and health verdicts settle in this time, and a restart must not withdraw a
+/// VIP only because they are not known yet.
+const STARTUP_GRACE: Duration = Duration::from_secs(5);
+
 /// The agent's side: the desired set and the status shown by `lb status` and metrics.
 pub struct Announcer {
     desired: watch::Sender<BTreeSet<String>>,
     status: Arc<Mutex<AnnounceStatus>>,
+    /// Prefixes the include file announced when the agent started, kept until `grace_until`
+    /// unless the node is drained.
+    kept: BTreeSet<String>,
+    grace_until: std::time::Instant,
+}
+
+/// The prefixes an include file announces (its `route <prefix> blackhole;` lines).
+fn announced_in(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("route"), Some(p), Some("blackhole;")) => Some(p.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The set handed to BIRD: the decision, plus during the start-up grace what the file
+/// already announced (a drain withdraws at once).
+fn effective(
+    set: BTreeSet<String>,
+    kept: &BTreeSet<String>,
+    in_grace: bool,
+    node_drained: bool,
+) -> BTreeSet<String> {
+    if in_grace && !node_drained {
+        set.union(kept).cloned().collect()
+    } else {
+        set
+    }
 }
 
 impl Announcer {
     /// Starts the worker for `cfg` (None when no daemon is configured). Call inside the
     /// agent's runtime.
-    pub fn start(cfg: &Announce, first: BTreeSet<String>) -> Option<Announcer> {
+    pub fn start(cfg: &Announce, first: BTreeSet<String>, node_drained: bool) -> Option<Announcer> {
         if cfg.daemon == AnnounceDaemon::None {
             return None;
         }
+        let kept = std::fs::read_to_string(cfg.include_file())
+            .map(|t| announced_in(&t))
+            .unwrap_or_default();
+        let first = effective(first, &kept, true, node_drained);
         let status = Arc::new(Mutex::new(AnnounceStatus {
             daemon: "bird".into(),
             include_file: cfg.include_file().display().to_string(),
@@ -81,12 +124,20 @@ impl Announcer {
         Some(Announcer {
             desired: tx,
             status,
+            kept,
+            grace_until: std::time::Instant::now() + STARTUP_GRACE,
         })
     }
 
     /// Records the decision and hands a changed set of prefixes to the worker.
     pub fn update(&self, rules: Vec<RuleAnnouncement>, node_drained: bool) {
-        let set = crate::model::announce::prefixes(&rules);
+        let in_grace = std::time::Instant::now() < self.grace_until;
+        let set = effective(
+            crate::model::announce::prefixes(&rules),
+            &self.kept,
+            in_grace,
+            node_drained,
+        );
         {
             let mut st = lock(&self.status);
             st.rules = rules;
@@ -333,6 +384,26 @@ mod tests {
         assert!(write_if_changed(&f, "c").unwrap_err().contains("temporary"));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_starting_agent_keeps_what_the_file_announced_unless_drained() {
+        let file: BTreeSet<String> = ["10.0.0.100/32".to_string()].into_iter().collect();
+        assert_eq!(announced_in(&render(&file)), file);
+        let none = BTreeSet::new();
+        assert_eq!(
+            effective(none.clone(), &file, true, false),
+            file,
+            "in the grace"
+        );
+        assert!(
+            effective(none.clone(), &file, true, true).is_empty(),
+            "drained"
+        );
+        assert!(
+            effective(none, &file, false, false).is_empty(),
+            "after the grace"
+        );
     }
 
     #[test]

@@ -830,7 +830,8 @@ fn node_drain_withdraws_is_saved_and_undrain_announces_again() {
         a.restore(ov, state.clone());
         a.reconcile(Instant::now());
         let first = crate::model::announce::prefixes(&a.announcements());
-        let ann = super::announce::Announcer::start(&a.config().announce, first);
+        let drained = a.overrides().node_drained;
+        let ann = super::announce::Announcer::start(&a.config().announce, first, drained);
         let mut a = a.with_announcer(ann);
         a.reconcile(Instant::now());
         (a, fake)
