@@ -283,6 +283,18 @@ impl Rig {
         assert_eq!(ha.next_hops(ha.vip(3))?, Vec::<Ipv4Addr>::new());
         let st = lb_ok(&a0, &["status"]);
         assert_eq!(rule_status(&st, "hidden")["withdrawn"], "opted-out", "{st}");
+        // The operator's table says the same.
+        let sock = support::socket(&a0);
+        let out = std::process::Command::new(lb_tests::lb_binary())
+            .args(["--socket", sock.to_str().unwrap(), "status"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in [
+            format!("  web {}/32 announced", ha.vip(0)),
+            format!("  hidden {}/32 withdrawn: opted out", ha.vip(3)),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
         Ok(Rig {
             a0,
             a1,

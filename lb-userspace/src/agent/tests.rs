@@ -537,6 +537,12 @@ fn only_start_time_settings_need_a_restart() {
         restart_only_changes(&a, &b).is_ok(),
         "service settings reload"
     );
+    let mut c = a.clone();
+    c.forwarding_rules.get_mut("vip").unwrap().announce = Some(false);
+    assert!(
+        restart_only_changes(&a, &c).is_ok(),
+        "a rule's announce flag reloads"
+    );
     for (f, name) in [
         (
             (|c: &mut Config| c.dataplane.conn_table_size = 2048) as fn(&mut Config),
@@ -569,6 +575,10 @@ fn only_start_time_settings_need_a_restart() {
         (
             |c: &mut Config| c.admin.idle_timeout_sec = std::num::NonZeroU32::MIN,
             "admin.idle_timeout_sec/max_connections",
+        ),
+        (
+            |c: &mut Config| c.announce.daemon = crate::config::AnnounceDaemon::Bird,
+            "announce",
         ),
     ] {
         let mut b = a.clone();
