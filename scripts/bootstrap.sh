@@ -40,7 +40,7 @@ if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version >/dev/null 
 fi
 
 # 3. Debian packages used by tests, the demo and benchmarks.
-pkgs=(iproute2 nftables ethtool iputils-ping socat netcat-openbsd curl nginx haproxy wrk nghttp2-client bpftool systemd prometheus)
+pkgs=(iproute2 nftables ethtool iputils-ping socat netcat-openbsd curl nginx haproxy wrk nghttp2-client bpftool systemd prometheus bird2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -52,7 +52,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # nginx/haproxy packages may start system services; benchmarks run their own instances.
   # prometheus is installed for promtool (the alert rules' check); its server is not used.
-  for s in nginx haproxy prometheus; do systemctl disable --now "$s" >/dev/null 2>&1 || service "$s" stop >/dev/null 2>&1 || true; done
+  # bird2 likewise: the HA tests run one BIRD per namespace with its own config and socket.
+  for s in nginx haproxy prometheus bird; do systemctl disable --now "$s" >/dev/null 2>&1 || service "$s" stop >/dev/null 2>&1 || true; done
 fi
 
 # 4. bpffs, where the agent pins its program and maps.

@@ -103,4 +103,24 @@ mod tests {
         mask_for_hash(&mut d, hash_mode::CLIENT_IP);
         assert_ne!(flow_hash(&c), flow_hash(&d));
     }
+
+    /// The hash has no per-host or per-boot input (a fixed seed, no random state), so every
+    /// balancer, and every release, hashes a flow the same way: the values are pinned.
+    #[test]
+    fn hashes_are_the_same_on_every_host_and_release() {
+        let golden = [
+            (hash_mode::FIVE_TUPLE, flow_hash(&key(1000))),
+            (hash_mode::CLIENT_IP_PROTO, {
+                let mut k = key(1000);
+                mask_for_hash(&mut k, hash_mode::CLIENT_IP_PROTO);
+                flow_hash(&k)
+            }),
+        ];
+        assert_eq!(
+            golden, GOLDEN,
+            "the flow hash changed: flows would move between releases"
+        );
+    }
+
+    const GOLDEN: [(u32, u32); 2] = [(0, 2_295_098_915), (1, 2_116_477_438)];
 }

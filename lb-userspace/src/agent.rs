@@ -7,6 +7,7 @@
 //! programmer adopts them, and the first reconcile only writes what differs.
 
 pub mod adopt;
+pub mod announce;
 pub mod lock;
 pub mod notify;
 pub mod overrides;
@@ -201,6 +202,9 @@ pub struct RunOptions {
 /// Runs until SIGINT/SIGTERM. The dataplane stays attached after exit (pinned), so a
 /// restart keeps flows; `lb down` removes it.
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
+    // Handlers first: a SIGHUP (reload) or SIGTERM that arrives while the agent starts is
+    // kept for the main loop instead of killing the process (their default action).
+    let mut signals = Signals::install()?;
     let cfg = crate::model::load(config_path).map_err(|e| {
         anyhow::anyhow!(
             "{}:\n{e}\nnothing was started: fix the file and run again \
@@ -254,6 +258,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         }
     }
     agent.reconcile(Instant::now());
+    let mut agent = start_announcing(agent, &metrics);
     publish(&agent, &published);
 
     let (call_tx, mut calls) = mpsc::channel::<admin::server::Call>(64);
@@ -270,6 +275,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         &mut calls,
         &published,
         &mut notifier,
+        &mut signals,
     )
     .await?;
     notifier.stopping();
@@ -278,6 +284,23 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let _ignored = std::fs::remove_file(&socket);
     info!("agent stopping; the dataplane stays attached (lb down removes it)");
     Ok(())
+}
+
+/// Starts the announcer of `[announce]` (if any) from the decision of the plan just applied,
+/// so a restarted agent hands BIRD the set it already has (no withdrawal while the agent was
+/// away, none now).
+fn start_announcing(agent: Agent, metrics: &Metrics) -> Agent {
+    let announcer = announce::Announcer::start(
+        &agent.config().announce,
+        crate::model::announce::prefixes(&agent.announcements()),
+        agent.overrides().node_drained,
+    );
+    if let Some(a) = &announcer {
+        metrics.register_announce(a.shared());
+    }
+    let mut agent = agent.with_announcer(announcer);
+    agent.reconcile(Instant::now());
+    agent
 }
 
 /// The L7 tier: always running (a reload may add the first L7 rule), driven by the agent:
@@ -298,6 +321,24 @@ fn start_l7(cfg: &crate::model::Model, metrics: &Metrics) -> Result<AgentL7> {
     })
 }
 
+/// SIGINT, SIGTERM and SIGHUP, caught from the start of `run`.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// The agent's one task: every trigger (admin call, health snapshot, drain deadline,
 /// tick, signal) reaches the agent here, one at a time, until SIGINT or SIGTERM.
 async fn serve(
@@ -307,11 +348,10 @@ async fn serve(
     calls: &mut mpsc::Receiver<admin::server::Call>,
     published: &Mutex<Published>,
     notifier: &mut notify::Notifier,
+    signals: &mut Signals,
 ) -> Result<()> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         let changes_before = agent.config_changes;
         let deadline = agent
@@ -331,10 +371,10 @@ async fn serve(
             }
             _ = tick.tick() => agent.reconcile(Instant::now()),
             _ = notifier.watchdog_due() => notifier.watchdog(),
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.term.recv() => break,
             // SIGHUP reloads the file like `lb reload`; a broken file changes nothing.
-            _ = hup.recv() => match agent.reload(Instant::now()) {
+            _ = signals.hup.recv() => match agent.reload(Instant::now()) {
                 Ok(()) => info!("configuration reloaded (SIGHUP)"),
                 Err(e) => warn!(error = %e, "reload refused; the running configuration stays"),
             },

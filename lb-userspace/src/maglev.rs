@@ -1,17 +1,25 @@
 //! Maglev consistent hashing (Eisenbud et al., NSDI 2016, §3.4), with weights.
 //!
-//! Each backend has a permutation of the M table slots derived from its name: `offset` and
+//! Each backend has a permutation of the M table slots derived from its identity: `offset` and
 //! `skip` come from two independent hashes, and its j-th preference is
 //! `(offset + j * skip) mod M`. Backends take turns claiming their next free preferred slot
 //! until the table is full. M must be prime so every `skip` in 1..M generates a full
 //! permutation. Weights: in every round each backend accumulates its weight and claims one
 //! slot per `max_weight` accumulated, so shares are proportional to weights.
 //!
-//! The permutation depends only on the backend's name and M, so the same backend set gives the
-//! same table in any order and after a restart, and removing one backend moves only the slots
-//! it held plus a small disturbance (≈1/N + 1%).
+//! The permutation depends only on the backend's identity and M, and turns are taken in the
+//! order of identities, so the table is a function of the set of (identity, weight) pairs:
+//! the same in any order, after any history of adds and removes, after a restart, and on
+//! every balancer given the same backends (which is what keeps a flow on its backend when
+//! ECMP moves it to another balancer). Removing one backend moves only the slots it held
+//! plus a small disturbance (≈1/N + 1%).
+//!
+//! Identities: the L4 tier uses the backend's address (`L4Backend::maglev_key`), never its
+//! display name, since two balancers may name one backend differently (an admin-socket add
+//! without `--name`, a renamed entry); the L7 tier uses its backends' names.
 
-/// A backend as Maglev sees it: a stable name and a weight (> 0).
+/// A backend as Maglev sees it: a stable identity and a weight (> 0). Two backends of one
+/// table must not share an identity (validation refuses duplicate addresses and names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaglevBackend<'a> {
     pub name: &'a str,
@@ -39,14 +47,15 @@ fn fnv1a(seed: u64, s: &str) -> u64 {
 pub fn build(backends: &[MaglevBackend<'_>], m: u32) -> Vec<Option<u32>> {
     let m = m as u64;
     let mut table: Vec<Option<u32>> = vec![None; m as usize];
-    // Turn order decides contested slots, so fix it by name: the table then depends on the
-    // set of backends, not on the order the configuration lists them.
+    // Turn order decides contested slots, so fix it by identity (then weight, so even a
+    // duplicate identity could not make the order depend on the input's): the table then
+    // depends on the set of backends, not on the order the configuration lists them.
     let mut live: Vec<(usize, &MaglevBackend)> = backends
         .iter()
         .enumerate()
         .filter(|(_, b)| b.weight > 0)
         .collect();
-    live.sort_by(|a, b| a.1.name.cmp(b.1.name));
+    live.sort_by(|a, b| (a.1.name, a.1.weight).cmp(&(b.1.name, b.1.weight)));
     if live.is_empty() || m == 0 {
         return table;
     }
@@ -213,5 +222,44 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(ns[x.unwrap() as usize], rev[y.unwrap() as usize]);
         }
+    }
+
+    /// Every order of a weighted set gives the same table, read as identities.
+    #[test]
+    fn every_permutation_gives_the_same_table() {
+        let ns = names(4);
+        let weights = [1u32, 3, 2, 1];
+        let by_id = |order: &[usize]| -> Vec<String> {
+            let bs: Vec<MaglevBackend> = order
+                .iter()
+                .map(|&i| MaglevBackend {
+                    name: &ns[i],
+                    weight: weights[i],
+                })
+                .collect();
+            build(&bs, 251)
+                .iter()
+                .map(|s| ns[order[s.unwrap() as usize]].clone())
+                .collect()
+        };
+        let reference = by_id(&[0, 1, 2, 3]);
+        let mut count = 0;
+        for a in 0..4 {
+            for b in 0..4 {
+                for c in 0..4 {
+                    for d in 0..4 {
+                        let order = [a, b, c, d];
+                        let mut seen = order.to_vec();
+                        seen.sort();
+                        seen.dedup();
+                        if seen.len() == 4 {
+                            assert_eq!(by_id(&order), reference, "order {order:?}");
+                            count += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(count, 24);
     }
 }

@@ -60,7 +60,8 @@ enum Cmd {
         #[command(flatten)]
         pins: cli::PinArgs,
     },
-    /// Detach the XDP program and remove every pinned object: flows are forgotten.
+    /// Withdraw this balancer's VIP announcements (`[announce]` of the configuration), then
+    /// detach the XDP program and remove every pinned object: flows are forgotten.
     Down {
         #[command(flatten)]
         pins: cli::PinArgs,
@@ -273,6 +274,12 @@ fn main() -> Result<()> {
         }
         Cmd::Down { pins } => {
             let pin_path = pins.resolve()?;
+            // Routers first: withdrawn VIPs stop arriving before the dataplane goes.
+            match lb_userspace::agent::announce::withdraw_all(&pins.announce()?) {
+                Ok(Some(file)) => println!("withdrew every announcement ({})", file.display()),
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: withdrawing the announcements failed: {e}"),
+            }
             let removed = lb_userspace::dataplane::loader::teardown(&pin_path)?;
             println!(
                 "removed {} pinned object(s) from {}",

@@ -3,6 +3,7 @@
 //! network-namespace topologies with guards that always clean up (`netns`).
 
 pub mod fuzz;
+pub mod ha;
 pub mod interrupt;
 pub mod lbrun;
 pub mod netns;

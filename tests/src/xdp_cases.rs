@@ -105,10 +105,12 @@ pub fn base_plan() -> L4Plan {
 pub fn predict(plan: &L4Plan, svc: &str, f: &Frame) -> [u8; 6] {
     let s = plan.services.iter().find(|s| s.name == svc).unwrap();
     let members: Vec<&L4Backend> = s.backends.iter().filter(|b| b.in_table).collect();
+    let keys: Vec<String> = members.iter().map(|b| b.addr.to_string()).collect();
     let mb: Vec<maglev::MaglevBackend> = members
         .iter()
-        .map(|b| maglev::MaglevBackend {
-            name: &b.name,
+        .zip(&keys)
+        .map(|(b, k)| maglev::MaglevBackend {
+            name: k,
             weight: b.weight,
         })
         .collect();

@@ -7,6 +7,15 @@ use crate::bootstrap::{self, cargo};
 use anyhow::Result;
 
 pub fn run() -> Result<()> {
+    run_bin("lb-demo")
+}
+
+/// `cargo xtask demo-ha`: `lb-demo-ha`, two balancers behind a BIRD router with ECMP.
+pub fn run_ha() -> Result<()> {
+    run_bin("lb-demo-ha")
+}
+
+fn run_bin(bin: &str) -> Result<()> {
     bootstrap::run()?;
     cargo(
         &[
@@ -20,8 +29,5 @@ pub fn run() -> Result<()> {
         ],
         &[],
     )?;
-    cargo(
-        &["run", "--release", "-p", "lb-tests", "--bin", "lb-demo"],
-        &[],
-    )
+    cargo(&["run", "--release", "-p", "lb-tests", "--bin", bin], &[])
 }

@@ -27,6 +27,10 @@ enum Cmd {
     Test,
     /// Bootstrap, then the demo: a namespace topology with a client, `lb` and three backends.
     Demo,
+    /// Bootstrap, then the high-availability demo: a router running BIRD with ECMP, two
+    /// balancers (`lb` + BIRD over eBGP), three backends; spread, a balancer killed, flows
+    /// carrying on.
+    DemoHa,
     /// The prime-number lab (GSP041): health check, the 10x10 table of primes through the
     /// VIP, and the frontend on 127.0.0.1:8080 for a browser until Ctrl-C.
     Lab,
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
         Cmd::Bootstrap => bootstrap::run(),
         Cmd::Test => test::run(),
         Cmd::Demo => demo::run(),
+        Cmd::DemoHa => demo::run_ha(),
         Cmd::Deb => deb::run(),
         Cmd::Lab => lab::run(),
         Cmd::BenchXdp => bench::xdp(),

@@ -42,9 +42,10 @@ fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
 fn change_error(e: ChangeError) -> ErrorBody {
     let kind = match &e {
         ChangeError::NoService { .. } | ChangeError::NoBackend { .. } => ErrorKind::NotFound,
-        ChangeError::Invalid(_) | ChangeError::NeedsRestart(_) | ChangeError::NoFile => {
-            ErrorKind::Invalid
-        }
+        ChangeError::Invalid(_)
+        | ChangeError::NeedsRestart(_)
+        | ChangeError::NoFile
+        | ChangeError::NothingAnnounced => ErrorKind::Invalid,
         ChangeError::Dataplane(_) | ChangeError::DataplaneUnknown(_) | ChangeError::L7(_) => {
             ErrorKind::Dataplane
         }
@@ -118,6 +119,12 @@ fn run_change(agent: &mut Agent, verb: Verb, now: Instant) -> Result<String, Err
                 .change_override(&service, &backend, now, |o| o.forced = forced)
                 .map(|()| format!("{service}/{backend} health is {word}"))
         }
+        Verb::NodeDrain => agent.set_node_drained(true, now).map(|()| {
+            "node drained: every announcement is withdrawn; the dataplane keeps forwarding the flows that still arrive".to_string()
+        }),
+        Verb::NodeUndrain => agent
+            .set_node_drained(false, now)
+            .map(|()| "node undrained: VIPs with a usable backend are announced again".to_string()),
         Verb::Reload => agent.reload(now).map(|()| {
             let p = agent.config_path().map(|p| p.display().to_string()).unwrap_or_default();
             format!("reloaded {p}")

@@ -99,6 +99,10 @@ pub enum Verb {
         backend: String,
         health: ForcedHealth,
     },
+    /// Withdraw every VIP announcement (the dataplane keeps serving).
+    NodeDrain,
+    /// Announce again.
+    NodeUndrain,
     Reload,
 }
 
@@ -225,7 +229,7 @@ pub fn parse_request(line: &str) -> Result<Verb, ErrorBody> {
         }
     }
     if !o.contains_key("verb") {
-        return Err(bad("request has no \"verb\" (status, list, describe-service, add-backend, remove-backend, set-weight, drain, undrain, maintenance, force-health, reload)".into()));
+        return Err(bad("request has no \"verb\" (status, list, describe-service, add-backend, remove-backend, set-weight, drain, undrain, maintenance, force-health, node-drain, node-undrain, reload)".into()));
     }
     serde_json::from_value(v).map_err(|e| bad(format!("bad request: {e}")))
 }
@@ -257,6 +261,9 @@ pub struct StatusInfo {
     /// L7 listeners (empty when the L7 tier does not run).
     #[serde(default)]
     pub l7_listeners: Vec<L7ListenerInfo>,
+    /// VIP announcements (absent without an `[announce]` daemon).
+    #[serde(default)]
+    pub announce: Option<crate::model::announce::AnnounceStatus>,
 }
 
 /// One L7 listener as `status` shows it (defined by the L7 tier, which reports it).
@@ -390,6 +397,8 @@ mod tests {
                 backend: "b1".into(),
                 health: ForcedHealth::Auto,
             },
+            Verb::NodeDrain,
+            Verb::NodeUndrain,
             Verb::Reload,
         ];
         for v in verbs {

@@ -39,6 +39,7 @@ pub fn status(agent: &Agent) -> StatusInfo {
         dataplane_unknown: agent.dataplane_unknown().map(str::to_string),
         reasons: agent.port().reasons(),
         l7_listeners: agent.l7_listeners(),
+        announce: agent.announce_status(),
     }
 }
 

@@ -38,10 +38,13 @@ impl Override {
     }
 }
 
-/// Every override, by backend.
+/// Every override, by backend, and the node's own drain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
     pub by_backend: BTreeMap<Key, Override>,
+    /// `lb node drain`: this balancer withdraws every announcement (its routers stop sending
+    /// it traffic) while its dataplane keeps forwarding what still arrives.
+    pub node_drained: bool,
 }
 
 impl Overrides {

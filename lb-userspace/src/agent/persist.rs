@@ -28,6 +28,9 @@ pub fn state_file(socket: &Path) -> PathBuf {
 struct Saved {
     version: u32,
     overrides: Vec<SavedOverride>,
+    /// `lb node drain` (absent in files written before it existed: not drained).
+    #[serde(default)]
+    node_drained: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +74,7 @@ pub fn encode(ov: &Overrides, now: Instant, wall_now: SystemTime) -> String {
                 },
             )
             .collect(),
+        node_drained: ov.node_drained,
     };
     serde_json::to_string_pretty(&saved).unwrap_or_default()
 }
@@ -85,7 +89,10 @@ pub fn decode(text: &str, now: Instant, wall_now: SystemTime) -> Result<Override
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64;
-    let mut ov = Overrides::default();
+    let mut ov = Overrides {
+        node_drained: saved.node_drained,
+        ..Default::default()
+    };
     for s in saved.overrides {
         let drain_started = s.drain_started_unix_ms.map(|ms| {
             let ago = Duration::from_millis(wall_now_ms.saturating_sub(ms));
@@ -243,6 +250,7 @@ mod tests {
         });
         ov.update("web", "b2", |o| o.maintenance = true);
         ov.update("web", "b3", |o| o.forced = Some(false));
+        ov.node_drained = true;
         let text = encode(&ov, now, wall);
         // Decoded 10 s later by another process: the drain is 40 s old.
         let later = now + Duration::from_secs(10);
@@ -252,6 +260,10 @@ mod tests {
         assert!(back.get("web", "b2").maintenance);
         assert_eq!(back.get("web", "b3").forced, Some(false));
         assert_eq!(back.by_backend.len(), 3);
+        assert!(back.node_drained);
+        // A file from before node drains existed reads as not drained.
+        let old = r#"{"version":1,"overrides":[]}"#;
+        assert!(!decode(old, now, wall).unwrap().node_drained);
     }
 
     #[test]

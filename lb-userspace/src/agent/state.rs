@@ -110,6 +110,9 @@ pub enum ChangeError {
     /// Nothing to reload from.
     #[error("the agent was not started from a file; nothing to reload")]
     NoFile,
+    /// A node drain without an announcing daemon would change nothing.
+    #[error("this agent announces nothing ([announce] daemon = \"none\"), so a node drain would change nothing; configure [announce] daemon = \"bird\" first")]
+    NothingAnnounced,
 }
 
 pub struct Agent {
@@ -143,6 +146,8 @@ pub struct Agent {
     /// Backends the previous agent held unhealthy, until the checker has a verdict (see
     /// `adopt`).
     seeded_down: BTreeSet<crate::ids::BackendKey>,
+    /// Tells the routing daemon what to announce (None without an `[announce]` daemon).
+    announcer: Option<super::announce::Announcer>,
 }
 
 impl Agent {
@@ -165,7 +170,48 @@ impl Agent {
             dataplane_unknown: None,
             state_file: None,
             seeded_down: BTreeSet::new(),
+            announcer: None,
         }
+    }
+
+    /// Announces through this announcer from now on (see `announce`).
+    pub fn with_announcer(mut self, a: Option<super::announce::Announcer>) -> Self {
+        self.announcer = a;
+        self
+    }
+
+    /// Every L4 rule's announcement as the maps stand: from the plan they hold (nothing is
+    /// usable before a plan is applied, or while their state is unknown) and the node drain.
+    pub fn announcements(&self) -> Vec<model::announce::RuleAnnouncement> {
+        let empty = L4Plan {
+            services: Vec::new(),
+            vips: Vec::new(),
+        };
+        let plan = self.applied.as_ref().unwrap_or(&empty);
+        model::announce::decide(&self.model, plan, self.overrides.node_drained)
+    }
+
+    /// What the announcer reports, when there is one.
+    pub fn announce_status(&self) -> Option<model::announce::AnnounceStatus> {
+        self.announcer.as_ref().map(|a| a.status())
+    }
+
+    /// Hands the current decision to the announcer (it acts only when the set changed).
+    fn announce(&self) {
+        if let Some(a) = &self.announcer {
+            a.update(self.announcements(), self.overrides.node_drained);
+        }
+    }
+
+    /// `lb node drain` / `undrain`: withdraws (or restores) every announcement; saved with
+    /// the other overrides, so a restarted agent stays drained.
+    pub fn set_node_drained(&mut self, drained: bool, now: Instant) -> Result<(), ChangeError> {
+        if self.announcer.is_none() {
+            return Err(ChangeError::NothingAnnounced);
+        }
+        let mut ov = self.overrides.clone();
+        ov.node_drained = drained;
+        self.change(self.model.config().clone(), ov, now)
     }
 
     /// Drives this L7 tier (its table must already be built from the agent's config).
@@ -391,6 +437,7 @@ impl Agent {
                 self.last_error = Some(e);
             }
         }
+        self.announce();
     }
 
     /// Takes a new health snapshot, logs every transition, and reconciles.
@@ -486,6 +533,7 @@ impl Agent {
         }
         self.last_error = None;
         self.push_l7_admission(now);
+        self.announce();
         Ok(())
     }
 
@@ -583,6 +631,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ChangeErro
     }
     if old.admin.metrics_listen != new.admin.metrics_listen {
         diffs.insert("admin.metrics_listen");
+    }
+    if old.announce != new.announce {
+        diffs.insert("announce");
     }
     if diffs.is_empty() {
         Ok(())

@@ -537,6 +537,12 @@ fn only_start_time_settings_need_a_restart() {
         restart_only_changes(&a, &b).is_ok(),
         "service settings reload"
     );
+    let mut c = a.clone();
+    c.forwarding_rules.get_mut("vip").unwrap().announce = Some(false);
+    assert!(
+        restart_only_changes(&a, &c).is_ok(),
+        "a rule's announce flag reloads"
+    );
     for (f, name) in [
         (
             (|c: &mut Config| c.dataplane.conn_table_size = 2048) as fn(&mut Config),
@@ -569,6 +575,10 @@ fn only_start_time_settings_need_a_restart() {
         (
             |c: &mut Config| c.admin.idle_timeout_sec = std::num::NonZeroU32::MIN,
             "admin.idle_timeout_sec/max_connections",
+        ),
+        (
+            |c: &mut Config| c.announce.daemon = crate::config::AnnounceDaemon::Bird,
+            "announce",
         ),
     ] {
         let mut b = a.clone();
@@ -790,4 +800,100 @@ fn a_failed_rollback_marks_the_dataplane_unknown_until_rewritten() {
     assert_eq!(a.applied(), Some(&before));
     assert!(a.dataplane_unknown().is_none());
     assert!(crate::admin::view::status(&a).dataplane_unknown.is_none());
+}
+
+#[test]
+fn node_drain_needs_an_announcer() {
+    let (mut a, _fake, t0) = agent(None);
+    let r = req(&mut a, r#"{"version":1,"verb":"node-drain"}"#, t0);
+    assert!(!r.ok);
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(e.message.contains("announces nothing"), "{}", e.message);
+    assert!(
+        !a.overrides().node_drained,
+        "a refused drain changes nothing"
+    );
+}
+
+/// `lb node drain` withdraws every announcement (the include file empties), keeps the
+/// plan as it was (the dataplane keeps serving), survives a restart through the state file,
+/// and `undrain` announces again.
+#[test]
+fn node_drain_withdraws_is_saved_and_undrain_announces_again() {
+    let dir = std::env::temp_dir().join(format!("lb-agent-announce-{}", std::process::id()));
+    let _ignored = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let include = dir.join("lb-vips.conf");
+    let state = dir.join("admin.state.json");
+    let text = format!(
+        "[dataplane]\ninterfaces = [\"eth0\"]\n[announce]\ndaemon = \"bird\"\ninclude_file = \"{}\"\ncontrol_socket = \"{}\"\n{CFG}",
+        include.display(),
+        dir.join("no-bird.ctl").display()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let start = |ov: super::overrides::Overrides| {
+        let fake = Fake::default();
+        let model = crate::model::parse(&text).unwrap();
+        let mut a = Agent::new(model, None, Box::new(fake.clone()));
+        a.restore(ov, state.clone());
+        a.reconcile(Instant::now());
+        let first = crate::model::announce::prefixes(&a.announcements());
+        let drained = a.overrides().node_drained;
+        let ann = super::announce::Announcer::start(&a.config().announce, first, drained);
+        let mut a = a.with_announcer(ann);
+        a.reconcile(Instant::now());
+        (a, fake)
+    };
+    // The worker writes the file, then fails to reach the (absent) BIRD and retries.
+    let file_says = |route: bool| {
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let t = std::fs::read_to_string(&include).unwrap_or_default();
+                if t.contains("protocol static lb_vips") && t.contains("10.0.0.100/32") == route {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "include file: {t}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let (mut a, fake) = start(Default::default());
+    file_says(true);
+    let before = fake.last();
+    let t0 = Instant::now();
+    assert!(req(&mut a, r#"{"version":1,"verb":"node-drain"}"#, t0).ok);
+    file_says(false);
+    assert_eq!(fake.last(), before, "the dataplane keeps serving");
+    let st = a.announce_status().unwrap();
+    assert!(st.node_drained);
+    assert_eq!(
+        st.rules[0].withdrawn,
+        Some(crate::model::announce::Withdrawn::NodeDrained)
+    );
+    // No BIRD listens: the failure is reported and the daemon is not in step.
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while a.announce_status().unwrap().last_error.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no error reported");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let st = a.announce_status().unwrap();
+    assert!(!st.in_sync && st.configure_errors >= 1, "{st:?}");
+    assert!(st.last_error.unwrap().contains("birdc"));
+    // A restarted agent starts drained and announces nothing.
+    drop(a);
+    let (mut b, _fake) = start(super::persist::load(&state).unwrap());
+    assert!(b.overrides().node_drained);
+    assert!(crate::model::announce::prefixes(&b.announcements()).is_empty());
+    assert!(req(&mut b, r#"{"version":1,"verb":"node-undrain"}"#, t0).ok);
+    file_says(true);
+    assert!(!super::persist::load(&state).unwrap().node_drained);
+    drop(b);
+    drop(_guard);
+    drop(rt);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -84,6 +84,14 @@ impl PinArgs {
             .map(|c| c.dataplane.pin_path)
             .unwrap_or_else(|| crate::config::Dataplane::default().pin_path))
     }
+
+    /// The `[announce]` section of the configuration (`--config`, else /etc/lb/lb.toml when
+    /// it exists), for `lb down` to withdraw; none without a file.
+    pub fn announce(&self) -> Result<crate::config::Announce> {
+        Ok(config_shapes(self.config.as_deref())?
+            .map(|c| c.announce)
+            .unwrap_or_default())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -152,6 +160,12 @@ pub enum ClientCmd {
         #[arg(value_enum)]
         health: HealthArg,
     },
+    /// This balancer's announcements: `drain` withdraws every VIP from the routers (the
+    /// dataplane keeps serving what still arrives), `undrain` announces them again.
+    Node {
+        #[arg(value_enum)]
+        action: NodeAction,
+    },
     /// Re-read the configuration file; nothing changes if it is invalid. The agent re-reads
     /// the file it was started with; `--config` only tells where to find its socket.
     Reload {
@@ -159,6 +173,12 @@ pub enum ClientCmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NodeAction {
+    Drain,
+    Undrain,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -269,6 +289,12 @@ impl ClientCmd {
                     HealthArg::Auto => ForcedHealth::Auto,
                 },
             },
+            ClientCmd::Node {
+                action: NodeAction::Drain,
+            } => Verb::NodeDrain,
+            ClientCmd::Node {
+                action: NodeAction::Undrain,
+            } => Verb::NodeUndrain,
             ClientCmd::Reload { .. } => Verb::Reload,
         }
     }

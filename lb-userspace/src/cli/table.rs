@@ -72,6 +72,34 @@ pub fn status(s: &StatusInfo) -> String {
                 .map_or_else(|| "NOT BOUND".to_string(), |b| format!("bound {b}")),
         );
     }
+    if let Some(a) = &s.announce {
+        out += &announce(a);
+    }
+    out
+}
+
+/// The announcement part of `status`: the daemon, whether it is in step, and each rule.
+fn announce(a: &crate::model::announce::AnnounceStatus) -> String {
+    let drained = if a.node_drained { ", NODE DRAINED" } else { "" };
+    let sync = if a.in_sync {
+        ""
+    } else {
+        ", daemon not in step yet"
+    };
+    let mut out = format!(
+        "announce via {} ({}){drained}{sync}\n",
+        a.daemon, a.include_file
+    );
+    if let Some(e) = &a.last_error {
+        out += &format!("ANNOUNCE ERROR: {e}\n");
+    }
+    for r in &a.rules {
+        let state = match r.withdrawn {
+            None => "announced".to_string(),
+            Some(w) => format!("withdrawn: {}", w.words()),
+        };
+        out += &format!("  {} {} {state}\n", r.rule, r.prefix());
+    }
     out
 }
 

@@ -23,6 +23,10 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("admin.metrics_listen", "metrics/mod.rs", "Prometheus listener, parsed by validation"),
     ("admin.idle_timeout_sec", "admin/server.rs", "a silent admin peer is closed after it"),
     ("admin.max_connections", "admin/server.rs", "admin connections open at once"),
+    ("announce", "agent/announce.rs", "section; restart-only (agent/state.rs)"),
+    ("announce.daemon", "agent/announce.rs", "none or bird"),
+    ("announce.include_file", "agent/announce.rs", "generated BIRD static protocol"),
+    ("announce.control_socket", "agent/announce.rs", "birdc -s for configure"),
     ("l7", "l7/limits.rs", "section"),
     ("l7.first_request_timeout_sec", "l7/limits.rs", "deadline of a new connection's handshake and first request"),
     ("l7.header_read_timeout_sec", "l7/limits.rs", "HTTP/1.1 head deadline once its first byte arrived"),
@@ -94,6 +98,7 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("forwarding_rules.*.all_ports", "model/desired.rs", "every port (L4)"),
     ("forwarding_rules.*.backend_service", "model/desired.rs", "L4 target"),
     ("forwarding_rules.*.target", "l7/table.rs", "L7 target proxy"),
+    ("forwarding_rules.*.announce", "model/announce.rs", "per-rule opt-out of announcements"),
     ("url_maps", "model/validate_l7.rs", "section"),
     ("url_maps.*.default_service", "routing/router.rs", "default action"),
     ("url_maps.*.default_url_redirect", "routing/router.rs", "default action"),
@@ -293,6 +298,8 @@ private_key = "/k"
     fn source(file: &str) -> &'static str {
         match file {
             "agent.rs" => include_str!("../agent.rs"),
+            "agent/announce.rs" => include_str!("../agent/announce.rs"),
+            "model/announce.rs" => include_str!("../model/announce.rs"),
             "admin/server.rs" => include_str!("../admin/server.rs"),
             "agent/state.rs" => include_str!("../agent/state.rs"),
             "model/desired.rs" => include_str!("../model/desired.rs"),

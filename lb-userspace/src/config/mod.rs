@@ -11,6 +11,7 @@ pub mod limits;
 pub mod types;
 pub mod url_map;
 pub mod validate;
+pub mod validate_announce;
 pub mod validate_balancing;
 pub mod validate_ranges;
 

@@ -34,6 +34,64 @@ pub struct Config {
     /// Connection limits and timeouts of the L7 listeners.
     #[serde(default)]
     pub l7: L7Limits,
+    /// VIP announcements to routers through a routing daemon (several balancers behind ECMP).
+    #[serde(default)]
+    pub announce: Announce,
+}
+
+/// How the agent makes a routing daemon announce the VIPs it can serve. Fixed at start (a
+/// reload that changes it is refused); which rules are announced follows every change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Announce {
+    /// `none` (default): nothing is announced; `bird`: BIRD 2 announces them.
+    pub daemon: AnnounceDaemon,
+    /// BIRD: the file the agent writes (atomically) with a static protocol holding one
+    /// route per announced prefix; BIRD's configuration includes it.
+    /// Default /var/lib/lb/bird-vips.conf (the packaged unit's StateDirectory); absolute.
+    pub include_file: Option<PathBuf>,
+    /// BIRD: its control socket, for `birdc -s <socket> configure` after each change of the
+    /// announced set. Default /run/bird/bird.ctl (Debian's); absolute.
+    pub control_socket: Option<PathBuf>,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Announce {
+            daemon: AnnounceDaemon::None,
+            include_file: None,
+            control_socket: None,
+        }
+    }
+}
+
+impl Announce {
+    pub const DEFAULT_INCLUDE_FILE: &'static str = "/var/lib/lb/bird-vips.conf";
+    pub const DEFAULT_CONTROL_SOCKET: &'static str = "/run/bird/bird.ctl";
+
+    /// The include file, with its default.
+    pub fn include_file(&self) -> PathBuf {
+        self.include_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_INCLUDE_FILE))
+    }
+
+    /// The control socket, with its default.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_CONTROL_SOCKET))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnounceDaemon {
+    /// No announcements (a single balancer, or routes set by hand).
+    #[default]
+    None,
+    /// BIRD 2, through a generated include file and `birdc configure`.
+    Bird,
 }
 
 /// Limits of the L7 tier's client side, for a proxy exposed to untrusted clients. Google
@@ -516,6 +574,11 @@ pub struct ForwardingRule {
     pub backend_service: Option<String>,
     #[serde(default)]
     pub target: Option<String>,
+    /// L4 rules: whether this balancer announces the address to its routers (`[announce]`)
+    /// while the rule can be served. Absent means yes; `false` opts the rule out. Refused
+    /// on L7 rules, whose listeners are not announced.
+    #[serde(default)]
+    pub announce: Option<bool>,
 }
 
 fn tcp() -> IpProtocol {

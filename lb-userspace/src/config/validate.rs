@@ -173,6 +173,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
     target_proxies(cfg, &mut errs);
     errs.extend(super::validate_ranges::validate_ranges(cfg));
     errs.extend(super::validate_balancing::validate_balancing(cfg));
+    errs.extend(super::validate_announce::validate_announce(cfg));
     if errs.is_empty() {
         Ok(())
     } else {

@@ -40,6 +40,14 @@ pub struct L4Backend {
     pub failover: bool,
 }
 
+impl L4Backend {
+    /// The backend's identity in its service's Maglev table: its address, the same on every
+    /// balancer whatever the backend is called there or when it was added (see `maglev`).
+    pub fn maglev_key(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct L4Vip {
     pub name: String,

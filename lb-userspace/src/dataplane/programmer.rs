@@ -265,11 +265,13 @@ impl<M: MapLayer> Programmer<M> {
     /// goes to the inactive half, then the metadata flips `active` in one write.
     fn write_table(&mut self, s: &L4Service, ids: &Ids) -> Result<(), ProgramError> {
         let sid = ids.service_ids[&s.name];
-        let members: Vec<(&str, u32, u32)> = s
+        // The table is built over backend identities (addresses) and only then mapped to
+        // this host's slots, so it is the same on every balancer with the same backends.
+        let members: Vec<(String, u32, u32)> = s
             .backends
             .iter()
             .filter(|b| b.in_table && b.mac.is_some() && b.weight > 0)
-            .map(|b| (b.name.as_str(), b.weight, ids.slots[&(sid, b.addr)].0))
+            .map(|b| (b.maglev_key(), b.weight, ids.slots[&(sid, b.addr)].0))
             .collect();
         let mb: Vec<maglev::MaglevBackend> = members
             .iter()

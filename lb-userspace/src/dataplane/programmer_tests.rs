@@ -293,3 +293,64 @@ fn a_failed_rollback_leaves_it_dirty_and_the_next_apply_rewrites_everything() {
     p.apply(&plan_a()).unwrap();
     assert_eq!(p.maps().log.len(), writes, "clean again: nothing rewritten");
 }
+
+/// The active table of `service`, as backend addresses.
+fn table_by_address(p: &Programmer<FakeMaps>, service: &str) -> Vec<Ipv4Addr> {
+    let c = &p.maps().c;
+    let sid = p.cur.service_ids[service];
+    let base = ((sid * 2 + (c.services[sid as usize].active & 1)) * RING) as usize;
+    c.maglev[base..base + RING as usize]
+        .iter()
+        .map(|s| {
+            let a = c.backends[*s as usize].addr;
+            Ipv4Addr::new(a[0], a[1], a[2], a[3])
+        })
+        .collect()
+}
+
+/// Two balancers given the same backends, one in file order and one by another order with
+/// other names and a removal and re-add in between, hold different slots but map every
+/// Maglev slot to the same backend address (what ECMP across balancers needs).
+#[test]
+fn tables_depend_on_the_backend_set_only_not_on_order_names_or_history() {
+    let weights = [(1u8, 1u32), (2, 3), (3, 1), (4, 2)];
+    let with = |order: &[usize], prefix: &str| -> L4Plan {
+        let backends = order
+            .iter()
+            .map(|&i| {
+                let (last, w) = weights[i];
+                L4Backend {
+                    weight: w,
+                    ..b(&format!("{prefix}{last}"), last)
+                }
+            })
+            .collect();
+        L4Plan {
+            services: vec![svc("web", backends)],
+            vips: vec![vip("web-vip", 100, 80, "web")],
+        }
+    };
+    let mut a = programmer();
+    a.apply(&with(&[0, 1, 2, 3], "b")).unwrap();
+    let mut other = programmer();
+    // A different history: one backend, then adds in another order, a removal and a re-add.
+    other.apply(&with(&[2], "x")).unwrap();
+    other.apply(&with(&[2, 3, 0], "x")).unwrap();
+    other.apply(&with(&[2, 3, 0, 1], "x")).unwrap();
+    other.apply(&with(&[3, 0, 1], "x")).unwrap();
+    other.apply(&with(&[3, 1, 0, 2], "y")).unwrap();
+    let slots = |p: &Programmer<FakeMaps>| p.cur.slots.values().map(|v| v.0).collect::<Vec<_>>();
+    assert_ne!(
+        slots(&a),
+        slots(&other),
+        "the histories should give other slots"
+    );
+    assert_eq!(table_by_address(&a, "web"), table_by_address(&other, "web"));
+    // And a restarted agent (adopting the maps) keeps it.
+    let mut adopted = Programmer::with_maps(other.maps().clone(), RING, MAX_SERVICES).unwrap();
+    adopted.apply(&with(&[1, 0, 3, 2], "z")).unwrap();
+    assert_eq!(
+        table_by_address(&a, "web"),
+        table_by_address(&adopted, "web")
+    );
+}

@@ -16,6 +16,7 @@
 //! The output is the OpenMetrics text format (prometheus-client's encoder), which
 //! Prometheus reads; the encoder adds `_total` to counter names.
 
+mod announce;
 mod dataplane;
 mod encode;
 mod health;
@@ -108,6 +109,14 @@ impl Metrics {
         F: Fn() -> Result<L7Counters, SourceError> + Send + Sync + 'static,
     {
         self.register_collector(Box::new(l7::L7Collector(Box::new(source))));
+    }
+
+    /// Publishes the VIP announcements (state per rule, node drain, daemon in step).
+    pub fn register_announce(
+        &self,
+        status: std::sync::Arc<std::sync::Mutex<crate::model::announce::AnnounceStatus>>,
+    ) {
+        self.register_collector(Box::new(announce::AnnounceCollector(status)));
     }
 
     /// The text exposition of every registered metric.

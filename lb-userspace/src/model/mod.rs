@@ -7,6 +7,7 @@
 //! checks them again. [`desired`] turns a model, health and admin overrides into the L4
 //! plan and the L7 admission, with no I/O.
 
+pub mod announce;
 pub mod desired;
 #[cfg(test)]
 mod tests;
