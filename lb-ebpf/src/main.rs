@@ -3,13 +3,14 @@
 //! backend through a connection table, by L2 direct server return (only the MACs change).
 //!
 //! Module map: `parse` reads headers with bounds checks, `maps` declares every map,
-//! `forward` is the per-packet decision, `conntrack` the connection tables, `counters` bumps per-CPU statistics.
+//! `forward` is the per-packet decision (`ipv6` its IPv6 half), `conntrack` the connection tables, `counters` bumps per-CPU statistics.
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod counters;
 mod forward;
+mod ipv6;
 mod keys;
 mod maps;
 mod parse;

@@ -46,7 +46,8 @@ use state::{Agent, L4Port, L7Port};
 /// drain timeouts (a drain's own deadline also wakes it).
 const TICK: Duration = Duration::from_millis(250);
 
-/// Resolves backend MACs: configured, else the neighbour table, provoking ARP when unknown.
+/// Resolves backend MACs: configured, else the neighbour table, provoking ARP or NDP when
+/// unknown.
 #[derive(Default)]
 pub struct MacCache {
     known: BTreeMap<IpAddr, [u8; 6]>,
@@ -57,12 +58,11 @@ impl MacCache {
         if let Some(m) = configured {
             return Some(m);
         }
-        let IpAddr::V4(v4) = addr else { return None };
-        if let Some(m) = neighbor::lookup(v4) {
+        if let Some(m) = neighbor::lookup(addr) {
             self.known.insert(addr, m);
             return Some(m);
         }
-        neighbor::provoke(v4);
+        neighbor::provoke(addr);
         self.known.get(&addr).copied()
     }
 }
