@@ -87,12 +87,14 @@ fn walk(ctx: &XdpContext, first: u8) -> Walk {
             break;
         }
         if next == NEXT_FRAGMENT {
-            let Some(h) = ptr_at::<u8>(ctx, off) else {
+            // Two bytes, not one: LLVM turns a one-byte check `p + 1 > end` into
+            // `p >= end`, from which the verifier proves no readable byte.
+            let Some(h) = ptr_at::<[u8; 2]>(ctx, off) else {
                 return Walk::Unwalkable;
             };
             // SAFETY: bounds checked by `ptr_at`.
             return Walk::Fragment {
-                proto: unsafe { *h },
+                proto: unsafe { (*h)[0] },
             };
         }
         if next != NEXT_HOP_BY_HOP && next != NEXT_ROUTING && next != NEXT_DEST_OPTS {

@@ -38,10 +38,25 @@ impl XdpHarness {
         conn_table_size: u32,
         promotions_per_sec: u32,
     ) -> Result<Self> {
+        Self::with_sizes(ring_size, conn_table_size, promotions_per_sec, 4)
+    }
+
+    /// Loads the object with room for `max_services` services.
+    pub fn with_services(ring_size: u32, max_services: u32) -> Result<Self> {
+        let promotions = lb_common::limits::DEFAULT_CONN_PROMOTIONS_PER_SEC;
+        Self::with_sizes(ring_size, 4096, promotions, max_services)
+    }
+
+    fn with_sizes(
+        ring_size: u32,
+        conn_table_size: u32,
+        promotions_per_sec: u32,
+        max_services: u32,
+    ) -> Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique("lbtest-"));
         let sizes = Sizes {
             ring_size,
-            max_services: 4,
+            max_services,
             conn_table_size,
             conn_promotions_per_sec: promotions_per_sec,
         };
@@ -50,7 +65,7 @@ impl XdpHarness {
             let prog: &mut Xdp = ebpf.program_mut(p).context("program")?.try_into()?;
             prog.load()?;
         }
-        let programmer = Programmer::open(&pin_dir, ring_size, 4)?;
+        let programmer = Programmer::open(&pin_dir, ring_size, max_services)?;
         Ok(XdpHarness {
             ebpf,
             pin_dir,

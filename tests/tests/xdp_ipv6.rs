@@ -19,7 +19,7 @@ fn harness() -> Option<(XdpHarness, L4Plan)> {
     if !root_or_skip("xdp IPv6 fixtures") {
         return None;
     }
-    let mut h = XdpHarness::new(RING).expect("load");
+    let mut h = XdpHarness::with_services(RING, 8).expect("load");
     let plan = plan_v6();
     h.apply(&plan).expect("program maps");
     Some((h, plan))
