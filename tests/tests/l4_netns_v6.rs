@@ -112,16 +112,23 @@ fn running() -> (Topology, Vec<ProcGuard>, Agent) {
     (t, backends, agent)
 }
 
-/// Counts, in the client namespace, packets from the VIP (nftables): all of them, and those
-/// whose source MAC is the balancer's. Direct server return means the second stays 0.
+/// Counts, in the client namespace, packets from the VIP (nftables): all of them, those
+/// whose source MAC is a backend's, and those whose source MAC is the balancer's. Direct
+/// server return means the second is the first and the third stays 0.
 struct ReplyCounter<'a>(&'a Topology);
 
 impl<'a> ReplyCounter<'a> {
     fn install(t: &'a Topology) -> Result<Self> {
         let lb_mac = t.mac_of(&t.balancer)?;
+        let backend_macs = t
+            .backends
+            .iter()
+            .map(|b| t.mac_of(b))
+            .collect::<Result<Vec<_>>>()?
+            .join(", ");
         let vip = t.vip6().to_string();
         let rules = format!(
-            "table ip6 lbtest {{\n chain input {{\n  type filter hook input priority 0;\n  ip6 saddr {vip} counter\n  ip6 saddr {vip} ether saddr {lb_mac} counter\n }}\n}}\n"
+            "table ip6 lbtest {{\n chain input {{\n  type filter hook input priority 0;\n  ip6 saddr {vip} counter\n  ip6 saddr {vip} ether saddr {{ {backend_macs} }} counter\n  ip6 saddr {vip} ether saddr {lb_mac} counter\n }}\n}}\n"
         );
         let path = std::env::temp_dir().join(format!("{}-replies.nft", t.prefix));
         std::fs::write(&path, rules)?;
@@ -130,8 +137,8 @@ impl<'a> ReplyCounter<'a> {
         Ok(ReplyCounter(t))
     }
 
-    /// (packets from the VIP, of which from the balancer's MAC).
-    fn read(&self) -> Result<(u64, u64)> {
+    /// Packets from the VIP: (all, from a backend's MAC, from the balancer's MAC).
+    fn read(&self) -> Result<(u64, u64, u64)> {
         let out = self
             .0
             .client
@@ -144,8 +151,8 @@ impl<'a> ReplyCounter<'a> {
                 w.get(i + 1)?.parse().ok()
             })
             .collect();
-        anyhow::ensure!(counts.len() == 2, "unexpected nft output:\n{out}");
-        Ok((counts[0], counts[1]))
+        anyhow::ensure!(counts.len() == 3, "unexpected nft output:\n{out}");
+        Ok((counts[0], counts[1], counts[2]))
     }
 }
 
@@ -186,10 +193,44 @@ fn ipv6_tcp_and_udp_reach_all_three_backends_with_the_client_address() {
         }
     }
     // Replies came straight from the backends: none through the balancer.
-    let (from_vip, via_balancer) = replies.read().unwrap();
-    println!("packets from the VIP at the client: {from_vip}, from the balancer's MAC: {via_balancer}");
+    let (from_vip, from_backends, via_balancer) = replies.read().unwrap();
+    println!(
+        "packets from the VIP at the client: {from_vip}, from backends' MACs: \
+         {from_backends}, from the balancer's MAC: {via_balancer}"
+    );
     assert!(from_vip >= 600, "only {from_vip} packets from the VIP counted");
+    assert_eq!(from_backends, from_vip, "replies not straight from the backends");
     assert_eq!(via_balancer, 0, "replies went through the balancer");
+    // The health checker probes the IPv6 backends (TCP port 80) and finds them healthy
+    // (two probes a second apart: waited for with a deadline).
+    let sock = agent.dir.join("admin.sock");
+    let healthy = wait_for(Duration::from_secs(15), || {
+        let listed = lb_tests::netns::sh(&[
+            lb_tests::lb_binary().to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "-o",
+            "json",
+            "list",
+            "backends",
+        ])?;
+        let listed: serde_json::Value = serde_json::from_str(&listed)?;
+        let tcp6: Vec<&serde_json::Value> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["service"] == "tcp6")
+            .collect();
+        anyhow::ensure!(tcp6.len() == 3, "{listed}");
+        for b in tcp6 {
+            anyhow::ensure!(b["health"] == "healthy", "{b}");
+            anyhow::ensure!(b["address"].as_str().unwrap_or("").contains(':'), "{b}");
+        }
+        Ok(())
+    });
+    if let Err(e) = healthy {
+        panic!("IPv6 backends not healthy: {e}; agent log:\n{}", agent.log());
+    }
     // The agent resolved the backends by NDP and counts the flows.
     let stats = lb_tests::netns::sh(&[
         lb_tests::lb_binary().to_str().unwrap(),
