@@ -193,7 +193,15 @@ fn packet_too_big(
     let Some(flags) = vip_addr_flags(unsafe { vip_addr_key_v6(isrc, proto) }) else {
         return not_ours;
     };
-    let flow = unsafe { v6_flow(idst, isrc, [ports[2], ports[3]], [ports[0], ports[1]], proto) };
+    let flow = unsafe {
+        v6_flow(
+            idst,
+            isrc,
+            [ports[2], ports[3]],
+            [ports[0], ports[1]],
+            proto,
+        )
+    };
     icmp_error_to_backend(eth, &flow, flags, frame_len(ctx))
 }
 

@@ -262,7 +262,12 @@ impl Topology {
         self.plug(&balancer, "plb", self.balancer_ip(), self.balancer_ip6())?;
         for (i, b) in self.backends.clone().iter().enumerate() {
             self.add_ns(b)?;
-            self.plug(b, &format!("pb{i}"), self.backend_ip(i), self.backend_ip6(i))?;
+            self.plug(
+                b,
+                &format!("pb{i}"),
+                self.backend_ip(i),
+                self.backend_ip6(i),
+            )?;
             let vip = format!("{}/32", self.vip());
             b.exec(&["ip", "addr", "add", &vip, "dev", "lo"])?;
             let vip6 = format!("{}/128", self.vip6());

@@ -209,7 +209,14 @@ impl Frame6 {
     }
 
     /// An ICMPv6 message (type, code, 4 bytes of header data, body), checksum computed.
-    pub fn icmp(src: [u8; 16], dst: [u8; 16], ty: u8, code: u8, data: [u8; 4], body: &[u8]) -> Self {
+    pub fn icmp(
+        src: [u8; 16],
+        dst: [u8; 16],
+        ty: u8,
+        code: u8,
+        data: [u8; 4],
+        body: &[u8],
+    ) -> Self {
         let mut m = vec![ty, code, 0, 0];
         m.extend_from_slice(&data);
         m.extend_from_slice(body);

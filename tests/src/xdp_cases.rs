@@ -133,9 +133,24 @@ pub fn plan_v6() -> L4Plan {
     let three = || vec![backend6(1), backend6(2), backend6(3)];
     let mut p = L4Plan {
         services: vec![
-            service("five6", hash_mode::FIVE_TUPLE, service_flags::PERSIST_TCP, three()),
-            service("cip6", hash_mode::CLIENT_IP, service_flags::PERSIST_TCP, three()),
-            service("cipp6", hash_mode::CLIENT_IP_PROTO, service_flags::PERSIST_TCP, three()),
+            service(
+                "five6",
+                hash_mode::FIVE_TUPLE,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
+            service(
+                "cip6",
+                hash_mode::CLIENT_IP,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
+            service(
+                "cipp6",
+                hash_mode::CLIENT_IP_PROTO,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
             service(
                 "session6",
                 hash_mode::CLIENT_IP,

@@ -198,8 +198,14 @@ fn ipv6_tcp_and_udp_reach_all_three_backends_with_the_client_address() {
         "packets from the VIP at the client: {from_vip}, from backends' MACs: \
          {from_backends}, from the balancer's MAC: {via_balancer}"
     );
-    assert!(from_vip >= 600, "only {from_vip} packets from the VIP counted");
-    assert_eq!(from_backends, from_vip, "replies not straight from the backends");
+    assert!(
+        from_vip >= 600,
+        "only {from_vip} packets from the VIP counted"
+    );
+    assert_eq!(
+        from_backends, from_vip,
+        "replies not straight from the backends"
+    );
     assert_eq!(via_balancer, 0, "replies went through the balancer");
     // The health checker probes the IPv6 backends (TCP port 80) and finds them healthy
     // (two probes a second apart: waited for with a deadline).
@@ -229,7 +235,10 @@ fn ipv6_tcp_and_udp_reach_all_three_backends_with_the_client_address() {
         Ok(())
     });
     if let Err(e) = healthy {
-        panic!("IPv6 backends not healthy: {e}; agent log:\n{}", agent.log());
+        panic!(
+            "IPv6 backends not healthy: {e}; agent log:\n{}",
+            agent.log()
+        );
     }
     // The agent resolved the backends by NDP and counts the flows.
     let stats = lb_tests::netns::sh(&[

@@ -88,7 +88,11 @@ fn an_ipv6_flow_stays_on_its_draining_backend_and_new_flows_avoid_it() {
     for port in 42000..42100u16 {
         let n = Frame6::tcp(CLIENT6, port, VIP6, 80);
         let r = h.run(&n.bytes()).unwrap();
-        assert_ne!(&r.frame[0..6], &chosen[..], "a new flow reached a draining backend");
+        assert_ne!(
+            &r.frame[0..6],
+            &chosen[..],
+            "a new flow reached a draining backend"
+        );
         assert_eq!(&r.frame[0..6], &predict6(&drained, "five6", &n)[..]);
     }
     // Established (promoted into CONNS) and still on its backend.
@@ -304,10 +308,26 @@ fn truncated_ipv6_headers_get_their_documented_verdicts() {
     let cases = [
         ("IPv6 header cut short", syn[..14 + 30].to_vec(), PASS),
         ("bad IP version in an IPv6 frame", bad_version, PASS),
-        ("TCP header cut short, to a VIP", syn[..14 + 40 + 10].to_vec(), DROP),
-        ("TCP header cut short, to another address", other[..14 + 40 + 10].to_vec(), PASS),
-        ("extension header cut short, to a VIP", ext[..14 + 40 + 1].to_vec(), DROP),
-        ("TCP cut after a hop-by-hop header, to a VIP", ext[..14 + 40 + 24 + 4].to_vec(), DROP),
+        (
+            "TCP header cut short, to a VIP",
+            syn[..14 + 40 + 10].to_vec(),
+            DROP,
+        ),
+        (
+            "TCP header cut short, to another address",
+            other[..14 + 40 + 10].to_vec(),
+            PASS,
+        ),
+        (
+            "extension header cut short, to a VIP",
+            ext[..14 + 40 + 1].to_vec(),
+            DROP,
+        ),
+        (
+            "TCP cut after a hop-by-hop header, to a VIP",
+            ext[..14 + 40 + 24 + 4].to_vec(),
+            DROP,
+        ),
     ];
     let cases: Vec<Case> = cases
         .into_iter()
@@ -332,7 +352,9 @@ fn packet_too_big_about_a_flow_goes_to_its_backend_even_after_a_drain() {
         return;
     };
     let flow = Frame6::tcp(CLIENT6, 48000, VIP6, 80);
-    let owner: [u8; 6] = h.run(&flow.bytes()).unwrap().frame[0..6].try_into().unwrap();
+    let owner: [u8; 6] = h.run(&flow.bytes()).unwrap().frame[0..6]
+        .try_into()
+        .unwrap();
     // Drained: the Maglev table no longer names the owner; the connection table does.
     let drained = draining(&plan, owner);
     h.apply(&drained).unwrap();

@@ -15,10 +15,7 @@ use lb_common::{
     NO_BACKEND, PROTO_TCP, VIP_ADDR_ALL_PORTS,
 };
 use serde::Serialize;
-use std::{
-    net::IpAddr,
-    path::Path,
-};
+use std::{net::IpAddr, path::Path};
 
 use super::loader::{open_pinned, LoadError};
 
@@ -346,7 +343,10 @@ fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
         let port = u16::from_be(vk.port_be);
         format!(
             "{}:{}/{proto_name}",
-            t.dst,
+            match t.dst {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            },
             if port == 0 {
                 "*".into()
             } else {

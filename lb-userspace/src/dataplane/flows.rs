@@ -6,11 +6,7 @@
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{backend_flags, names, Backend, ConnEntry, FlowKey, KEY_SESSION};
 use serde::Serialize;
-use std::{
-    fmt::Write as _,
-    net::IpAddr,
-    path::Path,
-};
+use std::{fmt::Write as _, net::IpAddr, path::Path};
 
 use super::loader::{open_pinned, LoadError};
 

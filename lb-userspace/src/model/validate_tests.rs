@@ -120,7 +120,11 @@ fn an_ipv6_rule_with_ipv6_backends_is_valid() {
     let text = BASE
         .replacen("address = \"10.0.0.1\"", "address = \"fd00::1\"", 1)
         .replacen("address = \"10.0.0.2\"", "address = \"fd00::2\"", 1)
-        .replacen("ip_address = \"10.0.0.100\"", "ip_address = \"fd00::100\"", 1);
+        .replacen(
+            "ip_address = \"10.0.0.100\"",
+            "ip_address = \"fd00::100\"",
+            1,
+        );
     parse(&text).unwrap();
 }
 
