@@ -53,6 +53,24 @@ impl XdpHarness {
         promotions_per_sec: u32,
         max_services: u32,
     ) -> Result<Self> {
+        let object = lb_userspace::dataplane::EBPF_OBJECT;
+        Self::with_object(
+            ring_size,
+            conn_table_size,
+            promotions_per_sec,
+            max_services,
+            object,
+        )
+    }
+
+    /// Loads another build of the program (e.g. an earlier one, for before/after figures).
+    pub fn with_object(
+        ring_size: u32,
+        conn_table_size: u32,
+        promotions_per_sec: u32,
+        max_services: u32,
+        object: &[u8],
+    ) -> Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique("lbtest-"));
         let sizes = Sizes {
             ring_size,
@@ -60,7 +78,8 @@ impl XdpHarness {
             conn_table_size,
             conn_promotions_per_sec: promotions_per_sec,
         };
-        let mut ebpf = loader::load(&pin_dir, sizes).context("loading the balancer")?;
+        let mut ebpf =
+            loader::load_object(&pin_dir, sizes, object).context("loading the balancer")?;
         for p in [names::PROG_LB, names::PROG_PASS] {
             let prog: &mut Xdp = ebpf.program_mut(p).context("program")?.try_into()?;
             prog.load()?;

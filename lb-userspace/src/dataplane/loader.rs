@@ -147,6 +147,12 @@ fn drop_mismatched_pins(dir: &Path, sizes: &Sizes) -> Vec<&'static str> {
 /// Loads the object with every map pinned under `pin_dir` (adopting maps already there) and
 /// writes the program-wide settings.
 pub fn load(pin_dir: &Path, sizes: Sizes) -> Result<Ebpf, LoadError> {
+    load_object(pin_dir, sizes, EBPF_OBJECT)
+}
+
+/// [`load`] with another build of the program (the benchmark compares against an earlier
+/// object; everything else loads the embedded one).
+pub fn load_object(pin_dir: &Path, sizes: Sizes, object: &[u8]) -> Result<Ebpf, LoadError> {
     ensure_bpffs()?;
     std::fs::create_dir_all(pin_dir)
         .map_err(|e| LoadError::Io(format!("creating {}: {e}", pin_dir.display())))?;
@@ -161,7 +167,7 @@ pub fn load(pin_dir: &Path, sizes: Sizes) -> Result<Ebpf, LoadError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let mut ebpf = loader.load(object)?;
     let mut settings: Array<&mut MapData, Settings> = Array::try_from(
         ebpf.map_mut(names::MAP_SETTINGS)
             .ok_or_else(|| LoadError::Io("SETTINGS map missing from the object".into()))?,
