@@ -18,7 +18,10 @@ mod parse;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 /// The balancer. Every outcome is a (verdict, reason) pair; the reason is counted.
+/// `inline(always)` reaches the body the `xdp` macro wraps: with IPv6 the body outgrew
+/// LLVM's inlining threshold and became a BPF-to-BPF call on every packet.
 #[xdp]
+#[inline(always)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = forward::process(&ctx);
     counters::reason(reason);
