@@ -6,23 +6,20 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
-/// The MAC of a resolved neighbour (ARP: complete entries; NDP: entries with a link-layer
-/// address that are not FAILED or INCOMPLETE).
-pub fn lookup(addr: IpAddr) -> Option<[u8; 6]> {
-    match addr {
-        IpAddr::V4(a) => {
-            let text = std::fs::read_to_string("/proc/net/arp").ok()?;
-            parse_arp_table(&text, a)
-        }
-        IpAddr::V6(a) => {
-            let out = std::process::Command::new("ip")
-                .args(["-j", "-6", "neigh", "show", "to", &a.to_string()])
-                .stderr(std::process::Stdio::null())
-                .output()
-                .ok()?;
-            parse_ip_neigh_json(std::str::from_utf8(&out.stdout).ok()?, a)
-        }
-    }
+/// The MAC of a resolved IPv4 neighbour (a complete ARP entry).
+pub fn lookup_v4(addr: Ipv4Addr) -> Option<[u8; 6]> {
+    let text = std::fs::read_to_string("/proc/net/arp").ok()?;
+    parse_arp_table(&text, addr)
+}
+
+/// The IPv6 neighbour table as `ip -j -6 neigh show` prints it (for [`parse_ip_neigh_json`]).
+pub fn ndp_table() -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-6", "neigh", "show"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()
 }
 
 /// Starts neighbour resolution of `addr` without waiting for it.
@@ -56,7 +53,9 @@ pub fn parse_arp_table(text: &str, addr: Ipv4Addr) -> Option<[u8; 6]> {
     None
 }
 
-/// Parses `ip -j -6 neigh show` output: `[{"dst": .., "lladdr": .., "state": [..]}, ..]`.
+/// The MAC of `addr` in `ip -j -6 neigh show` output (`[{"dst": .., "lladdr": ..,
+/// "state": [..]}, ..]`): an entry with a link-layer address that is not FAILED or
+/// INCOMPLETE.
 pub fn parse_ip_neigh_json(text: &str, addr: Ipv6Addr) -> Option<[u8; 6]> {
     #[derive(serde::Deserialize)]
     struct Neigh {
