@@ -252,6 +252,25 @@ fn ipv6_tcp_and_udp_reach_all_three_backends_with_the_client_address() {
         stats.contains(&format!("[{}]:80/tcp", t.vip6())),
         "lb stats lacks the IPv6 VIP:\n{stats}"
     );
+    // `lb flows` lists the IPv6 flows and filters by IPv6 VIP and client.
+    let flows = lb_tests::netns::sh(&[
+        lb_tests::lb_binary().to_str().unwrap(),
+        "flows",
+        "--pin-path",
+        agent.pin_dir.to_str().unwrap(),
+        "--vip",
+        &format!("[{}]:53", t.vip6()),
+        "--client",
+        &t.client_ip6().to_string(),
+        "--count",
+    ])
+    .unwrap();
+    let n: usize = flows.trim().parse().unwrap();
+    // 300 exchanges from ephemeral ports: a reused port is the same flow again.
+    assert!(
+        (250..=300).contains(&n),
+        "lb flows counted {n} UDP flows of the client to the IPv6 VIP"
+    );
 }
 
 #[test]
