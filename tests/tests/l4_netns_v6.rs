@@ -279,6 +279,27 @@ fn an_open_ipv6_connection_survives_removal_of_its_backend_while_new_ones_avoid_
         return;
     }
     let (t, _backends, agent) = running();
+    // An IPv4 backend for an IPv6 rule's service is refused by the admin socket as by the
+    // file, and the running configuration stays as it was.
+    let sock = agent.dir.join("admin.sock");
+    let out = std::process::Command::new(lb_tests::lb_binary())
+        .args(["--socket", sock.to_str().unwrap()])
+        .args([
+            "backend",
+            "add",
+            "tcp6",
+            "--address",
+            "10.9.9.9",
+            "--name",
+            "v4",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("different address families"),
+        "an IPv4 backend was accepted: {out:?}"
+    );
     let conv = Conversation::open_to(&t, vip(&t, 80)).unwrap();
     let pinned = conv.backend.clone();
     let idx: usize = pinned.trim_start_matches("backend-").parse().unwrap();
