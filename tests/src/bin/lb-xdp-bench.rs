@@ -44,7 +44,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The bench plan: one TCP VIP (10.0.0.100:80) over three backends.
 fn plan() -> L4Plan {
-    let backends = (1..=3u8)
+    let backends: Vec<L4Backend> = (1..=3u8)
         .map(|i| L4Backend {
             name: format!("b{i}"),
             addr: [10, 0, 0, 10 + i].into(),
@@ -72,17 +72,16 @@ fn plan() -> L4Plan {
     };
     // Port 81 fronts a service without backends: its packets go through the VIP-rule and
     // Maglev lookups and are dropped before any insert (the new-flow breakdown below).
-    // The IPv6 twin of "bench": fd00::64 port 80 over fd00::11..13.
-    let backends6 = (1..=3u8)
-        .map(|i| L4Backend {
+    // The IPv6 twin of "bench": fd00::64 port 80 over fd00::11..13 (the IPv4 backends'
+    // other fields, so a new field needs no second edit here).
+    let backends6 = backends
+        .iter()
+        .zip(1..=3u8)
+        .map(|(b, i)| L4Backend {
             name: format!("b6-{i}"),
             addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10 + i as u16).into(),
             mac: Some([2, 0, 0, 0, 0x0b, 0x60 + i]),
-            weight: 1,
-            in_table: true,
-            healthy: true,
-            draining: false,
-            evict: false,
+            ..b.clone()
         })
         .collect();
     let vip6 = L4Vip {
