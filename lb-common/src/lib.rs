@@ -12,6 +12,7 @@
 //! A layout test at the bottom pins sizes and offsets.
 #![no_std]
 
+pub mod addr;
 pub mod flow_hash;
 pub mod reason;
 
@@ -59,6 +60,9 @@ pub mod limits {
     /// A young flow is promoted into the connection table by its first packet at least this
     /// long after the entry was made (or last refreshed while promotion was refused).
     pub const PROMOTE_AFTER_NS: u64 = 1_000_000_000;
+    /// IPv6 extension headers (hop-by-hop, routing, destination options) the program walks
+    /// to reach TCP/UDP; a longer chain to a VIP address is dropped (`drop_ext_headers`).
+    pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 }
 
 /// `BPF_F_NO_COMMON_LRU` (include/uapi/linux/bpf.h): one LRU list per CPU instead of one
@@ -73,6 +77,7 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Which fields of a flow choose its backend (SEMANTICS.md, session affinity).
 pub mod hash_mode {

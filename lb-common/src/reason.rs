@@ -14,17 +14,20 @@ impl Reason {
     pub const PASS_SHORT_ETH: Reason = Reason(1);
     /// Pass: not IPv4 or IPv6 (ARP, LLDP, VLAN-tagged, ...).
     pub const PASS_NOT_IP: Reason = Reason(2);
-    /// Pass: IPv6 (no IPv6 VIPs yet).
-    pub const PASS_IPV6: Reason = Reason(3);
-    /// Pass: shorter than the IPv4 header it claims (the kernel validates and drops it).
+    /// IPv6 to a VIP whose TCP/UDP header was reached through extension headers
+    /// (hop-by-hop, routing, destination options): forwarded unchanged, counted in addition
+    /// to TX for visibility (as `SEEN_IP_OPTIONS` for IPv4).
+    pub const SEEN_IPV6_EXT: Reason = Reason(3);
+    /// Pass: shorter than the IPv4 (or IPv6) header it claims (the kernel validates and drops it).
     pub const PASS_SHORT_IP: Reason = Reason(4);
-    /// Pass: IPv4 header with a bad version, IHL < 5 or a total length below the header.
+    /// Pass: IPv4 header with a bad version, IHL < 5 or a total length below the header;
+    /// IPv6 header whose version is not 6.
     pub const PASS_BAD_IP: Reason = Reason(5);
     /// Pass: neither TCP nor UDP (ICMP, ...).
     pub const PASS_NOT_TCP_UDP: Reason = Reason(6);
     /// Pass: TCP or UDP not addressed to a VIP.
     pub const PASS_NOT_VIP: Reason = Reason(7);
-    /// Drop: an IPv4 fragment addressed to a VIP address (its ports cannot be read, so it
+    /// Drop: an IPv4 fragment, or IPv6 with a fragment header, addressed to a VIP address (its ports cannot be read, so it
     /// cannot be given the flow's backend).
     pub const DROP_FRAGMENT: Reason = Reason(8);
     /// Drop: a packet to a VIP address whose TCP/UDP header is truncated.
@@ -39,7 +42,7 @@ impl Reason {
     /// (counted here in addition to TX, for visibility).
     pub const SEEN_IP_OPTIONS: Reason = Reason(12);
 
-    /// An ICMP "fragmentation needed" about a VIP flow, forwarded to that flow's backend
+    /// An ICMP "fragmentation needed" or ICMPv6 "packet too big" about a VIP flow, forwarded to that flow's backend
     /// (counted in addition to TX).
     pub const SEEN_ICMP_TO_BACKEND: Reason = Reason(13);
 
@@ -58,14 +61,19 @@ impl Reason {
     /// evicted or expired, or the flow started elsewhere. The observable trace of evictions.
     pub const CONN_MISS_MID_FLOW: Reason = Reason(18);
 
-    pub const COUNT: u32 = 19;
+    /// Drop: IPv6 to a VIP address whose extension-header chain cannot be walked (more than
+    /// `limits::MAX_IPV6_EXT_HEADERS` headers, or one cut off by the end of the frame): the
+    /// ports cannot be found, so no backend can be chosen.
+    pub const DROP_EXT_HEADERS: Reason = Reason(19);
+
+    pub const COUNT: u32 = 20;
 
     /// Stable names, used by `lb stats`, the admin socket and metrics.
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
         "tx",
         "pass_short_eth",
         "pass_not_ip",
-        "pass_ipv6",
+        "seen_ipv6_ext",
         "pass_short_ip",
         "pass_bad_ip",
         "pass_not_tcp_udp",
@@ -81,6 +89,7 @@ impl Reason {
         "conn_promoted",
         "conn_promotion_skipped",
         "conn_miss_mid_flow",
+        "drop_ext_headers",
     ];
 
     pub fn name(self) -> &'static str {

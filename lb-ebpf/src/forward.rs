@@ -1,5 +1,5 @@
 //! The per-packet decision. Order of checks, each with its documented verdict:
-//! 1. Ethernet, then IPv4 (other ethertypes and IPv6 pass untouched);
+//! 1. Ethernet, then IPv4 or IPv6 (`ipv6` walks extension headers); other ethertypes pass;
 //! 2. IPv4 sanity (version, IHL ≥ 5, total length ≥ header): failures pass, so the kernel
 //!    applies its own validation exactly as if the balancer were not there;
 //! 3. TCP or UDP only;
@@ -14,8 +14,8 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     backend_flags, flow_hash::flow_hash, flow_hash::mask_for_hash, service_flags, Backend,
-    ConnEntry, FlowKey, Reason, ServiceMeta, VipMeta, KEY_SESSION, NO_BACKEND, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
+    ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipMeta, KEY_SESSION, NO_BACKEND,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -32,8 +32,8 @@ use crate::{
     parse::{frame_len, ptr_at},
 };
 
-const PASS: u32 = xdp_action::XDP_PASS;
-const DROP: u32 = xdp_action::XDP_DROP;
+pub const PASS: u32 = xdp_action::XDP_PASS;
+pub const DROP: u32 = xdp_action::XDP_DROP;
 const TX: u32 = xdp_action::XDP_TX;
 const ABORT: u32 = xdp_action::XDP_ABORTED;
 
@@ -50,15 +50,21 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
     };
     // SAFETY (all header reads below): `ptr_at` checked the whole header is in the frame.
     let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == EtherType::Ipv4 as u16 {
+        return ipv4(ctx, eth);
+    }
     if ether_type == EtherType::Ipv6 as u16 {
-        return (PASS, Reason::PASS_IPV6);
+        return crate::ipv6::process(ctx, eth);
     }
-    if ether_type != EtherType::Ipv4 as u16 {
-        return (PASS, Reason::PASS_NOT_IP);
-    }
+    (PASS, Reason::PASS_NOT_IP)
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
         return (PASS, Reason::PASS_SHORT_IP);
     };
+    // SAFETY (header reads): bounds checked by `ptr_at`.
     let ip = unsafe { &*ip };
     let version = ip.vihl >> 4;
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
@@ -76,7 +82,7 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
     let dst = ip.dst_addr;
     // VIP check first: one small lookup settles all traffic not for a VIP address (most of a
     // host's traffic) before any connection-table access.
-    let Some(addr_flags) = vip_addr_flags(dst, proto) else {
+    let Some(addr_flags) = vip_addr_flags(vip_addr_key(dst, proto)) else {
         return (PASS, Reason::PASS_NOT_VIP);
     };
     if fragment {
@@ -88,33 +94,49 @@ pub fn process(ctx: &XdpContext) -> (u32, Reason) {
         // operator can see them.
         counters::reason(Reason::SEEN_IP_OPTIONS);
     }
-    let l4 = EthHdr::LEN + ihl;
-    // Both TCP and UDP start with source and destination ports; require the whole header.
-    // A TCP packet without SYN continues a flow (for the mid-flow miss counter).
-    let ports = if proto == PROTO_TCP {
+    let Some((sport, dport, mid_flow)) = l4_ports(ctx, EthHdr::LEN + ihl, proto) else {
+        return (DROP, Reason::DROP_SHORT_L4);
+    };
+    let flow = v4_flow(ip.src_addr, dst, sport, dport, proto);
+    forward_flow(eth, &flow, addr_flags, frame_len(ctx), mid_flow)
+}
+
+/// Source and destination ports (as on the wire) of the TCP or UDP header at `l4`, and
+/// whether the packet continues a flow (TCP without SYN, for the mid-flow miss counter).
+/// Both headers start with the ports; the whole header is required. `None`: truncated.
+#[inline(always)]
+pub fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8) -> Option<([u8; 2], [u8; 2], bool)> {
+    // SAFETY (header reads): bounds checked by `ptr_at`.
+    if proto == PROTO_TCP {
         ptr_at::<TcpHdr>(ctx, l4).map(|t| unsafe {
             let flags = (t as *const u8).add(TCP_FLAGS_OFFSET).read();
             ((*t).source, (*t).dest, flags & TCP_SYN == 0)
         })
     } else {
         ptr_at::<UdpHdr>(ctx, l4).map(|u| unsafe { ((*u).src, (*u).dst, false) })
-    };
-    let Some((sport, dport, mid_flow)) = ports else {
-        return (DROP, Reason::DROP_SHORT_L4);
-    };
-    let flow = v4_flow(ip.src_addr, dst, sport, dport, proto);
-    let len = frame_len(ctx);
+    }
+}
+
+/// A TCP/UDP packet to a VIP address, either family: the connection tables, then the rule.
+#[inline(always)]
+pub fn forward_flow(
+    eth: *mut EthHdr,
+    flow: &FlowKey,
+    addr_flags: u32,
+    len: u64,
+    mid_flow: bool,
+) -> (u32, Reason) {
     let now = now_ns();
     // Fast path: an established PER_CONNECTION flow finds its entry from its own headers;
     // the entry names its VIP, whose state says whether it still stands. Anything else
     // falls through to the VIP lookup (exact port, then the all-ports rule where one exists).
-    if let Some(verdict) = established(eth, &flow, len, now, true) {
+    if let Some(verdict) = established(eth, flow, len, now, true) {
         return verdict;
     }
-    let Some(meta) = lookup_vip(&flow, addr_flags) else {
+    let Some(meta) = lookup_vip(flow, addr_flags) else {
         return (PASS, Reason::PASS_NOT_VIP);
     };
-    balance(eth, &meta, &flow, len, now, Create::Yes { mid_flow })
+    balance(eth, &meta, flow, len, now, Create::Yes { mid_flow })
 }
 
 /// The forwarding rule of a flow: exact port first, then the all-ports rule where the
@@ -176,18 +198,30 @@ fn icmp_frag_needed(
         [ports[0], ports[1]],
         inner.proto,
     );
-    let Some(flags) = vip_addr_flags(inner.src_addr, inner.proto) else {
+    let Some(flags) = vip_addr_flags(vip_addr_key(inner.src_addr, inner.proto)) else {
         return not_ours;
     };
-    let len = frame_len(ctx);
+    icmp_error_to_backend(eth, &flow, flags, frame_len(ctx))
+}
+
+/// An ICMP error about the VIP flow `flow` (the quoted reply, reversed) goes where the
+/// flow's packets go, without creating or refreshing an entry; `flags` are the flags of
+/// the flow's VIP address. Anything that is not a VIP flow passes untouched.
+#[inline(always)]
+pub fn icmp_error_to_backend(
+    eth: *mut EthHdr,
+    flow: &FlowKey,
+    flags: u32,
+    len: u64,
+) -> (u32, Reason) {
     let now = now_ns();
-    let verdict = match established(eth, &flow, len, now, false) {
+    let verdict = match established(eth, flow, len, now, false) {
         Some(v) => v,
         None => {
-            let Some(meta) = lookup_vip(&flow, flags) else {
-                return not_ours;
+            let Some(meta) = lookup_vip(flow, flags) else {
+                return (PASS, Reason::PASS_NOT_TCP_UDP);
             };
-            balance(eth, &meta, &flow, len, now, Create::No)
+            balance(eth, &meta, flow, len, now, Create::No)
         }
     };
     if verdict.0 == TX {
@@ -250,11 +284,11 @@ fn usable_entry(
     Some(be)
 }
 
-/// Flags of the VIP address, or `None` when no VIP uses this address and protocol.
+/// Flags of the VIP address and protocol of `key`, or `None` when no VIP uses them.
 #[inline(always)]
-fn vip_addr_flags(dst: [u8; 4], proto: u8) -> Option<u32> {
+pub fn vip_addr_flags(key: VipAddrKey) -> Option<u32> {
     // SAFETY: plain data, read once.
-    unsafe { VIP_ADDRS.get(vip_addr_key(dst, proto)) }.copied()
+    unsafe { VIP_ADDRS.get(key) }.copied()
 }
 
 /// The coarse monotonic clock: tick resolution (a few ms) is plenty for idle timeouts

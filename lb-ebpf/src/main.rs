@@ -3,8 +3,9 @@
 //! backend through a connection table, by L2 direct server return (only the MACs change).
 //!
 //! Module map: `parse` reads headers with bounds checks, `maps` declares every map,
-//! `forward` is the per-packet decision, `conntrack` the connection tables, `counters` bumps per-CPU statistics, `diag` logs rare
-//! verdicts through aya-log when switched on.
+//! `forward` is the per-packet decision (`ipv6` its IPv6 half), `conntrack` the connection
+//! tables, `counters` bumps per-CPU statistics, `diag` logs rare verdicts through aya-log
+//! when switched on.
 #![no_std]
 #![no_main]
 
@@ -12,6 +13,7 @@ mod conntrack;
 mod counters;
 mod diag;
 mod forward;
+mod ipv6;
 mod keys;
 mod maps;
 mod parse;
@@ -19,7 +21,10 @@ mod parse;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 /// The balancer. Every outcome is a (verdict, reason) pair; the reason is counted.
+/// `inline(always)` reaches the body the `xdp` macro wraps: with IPv6 the body outgrew
+/// LLVM's inlining threshold and became a BPF-to-BPF call on every packet.
 #[xdp]
+#[inline(always)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = forward::process(&ctx);
     counters::reason(reason);

@@ -47,10 +47,17 @@ use state::{Agent, L4Port, L7Port};
 /// drain timeouts (a drain's own deadline also wakes it).
 const TICK: Duration = Duration::from_millis(250);
 
-/// Resolves backend MACs: configured, else the neighbour table, provoking ARP when unknown.
+/// How long one read of the IPv6 neighbour table serves: reading it runs `ip`, so every
+/// IPv6 backend of a reconcile (4 a second) shares one read a second.
+const NDP_TABLE_TTL: Duration = Duration::from_secs(1);
+
+/// Resolves backend MACs: configured, else the neighbour table, provoking ARP or NDP when
+/// unknown.
 #[derive(Default)]
 pub struct MacCache {
     known: BTreeMap<IpAddr, [u8; 6]>,
+    /// The last read of the IPv6 neighbour table, and when it was made.
+    ndp: Option<(Instant, String)>,
 }
 
 impl MacCache {
@@ -58,12 +65,25 @@ impl MacCache {
         if let Some(m) = configured {
             return Some(m);
         }
-        let IpAddr::V4(v4) = addr else { return None };
-        if let Some(m) = neighbor::lookup(v4) {
+        let found = match addr {
+            IpAddr::V4(a) => neighbor::lookup_v4(a),
+            IpAddr::V6(a) => {
+                let fresh = self
+                    .ndp
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() < NDP_TABLE_TTL);
+                if !fresh {
+                    self.ndp = Some((Instant::now(), neighbor::ndp_table().unwrap_or_default()));
+                }
+                let table = self.ndp.as_ref().map_or("", |(_, t)| t.as_str());
+                neighbor::parse_ip_neigh_json(table, a)
+            }
+        };
+        if let Some(m) = found {
             self.known.insert(addr, m);
             return Some(m);
         }
-        neighbor::provoke(v4);
+        neighbor::provoke(addr);
         self.known.get(&addr).copied()
     }
 }

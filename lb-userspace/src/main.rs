@@ -84,7 +84,7 @@ enum Cmd {
         #[arg(long)]
         count: bool,
     },
-    /// Explain the dataplane's decision for one IPv4 flow: the rule and service, the fields
+    /// Explain the dataplane's decision for one IPv4 or IPv6 flow: the rule and service, the fields
     /// the affinity hashes, the Maglev slot and backend, the connection-table entry, and why
     /// the answer differs from the hash. Read from the pinned maps; changes nothing.
     Explain {
@@ -92,9 +92,9 @@ enum Cmd {
         pins: cli::PinArgs,
         #[arg(value_enum)]
         proto: Proto,
-        src: std::net::Ipv4Addr,
+        src: std::net::IpAddr,
         sport: u16,
-        dst: std::net::Ipv4Addr,
+        dst: std::net::IpAddr,
         dport: u16,
     },
     /// A live view of VIPs and backends (rates, health, state) from the agent, redrawn every
@@ -228,6 +228,10 @@ fn main() -> Result<()> {
             dport,
         } => {
             use lb_userspace::dataplane::explain;
+            anyhow::ensure!(
+                src.is_ipv6() == dst.is_ipv6(),
+                "{src} and {dst} are of different address families"
+            );
             let t = explain::Tuple {
                 proto: match proto {
                     Proto::Tcp => lb_common::PROTO_TCP,

@@ -26,7 +26,32 @@ const PASS: u32 = 2;
 const TX: u32 = 3;
 
 /// Reasons a drop may be counted under (README, "Packet verdicts").
-const DROP_REASONS: &[&str] = &["drop_fragment", "drop_short_l4", "drop_no_backend"];
+const DROP_REASONS: &[&str] = &[
+    "drop_fragment",
+    "drop_short_l4",
+    "drop_no_backend",
+    "drop_ext_headers",
+];
+
+/// Services the fuzz plan needs room for.
+pub const SERVICES: u32 = 16;
+
+/// The fixtures' IPv4 plan and the IPv6 services and rules of their IPv6 plan, together.
+pub fn plan() -> L4Plan {
+    let mut p = crate::xdp_cases::base_plan();
+    let v6 = crate::xdp_cases::plan_v6();
+    for s in v6.services {
+        if !p.services.iter().any(|x| x.name == s.name) {
+            p.services.push(s);
+        }
+    }
+    for v in v6.vips {
+        if !p.vips.iter().any(|x| x.name == v.name) {
+            p.vips.push(v);
+        }
+    }
+    p
+}
 
 /// Verdicts seen and frames tried, for the report.
 #[derive(Debug, Default)]

@@ -179,7 +179,12 @@ pub fn tcp_banner(to: SocketAddr, timeout: Duration) -> Result<String> {
 
 /// One UDP exchange on a connected socket (so only replies from `to` are accepted).
 pub fn udp_banner(to: SocketAddr, timeout: Duration) -> Result<String> {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let any: SocketAddr = if to.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let s = std::net::UdpSocket::bind(any)?;
     s.connect(to)?;
     s.set_read_timeout(Some(timeout))?;
     s.send(b"hi")?;
@@ -226,7 +231,11 @@ pub struct Conversation {
 
 impl Conversation {
     pub fn open(t: &crate::netns::Topology) -> Result<Conversation> {
-        let to = SocketAddr::new(t.vip().into(), 80);
+        Self::open_to(t, SocketAddr::new(t.vip().into(), 80))
+    }
+
+    /// A conversation with `to` (e.g. the IPv6 VIP).
+    pub fn open_to(t: &crate::netns::Topology, to: SocketAddr) -> Result<Conversation> {
         let (cmd_tx, cmd_rx) = mpsc::channel::<Option<String>>();
         let (res_tx, res_rx) = mpsc::channel::<Result<String, String>>();
         let ns = t.client.clone();

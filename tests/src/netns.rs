@@ -5,12 +5,15 @@
 //! Addresses: 10.<net>.0.0/24 with client .1, balancer .2, backends .11, .12, ...; the VIP
 //! is 10.<net>.0.100. Backends hold the VIP on `lo` with ARP suppressed (arp_ignore=1,
 //! arp_announce=2) so they accept VIP traffic without answering ARP for it; the client
-//! routes the VIP via the balancer. The bridge port facing the balancer carries a trivial
+//! routes the VIP via the balancer. IPv6 alike: fd00:0:<net>::/64 with the same host
+//! numbers (client ::1, balancer ::2, backends ::11.., VIP ::100 on the backends' `lo`,
+//! which Linux never answers neighbour solicitations for on eth0), added without duplicate
+//! address detection so they are usable at once. The bridge port facing the balancer carries a trivial
 //! XDP program, because veth drops XDP_TX frames at a peer without one (TOOLCHAIN.md).
 
 use anyhow::{bail, Context, Result};
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::{Child, Command, Stdio},
 };
 
@@ -164,6 +167,26 @@ impl Topology {
     pub fn backend_ip(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, self.net, 0, 11 + i as u8)
     }
+    fn ip6(&self, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0, self.net as u16, 0, 0, 0, 0, host)
+    }
+    pub fn vip6(&self) -> Ipv6Addr {
+        self.ip6(0x100)
+    }
+    pub fn client_ip6(&self) -> Ipv6Addr {
+        self.ip6(1)
+    }
+    pub fn balancer_ip6(&self) -> Ipv6Addr {
+        self.ip6(2)
+    }
+    pub fn backend_ip6(&self, i: usize) -> Ipv6Addr {
+        self.ip6(0x11 + i as u16)
+    }
+    /// The MAC of `eth0` in `ns`.
+    pub fn mac_of(&self, ns: &Ns) -> Result<String> {
+        let out = ns.exec(&["cat", &format!("/sys/class/net/{}/address", self.iface)])?;
+        Ok(out.trim().to_string())
+    }
 
     fn add_ns(&mut self, ns: &Ns) -> Result<()> {
         sh(&["ip", "netns", "add", &ns.0])?;
@@ -173,7 +196,7 @@ impl Topology {
     }
 
     /// veth pair: `eth0` in `host`, `<port>` in the switch namespace on the bridge.
-    fn plug(&mut self, host: &Ns, port: &str, addr: Ipv4Addr) -> Result<()> {
+    fn plug(&mut self, host: &Ns, port: &str, addr: Ipv4Addr, addr6: Ipv6Addr) -> Result<()> {
         let tmp = format!("{}{}", &self.prefix, port);
         let tmp = &tmp[..tmp.len().min(15)];
         sh(&[
@@ -199,6 +222,16 @@ impl Topology {
             "dev",
             &self.iface,
         ])?;
+        host.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr6}/64"),
+            "dev",
+            &self.iface,
+            "nodad",
+        ])?;
         host.exec(&["ip", "link", "set", &self.iface, "up"])?;
         self.switch
             .exec(&["ip", "link", "set", port, "master", "br0"])?;
@@ -209,18 +242,36 @@ impl Topology {
     fn build(&mut self) -> Result<()> {
         let switch = self.switch.clone();
         self.add_ns(&switch)?;
-        switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        // No multicast snooping: an MLD report lost while a port came up would otherwise
+        // stop neighbour solicitations for that address from being flooded to it.
+        switch.exec(&[
+            "ip",
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         switch.exec(&["ip", "link", "set", "br0", "up"])?;
         let (client, balancer) = (self.client.clone(), self.balancer.clone());
         self.add_ns(&client)?;
         self.add_ns(&balancer)?;
-        self.plug(&client, "pcl", self.client_ip())?;
-        self.plug(&balancer, "plb", self.balancer_ip())?;
+        self.plug(&client, "pcl", self.client_ip(), self.client_ip6())?;
+        self.plug(&balancer, "plb", self.balancer_ip(), self.balancer_ip6())?;
         for (i, b) in self.backends.clone().iter().enumerate() {
             self.add_ns(b)?;
-            self.plug(b, &format!("pb{i}"), self.backend_ip(i))?;
+            self.plug(
+                b,
+                &format!("pb{i}"),
+                self.backend_ip(i),
+                self.backend_ip6(i),
+            )?;
             let vip = format!("{}/32", self.vip());
             b.exec(&["ip", "addr", "add", &vip, "dev", "lo"])?;
+            let vip6 = format!("{}/128", self.vip6());
+            b.exec(&["ip", "-6", "addr", "add", &vip6, "dev", "lo", "nodad"])?;
             b.exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"])?;
             b.exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"])?;
             // Replies leave from the VIP towards the client directly (DSR); the client's
@@ -239,6 +290,15 @@ impl Topology {
             &format!("{}/32", self.vip()),
             "via",
             &self.balancer_ip().to_string(),
+        ])?;
+        client.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{}/128", self.vip6()),
+            "via",
+            &self.balancer_ip6().to_string(),
         ])?;
         self._peer_xdp = Some(attach_pass_in(&switch, "plb")?);
         Ok(())

@@ -41,19 +41,53 @@ impl XdpHarness {
         conn_table_size: u32,
         promotions_per_sec: u32,
     ) -> Result<Self> {
+        Self::with_sizes(ring_size, conn_table_size, promotions_per_sec, SERVICES)
+    }
+
+    /// Loads the object with room for `max_services` services.
+    pub fn with_services(ring_size: u32, max_services: u32) -> Result<Self> {
+        let promotions = lb_common::limits::DEFAULT_CONN_PROMOTIONS_PER_SEC;
+        Self::with_sizes(ring_size, 4096, promotions, max_services)
+    }
+
+    fn with_sizes(
+        ring_size: u32,
+        conn_table_size: u32,
+        promotions_per_sec: u32,
+        max_services: u32,
+    ) -> Result<Self> {
+        let object = lb_userspace::dataplane::EBPF_OBJECT;
+        Self::with_object(
+            ring_size,
+            conn_table_size,
+            promotions_per_sec,
+            max_services,
+            object,
+        )
+    }
+
+    /// Loads another build of the program (e.g. an earlier one, for before/after figures).
+    pub fn with_object(
+        ring_size: u32,
+        conn_table_size: u32,
+        promotions_per_sec: u32,
+        max_services: u32,
+        object: &[u8],
+    ) -> Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique("lbtest-"));
         let sizes = Sizes {
             ring_size,
-            max_services: SERVICES,
+            max_services,
             conn_table_size,
             conn_promotions_per_sec: promotions_per_sec,
         };
-        let mut ebpf = loader::load(&pin_dir, sizes).context("loading the balancer")?;
+        let mut ebpf =
+            loader::load_object(&pin_dir, sizes, object).context("loading the balancer")?;
         for p in [names::PROG_LB, names::PROG_PASS] {
             let prog: &mut Xdp = ebpf.program_mut(p).context("program")?.try_into()?;
             prog.load()?;
         }
-        let programmer = Programmer::open(&pin_dir, ring_size, SERVICES)?;
+        let programmer = Programmer::open(&pin_dir, ring_size, max_services)?;
         Ok(XdpHarness {
             ebpf,
             pin_dir,

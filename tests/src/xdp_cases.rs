@@ -3,7 +3,7 @@
 //! built here), and `Case`s of input frame, expected verdict and exact expected output.
 
 use crate::{
-    packet::{Frame, BALANCER_MAC},
+    packet::{Frame, Frame6, BALANCER_MAC},
     xdp::XdpHarness,
 };
 use lb_common::{flow_hash, hash_mode, service_flags, FlowKey};
@@ -11,7 +11,7 @@ use lb_userspace::{
     dataplane::plan::{L4Backend, L4Plan, L4Service, L4Vip},
     maglev,
 };
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const ABORTED: u32 = 0;
 pub const DROP: u32 = 1;
@@ -31,7 +31,7 @@ pub fn mac(i: u8) -> [u8; 6] {
 pub fn backend(i: u8) -> L4Backend {
     L4Backend {
         name: format!("b{i}"),
-        addr: Ipv4Addr::new(10, 0, 0, 10 + i),
+        addr: Ipv4Addr::new(10, 0, 0, 10 + i).into(),
         mac: Some(mac(i)),
         weight: 1,
         in_table: true,
@@ -100,9 +100,111 @@ pub fn base_plan() -> L4Plan {
     }
 }
 
+pub const VIP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
+pub const VIP6B: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x65];
+pub const OTHER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc8];
+pub const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const ROUTER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+
+/// An IPv6 backend (fd00::1x, MAC as [`mac`] with 0x60 + i).
+pub fn backend6(i: u8) -> L4Backend {
+    L4Backend {
+        name: format!("v6b{i}"),
+        addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10 + i as u16).into(),
+        mac: Some(mac(0x60 + i)),
+        ..backend(i)
+    }
+}
+
+pub fn vip6(name: &str, addr: [u8; 16], port: u16, proto: u8, svc: &str) -> L4Vip {
+    L4Vip {
+        name: name.into(),
+        addr: Ipv6Addr::from(addr).into(),
+        port,
+        proto,
+        service: svc.into(),
+    }
+}
+
+/// The IPv6 plan: `five6` (5-tuple: VIP6:80/tcp, VIP6:53/udp), `cip6` (CLIENT_IP:
+/// VIP6:8080/tcp), `cipp6` (CLIENT_IP_PROTO: VIP6B every TCP and UDP port), `session6`
+/// (CLIENT_IP, PER_SESSION: VIP6:9000/tcp), each over three IPv6 backends; beside the IPv4
+/// base plan's `five` (VIP:80/tcp), so both families share the maps.
+pub fn plan_v6() -> L4Plan {
+    let three = || vec![backend6(1), backend6(2), backend6(3)];
+    let mut p = L4Plan {
+        services: vec![
+            service(
+                "five6",
+                hash_mode::FIVE_TUPLE,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
+            service(
+                "cip6",
+                hash_mode::CLIENT_IP,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
+            service(
+                "cipp6",
+                hash_mode::CLIENT_IP_PROTO,
+                service_flags::PERSIST_TCP,
+                three(),
+            ),
+            service(
+                "session6",
+                hash_mode::CLIENT_IP,
+                service_flags::PERSIST_TCP | service_flags::PER_SESSION,
+                three(),
+            ),
+        ],
+        vips: vec![
+            vip6("web6", VIP6, 80, 6, "five6"),
+            vip6("dns6", VIP6, 53, 17, "five6"),
+            vip6("sticky6", VIP6, 8080, 6, "cip6"),
+            vip6("proto6-tcp", VIP6B, 0, 6, "cipp6"),
+            vip6("proto6-udp", VIP6B, 0, 17, "cipp6"),
+            vip6("session6", VIP6, 9000, 6, "session6"),
+        ],
+    };
+    let base = base_plan();
+    p.services.push(base.services[0].clone());
+    p.vips.push(base.vips[0].clone());
+    p
+}
+
 /// Predicts the backend MAC for a new flow on `svc` of `plan` (vip id is irrelevant to the
 /// hash, which covers addresses, ports and protocol only).
 pub fn predict(plan: &L4Plan, svc: &str, f: &Frame) -> [u8; 6] {
+    let k = FlowKey {
+        src: pad(f.src),
+        dst: pad(f.dst),
+        sport_be: f.sport.to_be(),
+        dport_be: f.dport.to_be(),
+        proto: f.proto,
+        family: 4,
+        ..Default::default()
+    };
+    predict_key(plan, svc, k)
+}
+
+/// [`predict`] for an IPv6 frame.
+pub fn predict6(plan: &L4Plan, svc: &str, f: &Frame6) -> [u8; 6] {
+    let k = FlowKey {
+        src: f.src,
+        dst: f.dst,
+        sport_be: f.sport.to_be(),
+        dport_be: f.dport.to_be(),
+        proto: f.proto,
+        family: 6,
+        ..Default::default()
+    };
+    predict_key(plan, svc, k)
+}
+
+/// The backend MAC the Maglev table of `svc` gives the raw flow key `k`.
+pub fn predict_key(plan: &L4Plan, svc: &str, mut k: FlowKey) -> [u8; 6] {
     let s = plan.services.iter().find(|s| s.name == svc).unwrap();
     let members: Vec<&L4Backend> = s.backends.iter().filter(|b| b.in_table).collect();
     let keys: Vec<String> = members.iter().map(|b| b.addr.to_string()).collect();
@@ -115,15 +217,6 @@ pub fn predict(plan: &L4Plan, svc: &str, f: &Frame) -> [u8; 6] {
         })
         .collect();
     let table = maglev::build(&mb, RING);
-    let mut k = FlowKey {
-        src: pad(f.src),
-        dst: pad(f.dst),
-        sport_be: f.sport.to_be(),
-        dport_be: f.dport.to_be(),
-        proto: f.proto,
-        family: 4,
-        ..Default::default()
-    };
     flow_hash::mask_for_hash(&mut k, s.hash_mode);
     let slot = flow_hash::flow_hash(&k) % RING;
     members[table[slot as usize].unwrap() as usize].mac.unwrap()

@@ -5,13 +5,17 @@
 //! read from the pinned maps names the backend that BPF_PROG_TEST_RUN then sends the frame
 //! to, before and after drains, unhealthy backends (TCP persists, UDP does not),
 //! maintenance, failover, failback and the last-resort spread over unhealthy primaries.
+//! IPv6 rules (5-tuple, PER_SESSION) sit beside the IPv4 ones.
 
 use lb_common::{hash_mode, service_flags};
 use lb_tests::{
-    packet::Frame,
+    packet::{Frame, Frame6},
     root_or_skip,
     xdp::XdpHarness,
-    xdp_cases::{backend, mac, service, vip, DROP, OTHER, PASS, RING, TX, VIP, VIP2},
+    xdp_cases::{
+        backend, backend6, mac, service, vip, vip6, CLIENT6, DROP, OTHER, OTHER6, PASS, RING, TX,
+        VIP, VIP2, VIP6,
+    },
 };
 use lb_userspace::dataplane::plan::L4Backend;
 use lb_userspace::dataplane::{
@@ -56,6 +60,18 @@ fn plan() -> L4Plan {
                 vec![backend(1), backend(2), failover(4)],
             ),
             service("empty", hash_mode::FIVE_TUPLE, 0, vec![]),
+            service(
+                "five6",
+                hash_mode::FIVE_TUPLE,
+                service_flags::PERSIST_TCP,
+                vec![backend6(1), backend6(2), backend6(3)],
+            ),
+            service(
+                "sess6",
+                hash_mode::CLIENT_IP_NO_DESTINATION,
+                service_flags::PER_SESSION | service_flags::PERSIST_TCP,
+                vec![backend6(1), backend6(2), backend6(3)],
+            ),
         ],
         vips: vec![
             vip("web", VIP, 80, 6, "five"),
@@ -66,6 +82,9 @@ fn plan() -> L4Plan {
             vip("cipp-tcp", VIP, 7000, 6, "cipp"),
             vip("cipp-udp", VIP, 7000, 17, "cipp"),
             vip("fo", VIP, 8000, 6, "fo"),
+            vip6("web6", VIP6, 80, 6, "five6"),
+            vip6("dns6", VIP6, 53, 17, "five6"),
+            vip6("sess6", VIP6, 9000, 6, "sess6"),
         ],
     }
 }
@@ -94,6 +113,15 @@ const DESTS: &[(u8, [u8; 4], u16)] = &[
     (6, OTHER, 80),
 ];
 
+/// The IPv6 destinations: three rules, then a port and an address without one.
+const DESTS6: &[(u8, [u8; 16], u16)] = &[
+    (6, VIP6, 80),
+    (17, VIP6, 53),
+    (6, VIP6, 9000),
+    (6, VIP6, 81),
+    (6, OTHER6, 80),
+];
+
 fn tuples() -> Vec<Tuple> {
     let mut out = Vec::new();
     for c in 1..=5u8 {
@@ -107,18 +135,47 @@ fn tuples() -> Vec<Tuple> {
                     dport,
                 });
             }
+            for &(proto, dst, dport) in DESTS6 {
+                let mut src = CLIENT6;
+                src[14] = c;
+                out.push(Tuple {
+                    proto,
+                    src: src.into(),
+                    sport: 40000 + p * 7,
+                    dst: dst.into(),
+                    dport,
+                });
+            }
         }
     }
     out
 }
 
 fn frame(t: &Tuple) -> Vec<u8> {
-    let (s, d) = (t.src.octets(), t.dst.octets());
-    if t.proto == 6 {
-        Frame::tcp(s, t.sport, d, t.dport).bytes()
-    } else {
-        Frame::udp(s, t.sport, d, t.dport).bytes()
+    match (t.src, t.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let (s, d) = (s.octets(), d.octets());
+            if t.proto == 6 {
+                Frame::tcp(s, t.sport, d, t.dport).bytes()
+            } else {
+                Frame::udp(s, t.sport, d, t.dport).bytes()
+            }
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let (s, d) = (s.octets(), d.octets());
+            if t.proto == 6 {
+                Frame6::tcp(s, t.sport, d, t.dport).bytes()
+            } else {
+                Frame6::udp(s, t.sport, d, t.dport).bytes()
+            }
+        }
+        _ => panic!("mixed families in {t:?}"),
     }
+}
+
+/// Whether a plan backend is backend `i` of either family (same position, both MACs).
+fn is(b: &lb_userspace::dataplane::plan::L4Backend, i: u8) -> bool {
+    b.mac == Some(mac(i)) || b.mac == Some(mac(0x60 + i))
 }
 
 /// Explains then runs every tuple; returns how many were decided each way.
@@ -134,11 +191,12 @@ fn agree(h: &XdpHarness, phase: &str) -> BTreeMap<String, usize> {
             Verdict::Abort => panic!("abort explained: {what}"),
             Verdict::Forward => {
                 assert_eq!(r.verdict, TX, "{what}");
-                let Some(IpAddr::V4(b)) = x.backend else {
-                    panic!("forward without a backend: {what}")
+                let to = match x.backend {
+                    Some(IpAddr::V4(b)) => mac(b.octets()[3] - 10),
+                    Some(IpAddr::V6(b)) => mac(0x60 + b.octets()[15] - 0x10),
+                    None => panic!("forward without a backend: {what}"),
                 };
-                let i = b.octets()[3] - 10;
-                assert_eq!(&r.frame[0..6], &mac(i), "{what}");
+                assert_eq!(&r.frame[0..6], &to, "{what}");
             }
         }
         let key = match x.verdict {
@@ -178,7 +236,7 @@ fn explain_agrees_with_the_program_across_modes_drains_and_failures() {
     if !root_or_skip("xdp explain") {
         return;
     }
-    let mut h = XdpHarness::new(RING).unwrap();
+    let mut h = XdpHarness::with_services(RING, 8).unwrap();
     let mut p = plan();
     h.apply(&p).unwrap();
     let n = tuples().len();
@@ -204,7 +262,7 @@ fn explain_agrees_with_the_program_across_modes_drains_and_failures() {
     // Drain backend 1 everywhere: tracked flows stay on it and the explanation says why.
     for s in &mut p.services {
         for b in &mut s.backends {
-            if b.mac == Some(mac(1)) {
+            if is(b, 1) {
                 b.in_table = false;
                 b.draining = true;
             }
@@ -229,7 +287,7 @@ fn explain_agrees_with_the_program_across_modes_drains_and_failures() {
     // UDP flows (no UDP persistence) move.
     for s in &mut p.services {
         for b in &mut s.backends {
-            if b.mac == Some(mac(2)) {
+            if is(b, 2) {
                 b.in_table = false;
                 b.healthy = false;
             }
@@ -245,7 +303,7 @@ fn explain_agrees_with_the_program_across_modes_drains_and_failures() {
     // Maintenance on backend 1: its flows leave at once.
     for s in &mut p.services {
         for b in &mut s.backends {
-            if b.mac == Some(mac(1)) {
+            if is(b, 1) {
                 b.evict = true;
             }
         }

@@ -4,31 +4,26 @@
 //! MACs, go to a backend and carry a packet addressed to a VIP; nothing aborts. The full
 //! run is `cargo xtask fuzz-xdp` (README, "Packet verdicts").
 
-use lb_tests::{
-    fuzz::Fuzzer,
-    root_or_skip,
-    xdp::XdpHarness,
-    xdp_cases::{base_plan, RING},
-};
+use lb_tests::{fuzz, root_or_skip, xdp::XdpHarness, xdp_cases::RING};
 
 #[test]
 fn generated_and_mutated_frames_meet_the_oracle() {
     if !root_or_skip("xdp fuzz") {
         return;
     }
-    let mut h = XdpHarness::new(RING).unwrap();
-    let plan = base_plan();
+    let mut h = XdpHarness::with_services(RING, fuzz::SERVICES).unwrap();
+    let plan = fuzz::plan();
     h.apply(&plan).unwrap();
     // A fixed seed: a failure here reproduces with the same frames.
-    let mut f = Fuzzer::new(&h, &plan).unwrap();
+    let mut f = fuzz::Fuzzer::new(&h, &plan).unwrap();
     let t = f.run(0x1b_f022, 20_000, 100).unwrap();
     eprintln!("{t:#?}");
     assert!(t.frames >= 20_000);
-    // The generator reaches every verdict and forwards each IPv4 kind that can be.
+    // The generator reaches every verdict and forwards each kind that can be.
     for v in ["pass", "drop", "tx"] {
         assert!(t.verdicts.get(v).copied().unwrap_or(0) >= 100, "{v}: {t:?}");
     }
-    for k in ["ipv4 tcp/udp", "ipv4 icmp"] {
+    for k in ["ipv4 tcp/udp", "ipv4 icmp", "ipv6"] {
         assert!(t.forwarded.get(k).copied().unwrap_or(0) >= 10, "{k}: {t:?}");
     }
 }

@@ -7,10 +7,7 @@
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{backend_flags, limits, names, Backend, VipKey, VipMeta};
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::collections::BTreeMap;
 
 use super::overrides::Key;
 use crate::{
@@ -63,7 +60,7 @@ pub fn unhealthy_from(
         if bs.health_check.is_none() {
             continue;
         }
-        let addr = IpAddr::V4(Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]));
+        let addr = lb_common::addr::from_map(b.family, &b.addr);
         for be in bs.backends.iter().filter(|be| be.address == addr) {
             out.push(Key::new(svc.clone(), be.display_name()));
         }

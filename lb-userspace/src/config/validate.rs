@@ -290,12 +290,6 @@ fn backend(
                 ),
             );
         }
-        if b.address.is_ipv6() {
-            err(
-                format!("{bp}.address"),
-                "IPv6 backends of L4 passthrough services are not supported yet".into(),
-            );
-        }
     }
     if !(1..=1000).contains(&b.weight) {
         err(
@@ -397,12 +391,7 @@ fn forwarding_rules(cfg: &Config, errs: &mut Vec<ConfigError>) {
                 "port 0 is not a port; use all_ports = true".into(),
             );
         }
-        if fr.ip_address.is_ipv6() && fr.backend_service.is_some() {
-            err(
-                format!("{p}.ip_address"),
-                "IPv6 passthrough VIPs are not supported yet".into(),
-            );
-        }
+        rule_family(cfg, fr, &p, &mut err);
         let ports: Vec<u16> = if fr.all_ports {
             vec![0]
         } else {
@@ -418,6 +407,34 @@ fn forwarding_rules(cfg: &Config, errs: &mut Vec<ConfigError>) {
                     ),
                 );
             }
+        }
+    }
+}
+
+/// An L4 rule and its service's backends are of one address family: direct server return
+/// hands the client's packet, unchanged, to the backend, so an IPv6 packet can only go to
+/// an IPv6 backend (no translation between families).
+fn rule_family(cfg: &Config, fr: &ForwardingRule, p: &str, err: &mut Err<'_>) {
+    let Some(bs) = fr
+        .backend_service
+        .as_ref()
+        .and_then(|n| cfg.backend_services.get(n))
+    else {
+        return;
+    };
+    for b in &bs.backends {
+        if b.address.is_ipv6() != fr.ip_address.is_ipv6() {
+            err(
+                format!("{p}.ip_address"),
+                format!(
+                    "{} and backend {:?} ({}) of backend service {:?} are of different address families; an L4 rule forwards packets unchanged, so its backends must be of its family",
+                    fr.ip_address,
+                    b.display_name(),
+                    b.address,
+                    fr.backend_service.as_deref().unwrap_or_default(),
+                ),
+            );
+            return;
         }
     }
 }

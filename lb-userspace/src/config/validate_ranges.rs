@@ -537,7 +537,14 @@ pub fn unusable_vip(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(a) if a.is_loopback() => {
             Some("is a loopback address: packets to it never reach an interface's XDP program")
         }
-        IpAddr::V6(_) => None, // refused by validate ("not supported yet")
+        IpAddr::V6(a) if a.is_unspecified() => Some("is the unspecified address, not a VIP"),
+        IpAddr::V6(a) if a.is_multicast() => Some("is a multicast address, not a VIP"),
+        IpAddr::V6(a) if a.is_loopback() => {
+            Some("is a loopback address: packets to it never reach an interface's XDP program")
+        }
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("is an IPv4-mapped address: IPv4 clients send to the IPv4 address; use it")
+        }
         _ => None,
     }
 }

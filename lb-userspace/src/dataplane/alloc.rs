@@ -5,7 +5,7 @@
 use lb_common::{limits, VipKey};
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use super::{
@@ -18,7 +18,7 @@ use super::{
 pub struct Ids {
     pub service_ids: BTreeMap<String, u32>,
     /// (service id, address) → (slot, generation).
-    pub slots: BTreeMap<(u32, Ipv4Addr), (u32, u32)>,
+    pub slots: BTreeMap<(u32, IpAddr), (u32, u32)>,
     pub vip_ids: BTreeMap<VipKey, u32>,
 }
 

@@ -11,14 +11,11 @@
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
     backend_flags, flow_hash, hash_mode, names, service_flags, Backend, ConnEntry, FlowKey,
-    ServiceMeta, Settings, VipAddrKey, VipKey, VipMeta, VipState, FAMILY_V4, KEY_FLOW, KEY_SESSION,
+    ServiceMeta, Settings, VipAddrKey, VipKey, VipMeta, VipState, KEY_FLOW, KEY_SESSION,
     NO_BACKEND, PROTO_TCP, VIP_ADDR_ALL_PORTS,
 };
 use serde::Serialize;
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::Path,
-};
+use std::{net::IpAddr, path::Path};
 
 use super::loader::{open_pinned, LoadError};
 
@@ -111,20 +108,23 @@ pub struct Explanation {
 #[derive(Debug, Clone, Copy)]
 pub struct Tuple {
     pub proto: u8,
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
 }
 
-fn pad(a: Ipv4Addr) -> [u8; 16] {
-    let mut o = [0; 16];
-    o[..4].copy_from_slice(&a.octets());
-    o
+/// An address in map layout (both addresses of a tuple are of one family: `explain`).
+fn pad(a: IpAddr) -> [u8; 16] {
+    lb_common::addr::to_map(a).0
 }
 
-fn ip(a: &[u8; 16]) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+fn family(a: IpAddr) -> u8 {
+    lb_common::addr::to_map(a).1
+}
+
+fn ip(b: &Backend) -> IpAddr {
+    lb_common::addr::from_map(b.family, &b.addr)
 }
 
 /// CLOCK_MONOTONIC_COARSE, the program's clock.
@@ -223,7 +223,7 @@ impl Maps {
                         table,
                         kind,
                         backend_slot: e.backend,
-                        backend: be.map(|b| ip(&b.addr)),
+                        backend: be.map(|b| ip(&b)),
                         unusable: check(&e),
                     },
                     e,
@@ -263,7 +263,7 @@ fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
     let addr_key = VipAddrKey {
         addr: pad(t.dst),
         proto: t.proto,
-        family: FAMILY_V4,
+        family: family(t.dst),
         _pad: [0; 2],
     };
     let Ok(addr_flags) = m.vip_addrs.get(&addr_key, 0) else {
@@ -279,7 +279,7 @@ fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
         sport_be: t.sport.to_be(),
         dport_be: t.dport.to_be(),
         proto: t.proto,
-        family: FAMILY_V4,
+        family: family(t.dst),
         kind: KEY_FLOW,
         _pad: 0,
         vip_id: 0,
@@ -332,7 +332,7 @@ fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
         addr: pad(t.dst),
         port_be: t.dport.to_be(),
         proto: t.proto,
-        family: FAMILY_V4,
+        family: family(t.dst),
     };
     let mut meta = m.vips.get(&vk, 0).ok();
     if meta.is_none() && addr_flags & VIP_ADDR_ALL_PORTS != 0 {
@@ -343,7 +343,10 @@ fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
         let port = u16::from_be(vk.port_be);
         format!(
             "{}:{}/{proto_name}",
-            t.dst,
+            match t.dst {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            },
             if port == 0 {
                 "*".into()
             } else {
@@ -405,7 +408,7 @@ fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
                 index,
                 table,
                 backend_slot: be.and(id),
-                backend: be.map(|b| ip(&b.addr)),
+                backend: be.map(|b| ip(&b)),
             }
         });
     let mut x = Explanation {

@@ -6,11 +6,7 @@
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{backend_flags, names, Backend, ConnEntry, FlowKey, KEY_SESSION};
 use serde::Serialize;
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
-};
+use std::{fmt::Write as _, net::IpAddr, path::Path};
 
 use super::loader::{open_pinned, LoadError};
 
@@ -56,11 +52,7 @@ impl Filter {
 }
 
 fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
-    if family == lb_common::FAMILY_V6 {
-        IpAddr::V6(Ipv6Addr::from(*a))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-    }
+    lb_common::addr::from_map(family, a)
 }
 
 /// CLOCK_MONOTONIC_COARSE, the program's clock (`bpf_ktime_get_coarse_ns`).

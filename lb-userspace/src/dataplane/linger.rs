@@ -90,7 +90,7 @@ mod tests {
     fn b(n: u8) -> L4Backend {
         L4Backend {
             name: format!("b{n}"),
-            addr: std::net::Ipv4Addr::new(10, 0, 0, n),
+            addr: std::net::Ipv4Addr::new(10, 0, 0, n).into(),
             mac: Some([2, 0, 0, 0, 0, n]),
             weight: 1,
             in_table: true,

@@ -147,19 +147,35 @@ fn drop_mismatched_pins(dir: &Path, sizes: &Sizes) -> Vec<&'static str> {
 /// Loads the object with every map pinned under `pin_dir` (adopting maps already there) and
 /// writes the program-wide settings; the program's aya-log diagnostics off.
 pub fn load(pin_dir: &Path, sizes: Sizes) -> Result<Ebpf, LoadError> {
-    load_logged(pin_dir, sizes, false)
+    load_with(pin_dir, sizes, EBPF_OBJECT, false)
 }
 
 /// [`load`], with the program's rare-path logs (aya-log, `lb-ebpf/src/diag.rs`) on or off.
 /// The level is a global of the object, fixed at load: off, each log site is one load and
 /// a branch. With logs on, the caller must read them (`aya_log::EbpfLogger`).
 pub fn load_logged(pin_dir: &Path, sizes: Sizes, xdp_log: bool) -> Result<Ebpf, LoadError> {
+    load_with(pin_dir, sizes, EBPF_OBJECT, xdp_log)
+}
+
+/// [`load`] with another build of the program (the benchmark compares against an earlier
+/// object; everything else loads the embedded one).
+pub fn load_object(pin_dir: &Path, sizes: Sizes, object: &[u8]) -> Result<Ebpf, LoadError> {
+    load_with(pin_dir, sizes, object, false)
+}
+
+fn load_with(
+    pin_dir: &Path,
+    sizes: Sizes,
+    object: &[u8],
+    xdp_log: bool,
+) -> Result<Ebpf, LoadError> {
     ensure_bpffs()?;
     std::fs::create_dir_all(pin_dir)
         .map_err(|e| LoadError::Io(format!("creating {}: {e}", pin_dir.display())))?;
     drop_mismatched_pins(pin_dir, &sizes);
     let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|n| (*n, pin_dir.join(n))).collect();
-    // aya-log's level global defaults to "everything": 0 switches every log site off.
+    // aya-log's level global defaults to "everything": 0 switches every log site off. Not
+    // required to exist: an earlier build (the benchmark's baseline) has no logs.
     let level: u8 = if xdp_log {
         aya_log::Level::Info as u8
     } else {
@@ -167,7 +183,7 @@ pub fn load_logged(pin_dir: &Path, sizes: Sizes, xdp_log: bool) -> Result<Ebpf, 
     };
     let mut loader = EbpfLoader::new();
     loader
-        .override_global(aya_log::LEVEL, &level, true)
+        .override_global(aya_log::LEVEL, &level, false)
         .map_max_entries(names::MAP_MAGLEV, sizes.maglev_entries())
         .map_max_entries(names::MAP_SERVICES, sizes.max_services)
         .map_max_entries(names::MAP_CONNS, sizes.conn_table_size)
@@ -175,7 +191,7 @@ pub fn load_logged(pin_dir: &Path, sizes: Sizes, xdp_log: bool) -> Result<Ebpf, 
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let mut ebpf = loader.load(object)?;
     let mut settings: Array<&mut MapData, Settings> = Array::try_from(
         ebpf.map_mut(names::MAP_SETTINGS)
             .ok_or_else(|| LoadError::Io("SETTINGS map missing from the object".into()))?,

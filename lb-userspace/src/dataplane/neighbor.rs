@@ -1,19 +1,35 @@
-//! Backend MAC addresses for L2 direct server return, from the kernel's neighbour table.
-//! An unknown neighbour is provoked into resolution by sending one empty UDP datagram to
-//! the discard port (9): the kernel ARPs for it, and the next lookup finds the entry.
+//! Backend MAC addresses for L2 direct server return, from the kernel's neighbour tables:
+//! ARP for IPv4 (/proc/net/arp), NDP for IPv6 (`ip -6 neigh`, iproute2's JSON output: the
+//! kernel exports no IPv6 neighbour table under /proc). An unknown neighbour is provoked
+//! into resolution by sending one empty UDP datagram to the discard port (9): the kernel
+//! sends an ARP request or a neighbour solicitation, and the next lookup finds the entry.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
-/// Looks the address up in /proc/net/arp (complete entries only).
-pub fn lookup(addr: Ipv4Addr) -> Option<[u8; 6]> {
+/// The MAC of a resolved IPv4 neighbour (a complete ARP entry).
+pub fn lookup_v4(addr: Ipv4Addr) -> Option<[u8; 6]> {
     let text = std::fs::read_to_string("/proc/net/arp").ok()?;
     parse_arp_table(&text, addr)
 }
 
-/// Starts ARP resolution of `addr` without waiting for it.
-pub fn provoke(addr: Ipv4Addr) {
-    if let Ok(s) = UdpSocket::bind("0.0.0.0:0") {
-        let _ignored = s.send_to(&[], SocketAddrV4::new(addr, 9));
+/// The IPv6 neighbour table as `ip -j -6 neigh show` prints it (for [`parse_ip_neigh_json`]).
+pub fn ndp_table() -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-6", "neigh", "show"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()
+}
+
+/// Starts neighbour resolution of `addr` without waiting for it.
+pub fn provoke(addr: IpAddr) {
+    let any: SocketAddr = match addr {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    if let Ok(s) = UdpSocket::bind(any) {
+        let _ignored = s.send_to(&[], SocketAddr::new(addr, 9));
     }
 }
 
@@ -37,6 +53,26 @@ pub fn parse_arp_table(text: &str, addr: Ipv4Addr) -> Option<[u8; 6]> {
     None
 }
 
+/// The MAC of `addr` in `ip -j -6 neigh show` output (`[{"dst": .., "lladdr": ..,
+/// "state": [..]}, ..]`): an entry with a link-layer address that is not FAILED or
+/// INCOMPLETE.
+pub fn parse_ip_neigh_json(text: &str, addr: Ipv6Addr) -> Option<[u8; 6]> {
+    #[derive(serde::Deserialize)]
+    struct Neigh {
+        dst: Ipv6Addr,
+        lladdr: Option<String>,
+        #[serde(default)]
+        state: Vec<String>,
+    }
+    let entries: Vec<Neigh> = serde_json::from_str(text).ok()?;
+    entries
+        .into_iter()
+        .filter(|n| n.dst == addr)
+        .filter(|n| !n.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE"))
+        .find_map(|n| crate::ids::parse_mac(n.lladdr.as_deref()?))
+        .filter(|m| *m != [0; 6])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +88,18 @@ mod tests {
         );
         assert_eq!(parse_arp_table(t, "10.0.0.3".parse().unwrap()), None);
         assert_eq!(parse_arp_table(t, "10.0.0.4".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn parses_resolved_ndp_entries_only() {
+        let t = r#"[{"dst":"fd00::2","dev":"eth0","lladdr":"02:00:00:00:00:02","state":["STALE"]},
+                    {"dst":"fd00::3","dev":"eth0","state":["INCOMPLETE"]},
+                    {"dst":"fd00::4","dev":"eth0","lladdr":"02:00:00:00:00:04","state":["FAILED"]}]"#;
+        let p = |a: &str| parse_ip_neigh_json(t, a.parse().unwrap());
+        assert_eq!(p("fd00::2"), Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(p("fd00::3"), None);
+        assert_eq!(p("fd00::4"), None);
+        assert_eq!(p("fd00::5"), None);
+        assert_eq!(parse_ip_neigh_json("", "fd00::2".parse().unwrap()), None);
     }
 }

@@ -2,7 +2,7 @@
 //! and admin overrides (see `crate::model`). Pure data, so it can be diffed and tested.
 
 use lb_common::{VipKey, PROTO_TCP, PROTO_UDP};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct L4Plan {
@@ -24,7 +24,7 @@ pub struct L4Service {
 #[derive(Debug, Clone, PartialEq)]
 pub struct L4Backend {
     pub name: String,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// None while the MAC is unknown: the backend cannot receive frames, so it stays out of
     /// the table (and its flows are hashed again).
     pub mac: Option<[u8; 6]>,
@@ -51,7 +51,8 @@ impl L4Backend {
 #[derive(Debug, Clone, PartialEq)]
 pub struct L4Vip {
     pub name: String,
-    pub addr: Ipv4Addr,
+    /// Same family as the service's backends (validation).
+    pub addr: IpAddr,
     /// 0: every port.
     pub port: u16,
     pub proto: u8,
@@ -60,13 +61,12 @@ pub struct L4Vip {
 
 impl L4Vip {
     pub fn key(&self) -> VipKey {
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&self.addr.octets());
+        let (addr, family) = lb_common::addr::to_map(self.addr);
         VipKey {
             addr,
             port_be: self.port.to_be(),
             proto: self.proto,
-            family: lb_common::FAMILY_V4,
+            family,
         }
     }
 
@@ -74,7 +74,7 @@ impl L4Vip {
     pub fn name(&self) -> crate::ids::VipName {
         crate::ids::VipName {
             rule: self.name.clone(),
-            addr: self.addr.into(),
+            addr: self.addr,
             port: self.port,
             proto: self.proto_name(),
         }

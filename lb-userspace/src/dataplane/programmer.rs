@@ -13,12 +13,12 @@
 //! a refused plan leaves the maps as they were.
 
 use lb_common::{
-    backend_flags, limits, Backend, ServiceMeta, VipAddrKey, VipKey, VipMeta, VipState, FAMILY_V4,
+    addr, backend_flags, limits, Backend, ServiceMeta, VipAddrKey, VipKey, VipMeta, VipState,
     NO_BACKEND, VIP_ADDR_ALL_PORTS, VIP_ADDR_PORTS,
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
 };
 use tracing::debug;
@@ -49,7 +49,7 @@ pub enum ProgramError {
 pub struct Current {
     pub service_ids: BTreeMap<String, u32>,
     /// (service id, address) → (slot, generation).
-    pub slots: BTreeMap<(u32, Ipv4Addr), (u32, u32)>,
+    pub slots: BTreeMap<(u32, IpAddr), (u32, u32)>,
     /// Generation last used by each slot (so reuse bumps it even across restarts).
     pub generations: BTreeMap<u32, u32>,
     pub backends: BTreeMap<u32, Backend>,
@@ -130,7 +130,7 @@ impl<M: MapLayer> Programmer<M> {
                 self.cur.generations.insert(slot, b.generation);
             }
             if b.flags & backend_flags::IN_USE != 0 {
-                let addr = Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]);
+                let addr = addr::from_map(b.family, &b.addr);
                 self.cur
                     .slots
                     .insert((b.service, addr), (slot, b.generation));
@@ -236,12 +236,11 @@ impl<M: MapLayer> Programmer<M> {
                 if b.failover {
                     flags |= backend_flags::FAILOVER;
                 }
-                let mut addr = [0u8; 16];
-                addr[..4].copy_from_slice(&b.addr.octets());
+                let (addr, family) = addr::to_map(b.addr);
                 let entry = Backend {
                     addr,
                     mac: b.mac.unwrap_or([0; 6]),
-                    family: FAMILY_V4,
+                    family,
                     _pad: 0,
                     flags,
                     generation,

@@ -15,7 +15,7 @@ const MAX_SERVICES: u32 = 4;
 fn b(name: &str, last: u8) -> L4Backend {
     L4Backend {
         name: name.into(),
-        addr: Ipv4Addr::new(10, 0, 0, last),
+        addr: std::net::Ipv4Addr::new(10, 0, 0, last).into(),
         mac: Some([2, 0, 0, 0, 0, last]),
         weight: 1,
         in_table: true,
@@ -39,7 +39,7 @@ fn svc(name: &str, backends: Vec<L4Backend>) -> L4Service {
 fn vip(name: &str, last: u8, port: u16, service: &str) -> L4Vip {
     L4Vip {
         name: name.into(),
-        addr: Ipv4Addr::new(10, 0, 0, last),
+        addr: std::net::Ipv4Addr::new(10, 0, 0, last).into(),
         port,
         proto: PROTO_TCP,
         service: service.into(),

@@ -81,10 +81,10 @@ pub fn report(pin_dir: &Path) -> Result<String, LoadError> {
         } else {
             port.to_string()
         };
-        let name = format!(
-            "{}.{}.{}.{}:{port}/{proto}",
-            k.addr[0], k.addr[1], k.addr[2], k.addr[3]
-        );
+        let name = match lb_common::addr::from_map(k.family, &k.addr) {
+            std::net::IpAddr::V4(a) => format!("{a}:{port}/{proto}"),
+            std::net::IpAddr::V6(a) => format!("[{a}]:{port}/{proto}"),
+        };
         rows.push((name, c.vip(m.vip_id)?));
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -120,7 +120,7 @@ pub fn report(pin_dir: &Path) -> Result<String, LoadError> {
             state.insert(0, "unhealthy");
         }
         let s = c.backend(slot)?;
-        let addr = format!("{}.{}.{}.{}", b.addr[0], b.addr[1], b.addr[2], b.addr[3]);
+        let addr = lb_common::addr::from_map(b.family, &b.addr).to_string();
         let _ = writeln!(
             out,
             "{slot:<6} {addr:<16} {:>4} {:<22} {:>10} {:>12} {:>9}",

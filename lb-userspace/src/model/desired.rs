@@ -205,9 +205,7 @@ pub fn l4_plan(
         let Some(bs_name) = &fr.backend_service else {
             continue;
         };
-        let IpAddr::V4(addr) = fr.ip_address else {
-            continue;
-        };
+        let addr = fr.ip_address;
         let proto = match fr.ip_protocol {
             IpProtocol::Tcp => PROTO_TCP,
             IpProtocol::Udp => PROTO_UDP,
@@ -238,21 +236,16 @@ pub fn l4_plan(
             .backends
             .iter()
             .enumerate()
-            .filter_map(|(i, b)| {
-                let IpAddr::V4(addr) = b.address else {
-                    return None;
-                };
-                Some(L4Backend {
-                    name: b.display_name(),
-                    addr,
-                    mac: mac(b.address, model.mac(&name, &b.display_name())),
-                    weight: states[i].weight.unwrap_or(b.weight),
-                    in_table: in_table[i],
-                    healthy: states[i].healthy(),
-                    draining: states[i].draining,
-                    evict: evict[i],
-                    failover: b.failover,
-                })
+            .map(|(i, b)| L4Backend {
+                name: b.display_name(),
+                addr: b.address,
+                mac: mac(b.address, model.mac(&name, &b.display_name())),
+                weight: states[i].weight.unwrap_or(b.weight),
+                in_table: in_table[i],
+                healthy: states[i].healthy(),
+                draining: states[i].draining,
+                evict: evict[i],
+                failover: b.failover,
             })
             .collect();
         services.push(L4Service {

@@ -116,6 +116,19 @@ fn the_base_file_is_valid() {
 }
 
 #[test]
+fn an_ipv6_rule_with_ipv6_backends_is_valid() {
+    let text = BASE
+        .replacen("address = \"10.0.0.1\"", "address = \"fd00::1\"", 1)
+        .replacen("address = \"10.0.0.2\"", "address = \"fd00::2\"", 1)
+        .replacen(
+            "ip_address = \"10.0.0.100\"",
+            "ip_address = \"fd00::100\"",
+            1,
+        );
+    parse(&text).unwrap();
+}
+
+#[test]
 fn dataplane_rules() {
     broken(
         "ring_size = 65537",
@@ -315,12 +328,14 @@ fn backend_rules() {
         "address = \"10.0.0.1\"",
         "distinct addresses",
     );
+    // One family per rule and service: an IPv6 backend behind an IPv4 rule is refused at
+    // the rule (the rule decides which packets reach the backends).
     broken(
         "address = \"10.0.0.2\"",
         "address = \"fd00::2\"",
-        &format!("{b1}.address"),
-        "fd00::2",
-        "IPv6 backends",
+        "forwarding_rules.vip.ip_address",
+        "ip_address = \"10.0.0.100\"",
+        "different address families",
     );
 }
 
@@ -381,7 +396,7 @@ fn forwarding_rule_rules() {
         "ip_address = \"fd00::100\"",
         &format!("{v}.ip_address"),
         "fd00::100",
-        "IPv6 passthrough",
+        "backends must be of its family",
     );
     broken(
         "ports = [443]",
@@ -486,6 +501,10 @@ fn hostile_values_are_refused_with_their_place() {
         ("ip_address = \"10.0.0.100\"", "ip_address = \"255.255.255.255\"".into(), "forwarding_rules.vip.ip_address"),
         ("ip_address = \"10.0.0.100\"", "ip_address = \"239.1.1.1\"".into(), "forwarding_rules.vip.ip_address"),
         ("ip_address = \"10.0.0.100\"", "ip_address = \"127.0.0.1\"".into(), "forwarding_rules.vip.ip_address"),
+        ("ip_address = \"10.0.0.100\"", "ip_address = \"::1\"".into(), "forwarding_rules.vip.ip_address"),
+        ("ip_address = \"10.0.0.100\"", "ip_address = \"ff02::1\"".into(), "forwarding_rules.vip.ip_address"),
+        ("ip_address = \"10.0.0.100\"", "ip_address = \"::ffff:10.0.0.100\"".into(), "forwarding_rules.vip.ip_address"),
+        ("address = \"10.0.0.1\"", "address = \"::1\"".into(), "backend_services.l4.backends[0].address"),
         ("ip_address = \"10.0.0.101\"", "ip_address = \"255.255.255.255\"".into(), "forwarding_rules.http.ip_address"),
         ("interfaces = [\"eth0\"]", "interfaces = [\"\"]".into(), "dataplane.interfaces[0]"),
         ("interfaces = [\"eth0\"]", format!("interfaces = [\"{huge}\"]"), "dataplane.interfaces[0]"),

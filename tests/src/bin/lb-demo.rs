@@ -43,8 +43,17 @@ fn demo() -> Result<()> {
         t.backend_ip(2),
         t.vip()
     );
+    println!(
+        "   IPv6: client {}  backends {}, {}, {}  VIP {}",
+        t.client_ip6(),
+        t.backend_ip6(0),
+        t.backend_ip6(1),
+        t.backend_ip6(2),
+        t.vip6()
+    );
     let backend_bin = std::env::current_exe()?.with_file_name("lb-backend");
     let vip = t.vip().to_string();
+    let vip6 = t.vip6().to_string();
     let _backends = (0..3)
         .map(|i| {
             t.backends[i].spawn(&[
@@ -53,6 +62,7 @@ fn demo() -> Result<()> {
                 "80",
                 "53",
                 &vip,
+                &vip6,
             ])
         })
         .collect::<Result<Vec<_>>>()?;
@@ -62,7 +72,11 @@ fn demo() -> Result<()> {
         .replace("{VIP}", &vip)
         .replace("{B0}", &t.backend_ip(0).to_string())
         .replace("{B1}", &t.backend_ip(1).to_string())
-        .replace("{B2}", &t.backend_ip(2).to_string());
+        .replace("{B2}", &t.backend_ip(2).to_string())
+        .replace("{VIP6}", &vip6)
+        .replace("{B0_6}", &t.backend_ip6(0).to_string())
+        .replace("{B1_6}", &t.backend_ip6(1).to_string())
+        .replace("{B2_6}", &t.backend_ip6(2).to_string());
     println!(
         "== starting `lb run` in the balancer namespace (XDP on {})",
         t.iface
@@ -123,6 +137,24 @@ fn demo() -> Result<()> {
         println!("   spread: {per:?}");
         lb_tests::interrupt::check()?;
     }
+    println!("== 12 TCP connections to the IPv6 VIP [{}]:80", t.vip6());
+    let to6 = SocketAddr::new(t.vip6().into(), 80);
+    let banners = t.client.run_in(move || -> Result<Vec<String>> {
+        (0..12)
+            .map(|_| tcp_banner(to6, Duration::from_secs(2)))
+            .collect()
+    })??;
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, b) in banners.iter().enumerate() {
+        let name = field(b, "name").unwrap_or("?");
+        println!(
+            "   TCP6 #{i:<2} answered by {name:<10} (it saw client {})",
+            field(b, "client").unwrap_or("?")
+        );
+        *per.entry(name.to_string()).or_default() += 1;
+    }
+    println!("   spread: {per:?}");
+    lb_tests::interrupt::check()?;
     let sock = agent.dir.join("admin.sock");
     let lb = |args: &[&str]| -> Result<()> {
         let out = std::process::Command::new(lb_tests::lb_binary())

@@ -5,9 +5,9 @@
 
 use anyhow::{Context, Result};
 use lb_tests::{
-    fuzz::Fuzzer,
+    fuzz::{self, Fuzzer},
     xdp::XdpHarness,
-    xdp_cases::{base_plan, RING},
+    xdp_cases::RING,
 };
 use std::time::Instant;
 
@@ -22,8 +22,8 @@ fn main() -> Result<()> {
             n = a.parse().with_context(|| format!("{a}: a frame count"))?;
         }
     }
-    let mut h = XdpHarness::new(RING)?;
-    let plan = base_plan();
+    let mut h = XdpHarness::with_services(RING, fuzz::SERVICES)?;
+    let plan = fuzz::plan();
     h.apply(&plan)?;
     let start = Instant::now();
     let t = Fuzzer::new(&h, &plan)?.run(seed, n, n / 200)?;

@@ -12,11 +12,22 @@
 //!   lists) and of promotions (connection-table inserts, one shared LRU list), from one
 //!   thread on CPU 0, then from two threads pinned to CPUs 0 and 1 at once.
 //!
+//! - IPv4 against IPv6 (and against an earlier build of the program when
+//!   `LB_BENCH_BASELINE` names its object file): non-VIP, established and new-flow paths
+//!   measured round by round in turn, beside the floor, so all share one machine state.
+//!
 //! Run with `cargo xtask bench-xdp` (root).
 
 use anyhow::Result;
-use lb_tests::{packet::Frame, xdp::XdpHarness};
+use lb_tests::{
+    packet::{Frame, Frame6},
+    xdp::XdpHarness,
+};
 use lb_userspace::dataplane::plan::{L4Backend, L4Plan, L4Service, L4Vip};
+use std::net::Ipv6Addr;
+
+const VIP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
+const OTHER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc8];
 
 const REPEAT: u32 = 2_000_000;
 const ROUNDS: usize = 7;
@@ -33,7 +44,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The bench plan: one TCP VIP (10.0.0.100:80) over three backends.
 fn plan() -> L4Plan {
-    let backends = (1..=3u8)
+    let backends: Vec<L4Backend> = (1..=3u8)
         .map(|i| L4Backend {
             name: format!("b{i}"),
             addr: [10, 0, 0, 10 + i].into(),
@@ -62,10 +73,44 @@ fn plan() -> L4Plan {
     };
     // Port 81 fronts a service without backends: its packets go through the VIP-rule and
     // Maglev lookups and are dropped before any insert (the new-flow breakdown below).
+    // The IPv6 twin of "bench": fd00::64 port 80 over fd00::11..13 (the IPv4 backends'
+    // other fields, so a new field needs no second edit here).
+    let backends6 = backends
+        .iter()
+        .zip(1..=3u8)
+        .map(|(b, i)| L4Backend {
+            name: format!("b6-{i}"),
+            addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10 + i as u16).into(),
+            mac: Some([2, 0, 0, 0, 0x0b, 0x60 + i]),
+            ..b.clone()
+        })
+        .collect();
+    let vip6 = L4Vip {
+        name: "vip6".into(),
+        addr: Ipv6Addr::from(VIP6).into(),
+        port: 80,
+        proto: 6,
+        service: "bench6".into(),
+    };
     L4Plan {
-        services: vec![service("bench", backends), service("none", vec![])],
-        vips: vec![vip(80, "bench"), vip(81, "none")],
+        services: vec![
+            service("bench", backends),
+            service("none", vec![]),
+            service("bench6", backends6),
+        ],
+        vips: vec![vip(80, "bench"), vip(81, "none"), vip6],
     }
+}
+
+/// The IPv6 twin of [`flow`].
+fn flow6(i: u32, ack: bool) -> Vec<u8> {
+    let mut src = [0xfd, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    src[12..].copy_from_slice(&i.to_be_bytes());
+    let mut f = Frame6::tcp(src, 1024 + (i % 60000) as u16, VIP6, 80);
+    if ack {
+        f.tcp_flags = 0x10;
+    }
+    f.bytes()
 }
 
 /// A TCP frame to the VIP from a source numbered `i` (distinct 5-tuples for distinct `i`).
@@ -196,7 +241,7 @@ fn main() -> Result<()> {
 
     if quick() {
         println!("floor {floor} ns, non-VIP {non_vip} ns ({:.2}x), established {established} ns ({:.2}x), young {young} ns", non_vip / floor, established / floor);
-        return Ok(());
+        return families();
     }
     let mut floor_single = Vec::new();
     let mut new_single = Vec::new();
@@ -296,5 +341,140 @@ fn main() -> Result<()> {
         "  {:<34} {:>9.1} ns {:>13.1} ns",
         "promotion: CONNS insert (shared LRU)", costs[0].1, costs[1].1
     );
+    families()
+}
+
+/// Frame `i` of a bench flow (ACK or SYN).
+type FlowFn = fn(u32, bool) -> Vec<u8>;
+
+/// A program under comparison: its harness and how its frames are made.
+struct Subject {
+    label: &'static str,
+    h: XdpHarness,
+    flow: FlowFn,
+    other: Vec<u8>,
+}
+
+impl Subject {
+    fn new(label: &'static str, h: XdpHarness, v6: bool) -> Result<Self> {
+        let (flow, other): (FlowFn, Vec<u8>) = if v6 {
+            (flow6, Frame6::tcp(VIP6, 40000, OTHER6, 80).bytes())
+        } else {
+            (
+                flow,
+                Frame::tcp([10, 0, 0, 1], 40000, [10, 0, 0, 200], 80).bytes(),
+            )
+        };
+        let mut s = Subject {
+            label,
+            h,
+            flow,
+            other,
+        };
+        s.h.apply(&plan())?;
+        s.establish()?;
+        Ok(s)
+    }
+
+    /// Makes flow 0 established: its first packet, then its packets until `CONNS` holds it
+    /// (promotion a second after the entry; read from the map, so any build of the program
+    /// qualifies). At most 5 s.
+    fn establish(&mut self) -> Result<()> {
+        let f = (self.flow)(0, true);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            anyhow::ensure!(
+                self.h.run(&f)?.verdict == 3,
+                "{}: not forwarded",
+                self.label
+            );
+            if self.h.conn_entries(false)? > 0 {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        anyhow::bail!("{}: flow not established within 5 s", self.label)
+    }
+}
+
+/// IPv4 and IPv6 paths of this build (and IPv4 of the baseline build, if given), measured
+/// in turn within each round so that they share the machine's state.
+fn families() -> Result<()> {
+    let harness = || XdpHarness::with_conn_table(65537, 4096, 10_000_000);
+    let mut subjects = vec![
+        Subject::new("IPv4", harness()?, false)?,
+        Subject::new("IPv6", harness()?, true)?,
+    ];
+    let baseline = std::env::var("LB_BENCH_BASELINE").ok();
+    if let Some(path) = &baseline {
+        let object = std::fs::read(path)?;
+        let h = XdpHarness::with_object(65537, 4096, 10_000_000, 4, &object)?;
+        subjects.push(Subject::new("IPv4, baseline", h, false)?);
+    }
+    let rounds = if quick() { 3 } else { ROUNDS };
+    let n = subjects.len();
+    let (mut floor, mut non_vip, mut est) = (Vec::new(), vec![Vec::new(); n], vec![Vec::new(); n]);
+    // Rounds start at a different subject each time, so no program always runs first.
+    let rounds = rounds.max(2 * n);
+    for r in 0..rounds {
+        floor.push(
+            subjects[0]
+                .h
+                .run_pass(&subjects[0].other, REPEAT)?
+                .duration_ns as f64,
+        );
+        for i in (0..n).map(|k| (k + r) % n) {
+            let s = &subjects[i];
+            non_vip[i].push(s.h.run_repeat(&s.other, REPEAT)?.duration_ns as f64);
+            est[i].push(s.h.run_repeat(&(s.flow)(0, true), REPEAT)?.duration_ns as f64);
+        }
+    }
+    let runs = if quick() { 2_000 } else { SINGLE_RUNS as u32 };
+    let (mut floor1, mut new1) = (Vec::new(), vec![Vec::new(); n]);
+    for i in 0..runs {
+        floor1.push(subjects[0].h.run_pass(&subjects[0].other, 1)?.duration_ns as f64);
+        for k in (0..n).map(|k| (k + i as usize) % n) {
+            let s = &subjects[k];
+            let r = s.h.run(&(s.flow)(2_000_000 + i, false))?;
+            anyhow::ensure!(r.verdict == 3, "{}: new flow not forwarded", s.label);
+            new1[k].push(r.duration_ns as f64);
+        }
+    }
+    let (floor, floor1) = (median(floor), median(floor1));
+    println!("IPv4 and IPv6 in the same run (repeat {REPEAT}, median of {rounds} rounds; new flows: median of {runs} single runs, 4096-entry young table):");
+    println!(
+        "  {:<16} {:>10} {:>8} {:>12} {:>8} {:>16}",
+        "", "non-VIP", "x floor", "established", "x floor", "new flow over floor"
+    );
+    println!(
+        "  {:<16} {floor:>7.1} ns {:>8} {:>12} {:>8}   (single run: {floor1:.1} ns)",
+        "floor (xdp_pass)", "", "", ""
+    );
+    let mut rows = Vec::new();
+    for (i, s) in subjects.iter().enumerate() {
+        let (nv, es) = (median(non_vip[i].clone()), median(est[i].clone()));
+        let nf = median(new1[i].clone()) - floor1;
+        println!(
+            "  {:<16} {nv:>7.1} ns {:>7.2}x {es:>9.1} ns {:>7.2}x {nf:>13.1} ns",
+            s.label,
+            nv / floor,
+            es / floor
+        );
+        rows.push((nv, es, nf));
+    }
+    println!(
+        "  IPv6 / IPv4: non-VIP {:.2}x, established {:.2}x, new flow over the floor {:.2}x",
+        rows[1].0 / rows[0].0,
+        rows[1].1 / rows[0].1,
+        rows[1].2 / rows[0].2
+    );
+    if baseline.is_some() {
+        println!(
+            "  IPv4 now / baseline: non-VIP {:.2}x, established {:.2}x, new flow over the floor {:.2}x",
+            rows[0].0 / rows[2].0,
+            rows[0].1 / rows[2].1,
+            rows[0].2 / rows[2].2
+        );
+    }
     Ok(())
 }
