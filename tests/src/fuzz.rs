@@ -74,7 +74,7 @@ pub struct Oracle {
 
 impl Oracle {
     pub fn new(plan: &L4Plan) -> Oracle {
-        let mut vips: Vec<IpAddr> = plan.vips.iter().map(|v| v.addr.into()).collect();
+        let mut vips: Vec<IpAddr> = plan.vips.iter().map(|v| v.addr).collect();
         vips.sort();
         vips.dedup();
         let backend_macs = plan

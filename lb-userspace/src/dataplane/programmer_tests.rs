@@ -8,6 +8,7 @@ use crate::dataplane::{
     plan::{L4Backend, L4Service, L4Vip},
 };
 use lb_common::PROTO_TCP;
+use std::net::Ipv4Addr;
 
 const RING: u32 = 13;
 const MAX_SERVICES: u32 = 4;
