@@ -1,7 +1,7 @@
 //! Session affinity, PER_SESSION tracking, connection persistence on unhealthy backends and
-//! `drop_traffic_if_unhealthy` over IPv6, from configuration to dataplane: `lb run` in a
-//! namespace topology (client, balancer, three backends), the client speaking from several
-//! IPv6 addresses of its own. Each rule is a port of one of two IPv6 VIPs; every service has
+//! `drop_traffic_if_unhealthy` over IPv4 and over IPv6, from configuration to dataplane:
+//! `lb run` in a namespace topology (client, balancer, three backends), the client speaking
+//! from several addresses of its own. Each rule is a port of one of two IPv6 VIPs; every service has
 //! the same three backends, so services share one Maglev table and differences between
 //! them come from the fields their affinity hashes.
 
@@ -15,7 +15,7 @@ use socket2::{Domain, Socket, Type};
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Write},
-    net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -25,24 +25,91 @@ const CLIENTS: u16 = 12;
 /// Ports served by every backend (one lb-backend per port, TCP and UDP).
 const PORTS: [u16; 8] = [80, 81, 82, 83, 84, 86, 87, 88];
 
-/// The second IPv6 VIP (::101 of the topology's prefix).
-fn vip_b(t: &Topology) -> Ipv6Addr {
-    let mut s = t.vip6().segments();
-    s[7] = 0x101;
-    s.into()
+/// The address family a test runs over: the topology's addresses of that family.
+#[derive(Clone, Copy, Debug)]
+enum Fam {
+    V4,
+    V6,
 }
 
-fn client(t: &Topology, i: u16) -> IpAddr {
-    let mut s = t.client_ip6().segments();
-    s[7] = 0x1000 + i;
-    Ipv6Addr::from(s).into()
+impl Fam {
+    fn vip_a(self, t: &Topology) -> IpAddr {
+        match self {
+            Fam::V4 => t.vip().into(),
+            Fam::V6 => t.vip6().into(),
+        }
+    }
+
+    /// The second VIP (.101, or ::101 of the topology's prefix).
+    fn vip_b(self, t: &Topology) -> IpAddr {
+        match self {
+            Fam::V4 => Ipv4Addr::new(10, t.net, 0, 101).into(),
+            Fam::V6 => {
+                let mut s = t.vip6().segments();
+                s[7] = 0x101;
+                Ipv6Addr::from(s).into()
+            }
+        }
+    }
+
+    /// The client's `i`th extra address.
+    fn client(self, t: &Topology, i: u16) -> IpAddr {
+        match self {
+            Fam::V4 => Ipv4Addr::new(10, t.net, 0, 150 + i as u8).into(),
+            Fam::V6 => {
+                let mut s = t.client_ip6().segments();
+                s[7] = 0x1000 + i;
+                Ipv6Addr::from(s).into()
+            }
+        }
+    }
+
+    fn backend(self, t: &Topology, i: usize) -> IpAddr {
+        match self {
+            Fam::V4 => t.backend_ip(i).into(),
+            Fam::V6 => t.backend_ip6(i).into(),
+        }
+    }
+
+    fn balancer(self, t: &Topology) -> IpAddr {
+        match self {
+            Fam::V4 => t.balancer_ip().into(),
+            Fam::V6 => t.balancer_ip6().into(),
+        }
+    }
+
+    /// `ip -4|-6 addr add <addr>/<len> dev <dev>` (IPv6 without duplicate detection, so
+    /// the address is usable at once).
+    fn add_addr(self, ns: &lb_tests::netns::Ns, addr: IpAddr, len: u8, dev: &str) -> Result<()> {
+        let a = format!("{addr}/{len}");
+        let mut args = vec!["ip", "addr", "add", a.as_str(), "dev", dev];
+        if let Fam::V6 = self {
+            args.push("nodad");
+        }
+        ns.exec(&args)?;
+        Ok(())
+    }
+
+    fn host_len(self) -> u8 {
+        match self {
+            Fam::V4 => 32,
+            Fam::V6 => 128,
+        }
+    }
+
+    fn subnet_len(self) -> u8 {
+        match self {
+            Fam::V4 => 24,
+            Fam::V6 => 64,
+        }
+    }
 }
 
-fn config(t: &Topology) -> String {
+fn config(t: &Topology, fam: Fam) -> String {
     let mut c = agent_sections(t).replace("max_services = 4", "max_services = 12");
-    let (a, b) = (t.vip6(), vip_b(t));
+    let (a, b) = (fam.vip_a(t), fam.vip_b(t));
     // (rule, VIP, protocol, port, service)
-    let rules: &[(&str, Ipv6Addr, &str, u16, &str)] = &[
+    let rules: &[(&str, IpAddr, &str, u16, &str)] = &[
         ("none", a, "TCP", 80, "none"),
         ("cip-tcp", a, "TCP", 81, "cip-tcp"),
         ("cip-udp", a, "UDP", 81, "cip-udp"),
@@ -90,7 +157,7 @@ fn config(t: &Topology) -> String {
         for i in 0..3 {
             c += &format!(
                 "[[backend_services.{name}.backends]]\nname = \"backend-{i}\"\naddress = \"{}\"\n",
-                t.backend_ip6(i)
+                fam.backend(t, i)
             );
         }
         c += "\n";
@@ -99,20 +166,11 @@ fn config(t: &Topology) -> String {
 }
 
 /// Every backend serves every port, TCP and UDP (UDP bound to both VIPs).
-fn start_backends(t: &Topology) -> Result<Vec<ProcGuard>> {
-    let (a, b) = (t.vip6().to_string(), vip_b(t).to_string());
+fn start_backends(t: &Topology, fam: Fam) -> Result<Vec<ProcGuard>> {
+    let (a, b) = (fam.vip_a(t).to_string(), fam.vip_b(t).to_string());
     let mut out = Vec::new();
     for (i, ns) in t.backends.iter().enumerate() {
-        ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{b}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ])?;
+        fam.add_addr(ns, fam.vip_b(t), fam.host_len(), "lo")?;
         for p in PORTS {
             let p = p.to_string();
             out.push(ns.spawn(&[BACKEND_BIN, &format!("backend-{i}"), &p, &p, &a, &b])?);
@@ -122,7 +180,7 @@ fn start_backends(t: &Topology) -> Result<Vec<ProcGuard>> {
 }
 
 fn tcp_from(src: IpAddr, to: SocketAddr) -> Result<TcpStream> {
-    let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    let s = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
     s.bind(&SocketAddr::new(src, 0).into())?;
     s.connect_timeout(&to.into(), Duration::from_secs(2))?;
     let s: TcpStream = s.into();
@@ -199,30 +257,27 @@ fn lb(agent: &Agent, args: &[&str]) -> Result<String> {
 }
 
 /// The topology with extra client addresses, backends on every port and the agent, ready.
-fn running() -> (Topology, Vec<ProcGuard>, Agent) {
+fn running(fam: Fam) -> (Topology, Vec<ProcGuard>, Agent) {
     let t = Topology::new(3).expect("topology");
     for i in 0..CLIENTS {
-        let a = format!("{}/64", client(&t, i));
-        t.client
-            .exec(&["ip", "-6", "addr", "add", &a, "dev", &t.iface, "nodad"])
+        fam.add_addr(&t.client, fam.client(&t, i), fam.subnet_len(), &t.iface)
             .unwrap();
     }
-    let route = format!("{}/128", vip_b(&t));
+    let route = format!("{}/{}", fam.vip_b(&t), fam.host_len());
     t.client
         .exec(&[
             "ip",
-            "-6",
             "route",
             "add",
             &route,
             "via",
-            &t.balancer_ip6().to_string(),
+            &fam.balancer(&t).to_string(),
         ])
         .unwrap();
-    let backends = start_backends(&t).unwrap();
-    let agent = Agent::start(&t.balancer, &config(&t)).unwrap();
-    let to = SocketAddr::new(t.vip6().into(), 80);
-    let src = client(&t, 0);
+    let backends = start_backends(&t, fam).unwrap();
+    let agent = Agent::start(&t.balancer, &config(&t, fam)).unwrap();
+    let to = SocketAddr::new(fam.vip_a(&t), 80);
+    let src = fam.client(&t, 0);
     let ok = t
         .client
         .run_in(move || wait_for(Duration::from_secs(20), || tcp_backend(src, to)))
@@ -232,14 +287,38 @@ fn running() -> (Topology, Vec<ProcGuard>, Agent) {
 }
 
 #[test]
-fn each_session_affinity_mode_hashes_its_fields_over_ipv6() {
-    if !root_or_skip("l4 netns IPv6 affinity") {
-        return;
+fn each_session_affinity_mode_hashes_its_fields_over_ipv4() {
+    if root_or_skip("l4 netns IPv4 affinity") {
+        affinity_modes(Fam::V4);
     }
-    let (t, _backends, agent) = running();
-    let at = |vip: Ipv6Addr, port| SocketAddr::new(vip.into(), port);
-    let (a, b) = (t.vip6(), vip_b(&t));
-    let me = client(&t, 0);
+}
+
+#[test]
+fn each_session_affinity_mode_hashes_its_fields_over_ipv6() {
+    if root_or_skip("l4 netns IPv6 affinity") {
+        affinity_modes(Fam::V6);
+    }
+}
+
+#[test]
+fn per_session_persistence_and_drop_if_unhealthy_over_ipv4() {
+    if root_or_skip("l4 netns IPv4 affinity") {
+        persistence(Fam::V4);
+    }
+}
+
+#[test]
+fn per_session_persistence_and_drop_if_unhealthy_over_ipv6() {
+    if root_or_skip("l4 netns IPv6 affinity") {
+        persistence(Fam::V6);
+    }
+}
+
+fn affinity_modes(fam: Fam) {
+    let (t, _backends, agent) = running(fam);
+    let at = |vip: IpAddr, port| SocketAddr::new(vip, port);
+    let (a, b) = (fam.vip_a(&t), fam.vip_b(&t));
+    let me = fam.client(&t, 0);
 
     // NONE and CLIENT_IP_PORT_PROTO: one client's connections spread (5-tuple).
     for port in [80, 83] {
@@ -255,7 +334,7 @@ fn each_session_affinity_mode_hashes_its_fields_over_ipv6() {
 
     let (mut over_clients, mut proto_differs, mut vip_differs) = (BTreeSet::new(), 0, 0);
     for i in 0..CLIENTS {
-        let c = client(&t, i);
+        let c = fam.client(&t, i);
         // CLIENT_IP: one backend per client whatever the port, and the protocol is not
         // hashed: TCP and UDP agree.
         let tcp = one_backend(&t, c, at(a, 81), false);
@@ -274,7 +353,7 @@ fn each_session_affinity_mode_hashes_its_fields_over_ipv6() {
         assert_eq!(n1, n2, "CLIENT_IP_NO_DESTINATION: {c} differs between VIPs");
     }
     println!(
-        "{CLIENTS} clients: CLIENT_IP backends {over_clients:?}; TCP≠UDP under CLIENT_IP_PROTO for {proto_differs}; VIP A≠B under CLIENT_IP for {vip_differs}"
+        "{fam:?}, {CLIENTS} clients: CLIENT_IP backends {over_clients:?}; TCP≠UDP under CLIENT_IP_PROTO for {proto_differs}; VIP A≠B under CLIENT_IP for {vip_differs}"
     );
     assert!(
         over_clients.len() >= 2,
@@ -288,14 +367,10 @@ fn each_session_affinity_mode_hashes_its_fields_over_ipv6() {
     drop(agent);
 }
 
-#[test]
-fn per_session_persistence_and_drop_if_unhealthy_over_ipv6() {
-    if !root_or_skip("l4 netns IPv6 affinity") {
-        return;
-    }
-    let (t, _backends, agent) = running();
-    let at = |port| SocketAddr::new(t.vip6().into(), port);
-    let me = client(&t, 0);
+fn persistence(fam: Fam) {
+    let (t, _backends, agent) = running(fam);
+    let at = |port| SocketAddr::new(fam.vip_a(&t), port);
+    let me = fam.client(&t, 0);
 
     // PER_SESSION: the client's session lives on one backend; drained, it keeps the
     // session's new connections while every other client avoids it.
@@ -303,8 +378,8 @@ fn per_session_persistence_and_drop_if_unhealthy_over_ipv6() {
     lb(&agent, &["drain", "sess", &owner]).unwrap();
     let others_avoid = wait_for(Duration::from_secs(10), || {
         for i in 1..CLIENTS {
-            let b = backends_of(&t, client(&t, i), at(86), false, 1)?;
-            anyhow::ensure!(b[0] != owner, "{} still reaches {owner}", client(&t, i));
+            let b = backends_of(&t, fam.client(&t, i), at(86), false, 1)?;
+            anyhow::ensure!(b[0] != owner, "{} still reaches {owner}", fam.client(&t, i));
         }
         Ok(())
     });
@@ -388,7 +463,7 @@ fn per_session_persistence_and_drop_if_unhealthy_over_ipv6() {
             &["health", "always", &format!("backend-{i}"), "down"],
         );
     }
-    let flows = backends_of(&t, client(&t, 1), at(88), false, 3);
+    let flows = backends_of(&t, fam.client(&t, 1), at(88), false, 3);
     assert!(
         flows.is_ok(),
         "without drop_traffic_if_unhealthy traffic stopped: {flows:?}"
