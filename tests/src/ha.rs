@@ -504,6 +504,8 @@ pub struct Talker {
     pub backend: String,
     pub local_port: u16,
     stop: Arc<AtomicBool>,
+    /// Successful exchanges so far.
+    done: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<Result<Vec<Instant>, String>>>,
 }
 
@@ -512,9 +514,11 @@ impl Talker {
         let (tx, rx) = std::sync::mpsc::channel::<Result<(String, u16), String>>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done2 = done.clone();
         let ns = client.clone();
         let thread = std::thread::spawn(move || {
-            ns.run_in(move || talk(to, &tx, &stop2))
+            ns.run_in(move || talk(to, &tx, &stop2, &done2))
                 .map_err(|e| e.to_string())?
         });
         let (backend, local_port) = rx
@@ -525,8 +529,14 @@ impl Talker {
             backend,
             local_port,
             stop,
+            done,
             thread: Some(thread),
         })
+    }
+
+    /// Successful exchanges so far.
+    pub fn exchanges(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
     }
 
     /// Stops it: the times of its successful exchanges, or its first error.
@@ -554,6 +564,7 @@ fn talk(
     to: SocketAddr,
     tx: &std::sync::mpsc::Sender<Result<(String, u16), String>>,
     stop: &AtomicBool,
+    done: &std::sync::atomic::AtomicUsize,
 ) -> Result<Vec<Instant>, String> {
     use std::os::fd::AsRawFd;
     let s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
@@ -595,6 +606,7 @@ fn talk(
             return Err(format!("exchange {i}: got {line:?}"));
         }
         times.push(Instant::now());
+        done.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(times)

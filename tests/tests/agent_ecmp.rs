@@ -451,11 +451,25 @@ impl Rig {
             "{} flows first carried by balancer 0 reached the same backends through balancer 1",
             via0.len()
         );
+        // Each open flow keeps exchanging through balancer 1: three more exchanges each,
+        // waited for (a loaded machine slows the exchanges, not their outcome).
+        let counts: Vec<usize> = open.iter().map(Talker::exchanges).collect();
+        let kept = wait_for(Duration::from_secs(15), || {
+            let behind: Vec<u16> = open
+                .iter()
+                .zip(&counts)
+                .filter(|(t, c)| t.exchanges() < *c + 3)
+                .map(|(t, _)| t.local_port)
+                .collect();
+            anyhow::ensure!(behind.is_empty(), "flows from {behind:?} stalled");
+            Ok(())
+        });
         for t in open {
             let (backend, port) = (t.backend.clone(), t.local_port);
             let times = t.finish().map_err(anyhow::Error::msg)?;
             assert!(times.len() >= 3, "flow from {port} ({backend}) barely ran");
         }
+        kept?;
         lb_ok(&self.a0, &["node", "undrain"]);
         ha.wait_next_hops(vip, &self.bal, Duration::from_secs(5))?;
         Ok(())
