@@ -204,15 +204,14 @@ where
         + Send
         + 'static,
 {
-    if wait_readable(&io, activity, timeouts).await? == Wake::Close {
-        return Ok(Ok(()));
-    }
-    let mut first = [0u8; 24];
-    let n = io.get_ref().peek(&mut first).await.unwrap_or(0);
-    if n == 0 {
-        return Ok(Ok(()));
-    }
-    if H2_PREFACE.starts_with(&first[..n]) {
+    let first = idle::drive(park::FirstBytes::new(io.get_ref()), activity, timeouts, |p| {
+        p.close()
+    })
+    .await?;
+    let Some(first) = first.filter(|b| !b.is_empty()) else {
+        return Ok(Ok(())); // closed by the client or the watchdog
+    };
+    if H2_PREFACE.starts_with(&first) {
         let conn = settings
             .server
             .serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -114,6 +114,46 @@ impl Future for Parked<'_> {
     }
 }
 
+/// Waits for a new connection's first bytes and peeks at up to 24 of them (the length of
+/// the HTTP/2 preface) without consuming them; `None` when the watchdog closes it.
+pub struct FirstBytes<'a> {
+    stream: &'a tokio::net::TcpStream,
+    buf: [u8; 24],
+    close: bool,
+}
+
+impl<'a> FirstBytes<'a> {
+    pub fn new(stream: &'a tokio::net::TcpStream) -> FirstBytes<'a> {
+        FirstBytes {
+            stream,
+            buf: [0; 24],
+            close: false,
+        }
+    }
+
+    pub fn close(self: Pin<&mut Self>) {
+        self.get_mut().close = true;
+    }
+}
+
+impl Future for FirstBytes<'_> {
+    /// The bytes seen (empty at the end of the stream or on an error).
+    type Output = Option<Vec<u8>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.close {
+            return Poll::Ready(None);
+        }
+        let mut buf = tokio::io::ReadBuf::new(&mut this.buf);
+        match this.stream.poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(_)) => Poll::Ready(Some(buf.filled().to_vec())),
+            Poll::Ready(Err(_)) => Poll::Ready(Some(Vec::new())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// A response body that counts as "being sent" until hyper drops it, so a connection is
 /// never parked in the middle of a response.
 pub struct Tracked {
