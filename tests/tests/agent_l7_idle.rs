@@ -1,7 +1,7 @@
 //! `lb run` parks idle HTTP/1.1 keep-alive connections (see `l7/park.rs`): between
 //! requests a plain-text connection holds only its socket and a little bookkeeping, not
 //! hyper's buffers. Checked from outside: the agent's resident memory grows by a few KB per
-//! idle connection (about 30 KB before parking), every parked connection still serves its
+//! idle connection (about 30 KB before parking, 3.4 KB after in a debug build), every parked connection still serves its
 //! next request, and pipelined, split and paused requests are answered as before.
 //! Loopback only; root because `lb run` is the root agent.
 
@@ -65,7 +65,7 @@ fn idle_keep_alive_connections_hold_little_memory_and_serve_again() {
     let per = rss(run.pid()).saturating_sub(before) / N as u64;
     eprintln!("resident memory per idle HTTP/1.1 connection: {per} B");
     assert!(
-        per < 8 * 1024,
+        per < 6 * 1024,
         "an idle connection costs {per} B of resident memory (hyper's buffers held?)"
     );
     // Every parked connection wakes up for its next request.

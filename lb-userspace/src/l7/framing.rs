@@ -114,6 +114,14 @@ impl<T> Observed<T> {
         self.rewound = bytes;
     }
 
+    /// Frees what the wrapper keeps between heads (the head buffer's capacity), for a
+    /// connection parked between requests.
+    pub fn shed_idle_buffers(&mut self) {
+        if self.line.is_empty() {
+            self.line = Vec::new();
+        }
+    }
+
     fn set(&mut self, state: State) {
         if state == State::Off {
             // No longer following heads: no head timer either.

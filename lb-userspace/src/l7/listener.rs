@@ -204,9 +204,12 @@ where
         + Send
         + 'static,
 {
-    let first = idle::drive(park::FirstBytes::new(io.get_ref()), activity, timeouts, |p| {
-        p.close()
-    })
+    let first = idle::drive(
+        park::FirstBytes::new(io.get_ref()),
+        activity,
+        timeouts,
+        |p| p.close(),
+    )
     .await?;
     let Some(first) = first.filter(|b| !b.is_empty()) else {
         return Ok(Ok(())); // closed by the client or the watchdog
@@ -236,14 +239,22 @@ where
             park::Round::Done(r) => return Ok(r.map_err(Into::into)),
             park::Round::Idle(conn) => conn,
         };
-        let Some(parts) = conn.into_parts() else {
+        let Some(hyper::server::conn::http1::Parts {
+            io: parts,
+            read_buf,
+            ..
+        }) = conn.into_parts()
+        else {
             return Ok(Ok(())); // upgraded: the upgrade owns the socket now
         };
-        io = parts.io.into_inner();
-        if !parts.read_buf.is_empty() {
-            io.rewind(parts.read_buf); // hyper read ahead: serve it at once
+        io = parts.into_inner();
+        if !read_buf.is_empty() {
+            io.rewind(read_buf); // hyper read ahead: serve it at once
             continue;
         }
+        // Even empty, the buffer still owns hyper's 8 KiB allocation: not kept while parked.
+        drop(read_buf);
+        io.shed_idle_buffers();
         if wait_readable(&io, activity, timeouts).await? == Wake::Close {
             return Ok(Ok(()));
         }
