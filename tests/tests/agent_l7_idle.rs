@@ -1,8 +1,9 @@
 //! `lb run` parks idle HTTP/1.1 keep-alive connections (see `l7/park.rs`): between
 //! requests a plain-text connection holds only its socket and a little bookkeeping, not
 //! hyper's buffers. Checked from outside: the agent's resident memory grows by a few KB per
-//! idle connection (about 30 KB before parking, 3.4 KB after in a debug build), every parked connection still serves its
-//! next request, and pipelined, split and paused requests are answered as before.
+//! idle connection (about 30 KB before parking, about 3 KB after in a debug build), every
+//! parked connection still serves its next request, and pipelined, split and paused
+//! requests are answered as before.
 //! Loopback only; root because `lb run` is the root agent.
 
 #[path = "l7_agent_support/mod.rs"]
