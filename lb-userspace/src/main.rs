@@ -169,13 +169,6 @@ fn flows(
     Ok(())
 }
 
-/// mimalloc keeps allocations of one size together, so the buffers an HTTP/1.1 connection
-/// frees when it is parked between requests are reused whole by the next one instead of
-/// being split by small long-lived objects (with glibc's allocator that fragmentation left
-/// about 8 KB per idle connection; see the README's performance section).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
