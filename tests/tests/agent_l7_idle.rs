@@ -1,6 +1,6 @@
-//! `lb run` parks idle HTTP/1.1 keep-alive connections (see `l7/park.rs`): between
-//! requests a plain-text connection holds only its socket and a little bookkeeping, not
-//! hyper's buffers. Checked from outside: the agent's resident memory grows by a few KB per
+//! `lb run` parks idle HTTP/1.1 keep-alive connections (see `l7/park.rs`): quiet for
+//! 20 ms between requests, a plain-text connection holds only its socket and a little
+//! bookkeeping, not hyper's buffers. Checked from outside: the agent's resident memory grows by a few KB per
 //! idle connection (about 30 KB before parking, about 3 KB after in a debug build), every
 //! parked connection still serves its next request, and pipelined, split and paused
 //! requests are answered as before.
@@ -63,7 +63,19 @@ fn idle_keep_alive_connections_hold_little_memory_and_serve_again() {
             "opening took too long"
         );
     }
-    let per = rss(run.pid()).saturating_sub(before) / N as u64;
+    // Connections are parked once quiet for 20 ms: wait until the resident size stops
+    // changing (two equal readings half a second apart, 15 s at most).
+    let per_now = || rss(run.pid()).saturating_sub(before) / N as u64;
+    let settle = Instant::now() + Duration::from_secs(15);
+    let mut per = per_now();
+    while Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = per_now();
+        if now == per {
+            break;
+        }
+        per = now;
+    }
     eprintln!("resident memory per idle HTTP/1.1 connection: {per} B");
     assert!(
         per < 6 * 1024,
@@ -108,16 +120,16 @@ fn pipelined_split_and_paused_requests_are_answered_across_parking() {
     assert_eq!(two.matches("HTTP/1.1 200").count(), 2, "{two}");
     // A head in two parts with a pause between (the connection is mid-head, not idle).
     s.write_all(b"GET /3 HTTP/1.1\r\nHo").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(400));
     s.write_all(b"st: a\r\n\r\n").unwrap();
     assert!(answers(&mut s, 1).starts_with("HTTP/1.1 200"));
-    // Pauses between requests: the connection is parked each time and wakes up.
+    // Pauses longer than the quiet period (20 ms): parked each time, and woken up.
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(400));
         assert_eq!(get_on(&mut s).unwrap(), 200);
     }
     // A second pipelined pair after a pause.
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(400));
     s.write_all(b"GET /4 HTTP/1.1\r\nHost: a\r\n\r\nGET /5 HTTP/1.1\r\nHost: a\r\n\r\n")
         .unwrap();
     assert_eq!(answers(&mut s, 2).matches("HTTP/1.1 200").count(), 2);

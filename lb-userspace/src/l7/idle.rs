@@ -160,6 +160,11 @@ impl Activity {
             && self.responding.load(Ordering::Relaxed) == 0
     }
 
+    /// When bytes last moved either way (the start of the quiet period).
+    pub fn quiet_since(&self) -> Instant {
+        self.at(self.last_io.load(Ordering::Relaxed))
+    }
+
     /// The earliest deadline now, and what it is for.
     fn next_deadline(&self, t: &Timeouts) -> Option<(Instant, Expired)> {
         let mut best: Option<(Instant, Expired)> = None;

@@ -81,7 +81,18 @@ fn per_connection(p: &Proxy, n: u32, h2: bool) -> Result<f64> {
             bail!("{}: opening {n} connections took over {DEADLINE:?}", p.name);
         }
     }
-    let after = rss(p)?;
+    // lb parks an idle HTTP/1.1 connection after 20 ms of quiet: let every proxy settle
+    // (resident memory unchanged over half a second, at most 10 s).
+    let mut after = rss(p)?;
+    let settle = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = rss(p)?;
+        if now == after {
+            break;
+        }
+        after = now;
+    }
     println!(
         "idle      {:<8} {proto:<8} RSS {:>7} KiB → {:>7} KiB with {n} idle connections ({:.1} s)",
         p.name,
