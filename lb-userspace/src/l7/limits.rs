@@ -179,6 +179,7 @@ impl ClientSettings {
             .timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_buf_size(max_header_bytes.max(8192))
+            .max_header_size(max_header_bytes.max(8192))
             .keep_alive(true);
         server
             .http2()
