@@ -131,25 +131,18 @@ async fn serve(
     // HTTP/1.1 connection no hyper state at all, see `park`).
     let result = match route.tls {
         Some(cfg) => {
-            let (settings, activity) = (settings.clone(), activity.clone());
-            let tls = Box::pin(async move {
-                // The handshake counts against the first-request deadline.
-                let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                let tls =
-                    match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return None;
-                        }
-                        Err(_) => return None,
-                    };
-                let io = TokioIo::new(Observed::new(tls, limit, verdicts, activity.clone()));
-                let conn = settings.server.serve_connection_with_upgrades(io, svc);
-                Some(idle::drive(conn, &activity, timeouts, |c| c.graceful_shutdown()).await)
-            });
+            let tls = Box::pin(serve_tls(
+                settings.clone(),
+                cfg,
+                stream,
+                Observing {
+                    limit,
+                    verdicts,
+                    activity: activity.clone(),
+                },
+                svc,
+                timeouts,
+            ));
             match tls.await {
                 Some(r) => r,
                 None => return,
@@ -259,6 +252,59 @@ where
             return Ok(Ok(()));
         }
     }
+}
+
+/// What the I/O wrapper of a connection needs ([`Observed::new`]).
+struct Observing {
+    limit: usize,
+    verdicts: Arc<Verdicts>,
+    activity: Arc<Activity>,
+}
+
+/// A TLS connection: the handshake under the first-request deadline, then hyper-util's
+/// auto builder for the connection's whole life (rustls' state cannot be taken apart and
+/// rebuilt, so TLS connections are not parked). `None` when the handshake failed or timed
+/// out.
+async fn serve_tls<S, F>(
+    settings: Arc<ClientSettings>,
+    cfg: Arc<rustls::ServerConfig>,
+    stream: tokio::net::TcpStream,
+    observing: Observing,
+    svc: S,
+    timeouts: Timeouts,
+) -> Option<Served>
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<park::Tracked>,
+            Error = proxy::BrokenChunk,
+            Future = F,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static,
+    F: std::future::Future<Output = Result<hyper::Response<park::Tracked>, proxy::BrokenChunk>>
+        + Send
+        + 'static,
+{
+    let peer = stream.peer_addr().ok();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let tls = match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let Observing {
+        limit,
+        verdicts,
+        activity,
+    } = observing;
+    let io = TokioIo::new(Observed::new(tls, limit, verdicts, activity.clone()));
+    let conn = settings.server.serve_connection_with_upgrades(io, svc);
+    Some(idle::drive(conn, &activity, timeouts, |c| c.graceful_shutdown()).await)
 }
 
 /// Waits, holding only the socket, until bytes arrive or the watchdog closes the
