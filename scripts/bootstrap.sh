@@ -40,7 +40,7 @@ if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version >/dev/null 
 fi
 
 # 3. Debian packages used by tests, the demo and benchmarks.
-pkgs=(iproute2 nftables ethtool iputils-ping socat netcat-openbsd curl nginx haproxy wrk nghttp2-client bpftool systemd prometheus bird2)
+pkgs=(iproute2 nftables ethtool iputils-ping socat netcat-openbsd curl nginx haproxy wrk nghttp2-client bpftool systemd prometheus bird2 linux-perf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

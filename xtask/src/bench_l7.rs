@@ -1,21 +1,28 @@
 //! `cargo xtask bench-l7`: lb's L7 proxy against nginx and HAProxy as reverse proxies to
-//! the same fast backend (nginx answering a small static body), on loopback, in one run.
+//! the same fast backend (nginx answering a static body), on loopback, in one run.
 //!
-//! Fairness: every proxy gets the same CPU (`taskset -c <proxy-cpu>`, one core, so nginx
-//! runs one worker, HAProxy one thread and lb's runtime one worker), the load generator and
-//! the backend share the other core, and every proxy keeps pooled keep-alive connections to
-//! the backend. HTTP/1.1 load comes from wrk (requests/s and p99 from `--latency`);
-//! HTTP/2 (cleartext, prior knowledge) from h2load (requests/s and mean latency; h2load
-//! prints no percentiles). Configurations go to a temporary folder; the servers run in the
-//! foreground as child processes and are killed afterwards, also on errors.
+//! Fairness: every proxy gets the same CPUs (`taskset -c <proxy-cpus>`; nginx runs one
+//! worker per CPU, HAProxy one thread per CPU and lb's runtime one worker per CPU), the
+//! load generator and the backend run on the other CPUs, and every proxy keeps pooled
+//! keep-alive connections to the backend. Each case runs the three proxies one after the
+//! other, round after round (interleaved, so a burst of load from elsewhere on the machine
+//! hits them alike), and reports medians. HTTP/1.1 load comes from wrk, HTTP/2 from h2load;
+//! p50 and p99 come from wrk's `--latency` and h2load's per-request log.
+//!
+//! The `idle` case measures resident memory per idle client connection instead
+//! ([`idle`]).
 
-use anyhow::{bail, Context, Result};
+pub mod idle;
+pub mod load;
+pub mod rig;
+
+use anyhow::{bail, Result};
+use load::{Figures, Load};
+use rig::{Placement, Rig};
 use std::{
     fmt::Write as _,
-    net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
 };
 
 /// Options of the benchmark.
@@ -24,80 +31,125 @@ pub struct Options {
     /// Seconds of load per measurement.
     #[arg(long, default_value_t = 10)]
     pub duration: u32,
-    /// Concurrent connections (wrk -c, h2load -c).
-    #[arg(long, default_value_t = 50)]
-    pub connections: u32,
-    /// Concurrent streams per HTTP/2 connection (h2load -m).
-    #[arg(long, default_value_t = 10)]
-    pub streams: u32,
-    /// CPU list the proxies are pinned to.
+    /// Rounds per proxy (interleaved; medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Cases to run, comma-separated: h1 (50 keep-alive connections), h1-1000, h1-close (a
+    /// new connection per request), h1-64k (64 KiB responses), h2c (50 connections × 10
+    /// streams), idle (memory per idle HTTP/1.1 and HTTP/2 connection).
+    #[arg(
+        long,
+        default_value = "h1,h1-1000,h1-close,h1-64k,h2c,idle",
+        value_delimiter = ','
+    )]
+    pub cases: Vec<String>,
+    /// Idle connections per proxy and protocol in the `idle` case.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: u32,
+    /// CPU list the proxies are pinned to (its length is each proxy's worker count).
     #[arg(long, default_value = "0")]
     pub proxy_cpus: String,
     /// CPU list of the backend and the load generator.
     #[arg(long, default_value = "1")]
     pub load_cpus: String,
-    /// Rounds per proxy (interleaved; medians are reported).
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
-    /// Skip the HTTP/2 (h2load) measurements.
+    /// A short run to check the benchmark itself: 1 s, 1 round, 200 idle connections.
     #[arg(long)]
-    pub no_h2: bool,
+    pub quick: bool,
     /// Benchmark this lb binary instead of building one (e.g. to compare two builds).
     #[arg(long)]
     pub lb_bin: Option<PathBuf>,
 }
 
-const BACKEND_PORT: u16 = 18080;
-/// (name, HTTP/1.1 port, HTTP/2 cleartext port).
-const PROXIES: [(&str, u16, u16); 3] = [
-    ("lb", 18081, 18081),
-    ("nginx", 18082, 18092),
-    ("haproxy", 18083, 18093),
+/// A load case: what runs against each proxy.
+struct Case {
+    name: &'static str,
+    title: &'static str,
+    h2: bool,
+    connections: u32,
+    path: &'static str,
+    headers: &'static [&'static str],
+}
+
+const CASES: [Case; 5] = [
+    Case {
+        name: "h1",
+        title: "HTTP/1.1 keep-alive, 50 connections, 100 B",
+        h2: false,
+        connections: 50,
+        path: "/",
+        headers: &[],
+    },
+    Case {
+        name: "h1-1000",
+        title: "HTTP/1.1 keep-alive, 1000 connections, 100 B",
+        h2: false,
+        connections: 1000,
+        path: "/",
+        headers: &[],
+    },
+    Case {
+        name: "h1-close",
+        title: "HTTP/1.1, new connection per request, 50 at once, 100 B",
+        h2: false,
+        connections: 50,
+        path: "/",
+        headers: &["Connection: close"],
+    },
+    Case {
+        name: "h1-64k",
+        title: "HTTP/1.1 keep-alive, 50 connections, 64 KiB",
+        h2: false,
+        connections: 50,
+        path: rig::LARGE_PATH,
+        headers: &[],
+    },
+    Case {
+        name: "h2c",
+        title: "HTTP/2 h2c, 50 connections x 10 streams, 100 B",
+        h2: true,
+        connections: 50,
+        path: "/",
+        headers: &[],
+    },
 ];
 
-/// Kills its child on drop, so no server outlives the run.
-struct Server(Child);
-
-impl Drop for Server {
-    /// SIGTERM first: an nginx master killed with SIGKILL leaves its workers running.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-struct Figures {
-    rps: f64,
-    /// p99 (wrk) or mean (h2load) latency in milliseconds.
-    latency_ms: f64,
-    errors: String,
-}
-
-pub fn run(o: Options) -> Result<()> {
-    for tool in ["wrk", "h2load", "taskset", "haproxy", "/usr/sbin/nginx"] {
-        if which(tool).is_none() {
+pub fn run(mut o: Options) -> Result<()> {
+    for tool in [
+        "wrk",
+        "h2load",
+        "taskset",
+        "prlimit",
+        "haproxy",
+        "/usr/sbin/nginx",
+    ] {
+        if rig::which(tool).is_none() {
             bail!("{tool} is not installed (apt-get install wrk nghttp2-client nginx haproxy util-linux)");
         }
     }
-    let dir = std::env::temp_dir().join(format!("lb-bench-l7-{}", std::process::id()));
-    if let Some(lb) = &o.lb_bin {
-        std::fs::create_dir_all(&dir)?;
-        let result = bench(&o, lb, &dir);
-        let _ = std::fs::remove_dir_all(&dir);
-        return result;
+    if o.quick {
+        o.duration = 1;
+        o.rounds = 1;
+        o.idle_connections = o.idle_connections.min(200);
     }
-    let root = workspace_root();
+    for c in &o.cases {
+        if c != "idle" && !CASES.iter().any(|k| k.name == c) {
+            bail!("unknown case {c:?}");
+        }
+    }
+    let lb = build_lb(o.lb_bin.as_deref())?;
+    let dir = std::env::temp_dir().join(format!("lb-bench-l7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(&o, &lb, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// `lb` built with the benchmark profile (release-lb: release + fat LTO), or `given`.
+pub fn build_lb(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(lb) = given {
+        return Ok(lb.to_path_buf());
+    }
+    let root = crate::bootstrap::root();
     println!("building lb (profile release-lb: release + fat LTO)...");
     let st = Command::new("cargo")
         .args([
@@ -114,312 +166,135 @@ pub fn run(o: Options) -> Result<()> {
     if !st.success() {
         bail!("cargo build --profile release-lb failed");
     }
-    let lb = root.join("target/release-lb/lb");
-    std::fs::create_dir_all(&dir)?;
-    let result = bench(&o, &lb, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    Ok(root.join("target/release-lb/lb"))
 }
 
 fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {
-    let nginx_conf = |name: &str, body: &str| -> Result<PathBuf> {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d)?;
-        let text = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr error;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             keepalive_requests 1000000;\n{body}\n}}\n",
-            d = d.display()
-        );
-        let path = d.join("nginx.conf");
-        std::fs::write(&path, text)?;
-        Ok(path)
+    let at = Placement {
+        proxy_cpus: o.proxy_cpus.clone(),
+        load_cpus: o.load_cpus.clone(),
     };
-    let backend_conf = nginx_conf(
-        "backend",
-        &format!("server {{ listen 127.0.0.1:{BACKEND_PORT}; location / {{ return 200 \"hello from the backend\\n\"; }} }}"),
-    )?;
-    let proxy_conf = nginx_conf(
-        "nginx-proxy",
-        &format!(
-            "upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; keepalive_requests 1000000; }}\n\
-             server {{ listen 127.0.0.1:{p1}; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
-             server {{ listen 127.0.0.1:{p2} http2; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
-            p1 = PROXIES[1].1,
-            p2 = PROXIES[1].2
-        ),
-    )?;
-    let haproxy_conf = dir.join("haproxy.cfg");
-    std::fs::write(
-        &haproxy_conf,
-        format!(
-            "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\n\
-             frontend h1\n  bind 127.0.0.1:{p1}\n  default_backend be\nfrontend h2\n  bind 127.0.0.1:{p2} proto h2\n  default_backend be\n\
-             backend be\n  server s1 127.0.0.1:{BACKEND_PORT}\n",
-            p1 = PROXIES[2].1,
-            p2 = PROXIES[2].2
-        ),
-    )?;
-    let lb_conf = dir.join("lb.toml");
-    std::fs::write(
-        &lb_conf,
-        format!(
-            "[admin]\nsocket = \"{sock}\"\n\n[forwarding_rules.bench]\nip_address = \"127.0.0.1\"\nports = [{p}]\ntarget = \"bench\"\n\n\
-             [target_http_proxies.bench]\nurl_map = \"bench\"\n\n[url_maps.bench]\ndefault_service = \"be\"\n\n\
-             [backend_services.be]\nprotocol = \"HTTP\"\n\n[[backend_services.be.backends]]\naddress = \"127.0.0.1\"\nport = {BACKEND_PORT}\n",
-            p = PROXIES[0].1,
-            sock = dir.join("admin.sock").display()
-        ),
-    )?;
-
-    let pin = |cpus: &str, program: &Path, args: &[&str]| -> Result<Child> {
-        Command::new("taskset")
-            .arg("-c")
-            .arg(cpus)
-            .arg(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))
-    };
-    let nginx = Path::new("/usr/sbin/nginx");
-    let haproxy = which("haproxy").context("haproxy")?;
-    let _backend = Server(pin(
-        &o.load_cpus,
-        nginx,
-        &["-c", &backend_conf.display().to_string()],
-    )?);
-    wait_port(BACKEND_PORT)?;
-    let mut servers = vec![
-        Server(pin(
-            &o.proxy_cpus,
-            lb,
-            &["run", "--config", &lb_conf.display().to_string()],
-        )?),
-        Server(pin(
-            &o.proxy_cpus,
-            nginx,
-            &["-c", &proxy_conf.display().to_string()],
-        )?),
-        Server(pin(
-            &o.proxy_cpus,
-            &haproxy,
-            &["-db", "-f", &haproxy_conf.display().to_string()],
-        )?),
-    ];
-    for (name, p1, p2) in PROXIES {
-        wait_port(p1).with_context(|| format!("{name} did not start listening"))?;
-        wait_port(p2).with_context(|| format!("{name} did not start listening"))?;
+    let rig = rig::start(lb, dir, &at)?;
+    let mut out = format!(
+        "== bench-l7: median of {} rounds of {} s, proxies on CPU {} ({} worker(s) each), backend+load on CPU {} ==\n",
+        o.rounds,
+        o.duration,
+        o.proxy_cpus,
+        at.proxy_workers(),
+        o.load_cpus
+    );
+    for case in CASES.iter().filter(|c| o.cases.iter().any(|n| n == c.name)) {
+        let rows = run_case(o, &rig, case, dir)?;
+        out.push_str(&table(case.title, &rows));
     }
-
-    // Rounds interleave the proxies so a burst of load from elsewhere on the machine hits
-    // them alike; each figure reported is the median over the rounds.
-    let mut h1: Vec<Vec<Figures>> = vec![Vec::new(); PROXIES.len()];
-    let mut h2: Vec<Vec<Figures>> = vec![Vec::new(); PROXIES.len()];
-    for (_, p1, _) in PROXIES {
-        // Warm-up: pools filled, caches hot.
-        wrk(o, &format!("http://127.0.0.1:{p1}/"), 2)?;
-    }
-    for round in 1..=o.rounds {
-        for (i, (name, p1, p2)) in PROXIES.iter().enumerate() {
-            let f = wrk(o, &format!("http://127.0.0.1:{p1}/"), o.duration)?;
+    drop(rig);
+    if o.cases.iter().any(|c| c == "idle") {
+        let n = idle::feasible(o.idle_connections);
+        if n < o.idle_connections {
             println!(
-                "round {round} {name:<8} HTTP/1.1  {:>10.0} req/s   p99 {:>7.2} ms {}",
-                f.rps, f.latency_ms, f.errors
+                "idle: {n} connections instead of {} (hard RLIMIT_NOFILE {}, see bench_l7/idle.rs)",
+                o.idle_connections,
+                rig::hard_nofile()
             );
-            h1[i].push(f);
-            if !o.no_h2 {
-                let f = h2load(o, &format!("http://127.0.0.1:{p2}/"))?;
-                println!(
-                    "round {round} {name:<8} HTTP/2    {:>10.0} req/s   mean {:>6.2} ms {}",
-                    f.rps, f.latency_ms, f.errors
-                );
-                h2[i].push(f);
-            }
         }
+        let rows = idle::measure(lb, dir, &at, n)?;
+        out.push_str(&idle::table(n, &rows));
     }
-    let median = |runs: &[Figures]| -> Figures {
-        let mid = |mut v: Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        };
-        Figures {
-            rps: mid(runs.iter().map(|f| f.rps).collect()),
-            latency_ms: mid(runs.iter().map(|f| f.latency_ms).collect()),
-            errors: runs
-                .iter()
-                .map(|f| f.errors.as_str())
-                .collect::<Vec<_>>()
-                .join(""),
-        }
-    };
-    let h1: Vec<(&str, Figures)> = PROXIES
-        .iter()
-        .zip(&h1)
-        .map(|(p, r)| (p.0, median(r)))
-        .collect();
-    let h2: Vec<(&str, Figures)> = PROXIES
-        .iter()
-        .zip(&h2)
-        .filter(|(_, r)| !r.is_empty())
-        .map(|(p, r)| (p.0, median(r)))
-        .collect();
-    servers.clear();
-    println!("\n{}", report(o, &h1, &h2));
+    println!("\n{out}");
     Ok(())
 }
 
-fn report(o: &Options, h1: &[(&str, Figures)], h2: &[(&str, Figures)]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "== bench-l7: median of {} rounds of {} s, {} connections, proxies on CPU {}, backend+load on CPU {} ==",
-        o.rounds, o.duration, o.connections, o.proxy_cpus, o.load_cpus
-    );
-    for (title, rows, lat) in [
-        ("HTTP/1.1 (wrk)", h1, "p99"),
-        ("HTTP/2 h2c (h2load)", h2, "mean"),
-    ] {
-        if rows.is_empty() {
-            continue;
+fn run_case(
+    o: &Options,
+    rig: &Rig,
+    case: &Case,
+    dir: &Path,
+) -> Result<Vec<(&'static str, Figures)>> {
+    let load_cpus = o.load_cpus.as_str();
+    let threads = rig::Placement {
+        proxy_cpus: load_cpus.into(),
+        load_cpus: load_cpus.into(),
+    }
+    .proxy_workers() as u32;
+    let load = |secs| Load {
+        cpus: load_cpus,
+        connections: case.connections,
+        streams: 10,
+        secs,
+        threads,
+        headers: case.headers,
+    };
+    let measure = |p: &rig::Proxy, secs| -> Result<Figures> {
+        if case.h2 {
+            let url = format!("http://127.0.0.1:{}{}", p.h2_port, case.path);
+            load::h2load(&load(secs), &url, &dir.join("h2load.log"))
+        } else {
+            let url = format!("http://127.0.0.1:{}{}", p.h1_port, case.path);
+            load::wrk(&load(secs), &url)
         }
-        let _ = writeln!(out, "{title}");
-        let lb = &rows[0].1;
-        for (name, f) in rows {
-            let _ = writeln!(
-                out,
-                "  {name:<8} {:>10.0} req/s  {lat} {:>7.2} ms   lb/{name}: req/s x{:.2}, {lat} x{:.2}",
-                f.rps,
-                f.latency_ms,
-                lb.rps / f.rps.max(1e-9),
-                lb.latency_ms / f.latency_ms.max(1e-9)
+    };
+    for p in &rig.proxies {
+        measure(p, 1)?; // warm-up: pools filled, caches hot
+    }
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); rig.proxies.len()];
+    for round in 1..=o.rounds {
+        for (i, p) in rig.proxies.iter().enumerate() {
+            let f = measure(p, o.duration)?;
+            println!(
+                "{:<9} round {round} {:<8} {:>10.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms {}",
+                case.name, p.name, f.rps, f.p50_ms, f.p99_ms, f.errors
             );
+            runs[i].push(f);
         }
+    }
+    Ok(rig
+        .proxies
+        .iter()
+        .zip(&runs)
+        .map(|(p, r)| (p.name, median(r)))
+        .collect())
+}
+
+fn median(runs: &[Figures]) -> Figures {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    Figures {
+        rps: mid(runs.iter().map(|f| f.rps).collect()),
+        p50_ms: mid(runs.iter().map(|f| f.p50_ms).collect()),
+        p99_ms: mid(runs.iter().map(|f| f.p99_ms).collect()),
+        errors: runs
+            .iter()
+            .map(|f| f.errors.as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+    }
+}
+
+/// One case's rows, with lb's ratios to each peer and to the better peer.
+fn table(title: &str, rows: &[(&str, Figures)]) -> String {
+    let mut out = format!("{title}\n");
+    let lb = &rows[0].1;
+    for (name, f) in rows {
+        let _ = writeln!(
+            out,
+            "  {name:<8} {:>10.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms   lb/{name}: req/s x{:.2}, p99 x{:.2} {}",
+            f.rps,
+            f.p50_ms,
+            f.p99_ms,
+            lb.rps / f.rps.max(1e-9),
+            lb.p99_ms / f.p99_ms.max(1e-9),
+            f.errors
+        );
+    }
+    if let Some((name, best)) = rows[1..].iter().max_by(|a, b| a.1.rps.total_cmp(&b.1.rps)) {
+        let met = lb.rps >= best.rps && lb.p99_ms <= best.p99_ms;
+        let _ = writeln!(
+            out,
+            "  target (req/s >= the better peer, {name}, at no worse p99): {}",
+            if met { "met" } else { "missed" }
+        );
     }
     out
-}
-
-fn wrk(o: &Options, url: &str, secs: u32) -> Result<Figures> {
-    let out = Command::new("taskset")
-        .args(["-c", &o.load_cpus, "wrk", "-t1", "--latency"])
-        .arg(format!("-c{}", o.connections))
-        .arg(format!("-d{secs}s"))
-        .arg(url)
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut f = Figures::default();
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(v) = t.strip_prefix("Requests/sec:") {
-            f.rps = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = t.strip_prefix("99%") {
-            f.latency_ms = duration_ms(v.trim()).unwrap_or(f64::NAN);
-        } else if t.starts_with("Non-2xx") || t.starts_with("Socket errors") {
-            f.errors.push_str(t);
-            f.errors.push(' ');
-        }
-    }
-    if f.rps == 0.0 {
-        bail!("wrk printed no Requests/sec for {url}:\n{text}");
-    }
-    Ok(f)
-}
-
-fn h2load(o: &Options, url: &str) -> Result<Figures> {
-    let out = Command::new("taskset")
-        .args(["-c", &o.load_cpus, "h2load", "-t1"])
-        .arg(format!("-c{}", o.connections))
-        .arg(format!("-m{}", o.streams))
-        .arg(format!("-D{}", o.duration))
-        .arg(url)
-        .output()
-        .context("running h2load")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut f = Figures::default();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with("finished in") {
-            // "finished in 10.00s, 12345.60 req/s, 1.23MB/s"
-            f.rps = t
-                .split(',')
-                .nth(1)
-                .and_then(|s| s.trim().strip_suffix(" req/s"))
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0.0);
-        } else if let Some(v) = t.strip_prefix("time for request:") {
-            // "min max mean sd +/- sd"
-            f.latency_ms = v
-                .split_whitespace()
-                .nth(2)
-                .and_then(duration_ms)
-                .unwrap_or(f64::NAN);
-        } else if t.starts_with("requests:") && !t.contains(" 0 failed") {
-            f.errors.push_str(t);
-        }
-    }
-    if f.rps == 0.0 {
-        bail!("h2load printed no req/s for {url}:\n{text}");
-    }
-    Ok(f)
-}
-
-/// "1.23ms", "850.00us", "1.02s" → milliseconds.
-fn duration_ms(s: &str) -> Option<f64> {
-    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
-        (v, 0.001)
-    } else if let Some(v) = s.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1000.0)
-    } else {
-        return None;
-    };
-    num.trim().parse::<f64>().ok().map(|n| n * scale)
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("nothing listens on 127.0.0.1:{port} after 30 s")
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    if tool.starts_with('/') {
-        return Path::new(tool).exists().then(|| PathBuf::from(tool));
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.exists())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_tool_durations() {
-        assert_eq!(duration_ms("850.00us"), Some(0.85));
-        assert_eq!(duration_ms("1.50ms"), Some(1.5));
-        assert_eq!(duration_ms("2.00s"), Some(2000.0));
-        assert_eq!(duration_ms("fast"), None);
-    }
 }

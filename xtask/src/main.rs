@@ -7,6 +7,7 @@ mod bootstrap;
 mod deb;
 mod demo;
 mod lab;
+mod profile_l7;
 mod test;
 
 use anyhow::Result;
@@ -48,6 +49,9 @@ enum Cmd {
     },
     /// lb's L7 proxy against nginx and HAProxy on loopback (wrk, h2load), side by side.
     BenchL7(bench_l7::Options),
+    /// perf profiles (flame graphs and a breakdown per request) of lb, nginx and HAProxy
+    /// under the same HTTP/1.1 load.
+    ProfileL7(profile_l7::Options),
 }
 
 fn main() -> Result<()> {
@@ -61,5 +65,6 @@ fn main() -> Result<()> {
         Cmd::BenchXdp => bench::xdp(),
         Cmd::FuzzXdp { args } => bench::fuzz_xdp(&args),
         Cmd::BenchL7(o) => bench_l7::run(o),
+        Cmd::ProfileL7(o) => profile_l7::run(o),
     }
 }

@@ -71,6 +71,9 @@ enum State {
 /// An I/O wrapper that watches what the client sends.
 pub struct Observed<T> {
     inner: T,
+    /// Bytes read before and given back (hyper's read buffer when a connection is parked,
+    /// see [`super::park`]): served first, already observed.
+    rewound: bytes::Bytes,
     state: State,
     line: Vec<u8>,
     limit: usize,
@@ -90,11 +93,32 @@ impl<T> Observed<T> {
     ) -> Observed<T> {
         Observed {
             inner,
+            rewound: bytes::Bytes::new(),
             state: State::Head,
             line: Vec::new(),
             limit,
             verdicts,
             activity,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Gives back bytes this wrapper already read and observed; the next reads return
+    /// them first.
+    pub fn rewind(&mut self, bytes: bytes::Bytes) {
+        debug_assert!(self.rewound.is_empty());
+        self.rewound = bytes;
+    }
+
+    /// Frees what the wrapper keeps between heads (the head buffer's capacity), for a
+    /// connection parked between requests.
+    pub fn shed_idle_buffers(&mut self) {
+        if self.line.is_empty() {
+            self.line = Vec::new();
         }
     }
 
@@ -104,6 +128,7 @@ impl<T> Observed<T> {
             self.activity.head_done();
         }
         self.state = state;
+        self.activity.set_between_messages(state == State::Head);
     }
 
     fn feed(&mut self, mut data: &[u8]) {
@@ -272,8 +297,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.rewound.is_empty() {
+            let n = this.rewound.len().min(buf.remaining());
+            buf.put_slice(&this.rewound.split_to(n));
+            this.activity.read_done(false);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.activity.read_done(r.is_pending());
         if let Poll::Ready(Ok(())) = r {
             if buf.filled().len() > before {
                 this.activity.touch();
@@ -293,6 +325,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.write_done(r.is_pending());
         if let Poll::Ready(Ok(n)) = r {
             if n > 0 {
                 self.activity.touch();
@@ -301,7 +334,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
         r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.activity.write_done(r.is_pending());
+        r
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -312,6 +347,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.write_done(r.is_pending());
         if let Poll::Ready(Ok(n)) = r {
             if n > 0 {
                 self.activity.touch();

@@ -19,7 +19,10 @@ use super::limits::Permit;
 use std::{
     future::Future,
     pin::Pin,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 use tokio::{sync::Notify, time::Instant};
@@ -44,6 +47,14 @@ pub struct Activity {
     head_started: AtomicU64,
     open: AtomicU32,
     requests: AtomicU64,
+    /// Responses whose body hyper has not finished sending (see [`Responding`]).
+    responding: AtomicU32,
+    /// The last read of the socket found nothing to read (so hyper waits for bytes).
+    read_blocked: AtomicBool,
+    /// The last write or flush could not finish (so hyper still holds bytes to send).
+    write_blocked: AtomicBool,
+    /// The HTTP/1.1 byte stream is between two messages ([`super::framing`] follows it).
+    between_messages: AtomicBool,
     wake: Notify,
     /// The connection's place under the connection caps, held as long as the connection's
     /// I/O lives (an upgraded WebSocket outlives hyper's connection; its I/O keeps this).
@@ -72,6 +83,10 @@ impl Activity {
             head_started: AtomicU64::new(0),
             open: AtomicU32::new(0),
             requests: AtomicU64::new(0),
+            responding: AtomicU32::new(0),
+            read_blocked: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
+            between_messages: AtomicBool::new(true),
             wake: Notify::new(),
         }
     }
@@ -107,6 +122,47 @@ impl Activity {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::AcqRel);
         RequestGuard(self)
+    }
+
+    /// A response was handed to hyper; the returned guard goes with its body, which hyper
+    /// drops once the body is sent (or the connection ends).
+    pub fn responding(self: &Arc<Self>) -> Responding {
+        self.responding.fetch_add(1, Ordering::Relaxed);
+        Responding(self.clone())
+    }
+
+    /// The outcome of a read of the socket: `blocked` when nothing was there.
+    pub fn read_done(&self, blocked: bool) {
+        self.read_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// The outcome of a write or flush: `blocked` when the socket took not everything.
+    pub fn write_done(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// Whether the byte stream is between messages (no head or body part in progress).
+    pub fn set_between_messages(&self, between: bool) {
+        self.between_messages.store(between, Ordering::Relaxed);
+    }
+
+    /// Whether an HTTP/1.1 connection whose hyper future just returned `Pending` is idle:
+    /// waiting for the first byte of a next request, with no request in the service, no
+    /// response body being sent, nothing left to write and no message half read. Its
+    /// hyper state can then be taken apart and rebuilt when bytes arrive
+    /// ([`super::park`]).
+    pub fn idle_between_requests(&self) -> bool {
+        self.read_blocked.load(Ordering::Relaxed)
+            && !self.write_blocked.load(Ordering::Relaxed)
+            && self.between_messages.load(Ordering::Relaxed)
+            && self.head_started.load(Ordering::Relaxed) == 0
+            && self.open.load(Ordering::Acquire) == 0
+            && self.responding.load(Ordering::Relaxed) == 0
+    }
+
+    /// When bytes last moved either way (the start of the quiet period).
+    pub fn quiet_since(&self) -> Instant {
+        self.at(self.last_io.load(Ordering::Relaxed))
     }
 
     /// The earliest deadline now, and what it is for.
@@ -149,6 +205,16 @@ impl Drop for RequestGuard<'_> {
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.wake.notify_one();
         }
+    }
+}
+
+/// A response body being sent (see [`Activity::responding`]).
+#[derive(Debug)]
+pub struct Responding(Arc<Activity>);
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        self.0.responding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -138,8 +138,12 @@ pub struct ClientSettings {
     pub max_connections_per_listener: usize,
     /// Client keep-alive per target proxy (`http_keep_alive_timeout_sec`).
     keep_alive: HashMap<String, Duration>,
-    /// hyper's server settings (HTTP/1.1 and HTTP/2).
+    /// hyper's server settings (HTTP/1.1 and HTTP/2), for connections whose protocol is
+    /// found by hyper-util (HTTP/2 prior knowledge, TLS).
     pub server: auto::Builder<TokioExecutor>,
+    /// The same HTTP/1.1 settings, for plain-text HTTP/1.1 connections served in rounds
+    /// ([`super::park`]).
+    pub http1: hyper::server::conn::http1::Builder,
 }
 
 /// The default client keep-alive (SEMANTICS: 600 s).
@@ -170,6 +174,13 @@ impl ClientSettings {
             .header_read_timeout(None)
             .max_buf_size(max_header_bytes.max(8192))
             .keep_alive(true);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(max_header_bytes.max(8192))
+            .max_header_size(max_header_bytes.max(8192))
+            .keep_alive(true);
         server
             .http2()
             .timer(TokioTimer::new())
@@ -183,6 +194,7 @@ impl ClientSettings {
             max_connections_per_listener: l.max_connections_per_listener as usize,
             keep_alive,
             server,
+            http1,
         }
     }
 

@@ -11,7 +11,8 @@
 use super::{
     framing::{Observed, Verdicts},
     idle::{self, Activity, Timeouts},
-    limits::Permit,
+    limits::{ClientSettings, Permit},
+    park::{self, Wake},
     proxy, L7Error, Shared,
 };
 use hyper::service::service_fn;
@@ -112,32 +113,44 @@ async fn serve(
         verdicts: verdicts.clone(),
         activity: activity.clone(),
     });
-    let builder = &settings.server;
     let svc = {
         let shared = shared.clone();
-        service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req))
+        service_fn(move |req| {
+            let conn = conn.clone();
+            let handled = proxy::handle(shared.clone(), conn.clone(), req);
+            async move {
+                let resp = handled.await?;
+                Ok::<_, proxy::BrokenChunk>(
+                    resp.map(|b| park::Tracked::new(b, conn.activity.responding())),
+                )
+            }
+        })
     };
+    // The task's future stays small: the TLS path (handshake and all) is boxed, so a
+    // plain-text connection's task holds only what its current state needs (a parked
+    // HTTP/1.1 connection no hyper state at all, see `park`).
     let result = match route.tls {
         Some(cfg) => {
-            // The handshake counts against the first-request deadline.
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let tls =
-                match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let io = TokioIo::new(Observed::new(tls, limit, verdicts, activity.clone()));
-            let conn = builder.serve_connection_with_upgrades(io, svc);
-            idle::drive(conn, &activity, timeouts, |c| c.graceful_shutdown()).await
+            let tls = Box::pin(serve_tls(
+                settings.clone(),
+                cfg,
+                stream,
+                Observing {
+                    limit,
+                    verdicts,
+                    activity: activity.clone(),
+                },
+                svc,
+                timeouts,
+            ));
+            match tls.await {
+                Some(r) => r,
+                None => return,
+            }
         }
         None => {
-            let io = TokioIo::new(Observed::new(stream, limit, verdicts, activity.clone()));
-            let conn = builder.serve_connection_with_upgrades(io, svc);
-            idle::drive(conn, &activity, timeouts, |c| c.graceful_shutdown()).await
+            let io = Observed::new(stream, limit, verdicts, activity.clone());
+            serve_plain(&settings, io, svc, &activity, timeouts).await
         }
     };
     match result {
@@ -151,4 +164,158 @@ async fn serve(
         Err(why) => tracing::debug!(%peer, ?why, "connection closed by its timer"),
         Ok(Ok(())) => {}
     }
+}
+
+/// What a connection's serving ended with: hyper's result, or the watchdog's reason.
+type Served = Result<Result<(), Box<dyn std::error::Error + Send + Sync>>, idle::Expired>;
+
+/// The HTTP/2 connection preface; a plain-text connection starting with it is HTTP/2
+/// with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A plain-text connection: HTTP/2 (prior knowledge, or bytes that may still become its
+/// preface) goes to hyper-util's auto builder for good; HTTP/1.1 is served in rounds,
+/// parked between requests ([`park`]).
+async fn serve_plain<S, F>(
+    settings: &ClientSettings,
+    mut io: Observed<tokio::net::TcpStream>,
+    svc: S,
+    activity: &Arc<Activity>,
+    timeouts: Timeouts,
+) -> Served
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<park::Tracked>,
+            Error = proxy::BrokenChunk,
+            Future = F,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static,
+    F: std::future::Future<Output = Result<hyper::Response<park::Tracked>, proxy::BrokenChunk>>
+        + Send
+        + 'static,
+{
+    let first = idle::drive(
+        park::FirstBytes::new(io.get_ref()),
+        activity,
+        timeouts,
+        |p| p.close(),
+    )
+    .await?;
+    let Some(first) = first.filter(|b| !b.is_empty()) else {
+        return Ok(Ok(())); // closed by the client or the watchdog
+    };
+    if H2_PREFACE.starts_with(&first) {
+        let conn = settings
+            .server
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        return Box::pin(idle::drive(conn, activity, timeouts, |c| {
+            c.graceful_shutdown()
+        }))
+        .await;
+    }
+    loop {
+        let conn = settings
+            .http1
+            .serve_connection(TokioIo::new(io), svc.clone())
+            .with_upgrades();
+        let round = park::UntilIdle::new(conn, activity.clone());
+        let round = Box::pin(idle::drive(round, activity, timeouts, |r| {
+            if let Some(c) = r.conn() {
+                c.graceful_shutdown()
+            }
+        }))
+        .await?;
+        let conn = match round {
+            park::Round::Done(r) => return Ok(r.map_err(Into::into)),
+            park::Round::Idle(conn) => conn,
+        };
+        let Some(hyper::server::conn::http1::Parts {
+            io: parts,
+            read_buf,
+            ..
+        }) = conn.into_parts()
+        else {
+            return Ok(Ok(())); // upgraded: the upgrade owns the socket now
+        };
+        io = parts.into_inner();
+        if !read_buf.is_empty() {
+            io.rewind(read_buf); // hyper read ahead: serve it at once
+            continue;
+        }
+        // Even empty, the buffer still owns hyper's 8 KiB allocation: not kept while parked.
+        drop(read_buf);
+        io.shed_idle_buffers();
+        if wait_readable(&io, activity, timeouts).await? == Wake::Close {
+            return Ok(Ok(()));
+        }
+    }
+}
+
+/// What the I/O wrapper of a connection needs ([`Observed::new`]).
+struct Observing {
+    limit: usize,
+    verdicts: Arc<Verdicts>,
+    activity: Arc<Activity>,
+}
+
+/// A TLS connection: the handshake under the first-request deadline, then hyper-util's
+/// auto builder for the connection's whole life (rustls' state cannot be taken apart and
+/// rebuilt, so TLS connections are not parked). `None` when the handshake failed or timed
+/// out.
+async fn serve_tls<S, F>(
+    settings: Arc<ClientSettings>,
+    cfg: Arc<rustls::ServerConfig>,
+    stream: tokio::net::TcpStream,
+    observing: Observing,
+    svc: S,
+    timeouts: Timeouts,
+) -> Option<Served>
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<park::Tracked>,
+            Error = proxy::BrokenChunk,
+            Future = F,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static,
+    F: std::future::Future<Output = Result<hyper::Response<park::Tracked>, proxy::BrokenChunk>>
+        + Send
+        + 'static,
+{
+    let peer = stream.peer_addr().ok();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let tls = match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let Observing {
+        limit,
+        verdicts,
+        activity,
+    } = observing;
+    let io = TokioIo::new(Observed::new(tls, limit, verdicts, activity.clone()));
+    let conn = settings.server.serve_connection_with_upgrades(io, svc);
+    Some(idle::drive(conn, &activity, timeouts, |c| c.graceful_shutdown()).await)
+}
+
+/// Waits, holding only the socket, until bytes arrive or the watchdog closes the
+/// connection.
+async fn wait_readable(
+    io: &Observed<tokio::net::TcpStream>,
+    activity: &Activity,
+    timeouts: Timeouts,
+) -> Result<Wake, idle::Expired> {
+    idle::drive(park::Parked::new(io.get_ref()), activity, timeouts, |p| {
+        p.close()
+    })
+    .await
 }

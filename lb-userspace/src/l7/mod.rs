@@ -20,6 +20,7 @@ pub mod idle;
 pub mod limits;
 pub mod listener;
 pub mod outlier;
+pub mod park;
 pub mod proxy;
 // The URL-map modules live in `routing`; these names keep `l7::router` and friends
 // readable where the proxy uses them.
