@@ -49,7 +49,8 @@ pub fn render(prefixes: &BTreeSet<String>) -> String {
          # and the XDP program takes the packets before the kernel's routing sees them.\n",
     );
     s += &format!("protocol static {PROTOCOL} {{\n  ipv4;\n");
-    for p in prefixes.iter().filter(|p| !p.contains(':')) {
+    // IPv4 only: validation refuses announced IPv6 rules (`validate_announce`).
+    for p in prefixes {
         s += &format!("  route {p} blackhole;\n");
     }
     s += "}\n";
