@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Child, Command, Stdio},
 };
 
@@ -119,6 +119,31 @@ impl Drop for ProcGuard {
 }
 
 /// A client, a balancer and backends on one bridge.
+/// The address family a dual-stack topology test runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// `addr:port` as a peer prints it (`10.0.0.1:` or `[fd00::1]:`), without the port.
+    pub fn host_prefix(addr: IpAddr) -> String {
+        match addr {
+            IpAddr::V4(a) => format!("{a}:"),
+            IpAddr::V6(a) => format!("[{a}]:"),
+        }
+    }
+
+    /// nftables' name of the family (`ip`, `ip6`).
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+}
+
 pub struct Topology {
     pub prefix: String,
     pub net: u8,
@@ -181,6 +206,31 @@ impl Topology {
     }
     pub fn backend_ip6(&self, i: usize) -> Ipv6Addr {
         self.ip6(0x11 + i as u16)
+    }
+    /// The VIP of `fam`.
+    pub fn vip_of(&self, fam: Family) -> IpAddr {
+        match fam {
+            Family::V4 => self.vip().into(),
+            Family::V6 => self.vip6().into(),
+        }
+    }
+    pub fn client_of(&self, fam: Family) -> IpAddr {
+        match fam {
+            Family::V4 => self.client_ip().into(),
+            Family::V6 => self.client_ip6().into(),
+        }
+    }
+    pub fn balancer_of(&self, fam: Family) -> IpAddr {
+        match fam {
+            Family::V4 => self.balancer_ip().into(),
+            Family::V6 => self.balancer_ip6().into(),
+        }
+    }
+    pub fn backend_of(&self, fam: Family, i: usize) -> IpAddr {
+        match fam {
+            Family::V4 => self.backend_ip(i).into(),
+            Family::V6 => self.backend_ip6(i).into(),
+        }
     }
     /// The MAC of `eth0` in `ns`.
     pub fn mac_of(&self, ns: &Ns) -> Result<String> {

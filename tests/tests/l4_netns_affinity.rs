@@ -8,7 +8,7 @@
 use anyhow::{Context, Result};
 use lb_tests::{
     lbrun::{agent_sections, field, wait_for, Agent},
-    netns::{ProcGuard, Topology},
+    netns::{Family as Fam, ProcGuard, Topology},
     root_or_skip,
 };
 use socket2::{Domain, Socket, Type};
@@ -25,21 +25,17 @@ const CLIENTS: u16 = 12;
 /// Ports served by every backend (one lb-backend per port, TCP and UDP).
 const PORTS: [u16; 8] = [80, 81, 82, 83, 84, 86, 87, 88];
 
-/// The address family a test runs over: the topology's addresses of that family.
-#[derive(Clone, Copy, Debug)]
-enum Fam {
-    V4,
-    V6,
+/// What these tests need of a family beyond the topology's own addresses: a second VIP,
+/// extra client addresses, and how `ip` adds them.
+trait Extra {
+    fn vip_b(self, t: &Topology) -> IpAddr;
+    fn client(self, t: &Topology, i: u16) -> IpAddr;
+    fn add_addr(self, ns: &lb_tests::netns::Ns, addr: IpAddr, len: u8, dev: &str) -> Result<()>;
+    fn host_len(self) -> u8;
+    fn subnet_len(self) -> u8;
 }
 
-impl Fam {
-    fn vip_a(self, t: &Topology) -> IpAddr {
-        match self {
-            Fam::V4 => t.vip().into(),
-            Fam::V6 => t.vip6().into(),
-        }
-    }
-
+impl Extra for Fam {
     /// The second VIP (.101, or ::101 of the topology's prefix).
     fn vip_b(self, t: &Topology) -> IpAddr {
         match self {
@@ -64,26 +60,12 @@ impl Fam {
         }
     }
 
-    fn backend(self, t: &Topology, i: usize) -> IpAddr {
-        match self {
-            Fam::V4 => t.backend_ip(i).into(),
-            Fam::V6 => t.backend_ip6(i).into(),
-        }
-    }
-
-    fn balancer(self, t: &Topology) -> IpAddr {
-        match self {
-            Fam::V4 => t.balancer_ip().into(),
-            Fam::V6 => t.balancer_ip6().into(),
-        }
-    }
-
-    /// `ip -4|-6 addr add <addr>/<len> dev <dev>` (IPv6 without duplicate detection, so
-    /// the address is usable at once).
+    /// `ip addr add <addr>/<len> dev <dev>` (IPv6 without duplicate detection, so the
+    /// address is usable at once).
     fn add_addr(self, ns: &lb_tests::netns::Ns, addr: IpAddr, len: u8, dev: &str) -> Result<()> {
         let a = format!("{addr}/{len}");
         let mut args = vec!["ip", "addr", "add", a.as_str(), "dev", dev];
-        if let Fam::V6 = self {
+        if self == Fam::V6 {
             args.push("nodad");
         }
         ns.exec(&args)?;
@@ -107,7 +89,7 @@ impl Fam {
 
 fn config(t: &Topology, fam: Fam) -> String {
     let mut c = agent_sections(t).replace("max_services = 4", "max_services = 12");
-    let (a, b) = (fam.vip_a(t), fam.vip_b(t));
+    let (a, b) = (t.vip_of(fam), fam.vip_b(t));
     // (rule, VIP, protocol, port, service)
     let rules: &[(&str, IpAddr, &str, u16, &str)] = &[
         ("none", a, "TCP", 80, "none"),
@@ -157,7 +139,7 @@ fn config(t: &Topology, fam: Fam) -> String {
         for i in 0..3 {
             c += &format!(
                 "[[backend_services.{name}.backends]]\nname = \"backend-{i}\"\naddress = \"{}\"\n",
-                fam.backend(t, i)
+                t.backend_of(fam, i)
             );
         }
         c += "\n";
@@ -167,7 +149,7 @@ fn config(t: &Topology, fam: Fam) -> String {
 
 /// Every backend serves every port, TCP and UDP (UDP bound to both VIPs).
 fn start_backends(t: &Topology, fam: Fam) -> Result<Vec<ProcGuard>> {
-    let (a, b) = (fam.vip_a(t).to_string(), fam.vip_b(t).to_string());
+    let (a, b) = (t.vip_of(fam).to_string(), fam.vip_b(t).to_string());
     let mut out = Vec::new();
     for (i, ns) in t.backends.iter().enumerate() {
         fam.add_addr(ns, fam.vip_b(t), fam.host_len(), "lo")?;
@@ -271,12 +253,12 @@ fn running(fam: Fam) -> (Topology, Vec<ProcGuard>, Agent) {
             "add",
             &route,
             "via",
-            &fam.balancer(&t).to_string(),
+            &t.balancer_of(fam).to_string(),
         ])
         .unwrap();
     let backends = start_backends(&t, fam).unwrap();
     let agent = Agent::start(&t.balancer, &config(&t, fam)).unwrap();
-    let to = SocketAddr::new(fam.vip_a(&t), 80);
+    let to = SocketAddr::new(t.vip_of(fam), 80);
     let src = fam.client(&t, 0);
     let ok = t
         .client
@@ -317,7 +299,7 @@ fn per_session_persistence_and_drop_if_unhealthy_over_ipv6() {
 fn affinity_modes(fam: Fam) {
     let (t, _backends, agent) = running(fam);
     let at = |vip: IpAddr, port| SocketAddr::new(vip, port);
-    let (a, b) = (fam.vip_a(&t), fam.vip_b(&t));
+    let (a, b) = (t.vip_of(fam), fam.vip_b(&t));
     let me = fam.client(&t, 0);
 
     // NONE and CLIENT_IP_PORT_PROTO: one client's connections spread (5-tuple).
@@ -369,7 +351,7 @@ fn affinity_modes(fam: Fam) {
 
 fn persistence(fam: Fam) {
     let (t, _backends, agent) = running(fam);
-    let at = |port| SocketAddr::new(fam.vip_a(&t), port);
+    let at = |port| SocketAddr::new(t.vip_of(fam), port);
     let me = fam.client(&t, 0);
 
     // PER_SESSION: the client's session lives on one backend; drained, it keeps the
