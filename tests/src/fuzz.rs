@@ -68,6 +68,9 @@ pub struct Tally {
 #[derive(Clone)]
 pub struct Oracle {
     vips: Vec<IpAddr>,
+    /// The VIP addresses by family, for the generator.
+    vips4: Vec<[u8; 4]>,
+    vips6: Vec<[u8; 16]>,
     backend_macs: Vec<[u8; 6]>,
     ports: Vec<u16>,
 }
@@ -84,8 +87,24 @@ impl Oracle {
             .collect();
         let mut ports: Vec<u16> = plan.vips.iter().map(|v| v.port).collect();
         ports.extend([1, 22, 443, 65535]);
+        let vips4 = vips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v) => Some(v.octets()),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let vips6 = vips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(v) => Some(v.octets()),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
         Oracle {
             vips,
+            vips4,
+            vips6,
             backend_macs,
             ports,
         }
@@ -121,15 +140,7 @@ impl<'a> Gen<'a> {
     }
 
     fn v4(&mut self) -> [u8; 4] {
-        let vips: Vec<[u8; 4]> = self
-            .oracle
-            .vips
-            .iter()
-            .filter_map(|a| match a {
-                IpAddr::V4(v) => Some(v.octets()),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
+        let vips = &self.oracle.vips4;
         match self.rng.u8(0..10) {
             0..=5 if !vips.is_empty() => vips[self.rng.usize(..vips.len())],
             6 | 7 => [10, 0, 0, self.rng.u8(..)],
@@ -143,15 +154,7 @@ impl<'a> Gen<'a> {
     }
 
     fn v6(&mut self) -> [u8; 16] {
-        let vips: Vec<[u8; 16]> = self
-            .oracle
-            .vips
-            .iter()
-            .filter_map(|a| match a {
-                IpAddr::V6(v) => Some(v.octets()),
-                IpAddr::V4(_) => None,
-            })
-            .collect();
+        let vips = &self.oracle.vips6;
         if !vips.is_empty() && self.chance(60) {
             return vips[self.rng.usize(..vips.len())];
         }

@@ -81,13 +81,21 @@ impl XdpHarness {
             conn_table_size,
             conn_promotions_per_sec: promotions_per_sec,
         };
-        let mut ebpf =
-            loader::load_object(&pin_dir, sizes, object).context("loading the balancer")?;
-        for p in [names::PROG_LB, names::PROG_PASS] {
-            let prog: &mut Xdp = ebpf.program_mut(p).context("program")?.try_into()?;
-            prog.load()?;
-        }
-        let programmer = Programmer::open(&pin_dir, ring_size, max_services)?;
+        let loaded = (|| -> Result<(aya::Ebpf, Programmer)> {
+            let mut ebpf =
+                loader::load_object(&pin_dir, sizes, object).context("loading the balancer")?;
+            for p in [names::PROG_LB, names::PROG_PASS] {
+                let prog: &mut Xdp = ebpf.program_mut(p).context("program")?.try_into()?;
+                prog.load()?;
+            }
+            let programmer = Programmer::open(&pin_dir, ring_size, max_services)?;
+            Ok((ebpf, programmer))
+        })();
+        // The maps are pinned before the programs load: a refused program (verifier) or any
+        // later failure must not leave this private pin folder behind, as no `Drop` will run.
+        let (ebpf, programmer) = loaded.inspect_err(|_| {
+            let _ignored = loader::teardown(&pin_dir);
+        })?;
         Ok(XdpHarness {
             ebpf,
             pin_dir,

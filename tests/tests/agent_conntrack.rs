@@ -15,30 +15,11 @@ use lb_tests::{
 };
 use lb_userspace::dataplane::loader::open_pinned;
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     process::Command,
     time::{Duration, Instant},
 };
 
 const METRICS_PORT: u16 = 9191;
-
-fn scrape(t: &Topology) -> String {
-    t.balancer
-        .run_in(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                s,
-                "GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
-        .unwrap()
-        .unwrap()
-}
 
 /// `lb stats` for the agent's pin folder: (reason, packets) rows.
 fn stats(agent: &Agent) -> String {
@@ -98,7 +79,7 @@ fn lb_run_applies_the_promotion_limit_and_shows_connection_table_counters() {
     assert!(stat(&text, "conn_young_insert") >= 1, "{text}");
     assert_eq!(stat(&text, "conn_insert_failed"), 0, "{text}");
     assert_eq!(stat(&text, "conn_promotion_skipped"), 0, "{text}");
-    let metrics = scrape(&t);
+    let metrics = scrape(&t, METRICS_PORT);
     for name in [
         "conn_young_insert",
         "conn_promoted",

@@ -47,6 +47,10 @@ fn failover_backends_serve_only_below_the_ratio() {
     .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
     let per = new_flows(&t, 60).unwrap();
     assert_eq!(names(&per), ["backend-2"], "{per:?}");
+    // The pinned slots carry each backend's role, which `lb explain` reads.
+    let maps = Maps::read(&pins).unwrap();
+    let failover = |ip| maps.flags(ip).unwrap() & lb_common::backend_flags::FAILOVER != 0;
+    assert!(failover(ip2) && !failover(ip0) && !failover(ip1));
 
     // Same health with ratio 0.4 (0.5 ≥ 0.4): the remaining primary serves alone.
     let text = config(&t, &opts(0.4))

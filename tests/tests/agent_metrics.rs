@@ -6,28 +6,7 @@ mod agent_support;
 
 use agent_support::*;
 use lb_tests::{lbrun::Agent, netns::Topology, root_or_skip};
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
-
-fn scrape(t: &Topology, port: u16) -> String {
-    t.balancer
-        .run_in(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                s,
-                "GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
-        .unwrap()
-        .unwrap()
-}
+use std::time::Duration;
 
 /// The value of the first sample line starting with `prefix`.
 fn value(text: &str, prefix: &str) -> Option<f64> {

@@ -6,13 +6,7 @@ mod agent_support;
 
 use agent_support::*;
 use lb_tests::{lbrun::Agent, netns::Topology, root_or_skip};
-use std::{
-    collections::BTreeSet,
-    io::{Read, Write},
-    net::TcpStream,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 const METRICS_PORT: u16 = 9193;
 
@@ -58,23 +52,6 @@ fn exported(scrape: &str, name: &str) -> bool {
     })
 }
 
-fn scrape(t: &Topology) -> String {
-    t.balancer
-        .run_in(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                s,
-                "GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
-        .unwrap()
-        .unwrap()
-}
-
 #[test]
 fn dashboard_and_alerts_name_only_exported_metrics() {
     let alerts = std::fs::read_to_string(monitoring().join("lb-alerts.yml")).unwrap();
@@ -114,7 +91,7 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
     let agent = Agent::start(&t.balancer, &config(&t, &o)).unwrap();
     wait_ready(&t, &agent);
     let text = lb_tests::lbrun::wait_for(Duration::from_secs(10), || {
-        let s = scrape(&t);
+        let s = scrape(&t, METRICS_PORT);
         anyhow::ensure!(s.contains("lb_health_backend_up{"), "no health yet");
         Ok(s)
     })

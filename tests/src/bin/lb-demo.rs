@@ -125,16 +125,7 @@ fn demo() -> Result<()> {
                 })
                 .collect()
         })??;
-        let mut per: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, b) in banners.iter().enumerate() {
-            let name = field(b, "name").unwrap_or("?");
-            println!(
-                "   {proto} #{i:<2} answered by {name:<10} (it saw client {})",
-                field(b, "client").unwrap_or("?")
-            );
-            *per.entry(name.to_string()).or_default() += 1;
-        }
-        println!("   spread: {per:?}");
+        show_spread(proto, &banners);
         lb_tests::interrupt::check()?;
     }
     println!("== 12 TCP connections to the IPv6 VIP [{}]:80", t.vip6());
@@ -144,16 +135,7 @@ fn demo() -> Result<()> {
             .map(|_| tcp_banner(to6, Duration::from_secs(2)))
             .collect()
     })??;
-    let mut per: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, b) in banners.iter().enumerate() {
-        let name = field(b, "name").unwrap_or("?");
-        println!(
-            "   TCP6 #{i:<2} answered by {name:<10} (it saw client {})",
-            field(b, "client").unwrap_or("?")
-        );
-        *per.entry(name.to_string()).or_default() += 1;
-    }
-    println!("   spread: {per:?}");
+    show_spread("TCP6", &banners);
     lb_tests::interrupt::check()?;
     let sock = agent.dir.join("admin.sock");
     let lb = |args: &[&str]| -> Result<()> {
@@ -194,4 +176,19 @@ fn demo() -> Result<()> {
         .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
+}
+
+/// Prints which backend answered each exchange (and the client address it saw), then the
+/// spread over backends.
+fn show_spread(proto: &str, banners: &[String]) {
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, b) in banners.iter().enumerate() {
+        let name = field(b, "name").unwrap_or("?");
+        println!(
+            "   {proto} #{i:<2} answered by {name:<10} (it saw client {})",
+            field(b, "client").unwrap_or("?")
+        );
+        *per.entry(name.to_string()).or_default() += 1;
+    }
+    println!("   spread: {per:?}");
 }

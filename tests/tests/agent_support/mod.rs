@@ -384,3 +384,23 @@ pub fn wait_ready(t: &Topology, agent: &Agent) {
     });
     assert!(ok.is_ok(), "agent not ready: {ok:?}\nlog:\n{}", agent.log());
 }
+
+/// `GET /metrics` from the agent's metrics endpoint on the balancer's 127.0.0.1:`port`: the
+/// whole HTTP response.
+pub fn scrape(t: &Topology, port: u16) -> String {
+    use std::io::{Read, Write};
+    t.balancer
+        .run_in(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .unwrap()
+        .unwrap()
+}
