@@ -11,6 +11,16 @@
 //!   (RFC 6935/6936 allow it for tunnels; the decapsulation program never hands the outer
 //!   header to the kernel).
 
+/// Values of `ServiceMeta::forwarding`.
+pub mod forwarding {
+    /// L2 direct server return: only the MACs change (the backend shares the balancer's L2).
+    pub const L2_DSR: u32 = 0;
+    /// IPIP to the backend's address, next hop from the kernel's FIB.
+    pub const IPIP: u32 = 1;
+    /// GUE (variant 1) to the backend's address, next hop from the kernel's FIB.
+    pub const GUE: u32 = 2;
+}
+
 /// Default GUE destination port (the one Katran uses).
 pub const GUE_DEFAULT_PORT: u16 = 6080;
 /// IP protocol number of IPv4-in-IP (outer IPv4 `protocol`, RFC 2003).

@@ -185,6 +185,11 @@ pub struct ServiceMeta {
     pub flags: u32,
     /// Idle timeout of connection-table entries, seconds (SEMANTICS: 600 by default).
     pub idle_timeout_s: u32,
+    /// How packets reach the backends: one of [`encap::forwarding`].
+    pub forwarding: u32,
+    /// GUE: the outer UDP destination port, network order.
+    pub gue_port_be: u16,
+    pub _pad: u16,
 }
 
 /// Value of `BACKENDS`, indexed by backend id.
@@ -204,6 +209,9 @@ pub struct Backend {
     /// The service the slot belongs to; lets a restarted agent adopt slot assignments from
     /// the pinned map instead of reshuffling them.
     pub service: u32,
+    /// Encapsulated forwarding: the outer source address (the address the kernel itself
+    /// uses toward this backend, `ip route get`), same layout as `addr`. Unused by L2 DSR.
+    pub src: [u8; 16],
 }
 
 /// Key of `CONNS` (and the input of the flow hash).
@@ -345,8 +353,10 @@ mod layout {
         assert_eq!(offset_of!(VipKey, family), 19);
         assert_eq!(size_of::<VipMeta>(), 12);
         assert_eq!(size_of::<VipAddrKey>(), 20);
-        assert_eq!(size_of::<ServiceMeta>(), 16);
-        assert_eq!(size_of::<Backend>(), 36);
+        assert_eq!(size_of::<ServiceMeta>(), 24);
+        assert_eq!(offset_of!(ServiceMeta, gue_port_be), 20);
+        assert_eq!(size_of::<Backend>(), 52);
+        assert_eq!(offset_of!(Backend, src), 36);
         assert_eq!(offset_of!(Backend, service), 32);
         assert_eq!(offset_of!(Backend, mac), 16);
         assert_eq!(offset_of!(Backend, flags), 24);

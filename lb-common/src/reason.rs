@@ -66,7 +66,28 @@ impl Reason {
     /// ports cannot be found, so no backend can be chosen.
     pub const DROP_EXT_HEADERS: Reason = Reason(19);
 
-    pub const COUNT: u32 = 20;
+    // Encapsulated forwarding (routed backends; README "Routed backends").
+    /// Forwarded to a backend in IPIP (IPv4 in IPv4, IPv6 in IPv6).
+    pub const TX_IPIP: Reason = Reason(20);
+    /// Forwarded to a backend in GUE (variant 1: the IP packet directly in UDP).
+    pub const TX_GUE: Reason = Reason(21);
+    /// An encapsulated packet left by another interface than it came in on (XDP_REDIRECT to
+    /// the FIB's egress interface), counted beside `tx_ipip`/`tx_gue`.
+    pub const SEEN_ENCAP_REDIRECT: Reason = Reason(22);
+    /// Drop: the FIB's next hop toward the backend has no resolved neighbour (MAC) yet; the
+    /// agent provokes resolution on its next tick.
+    pub const DROP_FIB_NO_NEIGH: Reason = Reason(23);
+    /// Drop: the FIB has no usable route toward the backend (unreachable, blackhole,
+    /// prohibited, forwarding disabled on the interface, or an error).
+    pub const DROP_FIB_NO_ROUTE: Reason = Reason(24);
+    /// Answered: the encapsulated packet would exceed the egress MTU; the client got ICMP
+    /// "fragmentation needed" (ICMPv6 Packet Too Big) with the MTU left after encapsulation.
+    pub const TX_ICMP_TOO_BIG: Reason = Reason(25);
+    /// Drop: too big once encapsulated and not answerable: IPv4 without DF (it may not be
+    /// answered with "fragmentation needed") or with IP options.
+    pub const DROP_TOO_BIG: Reason = Reason(26);
+
+    pub const COUNT: u32 = 27;
 
     /// Stable names, used by `lb stats`, the admin socket and metrics.
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
@@ -90,6 +111,13 @@ impl Reason {
         "conn_promotion_skipped",
         "conn_miss_mid_flow",
         "drop_ext_headers",
+        "tx_ipip",
+        "tx_gue",
+        "seen_encap_redirect",
+        "drop_fib_no_neigh",
+        "drop_fib_no_route",
+        "tx_icmp_too_big",
+        "drop_too_big",
     ];
 
     pub fn name(self) -> &'static str {

@@ -5,17 +5,18 @@
 //! sends its packets back to back, never lives long enough to displace an established flow.
 //! README: "Connection table under a flood".
 
-use lb_common::{limits::PROMOTE_AFTER_NS, Backend, ConnEntry, FlowKey, Reason};
+use lb_common::{limits::PROMOTE_AFTER_NS, ConnEntry, FlowKey, Reason};
 
 use crate::{
     counters,
     maps::{CONNS, PROMOTION_WINDOW, SETTINGS, YOUNG_CONNS},
 };
 
-/// An entry that may be followed, with its backend and which table holds it.
-pub struct Found {
+/// An entry that may be followed, with what `usable` made of it (the backend, and what
+/// the caller needs besides) and which table holds it.
+pub struct Found<T> {
     pub entry: &'static mut ConnEntry,
-    pub backend: &'static Backend,
+    pub backend: T,
     young: bool,
 }
 
@@ -24,10 +25,7 @@ pub struct Found {
 /// backend gone, or a flow that had to leave its backend) and is removed, as the old single
 /// table overwrote it: otherwise it would shadow the flow's new young entry.
 #[inline(always)]
-pub fn find(
-    key: &FlowKey,
-    usable: impl Fn(&ConnEntry) -> Option<&'static Backend>,
-) -> Option<Found> {
+pub fn find<T>(key: &FlowKey, usable: impl Fn(&ConnEntry) -> Option<T>) -> Option<Found<T>> {
     // SAFETY (both lookups): a map value pointer, valid for the program's run; plain data.
     if let Some(entry) = CONNS.get_ptr_mut(key).map(|p| unsafe { &mut *p }) {
         if let Some(backend) = usable(entry) {
@@ -52,7 +50,7 @@ pub fn find(
 /// second: `PROMOTE_AFTER_NS` is also the refresh granularity), or promote a young flow that
 /// has lived long enough.
 #[inline(always)]
-pub fn touch(key: &FlowKey, found: Found, now: u64) {
+pub fn touch<T>(key: &FlowKey, found: Found<T>, now: u64) {
     if now.wrapping_sub(found.entry.last_seen_ns) <= PROMOTE_AFTER_NS {
         return;
     }

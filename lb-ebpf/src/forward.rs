@@ -13,7 +13,7 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
-    backend_flags, flow_hash::flow_hash, flow_hash::mask_for_hash, service_flags, Backend,
+    backend_flags, encap::forwarding, flow_hash::flow_hash, flow_hash::mask_for_hash, service_flags, Backend,
     ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipMeta, KEY_SESSION, NO_BACKEND,
     PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
 };
@@ -34,7 +34,8 @@ use crate::{
 
 pub const PASS: u32 = xdp_action::XDP_PASS;
 pub const DROP: u32 = xdp_action::XDP_DROP;
-const TX: u32 = xdp_action::XDP_TX;
+pub const TX: u32 = xdp_action::XDP_TX;
+const REDIRECT: u32 = xdp_action::XDP_REDIRECT;
 const ABORT: u32 = xdp_action::XDP_ABORTED;
 
 /// IPv4 "more fragments" flag and fragment offset (RFC 791 §3.1).
@@ -98,7 +99,7 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
         return (DROP, Reason::DROP_SHORT_L4);
     };
     let flow = v4_flow(ip.src_addr, dst, sport, dport, proto);
-    forward_flow(eth, &flow, addr_flags, frame_len(ctx), mid_flow)
+    forward_flow(ctx, eth, &flow, addr_flags, mid_flow)
 }
 
 /// Source and destination ports (as on the wire) of the TCP or UDP header at `l4`, and
@@ -120,23 +121,25 @@ pub fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8) -> Option<([u8; 2], [u8;
 /// A TCP/UDP packet to a VIP address, either family: the connection tables, then the rule.
 #[inline(always)]
 pub fn forward_flow(
+    ctx: &XdpContext,
     eth: *mut EthHdr,
     flow: &FlowKey,
     addr_flags: u32,
-    len: u64,
     mid_flow: bool,
 ) -> (u32, Reason) {
     let now = now_ns();
+    let len = frame_len(ctx);
     // Fast path: an established PER_CONNECTION flow finds its entry from its own headers;
     // the entry names its VIP, whose state says whether it still stands. Anything else
     // falls through to the VIP lookup (exact port, then the all-ports rule where one exists).
-    if let Some(verdict) = established(eth, flow, len, now, true) {
+    let out = Out { ctx, eth, flow };
+    if let Some(verdict) = established(&out, len, now, true) {
         return verdict;
     }
     let Some(meta) = lookup_vip(flow, addr_flags) else {
         return (PASS, Reason::PASS_NOT_VIP);
     };
-    balance(eth, &meta, flow, len, now, Create::Yes { mid_flow })
+    balance(&out, &meta, len, now, Create::Yes { mid_flow })
 }
 
 /// The forwarding rule of a flow: exact port first, then the all-ports rule where the
@@ -201,7 +204,7 @@ fn icmp_frag_needed(
     let Some(flags) = vip_addr_flags(vip_addr_key(inner.src_addr, inner.proto)) else {
         return not_ours;
     };
-    icmp_error_to_backend(eth, &flow, flags, frame_len(ctx))
+    icmp_error_to_backend(ctx, eth, &flow, flags)
 }
 
 /// An ICMP error about the VIP flow `flow` (the quoted reply, reversed) goes where the
@@ -209,22 +212,24 @@ fn icmp_frag_needed(
 /// the flow's VIP address. Anything that is not a VIP flow passes untouched.
 #[inline(always)]
 pub fn icmp_error_to_backend(
+    ctx: &XdpContext,
     eth: *mut EthHdr,
     flow: &FlowKey,
     flags: u32,
-    len: u64,
 ) -> (u32, Reason) {
     let now = now_ns();
-    let verdict = match established(eth, flow, len, now, false) {
+    let len = frame_len(ctx);
+    let out = Out { ctx, eth, flow };
+    let verdict = match established(&out, len, now, false) {
         Some(v) => v,
         None => {
             let Some(meta) = lookup_vip(flow, flags) else {
                 return (PASS, Reason::PASS_NOT_TCP_UDP);
             };
-            balance(eth, &meta, flow, len, now, Create::No)
+            balance(&out, &meta, len, now, Create::No)
         }
     };
-    if verdict.0 == TX {
+    if verdict.0 == TX || verdict.0 == REDIRECT {
         counters::reason(Reason::SEEN_ICMP_TO_BACKEND);
     }
     verdict
@@ -234,13 +239,8 @@ pub fn icmp_error_to_backend(
 /// full path (no entry, stale entry, or a service now tracking sessions). `is_flow_packet`
 /// is false for ICMP errors about the flow, which neither refresh nor promote its entry.
 #[inline(always)]
-fn established(
-    eth: *mut EthHdr,
-    flow: &FlowKey,
-    len: u64,
-    now: u64,
-    is_flow_packet: bool,
-) -> Option<(u32, Reason)> {
+fn established(out: &Out, len: u64, now: u64, is_flow_packet: bool) -> Option<(u32, Reason)> {
+    let flow = out.flow;
     let found = conntrack::find(flow, |e| {
         let state = VIP_STATE.get(e.vip_id)?;
         if state.generation != e.vip_generation {
@@ -250,18 +250,18 @@ fn established(
         if svc.flags & service_flags::PER_SESSION != 0 {
             return None;
         }
-        usable_entry(e, svc, flow.proto, now)
+        Some((usable_entry(e, svc, flow.proto, now)?, svc))
     })?;
     let vstats = counters::vip(found.entry.vip_id)?;
     vstats.packets += 1;
     vstats.bytes += len;
     vstats.conn_hits += 1;
     counters::backend(found.entry.backend, len, false);
-    let be = found.backend;
+    let (be, svc) = found.backend;
     if is_flow_packet {
         conntrack::touch(flow, found, now);
     }
-    Some(rewrite(eth, be))
+    Some(out.transmit(be, svc))
 }
 
 /// The backend of a connection-table entry, if the flow may stay there: not idle past the
@@ -310,14 +310,8 @@ enum Create {
 
 /// The full path: a packet for a VIP that had no usable fast-path entry.
 #[inline(always)]
-fn balance(
-    eth: *mut EthHdr,
-    meta: &VipMeta,
-    flow: &FlowKey,
-    len: u64,
-    now: u64,
-    create: Create,
-) -> (u32, Reason) {
+fn balance(out: &Out, meta: &VipMeta, len: u64, now: u64, create: Create) -> (u32, Reason) {
+    let flow = out.flow;
     let Some(vstats) = counters::vip(meta.vip_id) else {
         return (ABORT, Reason::ABORT_INTERNAL);
     };
@@ -351,7 +345,7 @@ fn balance(
             if create != Create::No {
                 conntrack::touch(conn_key, found, now);
             }
-            return rewrite(eth, be);
+            return out.transmit(be, svc);
         }
     }
     vstats.conn_misses += 1;
@@ -393,7 +387,7 @@ fn balance(
         vstats.new_flows += 1;
     }
     counters::backend(id, len, created);
-    rewrite(eth, be)
+    out.transmit(be, svc)
 }
 
 /// Whether a flow pinned to `be` stays there (SEMANTICS: connection persistence).
@@ -415,6 +409,25 @@ fn keeps_flow(be: &Backend, generation: u32, svc: &ServiceMeta, proto: u8) -> bo
         service_flags::PERSIST_UDP
     };
     svc.flags & persist != 0
+}
+
+/// Where a packet of `flow` leaves once its backend is chosen.
+struct Out<'a> {
+    ctx: &'a XdpContext,
+    eth: *mut EthHdr,
+    flow: &'a FlowKey,
+}
+
+impl Out<'_> {
+    /// Sends the packet to `be` the way its service says: L2 direct server return, or
+    /// encapsulated toward a routed backend (`encap`).
+    #[inline(always)]
+    fn transmit(&self, be: &Backend, svc: &ServiceMeta) -> (u32, Reason) {
+        if svc.forwarding == forwarding::L2_DSR {
+            return rewrite(self.eth, be);
+        }
+        crate::encap::send(self.ctx, be, svc, self.flow)
+    }
 }
 
 /// L2 direct server return: the frame goes back out of the interface it came in on, to the

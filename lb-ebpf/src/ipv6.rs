@@ -12,7 +12,7 @@ use crate::{
     counters,
     forward::{forward_flow, icmp_error_to_backend, l4_ports, vip_addr_flags, DROP, PASS},
     keys::{v6_flow, vip_addr_key_v6},
-    parse::{frame_len, ptr_at},
+    parse::ptr_at,
 };
 
 /// Extension headers walked (RFC 8200 §4): each starts with (next header, length in 8-byte
@@ -72,7 +72,7 @@ pub fn process(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
     };
     // SAFETY: `src` and `dst` as above.
     let flow = unsafe { v6_flow(src, dst, sport, dport, proto) };
-    forward_flow(eth, &flow, addr_flags, frame_len(ctx), mid_flow)
+    forward_flow(ctx, eth, &flow, addr_flags, mid_flow)
 }
 
 /// Walks at most `MAX_IPV6_EXT_HEADERS` hop-by-hop, routing and destination-options
@@ -202,7 +202,7 @@ fn packet_too_big(
             proto,
         )
     };
-    icmp_error_to_backend(eth, &flow, flags, frame_len(ctx))
+    icmp_error_to_backend(ctx, eth, &flow, flags)
 }
 
 /// Whether two IPv6 addresses in the frame are equal, by 16-bit words (an array `==`

@@ -3,7 +3,8 @@
 //! backend through a connection table, by L2 direct server return (only the MACs change).
 //!
 //! Module map: `parse` reads headers with bounds checks, `maps` declares every map,
-//! `forward` is the per-packet decision (`ipv6` its IPv6 half), `conntrack` the connection
+//! `forward` is the per-packet decision (`ipv6` its IPv6 half), `encap` sends to routed
+//! backends (IPIP, GUE) and `icmp_too_big` answers packets too big once encapsulated, `conntrack` the connection
 //! tables, `counters` bumps per-CPU statistics, `diag` logs rare verdicts through aya-log
 //! when switched on.
 #![no_std]
@@ -12,7 +13,9 @@
 mod conntrack;
 mod counters;
 mod diag;
+mod encap;
 mod forward;
+mod icmp_too_big;
 mod ipv6;
 mod keys;
 mod maps;

@@ -88,12 +88,45 @@ impl MacCache {
     }
 }
 
+/// How long one `ip route get` answer serves (reconciles run 4 times a second).
+const ROUTE_TTL: Duration = Duration::from_secs(1);
+
+/// Resolves routed backends: the kernel's route toward each (outer source, next hop), then
+/// the next hop's MAC through [`MacCache`], so the program's FIB lookups find a neighbour.
+#[derive(Default)]
+pub struct RouteCache {
+    routes: BTreeMap<IpAddr, (Instant, Option<neighbor::Route>)>,
+}
+
+impl RouteCache {
+    /// The outer source toward `addr` once its next hop's MAC is known (provoking
+    /// resolution when it is not).
+    pub fn get(&mut self, addr: IpAddr, macs: &mut MacCache) -> Option<crate::model::Reachable> {
+        let fresh = self
+            .routes
+            .get(&addr)
+            .is_some_and(|(at, _)| at.elapsed() < ROUTE_TTL);
+        if !fresh {
+            self.routes
+                .insert(addr, (Instant::now(), neighbor::route_to(addr)));
+        }
+        let route = self.routes.get(&addr)?.1.clone()?;
+        macs.get(route.next_hop, None)?;
+        Some(crate::model::Reachable {
+            mac: [0; 6],
+            src: Some(route.src),
+        })
+    }
+}
+
 /// The XDP dataplane as the agent drives it.
 pub struct L4Dataplane {
     pub pin_dir: PathBuf,
+    interfaces: Vec<String>,
     pub programmer: Programmer,
     counters: Option<Counters>,
     macs: MacCache,
+    routes: RouteCache,
     _ebpf: aya::Ebpf,
 }
 
@@ -123,19 +156,29 @@ pub fn start_l4(cfg: &Config, xdp_log: bool) -> Result<L4Dataplane> {
         .ok();
     Ok(L4Dataplane {
         pin_dir: d.pin_path.clone(),
+        interfaces: d.interfaces.clone(),
         programmer,
         counters,
         macs: MacCache::default(),
+        routes: RouteCache::default(),
         _ebpf: ebpf,
     })
 }
 
 impl L4Port for L4Dataplane {
     fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String> {
+        crate::dataplane::iface::check_forwarding(&self.interfaces, plan)?;
         self.programmer.apply(plan).map_err(|e| e.to_string())
     }
-    fn mac(&mut self, addr: IpAddr, configured: Option<crate::ids::Mac>) -> Option<[u8; 6]> {
-        self.macs.get(addr, configured)
+    fn reach(&mut self, addr: IpAddr, how: crate::model::Reach) -> Option<crate::model::Reachable> {
+        match how {
+            crate::model::Reach::L2(configured) => {
+                self.macs
+                    .get(addr, configured)
+                    .map(|mac| crate::model::Reachable { mac, src: None })
+            }
+            crate::model::Reach::Routed => self.routes.get(addr, &mut self.macs),
+        }
     }
     fn vip_counters(&self, id: u32) -> Option<VipStats> {
         self.counters.as_ref()?.vip(id).ok()
@@ -159,8 +202,12 @@ impl L4Port for NoL4 {
     fn apply(&mut self, _plan: &L4Plan) -> Result<Assignment, String> {
         Ok(Assignment::default())
     }
-    fn mac(&mut self, _addr: IpAddr, configured: Option<crate::ids::Mac>) -> Option<[u8; 6]> {
-        Some(configured.unwrap_or([0; 6]))
+    fn reach(&mut self, _addr: IpAddr, how: crate::model::Reach) -> Option<crate::model::Reachable> {
+        let mac = match how {
+            crate::model::Reach::L2(configured) => configured.unwrap_or([0; 6]),
+            crate::model::Reach::Routed => [0; 6],
+        };
+        Some(crate::model::Reachable { mac, src: None })
     }
     fn vip_counters(&self, _id: u32) -> Option<VipStats> {
         None

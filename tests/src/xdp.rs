@@ -117,6 +117,13 @@ impl XdpHarness {
         self.run_prog(names::PROG_LB, frame, 1)
     }
 
+    /// Runs the balancer once as if the frame arrived on interface `ifindex` (of the calling
+    /// thread's network namespace: FIB lookups happen there).
+    pub fn run_on(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<RunResult> {
+        let prog: &Xdp = self.ebpf.program(names::PROG_LB).context("program")?.try_into()?;
+        Ok(testrun::run_on(prog.fd()?, frame, repeat, Some(ifindex))?)
+    }
+
     /// Runs the balancer `repeat` times on the same buffer (for timing).
     pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> Result<RunResult> {
         self.run_prog(names::PROG_LB, frame, repeat)

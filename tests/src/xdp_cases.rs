@@ -33,6 +33,7 @@ pub fn backend(i: u8) -> L4Backend {
         name: format!("b{i}"),
         addr: Ipv4Addr::new(10, 0, 0, 10 + i).into(),
         mac: Some(mac(i)),
+        src: None,
         weight: 1,
         in_table: true,
         healthy: true,
@@ -48,6 +49,8 @@ pub fn service(name: &str, mode: u32, flags: u32, backends: Vec<L4Backend>) -> L
         hash_mode: mode,
         flags,
         idle_timeout_s: 600,
+        forwarding: 0,
+        gue_port: 0,
         backends,
     }
 }
@@ -112,6 +115,7 @@ pub fn backend6(i: u8) -> L4Backend {
         name: format!("v6b{i}"),
         addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10 + i as u16).into(),
         mac: Some(mac(0x60 + i)),
+        src: None,
         ..backend(i)
     }
 }

@@ -32,8 +32,10 @@ use lb_common::{BackendStats, VipStats};
 pub trait L4Port: Send {
     /// Makes the maps say what `plan` says, or refuses and leaves them as they were.
     fn apply(&mut self, plan: &L4Plan) -> Result<Assignment, String>;
-    /// A backend's MAC (configured, else resolved); `None` while unknown.
-    fn mac(&mut self, addr: IpAddr, configured: Option<crate::ids::Mac>) -> Option<[u8; 6]>;
+    /// How a backend is reached now: its MAC (configured, else resolved) on the L2
+    /// segment, or the outer source toward it once its next hop is resolved (routed);
+    /// `None` while unknown.
+    fn reach(&mut self, addr: IpAddr, how: model::Reach) -> Option<model::Reachable>;
     /// Counters of a VIP id, summed over CPUs.
     fn vip_counters(&self, id: u32) -> Option<VipStats>;
     /// Counters of a backend slot, summed over CPUs.
@@ -338,7 +340,7 @@ impl Agent {
                 );
                 overrides::backend_state(ov.get(svc, &name), &health, svc, &name, timeout, now)
             },
-            &|addr, m| port.borrow_mut().mac(addr, m),
+            &|addr, how| port.borrow_mut().reach(addr, how),
         )
     }
 

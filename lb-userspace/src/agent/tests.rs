@@ -59,8 +59,11 @@ impl L4Port for Fake {
         self.plans.lock().unwrap().push(plan.clone());
         Ok(Assignment::default())
     }
-    fn mac(&mut self, _addr: IpAddr, _configured: Option<crate::ids::Mac>) -> Option<[u8; 6]> {
-        Some([2, 0, 0, 0, 0, 1])
+    fn reach(&mut self, addr: IpAddr, how: crate::model::Reach) -> Option<crate::model::Reachable> {
+        Some(crate::model::Reachable {
+            mac: [2, 0, 0, 0, 0, 1],
+            src: (how == crate::model::Reach::Routed).then_some(addr),
+        })
     }
     fn vip_counters(&self, _id: u32) -> Option<VipStats> {
         None

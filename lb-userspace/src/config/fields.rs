@@ -56,6 +56,8 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("backend_services.*.backends[].mac", "model/desired.rs", "L2 destination (L4)"),
     ("backend_services.*.session_affinity", "model/desired.rs", "L4 hash fields; L7 affinity key"),
     ("backend_services.*.connection_tracking_policy", "model/desired.rs", "L4 flow tracking"),
+    ("backend_services.*.forwarding", "model/desired.rs", "L4 forwarding: L2 DSR, IPIP or GUE"),
+    ("backend_services.*.gue_port", "model/desired.rs", "GUE outer destination port"),
     ("backend_services.*.connection_tracking_policy.tracking_mode", "model/desired.rs", "per connection / per session"),
     ("backend_services.*.connection_tracking_policy.idle_timeout_sec", "model/desired.rs", "flow idle timeout"),
     ("backend_services.*.connection_tracking_policy.connection_persistence_on_unhealthy_backends", "model/desired.rs", "persistence flags"),

@@ -13,6 +13,7 @@ pub mod url_map;
 pub mod validate;
 pub mod validate_announce;
 pub mod validate_balancing;
+pub mod validate_forwarding;
 pub mod validate_ranges;
 
 pub use types::*;

@@ -307,6 +307,46 @@ pub enum SessionAffinity {
     HttpCookie,
 }
 
+/// How an L4 service's packets reach its backends (README "Routed backends").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum Forwarding {
+    /// Only the MACs change: backends share the balancer's L2 segment.
+    #[default]
+    #[serde(rename = "L2_DSR")]
+    L2Dsr,
+    /// IPv4 in IPv4 / IPv6 in IPv6 to the backend's address.
+    #[serde(rename = "IPIP")]
+    Ipip,
+    /// GUE variant 1 (the IP packet directly in UDP) to the backend's address.
+    #[serde(rename = "GUE")]
+    Gue,
+}
+
+impl Forwarding {
+    /// The value the program reads (`lb_common::encap::forwarding`).
+    pub fn code(self) -> u32 {
+        use lb_common::encap::forwarding;
+        match self {
+            Forwarding::L2Dsr => forwarding::L2_DSR,
+            Forwarding::Ipip => forwarding::IPIP,
+            Forwarding::Gue => forwarding::GUE,
+        }
+    }
+
+    /// The name used in the configuration and by `lb describe`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::L2Dsr => "L2_DSR",
+            Forwarding::Ipip => "IPIP",
+            Forwarding::Gue => "GUE",
+        }
+    }
+
+    pub fn is_routed(self) -> bool {
+        self != Forwarding::L2Dsr
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TrackingMode {
@@ -477,6 +517,13 @@ pub struct BackendService {
     pub connection_tracking_policy: ConnectionTrackingPolicy,
     #[serde(default)]
     pub failover_policy: FailoverPolicy,
+    /// L4: how packets reach the backends: L2 direct server return (default), or IPIP / GUE
+    /// encapsulation toward backends on any routed subnet.
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    /// L4 with `forwarding = "GUE"`: the outer UDP destination port (6080).
+    #[serde(default)]
+    pub gue_port: Option<u16>,
     /// Connection draining timeout, 0..3600 s (300 s, Google Cloud's console default).
     #[serde(default = "three_hundred")]
     pub connection_draining_timeout_sec: u32,

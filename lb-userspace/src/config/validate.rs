@@ -182,7 +182,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
 }
 
 /// A sink for errors: (place, message).
-type Err<'a> = dyn FnMut(String, String) + 'a;
+pub(super) type Err<'a> = dyn FnMut(String, String) + 'a;
 
 fn dataplane(cfg: &Config, errs: &mut Vec<ConfigError>) {
     let mut err = |place: String, msg: String| errs.push(ConfigError::new(place, msg));
@@ -257,6 +257,7 @@ fn backend_services(cfg: &Config, errs: &mut Vec<ConfigError>) {
             backend(bs, &p, i, b, &mut names, &mut addrs, &mut err);
         }
         service_policies(bs, &p, &mut err);
+        super::validate_forwarding::check(bs, &p, &mut err);
     }
 }
 

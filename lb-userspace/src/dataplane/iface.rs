@@ -104,3 +104,29 @@ mod tests {
         assert!(super::driver("a-name-far-too-long-for-linux").is_err());
     }
 }
+
+/// Encapsulating services send packets on through the kernel's FIB, which forwards only for
+/// interfaces with IP forwarding on (`bpf_fib_lookup` answers "forwarding disabled"
+/// otherwise and every packet would be dropped). Refuses a plan that needs it where it is
+/// off, naming the sysctl to set.
+pub fn check_forwarding(ifaces: &[String], plan: &super::plan::L4Plan) -> Result<(), String> {
+    let mut families = std::collections::BTreeSet::new();
+    for s in plan.services.iter().filter(|s| s.forwarding != 0) {
+        for b in &s.backends {
+            families.insert(if b.addr.is_ipv4() { "ipv4" } else { "ipv6" });
+        }
+    }
+    for iface in ifaces {
+        for fam in &families {
+            let path = format!("/proc/sys/net/{fam}/conf/{iface}/forwarding");
+            let on = std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0");
+            if !on {
+                return Err(format!(
+                    "IPIP/GUE forwarding needs IP forwarding on {iface} (the kernel's FIB forwards only there): \
+                     sysctl -w net.{fam}.conf.{iface}.forwarding=1"
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -22,6 +22,45 @@ pub fn ndp_table() -> Option<String> {
     String::from_utf8(out.stdout).ok()
 }
 
+/// The kernel's route toward a routed backend, as `ip route get` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The source address the kernel uses toward the backend (the outer source).
+    pub src: IpAddr,
+    /// The gateway, or the backend itself when it is on a connected subnet.
+    pub next_hop: IpAddr,
+}
+
+/// The route toward `addr` (`ip -j route get`), if there is one.
+pub fn route_to(addr: IpAddr) -> Option<Route> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "route", "get", &addr.to_string()])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    parse_route_get(&String::from_utf8(out.stdout).ok()?, addr)
+}
+
+/// Parses `ip -j route get ADDR`: `[{"dst": .., "gateway": .., "dev": .., "prefsrc": ..}]`.
+pub fn parse_route_get(text: &str, addr: IpAddr) -> Option<Route> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        gateway: Option<IpAddr>,
+        prefsrc: Option<IpAddr>,
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+    }
+    let entries: Vec<Entry> = serde_json::from_str(text).ok()?;
+    let e = entries.into_iter().next()?;
+    if e.kind.as_deref().is_some_and(|k| k != "unicast") {
+        return None;
+    }
+    Some(Route {
+        src: e.prefsrc?,
+        next_hop: e.gateway.unwrap_or(addr),
+    })
+}
+
 /// Starts neighbour resolution of `addr` without waiting for it.
 pub fn provoke(addr: IpAddr) {
     let any: SocketAddr = match addr {
@@ -101,5 +140,24 @@ mod tests {
         assert_eq!(p("fd00::4"), None);
         assert_eq!(p("fd00::5"), None);
         assert_eq!(parse_ip_neigh_json("", "fd00::2".parse().unwrap()), None);
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn route_get_gives_source_and_next_hop() {
+        let via = r#"[{"dst":"10.2.0.5","gateway":"10.1.0.1","dev":"eth0","prefsrc":"10.1.0.2","flags":[],"uid":0,"cache":[]}]"#;
+        let r = parse_route_get(via, "10.2.0.5".parse().unwrap()).unwrap();
+        assert_eq!(r.src, "10.1.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(r.next_hop, "10.1.0.1".parse::<IpAddr>().unwrap());
+        let onlink = r#"[{"dst":"fd00::5","dev":"eth0","prefsrc":"fd00::2","flags":[],"uid":0,"cache":[]}]"#;
+        let a: IpAddr = "fd00::5".parse().unwrap();
+        assert_eq!(parse_route_get(onlink, a).unwrap().next_hop, a);
+        let local = r#"[{"type":"local","dst":"127.0.0.1","dev":"lo","prefsrc":"127.0.0.1"}]"#;
+        assert_eq!(parse_route_get(local, "127.0.0.1".parse().unwrap()), None);
+        assert_eq!(parse_route_get("", a), None);
     }
 }

@@ -18,6 +18,10 @@ pub struct L4Service {
     /// `lb_common::service_flags`.
     pub flags: u32,
     pub idle_timeout_s: u32,
+    /// `lb_common::encap::forwarding`: L2 DSR, IPIP or GUE.
+    pub forwarding: u32,
+    /// GUE's outer destination port (0 otherwise).
+    pub gue_port: u16,
     pub backends: Vec<L4Backend>,
 }
 
@@ -25,9 +29,14 @@ pub struct L4Service {
 pub struct L4Backend {
     pub name: String,
     pub addr: IpAddr,
-    /// None while the MAC is unknown: the backend cannot receive frames, so it stays out of
-    /// the table (and its flows are hashed again).
+    /// None while the MAC is unknown (L2 DSR), or while the next hop toward a routed backend
+    /// is unresolved: the backend cannot receive frames, so it stays out of the table (and
+    /// its flows are hashed again). Routed backends carry a zero MAC: the program takes the
+    /// next hop's from the FIB.
     pub mac: Option<[u8; 6]>,
+    /// Routed (encapsulating) services: the outer source address, the one the kernel uses
+    /// toward the backend; `None` for L2 DSR.
+    pub src: Option<IpAddr>,
     /// Maglev weight; 0 keeps it out of the table.
     pub weight: u32,
     /// In the Maglev table (chosen for new flows).

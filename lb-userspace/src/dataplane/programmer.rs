@@ -245,6 +245,7 @@ impl<M: MapLayer> Programmer<M> {
                     flags,
                     generation,
                     service: sid,
+                    src: b.src.map_or([0; 16], |a| addr::to_map(a).0),
                 };
                 if self.dirty || self.cur.backends.get(&slot) != Some(&entry) {
                     if !self.cur.slots.contains_key(&(sid, b.addr)) {
@@ -289,6 +290,9 @@ impl<M: MapLayer> Programmer<M> {
             hash_mode: s.hash_mode,
             flags: s.flags,
             idle_timeout_s: s.idle_timeout_s,
+            forwarding: s.forwarding,
+            gue_port_be: s.gue_port.to_be(),
+            _pad: 0,
         };
         if self.dirty || self.cur.tables.get(&sid) != Some(&table) {
             let next = if old_meta.is_some() {

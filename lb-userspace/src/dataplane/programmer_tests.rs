@@ -18,6 +18,7 @@ fn b(name: &str, last: u8) -> L4Backend {
         name: name.into(),
         addr: std::net::Ipv4Addr::new(10, 0, 0, last).into(),
         mac: Some([2, 0, 0, 0, 0, last]),
+        src: None,
         weight: 1,
         in_table: true,
         healthy: true,
@@ -33,6 +34,8 @@ fn svc(name: &str, backends: Vec<L4Backend>) -> L4Service {
         hash_mode: 0,
         flags: 0,
         idle_timeout_s: 600,
+        forwarding: 0,
+        gue_port: 0,
         backends,
     }
 }

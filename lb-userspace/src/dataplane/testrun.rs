@@ -38,10 +38,48 @@ pub struct RunResult {
     pub duration_ns: u32,
 }
 
+/// `struct xdp_md` (the program's context), given to the kernel to set the receiving
+/// interface: data and data_end are offsets into the frame, the rest ifindexes and queue.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
 /// Runs `prog` on `frame`, `repeat` times (the kernel reruns on the same buffer).
 pub fn run(prog: impl AsFd, frame: &[u8], repeat: u32) -> std::io::Result<RunResult> {
+    run_on(prog, frame, repeat, None)
+}
+
+/// [`run`] as if the frame arrived on interface `ingress` (an ifindex of the calling
+/// thread's network namespace), which FIB lookups and `ingress_ifindex` then see; `None`:
+/// the kernel's default, loopback.
+pub fn run_on(
+    prog: impl AsFd,
+    frame: &[u8],
+    repeat: u32,
+    ingress: Option<u32>,
+) -> std::io::Result<RunResult> {
     let mut out = vec![0u8; frame.len() + 256];
+    let md = ingress.map(|ifindex| XdpMd {
+        data_end: frame.len() as u32,
+        ingress_ifindex: ifindex,
+        ..Default::default()
+    });
+    let (ctx_in, ctx_size_in) = md.as_ref().map_or((0, 0), |m| {
+        (
+            m as *const XdpMd as u64,
+            std::mem::size_of::<XdpMd>() as u32,
+        )
+    });
     let mut attr = TestAttr {
+        ctx_in,
+        ctx_size_in,
         prog_fd: prog.as_fd().as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
         data_size_out: out.len() as u32,

@@ -165,7 +165,10 @@ target = "p"
                 health: Some(healthy),
                 ..Default::default()
             },
-            &|_, m| m,
+            &|_, how| match how {
+                crate::model::Reach::L2(mac) => mac.map(|mac| crate::model::Reachable { mac, src: None }),
+                crate::model::Reach::Routed => None,
+            },
         )
     }
 

@@ -187,8 +187,25 @@ pub fn l7_admission(cfg: &Config, state: &dyn Fn(&str, usize) -> BackendState) -
     out
 }
 
-/// Finds a backend's MAC from its address and configured MAC, if any.
-pub type MacLookup<'a> = dyn Fn(IpAddr, Option<crate::ids::Mac>) -> Option<[u8; 6]> + 'a;
+/// How the balancer must reach a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// On the balancer's L2 segment, at this MAC if one is configured.
+    L2(Option<crate::ids::Mac>),
+    /// Through the routing table (IPIP, GUE).
+    Routed,
+}
+
+/// A backend the balancer can reach now: its MAC (L2; zero when routed) and, when routed,
+/// the outer source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reachable {
+    pub mac: [u8; 6],
+    pub src: Option<IpAddr>,
+}
+
+/// Finds how a backend is reached now; `None` while it cannot be (MAC or next hop unknown).
+pub type MacLookup<'a> = dyn Fn(IpAddr, Reach) -> Option<Reachable> + 'a;
 
 /// Builds the L4 plan. `state(service, backend_index)` gives each backend's state and
 /// `mac(addr, configured)` its MAC.
@@ -232,6 +249,18 @@ pub fn l4_plan(
         };
         let states: Vec<BackendState> = (0..bs.backends.len()).map(|i| state(&name, i)).collect();
         let (in_table, evict) = select(bs, &states);
+        let reached: Vec<Option<Reachable>> = bs
+            .backends
+            .iter()
+            .map(|b| {
+                let how = if bs.forwarding.is_routed() {
+                    Reach::Routed
+                } else {
+                    Reach::L2(model.mac(&name, &b.display_name()))
+                };
+                mac(b.address, how)
+            })
+            .collect();
         let backends = bs
             .backends
             .iter()
@@ -239,7 +268,8 @@ pub fn l4_plan(
             .map(|(i, b)| L4Backend {
                 name: b.display_name(),
                 addr: b.address,
-                mac: mac(b.address, model.mac(&name, &b.display_name())),
+                mac: reached[i].map(|r| r.mac),
+                src: reached[i].and_then(|r| r.src),
                 weight: states[i].weight.unwrap_or(b.weight),
                 in_table: in_table[i],
                 healthy: states[i].healthy(),
@@ -253,6 +283,13 @@ pub fn l4_plan(
             hash_mode: hash_mode_of(bs.session_affinity),
             flags: persistence_flags(bs),
             idle_timeout_s: bs.connection_tracking_policy.idle_timeout_sec,
+            forwarding: bs.forwarding.code(),
+            gue_port: match bs.forwarding {
+                crate::config::types::Forwarding::Gue => bs
+                    .gue_port
+                    .unwrap_or(lb_common::encap::GUE_DEFAULT_PORT),
+                _ => 0,
+            },
             backends,
         });
     }

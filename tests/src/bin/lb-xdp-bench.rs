@@ -49,6 +49,7 @@ fn plan() -> L4Plan {
             name: format!("b{i}"),
             addr: [10, 0, 0, 10 + i].into(),
             mac: Some([2, 0, 0, 0, 0x0b, i]),
+            src: None,
             weight: 1,
             in_table: true,
             healthy: true,
@@ -62,6 +63,8 @@ fn plan() -> L4Plan {
         hash_mode: 0,
         flags: 1,
         idle_timeout_s: 600,
+        forwarding: 0,
+        gue_port: 0,
         backends,
     };
     let vip = |port, service: &str| L4Vip {
@@ -82,6 +85,7 @@ fn plan() -> L4Plan {
             name: format!("b6-{i}"),
             addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10 + i as u16).into(),
             mac: Some([2, 0, 0, 0, 0x0b, 0x60 + i]),
+            src: None,
             ..b.clone()
         })
         .collect();
