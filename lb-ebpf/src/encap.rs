@@ -80,7 +80,10 @@ pub fn send(ctx: &XdpContext, be: &Backend, svc: &ServiceMeta, flow: &FlowKey) -
     // SAFETY (address copies): `Backend` is 4-aligned, so its 16-byte addresses read as
     // four u32 words; the union members written are the ones `family` selects.
     unsafe {
-        let (src, dst) = (be.src.as_ptr() as *const u32, be.addr.as_ptr() as *const u32);
+        let (src, dst) = (
+            be.src.as_ptr() as *const u32,
+            be.addr.as_ptr() as *const u32,
+        );
         if v6 {
             fib.family = AF_INET6;
             for i in 0..4 {
@@ -158,11 +161,7 @@ pub fn send(ctx: &XdpContext, be: &Backend, svc: &ServiceMeta, flow: &FlowKey) -
             u.add(3).write(0);
         }
     }
-    let reason = if gue {
-        Reason::TX_GUE
-    } else {
-        Reason::TX_IPIP
-    };
+    let reason = if gue { Reason::TX_GUE } else { Reason::TX_IPIP };
     if fib.ifindex == ingress {
         return (TX, reason);
     }
@@ -190,7 +189,10 @@ fn write_v4(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool 
     };
     let h = h as *mut u16;
     let extra = if o.proto == PROTO_UDP { 8 } else { 0 };
-    let (src, dst) = (be.src.as_ptr() as *const u16, be.addr.as_ptr() as *const u16);
+    let (src, dst) = (
+        be.src.as_ptr() as *const u16,
+        be.addr.as_ptr() as *const u16,
+    );
     // SAFETY: `h` covers 34 bytes (Ethernet + IPv4), 2-aligned; `src`/`dst` 16 readable bytes.
     unsafe {
         write_eth(h, fib, ETH_P_IP);
@@ -226,7 +228,10 @@ fn write_v6(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool 
     let h = h as *mut u16;
     let extra = if o.proto == PROTO_UDP { 8 } else { 0 };
     let vtcfl: u32 = (6 << 28) | ((o.tclass as u32) << 20) | (o.hash & 0xf_ffff);
-    let (src, dst) = (be.src.as_ptr() as *const u16, be.addr.as_ptr() as *const u16);
+    let (src, dst) = (
+        be.src.as_ptr() as *const u16,
+        be.addr.as_ptr() as *const u16,
+    );
     // SAFETY: `h` covers 54 bytes (Ethernet + IPv6), 2-aligned; `src`/`dst` 16 readable bytes.
     unsafe {
         write_eth(h, fib, ETH_P_IPV6);
@@ -234,8 +239,7 @@ fn write_v6(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool 
         ip.write(((vtcfl >> 16) as u16).to_be());
         ip.add(1).write((vtcfl as u16).to_be());
         ip.add(2).write(((o.inner_len + extra) as u16).to_be());
-        ip.add(3)
-            .write(u16::from_ne_bytes([o.proto, OUTER_TTL]));
+        ip.add(3).write(u16::from_ne_bytes([o.proto, OUTER_TTL]));
         for i in 0..8 {
             ip.add(4 + i).write(src.add(i).read());
             ip.add(12 + i).write(dst.add(i).read());
@@ -255,10 +259,14 @@ unsafe fn write_eth(h: *mut u16, fib: &FibParams, ether_type: u16) {
     // puts them at offset 52 and 58, only the first of which is 4-aligned).
     unsafe {
         for i in 0..3 {
-            h.add(i)
-                .write(u16::from_ne_bytes([d.add(2 * i).read(), d.add(2 * i + 1).read()]));
-            h.add(3 + i)
-                .write(u16::from_ne_bytes([s.add(2 * i).read(), s.add(2 * i + 1).read()]));
+            h.add(i).write(u16::from_ne_bytes([
+                d.add(2 * i).read(),
+                d.add(2 * i + 1).read(),
+            ]));
+            h.add(3 + i).write(u16::from_ne_bytes([
+                s.add(2 * i).read(),
+                s.add(2 * i + 1).read(),
+            ]));
         }
         h.add(6).write(ether_type.to_be());
     }

@@ -13,9 +13,9 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
-    backend_flags, encap::forwarding, flow_hash::flow_hash, flow_hash::mask_for_hash, service_flags, Backend,
-    ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipMeta, KEY_SESSION, NO_BACKEND,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
+    backend_flags, encap::forwarding, flow_hash::flow_hash, flow_hash::mask_for_hash,
+    service_flags, Backend, ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipMeta,
+    KEY_SESSION, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
 };
 use network_types::{
     eth::{EthHdr, EtherType},

@@ -103,8 +103,7 @@ fn answer_v4(ctx: &XdpContext, mtu: usize) -> bool {
         return false;
     };
     const LEN: usize = EthHdr::LEN + Ipv4Hdr::LEN + 8 + QUOTE_V4;
-    if frame_len(ctx) < (EthHdr::LEN + QUOTE_V4) as u64 || !reshape(ctx, Ipv4Hdr::LEN + 8, LEN)
-    {
+    if frame_len(ctx) < (EthHdr::LEN + QUOTE_V4) as u64 || !reshape(ctx, Ipv4Hdr::LEN + 8, LEN) {
         return false;
     }
     let Some(h) = ptr_at::<[u16; LEN / 2]>(ctx, 0) else {
@@ -167,8 +166,7 @@ fn answer_v6(ctx: &XdpContext, mtu: usize) -> bool {
     };
     const LEN: usize = EthHdr::LEN + Ipv6Hdr::LEN + 8 + QUOTE_V6;
     const PAYLOAD: u16 = (8 + QUOTE_V6) as u16;
-    if frame_len(ctx) < (EthHdr::LEN + QUOTE_V6) as u64 || !reshape(ctx, Ipv6Hdr::LEN + 8, LEN)
-    {
+    if frame_len(ctx) < (EthHdr::LEN + QUOTE_V6) as u64 || !reshape(ctx, Ipv6Hdr::LEN + 8, LEN) {
         return false;
     }
     let Some(h) = ptr_at::<[u16; LEN / 2]>(ctx, 0) else {

@@ -172,11 +172,10 @@ impl L4Port for L4Dataplane {
     }
     fn reach(&mut self, addr: IpAddr, how: crate::model::Reach) -> Option<crate::model::Reachable> {
         match how {
-            crate::model::Reach::L2(configured) => {
-                self.macs
-                    .get(addr, configured)
-                    .map(|mac| crate::model::Reachable { mac, src: None })
-            }
+            crate::model::Reach::L2(configured) => self
+                .macs
+                .get(addr, configured)
+                .map(|mac| crate::model::Reachable { mac, src: None }),
             crate::model::Reach::Routed => self.routes.get(addr, &mut self.macs),
         }
     }
@@ -202,7 +201,11 @@ impl L4Port for NoL4 {
     fn apply(&mut self, _plan: &L4Plan) -> Result<Assignment, String> {
         Ok(Assignment::default())
     }
-    fn reach(&mut self, _addr: IpAddr, how: crate::model::Reach) -> Option<crate::model::Reachable> {
+    fn reach(
+        &mut self,
+        _addr: IpAddr,
+        how: crate::model::Reach,
+    ) -> Option<crate::model::Reachable> {
         let mac = match how {
             crate::model::Reach::L2(configured) => configured.unwrap_or([0; 6]),
             crate::model::Reach::Routed => [0; 6],

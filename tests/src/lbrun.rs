@@ -236,9 +236,14 @@ impl Conversation {
 
     /// A conversation with `to` (e.g. the IPv6 VIP).
     pub fn open_to(t: &crate::netns::Topology, to: SocketAddr) -> Result<Conversation> {
+        Self::open_from(&t.client, to)
+    }
+
+    /// A conversation with `to` from namespace `ns`.
+    pub fn open_from(ns: &Ns, to: SocketAddr) -> Result<Conversation> {
         let (cmd_tx, cmd_rx) = mpsc::channel::<Option<String>>();
         let (res_tx, res_rx) = mpsc::channel::<Result<String, String>>();
-        let ns = t.client.clone();
+        let ns = ns.clone();
         let thread = std::thread::spawn(move || {
             let _ignored = ns.run_in(move || {
                 let s = match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {

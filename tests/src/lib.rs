@@ -8,6 +8,7 @@ pub mod interrupt;
 pub mod lbrun;
 pub mod netns;
 pub mod packet;
+pub mod routed;
 pub mod xdp;
 pub mod xdp_cases;
 

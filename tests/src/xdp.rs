@@ -120,7 +120,11 @@ impl XdpHarness {
     /// Runs the balancer once as if the frame arrived on interface `ifindex` (of the calling
     /// thread's network namespace: FIB lookups happen there).
     pub fn run_on(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<RunResult> {
-        let prog: &Xdp = self.ebpf.program(names::PROG_LB).context("program")?.try_into()?;
+        let prog: &Xdp = self
+            .ebpf
+            .program(names::PROG_LB)
+            .context("program")?
+            .try_into()?;
         Ok(testrun::run_on(prog.fd()?, frame, repeat, Some(ifindex))?)
     }
 

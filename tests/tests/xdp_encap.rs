@@ -57,9 +57,18 @@ impl FibNs {
             "ip link set up0p up".into(),
             "ip link set up1 up".into(),
             "ip link set up1p up".into(),
-            format!("ip neigh add 10.9.0.1 lladdr {} dev up0 nud permanent", mac(ROUTER_MAC)),
-            format!("ip neigh add fd09::1 lladdr {} dev up0 nud permanent", mac(ROUTER_MAC)),
-            format!("ip neigh add 10.8.0.1 lladdr {} dev up1 nud permanent", mac(OTHER_ROUTER_MAC)),
+            format!(
+                "ip neigh add 10.9.0.1 lladdr {} dev up0 nud permanent",
+                mac(ROUTER_MAC)
+            ),
+            format!(
+                "ip neigh add fd09::1 lladdr {} dev up0 nud permanent",
+                mac(ROUTER_MAC)
+            ),
+            format!(
+                "ip neigh add 10.8.0.1 lladdr {} dev up1 nud permanent",
+                mac(OTHER_ROUTER_MAC)
+            ),
             "ip route add 10.20.0.0/16 via 10.9.0.1 dev up0".into(),
             "ip route add 10.30.0.0/16 via 10.8.0.1 dev up1".into(),
             "ip route add 10.40.0.0/16 via 10.9.0.40 dev up0".into(),
@@ -127,7 +136,10 @@ fn plan(forwarding: u32, gue_port: u16, addr: [u8; 4]) -> L4Plan {
         "s",
         hash_mode::FIVE_TUPLE,
         service_flags::PERSIST_TCP,
-        vec![routed(Ipv4Addr::from(addr).into(), Ipv4Addr::from(SRC).into())],
+        vec![routed(
+            Ipv4Addr::from(addr).into(),
+            Ipv4Addr::from(SRC).into(),
+        )],
     );
     s.forwarding = forwarding;
     s.gue_port = gue_port;
@@ -314,23 +326,28 @@ fn the_source_port_spreads_flows_and_redirects_and_fib_misses_are_counted() {
         },
     );
     // Egress through another interface: XDP_REDIRECT, MACs of that interface's next hop.
-    ns.run(plan(encap::forwarding::IPIP, 0, [10, 30, 0, 5]), |h, ifindex| {
-        let input = Frame::tcp(CLIENT, 40001, VIP, 80).bytes();
-        let r = h.run_on(&input, ifindex, 1).unwrap();
-        assert_eq!(r.verdict, REDIRECT);
-        assert_eq!(&r.frame[0..6], &OTHER_ROUTER_MAC);
-        assert_eq!(h.reason("seen_encap_redirect").unwrap(), 1);
-    });
+    ns.run(
+        plan(encap::forwarding::IPIP, 0, [10, 30, 0, 5]),
+        |h, ifindex| {
+            let input = Frame::tcp(CLIENT, 40001, VIP, 80).bytes();
+            let r = h.run_on(&input, ifindex, 1).unwrap();
+            assert_eq!(r.verdict, REDIRECT);
+            assert_eq!(&r.frame[0..6], &OTHER_ROUTER_MAC);
+            assert_eq!(h.reason("seen_encap_redirect").unwrap(), 1);
+        },
+    );
     // No neighbour for the next hop: dropped and counted, the frame untouched.
-    ns.run(plan(encap::forwarding::IPIP, 0, [10, 40, 0, 5]), |h, ifindex| {
-        let input = Frame::tcp(CLIENT, 40002, VIP, 80).bytes();
-        let r = h.run_on(&input, ifindex, 1).unwrap();
-        assert_eq!((r.verdict, &r.frame), (DROP, &input));
-        assert_eq!(h.reason("drop_fib_no_neigh").unwrap(), 1);
-    });
+    ns.run(
+        plan(encap::forwarding::IPIP, 0, [10, 40, 0, 5]),
+        |h, ifindex| {
+            let input = Frame::tcp(CLIENT, 40002, VIP, 80).bytes();
+            let r = h.run_on(&input, ifindex, 1).unwrap();
+            assert_eq!((r.verdict, &r.frame), (DROP, &input));
+            assert_eq!(h.reason("drop_fib_no_neigh").unwrap(), 1);
+        },
+    );
     // Forwarding disabled on the interface: the kernel's FIB refuses to forward.
-    ns.0
-        .exec(&["sysctl", "-qw", "net.ipv4.conf.up0.forwarding=0"])
+    ns.0.exec(&["sysctl", "-qw", "net.ipv4.conf.up0.forwarding=0"])
         .unwrap();
     ns.run(plan(encap::forwarding::IPIP, 0, BACKEND), |h, ifindex| {
         let input = Frame::tcp(CLIENT, 40004, VIP, 80).bytes();
@@ -339,12 +356,15 @@ fn the_source_port_spreads_flows_and_redirects_and_fib_misses_are_counted() {
         assert_eq!(h.reason("drop_fib_no_route").unwrap(), 1);
     });
     // No route (blackhole): dropped and counted.
-    ns.run(plan(encap::forwarding::IPIP, 0, [10, 50, 0, 5]), |h, ifindex| {
-        let input = Frame::tcp(CLIENT, 40003, VIP, 80).bytes();
-        let r = h.run_on(&input, ifindex, 1).unwrap();
-        assert_eq!(r.verdict, DROP);
-        assert_eq!(h.reason("drop_fib_no_route").unwrap(), 1);
-    });
+    ns.run(
+        plan(encap::forwarding::IPIP, 0, [10, 50, 0, 5]),
+        |h, ifindex| {
+            let input = Frame::tcp(CLIENT, 40003, VIP, 80).bytes();
+            let r = h.run_on(&input, ifindex, 1).unwrap();
+            assert_eq!(r.verdict, DROP);
+            assert_eq!(h.reason("drop_fib_no_route").unwrap(), 1);
+        },
+    );
 }
 
 #[test]

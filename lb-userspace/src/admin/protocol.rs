@@ -294,6 +294,12 @@ pub struct ServiceInfo {
     pub session_affinity: String,
     pub failover_ratio: f64,
     pub connection_draining_timeout_sec: u32,
+    /// L4: "L2_DSR", "IPIP" or "GUE".
+    #[serde(default)]
+    pub forwarding: String,
+    /// GUE's outer destination port.
+    #[serde(default)]
+    pub gue_port: Option<u16>,
     pub backends: Vec<BackendInfo>,
 }
 
@@ -303,6 +309,10 @@ pub struct BackendInfo {
     pub service: String,
     pub name: String,
     pub address: IpAddr,
+    /// Encapsulated forwarding: the outer source address toward this backend (the outer
+    /// destination is `address`); `None` until the route is resolved, or for L2 DSR.
+    #[serde(default)]
+    pub outer_src: Option<IpAddr>,
     pub port: Option<u16>,
     pub weight: u32,
     pub failover: bool,

@@ -169,6 +169,9 @@ fn service_with(
                 .unwrap_or_default();
             BackendInfo {
                 service: name.into(),
+                outer_src: planned
+                    .and_then(|s| s.backends.iter().find(|x| x.name == bname))
+                    .and_then(|x| x.src),
                 name: bname,
                 address: b.address,
                 port: b.port,
@@ -205,6 +208,13 @@ fn service_with(
             .unwrap_or_default(),
         failover_ratio: bs.failover_policy.failover_ratio,
         connection_draining_timeout_sec: bs.connection_draining_timeout_sec,
+        forwarding: if bs.protocol.is_l4() {
+            bs.forwarding.name().into()
+        } else {
+            String::new()
+        },
+        gue_port: (bs.forwarding == crate::config::types::Forwarding::Gue)
+            .then(|| bs.gue_port.unwrap_or(lb_common::encap::GUE_DEFAULT_PORT)),
         backends,
     })
 }

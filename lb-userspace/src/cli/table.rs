@@ -281,15 +281,34 @@ pub fn services(ss: &[ServiceInfo]) -> String {
 
 pub fn service(s: &ServiceInfo) -> String {
     format!(
-        "service {} ({}), health check {}, affinity {}, failover ratio {}, draining timeout {} s\n{}",
+        "service {} ({}), health check {}, affinity {}, failover ratio {}, draining timeout {} s\n{}{}",
         s.name,
         s.protocol,
         s.health_check.as_deref().unwrap_or("-"),
         s.session_affinity,
         s.failover_ratio,
         s.connection_draining_timeout_sec,
+        forwarding(s),
         backends(&s.backends)
     )
+}
+
+/// The L4 forwarding method, and for encapsulation the outer addresses per backend.
+fn forwarding(s: &ServiceInfo) -> String {
+    let method = match (s.forwarding.as_str(), s.gue_port) {
+        ("", _) => return String::new(),
+        ("L2_DSR", _) => return "forwarding L2_DSR (MAC rewrite on the local segment)\n".into(),
+        (m, Some(port)) => format!("forwarding {m}, outer UDP port {port}"),
+        (m, None) => format!("forwarding {m}"),
+    };
+    let mut out = format!("{method}; outer headers per backend:\n");
+    for b in &s.backends {
+        let src = b
+            .outer_src
+            .map_or("(route unresolved)".to_string(), |a| a.to_string());
+        out += &format!("  {}: {src} -> {}\n", b.name, b.address);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -52,10 +52,15 @@ mod tests {
     fn routed_methods_are_accepted_with_their_own_fields_only() {
         assert_eq!(errors("forwarding = \"IPIP\"", ""), "");
         assert_eq!(errors("forwarding = \"GUE\"\ngue_port = 7000", ""), "");
-        assert!(errors("forwarding = \"IPIP\"\ngue_port = 7000", "").contains("gue_port applies only"));
+        assert!(
+            errors("forwarding = \"IPIP\"\ngue_port = 7000", "").contains("gue_port applies only")
+        );
         assert!(errors("gue_port = 7000", "").contains("gue_port applies only"));
         assert!(errors("forwarding = \"GUE\"\ngue_port = 0", "").contains("1..=65535"));
-        assert!(errors("forwarding = \"GUE\"", "mac = \"02:00:00:00:00:01\"").contains("mac applies to L2_DSR only"));
+        assert!(
+            errors("forwarding = \"GUE\"", "mac = \"02:00:00:00:00:01\"")
+                .contains("mac applies to L2_DSR only")
+        );
         assert!(errors("forwarding = \"VXLAN\"", "").contains("forwarding"));
     }
 

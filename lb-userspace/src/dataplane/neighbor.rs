@@ -153,7 +153,8 @@ mod route_tests {
         let r = parse_route_get(via, "10.2.0.5".parse().unwrap()).unwrap();
         assert_eq!(r.src, "10.1.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(r.next_hop, "10.1.0.1".parse::<IpAddr>().unwrap());
-        let onlink = r#"[{"dst":"fd00::5","dev":"eth0","prefsrc":"fd00::2","flags":[],"uid":0,"cache":[]}]"#;
+        let onlink =
+            r#"[{"dst":"fd00::5","dev":"eth0","prefsrc":"fd00::2","flags":[],"uid":0,"cache":[]}]"#;
         let a: IpAddr = "fd00::5".parse().unwrap();
         assert_eq!(parse_route_get(onlink, a).unwrap().next_hop, a);
         let local = r#"[{"type":"local","dst":"127.0.0.1","dev":"lo","prefsrc":"127.0.0.1"}]"#;

@@ -166,7 +166,9 @@ target = "p"
                 ..Default::default()
             },
             &|_, how| match how {
-                crate::model::Reach::L2(mac) => mac.map(|mac| crate::model::Reachable { mac, src: None }),
+                crate::model::Reach::L2(mac) => {
+                    mac.map(|mac| crate::model::Reachable { mac, src: None })
+                }
                 crate::model::Reach::Routed => None,
             },
         )

@@ -285,9 +285,9 @@ pub fn l4_plan(
             idle_timeout_s: bs.connection_tracking_policy.idle_timeout_sec,
             forwarding: bs.forwarding.code(),
             gue_port: match bs.forwarding {
-                crate::config::types::Forwarding::Gue => bs
-                    .gue_port
-                    .unwrap_or(lb_common::encap::GUE_DEFAULT_PORT),
+                crate::config::types::Forwarding::Gue => {
+                    bs.gue_port.unwrap_or(lb_common::encap::GUE_DEFAULT_PORT)
+                }
                 _ => 0,
             },
             backends,

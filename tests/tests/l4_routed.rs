@@ -1,0 +1,362 @@
+//! Routed backends through `lb run`: the backends sit on another subnet behind a router
+//! namespace (tests/src/routed.rs), so the balancer reaches them only by IPIP or GUE; each
+//! backend runs `lb decap`. Checked for both methods: spread over ≥ 300 TCP and UDP flows,
+//! the client's address seen by the backends, replies straight from the backends, the
+//! balancer host's own traffic untouched, an oversized packet answered with ICMP and the
+//! connection working once the client's path MTU shrinks, a long-lived connection surviving
+//! the removal of its backend, and `lb describe service` naming the method and addresses.
+
+use anyhow::Result;
+use lb_tests::{
+    lbrun::{field, tcp_banner, udp_banner, wait_for, Agent, Conversation},
+    netns::{sh, Family, ProcGuard},
+    root_or_skip,
+    routed::Routed,
+};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+const BACKEND_BIN: &str = env!("CARGO_BIN_EXE_lb-backend");
+const GUE_PORT: u16 = 7080;
+
+fn config(t: &Routed, method: &str, backends: &[usize]) -> String {
+    let gue = if method == "GUE" {
+        format!("gue_port = {GUE_PORT}\n")
+    } else {
+        String::new()
+    };
+    let mut c = format!(
+        r#"[dataplane]
+interfaces = ["eth0"]
+pin_path = "{{PIN}}"
+max_services = 4
+
+[admin]
+socket = "{{SOCK}}"
+
+[forwarding_rules.web]
+ip_address = "{vip}"
+ip_protocol = "TCP"
+ports = [80]
+backend_service = "tcp-svc"
+
+[forwarding_rules.dns]
+ip_address = "{vip}"
+ip_protocol = "UDP"
+ports = [53]
+backend_service = "udp-svc"
+
+[health_checks.tcp80]
+protocol = "TCP"
+port = 80
+check_interval_sec = 1
+timeout_sec = 1
+
+[backend_services.tcp-svc]
+protocol = "TCP"
+health_check = "tcp80"
+forwarding = "{method}"
+{gue}
+[backend_services.udp-svc]
+protocol = "UDP"
+forwarding = "{method}"
+{gue}"#,
+        vip = t.vip(Family::V4)
+    );
+    for svc in ["tcp-svc", "udp-svc"] {
+        for i in backends {
+            c += &format!(
+                "[[backend_services.{svc}.backends]]\nname = \"backend-{i}\"\naddress = \"{}\"\n",
+                t.backend_ip(Family::V4, *i)
+            );
+        }
+    }
+    c
+}
+
+/// `lb decap` on every backend (entered with nsenter, so its pins land in the host's
+/// bpffs); removed with `--down` on drop.
+struct Decap {
+    t_backends: Vec<lb_tests::netns::Ns>,
+    pins: Vec<String>,
+}
+
+impl Decap {
+    fn attach(t: &Routed, gue_port: u16) -> Result<Decap> {
+        let mut d = Decap {
+            t_backends: t.backends.clone(),
+            pins: Vec::new(),
+        };
+        for ns in &t.backends {
+            let pin = format!("/sys/fs/bpf/{}", lb_tests::unique("lbdecap-"));
+            d.pins.push(pin.clone());
+            lb_in(
+                ns,
+                &[
+                    "decap",
+                    "--interface",
+                    "eth0",
+                    "--pin-path",
+                    &pin,
+                    "--gue-port",
+                    &gue_port.to_string(),
+                ],
+            )?;
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Decap {
+    fn drop(&mut self) {
+        for (ns, pin) in self.t_backends.iter().zip(&self.pins) {
+            let _ignored = lb_in(
+                ns,
+                &["decap", "--down", "--interface", "eth0", "--pin-path", pin],
+            );
+        }
+    }
+}
+
+/// `lb <args>` inside `ns` (network namespace only: pins stay visible to the host).
+fn lb_in(ns: &lb_tests::netns::Ns, args: &[&str]) -> Result<String> {
+    let bin = lb_tests::lb_binary();
+    let net = format!("--net=/run/netns/{}", ns.0);
+    let mut v = vec!["nsenter", net.as_str(), "--", bin.to_str().unwrap()];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+fn lb(args: &[&str]) -> Result<String> {
+    let bin = lb_tests::lb_binary();
+    let mut v = vec![bin.to_str().unwrap()];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+fn flows(t: &Routed, n: usize, udp: bool) -> Result<Vec<String>> {
+    let to = SocketAddr::new(t.vip(Family::V4), if udp { 53 } else { 80 });
+    t.client.run_in(move || -> Result<Vec<String>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            anyhow::ensure!(Instant::now() < deadline, "flows took over 60 s");
+            out.push(if udp {
+                udp_banner(to, Duration::from_secs(2))?
+            } else {
+                tcp_banner(to, Duration::from_secs(2))?
+            });
+        }
+        Ok(out)
+    })?
+}
+
+/// Counts packets from the VIP at the router by where they came from: the backends' bridge
+/// (direct server return) or the balancer's link.
+fn install_reply_counter(t: &Routed) -> Result<()> {
+    let vip = t.vip(Family::V4);
+    let rules = format!(
+        "table ip lbtest {{\n chain fwd {{\n  type filter hook forward priority 0;\n  ip saddr {vip} iifname \"br0\" counter\n  ip saddr {vip} iifname \"rl\" counter\n }}\n}}\n"
+    );
+    let path = std::env::temp_dir().join(format!("{}-replies.nft", t.prefix));
+    std::fs::write(&path, rules)?;
+    t.router.exec(&["nft", "-f", path.to_str().unwrap()])?;
+    let _ignored = std::fs::remove_file(&path);
+    Ok(())
+}
+
+fn read_reply_counter(t: &Routed) -> Result<(u64, u64)> {
+    let out = t
+        .router
+        .exec(&["nft", "list", "chain", "ip", "lbtest", "fwd"])?;
+    let c: Vec<u64> = out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "packets")?;
+            w.get(i + 1)?.parse().ok()
+        })
+        .collect();
+    anyhow::ensure!(c.len() == 2, "unexpected nft output:\n{out}");
+    Ok((c[0], c[1]))
+}
+
+struct Running {
+    t: Routed,
+    _backends: Vec<ProcGuard>,
+    _decap: Decap,
+    agent: Agent,
+}
+
+fn running(method: &str) -> Running {
+    let t = Routed::new(3).expect("routed topology");
+    let vip = t.vip(Family::V4).to_string();
+    let backends = (0..3)
+        .map(|i| t.backends[i].spawn(&[BACKEND_BIN, &format!("backend-{i}"), "80", "53", &vip]))
+        .collect::<Result<Vec<_>>>()
+        .unwrap();
+    let decap = Decap::attach(&t, GUE_PORT).expect("lb decap on the backends");
+    let agent = Agent::start(&t.balancer, &config(&t, method, &[0, 1, 2])).unwrap();
+    let to = SocketAddr::new(t.vip(Family::V4), 80);
+    let ok = t
+        .client
+        .run_in(move || {
+            wait_for(Duration::from_secs(20), || {
+                tcp_banner(to, Duration::from_millis(500))
+            })
+        })
+        .unwrap();
+    assert!(
+        ok.is_ok(),
+        "{method}: the VIP never answered: {ok:?}; agent log:\n{}",
+        agent.log()
+    );
+    Running {
+        t,
+        _backends: backends,
+        _decap: decap,
+        agent,
+    }
+}
+
+#[test]
+fn ipip_reaches_routed_backends() {
+    if root_or_skip("ipip_reaches_routed_backends") {
+        routed_backends("IPIP");
+    }
+}
+
+#[test]
+fn gue_reaches_routed_backends() {
+    if root_or_skip("gue_reaches_routed_backends") {
+        routed_backends("GUE");
+    }
+}
+
+fn routed_backends(method: &str) {
+    let r = running(method);
+    let (t, agent) = (&r.t, &r.agent);
+    install_reply_counter(t).unwrap();
+    let client = format!("{}:", t.client_ip(Family::V4));
+    for udp in [false, true] {
+        let banners = flows(t, 300, udp)
+            .unwrap_or_else(|e| panic!("{method}: {e}; agent log:\n{}", agent.log()));
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for b in &banners {
+            *per.entry(field(b, "name").unwrap().to_string())
+                .or_default() += 1;
+            let seen = field(b, "client").unwrap();
+            assert!(
+                seen.starts_with(&client),
+                "backend saw {seen}, not the client"
+            );
+            let local = field(b, "local").unwrap();
+            assert!(
+                local.starts_with(&format!("{}:", t.vip(Family::V4))),
+                "backend saw {local}"
+            );
+        }
+        println!(
+            "{method} {} flows: {per:?}",
+            if udp { "UDP" } else { "TCP" }
+        );
+        assert_eq!(per.len(), 3, "not all backends reached: {per:?}");
+        for (name, n) in &per {
+            let share = *n as f64 / banners.len() as f64;
+            assert!(
+                (0.25..=0.42).contains(&share),
+                "{name} got {:.1}%",
+                share * 100.0
+            );
+        }
+    }
+    let (from_backends, via_balancer) = read_reply_counter(t).unwrap();
+    println!("{method} replies from the VIP at the router: {from_backends} from the backends, {via_balancer} via the balancer");
+    assert!(from_backends >= 600, "only {from_backends} replies counted");
+    assert_eq!(via_balancer, 0, "replies went through the balancer");
+
+    // The balancer host's own traffic is untouched: it reaches a backend's own address.
+    let direct = SocketAddr::new(t.backend_ip(Family::V4, 0), 80);
+    let b = t
+        .balancer
+        .run_in(move || tcp_banner(direct, Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(field(&b, "name"), Some("backend-0"));
+    assert!(
+        field(&b, "client").unwrap().starts_with("10.61.2.2:"),
+        "{b}"
+    );
+
+    // The dataplane counted the encapsulated packets; describe names method and addresses.
+    let pins = agent.pin_dir.to_str().unwrap();
+    let stats = lb(&["stats", "--pin-path", pins]).unwrap();
+    let tx = if method == "GUE" { "tx_gue" } else { "tx_ipip" };
+    assert!(stats.contains(tx), "lb stats lacks {tx}:\n{stats}");
+    let sock = agent.dir.join("admin.sock");
+    let sock = sock.to_str().unwrap();
+    let described = lb(&["--socket", sock, "describe", "service", "tcp-svc"]).unwrap();
+    assert!(
+        described.contains(&format!("forwarding {method}")),
+        "{described}"
+    );
+    assert!(described.contains("10.61.2.2 -> 10.61.3.11"), "{described}");
+
+    // An oversized segment: answered with ICMP by the balancer, the client's path MTU
+    // shrinks, the retransmission fits, the echo comes back.
+    let conv = Conversation::open_from(&t.client, SocketAddr::new(t.vip(Family::V4), 80)).unwrap();
+    let pinned = conv.backend.clone();
+    let big = "x".repeat(6000);
+    assert_eq!(
+        conv.exchange(&big),
+        Ok(format!("{pinned} {big}")),
+        "a large write through {method}; log:\n{}",
+        agent.log()
+    );
+    let too_big = reason(
+        &lb(&["stats", "--pin-path", pins]).unwrap(),
+        "tx_icmp_too_big",
+    );
+    assert!(too_big >= 1, "no ICMP too-big answer counted");
+
+    // The long-lived connection survives its backend's removal; new flows avoid it.
+    let idx: usize = pinned.trim_start_matches("backend-").parse().unwrap();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != idx).collect();
+    agent.reload(&config(t, method, &rest)).unwrap();
+    let avoided = wait_for(Duration::from_secs(10), || {
+        let b = flows(t, 30, false)?;
+        anyhow::ensure!(
+            b.iter().all(|b| field(b, "name") != Some(pinned.as_str())),
+            "still reaching {pinned}"
+        );
+        Ok(())
+    });
+    assert!(
+        avoided.is_ok(),
+        "new connections still reach the removed backend; log:\n{}",
+        agent.log()
+    );
+    for i in 0..10 {
+        assert_eq!(
+            conv.exchange(&format!("ping{i}")),
+            Ok(format!("{pinned} ping{i}")),
+            "exchange {i} after removal; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A verdict reason's count in `lb stats` (a `name  packets` row).
+fn reason(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
