@@ -151,7 +151,7 @@ pub fn pinned_dirs() -> Vec<PathBuf> {
 }
 
 /// What one pin folder holds: the interface, the addresses, the port and the counters.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Report {
     pub interface: Option<String>,
     pub pin_path: PathBuf,
