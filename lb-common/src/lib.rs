@@ -13,6 +13,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod decap;
 pub mod encap;
 pub mod flow_hash;
 pub mod reason;

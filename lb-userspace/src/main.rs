@@ -66,6 +66,10 @@ enum Cmd {
         #[command(flatten)]
         pins: cli::PinArgs,
     },
+    /// On a backend reached by IPIP or GUE (a routed backend): attach the decapsulation
+    /// program to an interface, or update its addresses and port in place (`--down` removes
+    /// it, `--stats` prints its counters). The program stays attached after the command exits.
+    Decap(cli::decap::DecapArgs),
     /// List connection-table entries (established and first-second flows) from the pinned
     /// maps, like `conntrack -L`.
     Flows {
@@ -292,6 +296,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Decap(args) => cli::decap::run(args, cli.output),
         Cmd::Client(c) => {
             let socket = cli::socket_for(cli.socket, &c)?;
             std::process::exit(cli::run(&socket, cli.output, c)?)

@@ -2,6 +2,7 @@
 //! loads the XDP program into a private pin folder and runs it on frames (`xdp`), and
 //! network-namespace topologies with guards that always clean up (`netns`).
 
+pub mod decap;
 pub mod fuzz;
 pub mod ha;
 pub mod interrupt;

@@ -3,6 +3,7 @@
 //! for scripts). A refused request prints the agent's message and exits with status 1.
 
 pub mod client;
+pub mod decap;
 pub mod table;
 pub mod top;
 

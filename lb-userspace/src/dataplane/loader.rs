@@ -234,12 +234,23 @@ pub fn attach(
         .program_mut(names::PROG_LB)
         .ok_or_else(|| LoadError::Io(format!("program {} missing", names::PROG_LB)))?
         .try_into()?;
+    attach_program(prog, &link_pin(pin_dir, iface), iface, mode)
+}
+
+/// Attaches `prog` (loaded here if it is not yet) to `iface` with its link pinned at `pin`:
+/// a working pinned link gets the program swapped in atomically, otherwise it attaches in
+/// `mode` (auto: native, falling back to generic). Shared by the balancer and `lb decap`.
+pub fn attach_program(
+    prog: &mut Xdp,
+    pin: &Path,
+    iface: &str,
+    mode: crate::config::XdpMode,
+) -> Result<Attached, LoadError> {
     if prog.fd().is_err() {
         prog.load()?;
     }
-    let pin = link_pin(pin_dir, iface);
     if pin.exists() {
-        match PinnedLink::from_pin(&pin) {
+        match PinnedLink::from_pin(pin) {
             Ok(pinned) => {
                 let fd: FdLink = pinned.into();
                 let link = XdpLink::try_from(fd).map_err(|e| LoadError::Link(e.to_string()))?;
@@ -255,7 +266,7 @@ pub fn attach(
             }
             Err(e) => {
                 warn!(iface, error = %e, "stale link pin; attaching afresh");
-                let _ignored = std::fs::remove_file(&pin);
+                let _ignored = std::fs::remove_file(pin);
             }
         }
     }
@@ -274,7 +285,7 @@ pub fn attach(
     let fd: FdLink = link
         .try_into()
         .map_err(|e: aya::programs::links::LinkError| LoadError::Link(e.to_string()))?;
-    fd.pin(&pin)
+    fd.pin(pin)
         .map_err(|e| LoadError::Link(format!("pinning {}: {e}", pin.display())))?;
     Ok(how)
 }
