@@ -159,7 +159,7 @@ fn flows(t: &Routed, n: usize, udp: bool) -> Result<Vec<String>> {
 fn install_reply_counter(t: &Routed) -> Result<()> {
     let vip = t.vip(Family::V4);
     let rules = format!(
-        "table ip lbtest {{\n chain fwd {{\n  type filter hook forward priority 0;\n  ip saddr {vip} iifname \"br0\" counter\n  ip saddr {vip} iifname \"rl\" counter\n }}\n}}\n"
+        "table ip lbtest {{\n chain replies {{\n  type filter hook forward priority 0;\n  ip saddr {vip} iifname \"br0\" counter\n  ip saddr {vip} iifname \"rl\" counter\n }}\n}}\n"
     );
     let path = std::env::temp_dir().join(format!("{}-replies.nft", t.prefix));
     std::fs::write(&path, rules)?;
@@ -171,7 +171,7 @@ fn install_reply_counter(t: &Routed) -> Result<()> {
 fn read_reply_counter(t: &Routed) -> Result<(u64, u64)> {
     let out = t
         .router
-        .exec(&["nft", "list", "chain", "ip", "lbtest", "fwd"])?;
+        .exec(&["nft", "list", "chain", "ip", "lbtest", "replies"])?;
     let c: Vec<u64> = out
         .lines()
         .filter_map(|l| {
@@ -184,11 +184,13 @@ fn read_reply_counter(t: &Routed) -> Result<(u64, u64)> {
     Ok((c[0], c[1]))
 }
 
+/// Fields drop in this order: the agent and `lb decap` go while the namespaces they live
+/// in still exist (their pins are removed), the topology last.
 struct Running {
-    t: Routed,
-    _backends: Vec<ProcGuard>,
-    _decap: Decap,
     agent: Agent,
+    _decap: Decap,
+    _backends: Vec<ProcGuard>,
+    t: Routed,
 }
 
 fn running(method: &str) -> Running {
@@ -215,10 +217,10 @@ fn running(method: &str) -> Running {
         agent.log()
     );
     Running {
-        t,
-        _backends: backends,
-        _decap: decap,
         agent,
+        _decap: decap,
+        _backends: backends,
+        t,
     }
 }
 
