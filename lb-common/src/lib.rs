@@ -39,6 +39,7 @@ pub mod names {
     pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
     pub const MAP_REASONS: &str = "REASONS";
     pub const MAP_PASS_COUNT: &str = "PASS_COUNT";
+    pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
 }
 
 /// Limits compiled into the program. Map sizes that depend on the configuration
@@ -65,6 +66,9 @@ pub mod limits {
     /// IPv6 extension headers (hop-by-hop, routing, destination options) the program walks
     /// to reach TCP/UDP; a longer chain to a VIP address is dropped (`drop_ext_headers`).
     pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+    /// How long one CPU reuses the FIB's next hop toward a routed backend before asking the
+    /// FIB again: a neighbour's new MAC or a route change is followed within this time.
+    pub const NEXT_HOP_TTL_NS: u64 = 100_000_000;
 }
 
 /// `BPF_F_NO_COMMON_LRU` (include/uapi/linux/bpf.h): one LRU list per CPU instead of one
@@ -268,6 +272,21 @@ pub struct Settings {
     /// Most young flows promoted into `CONNS` per second on one CPU; above it, promotion is
     /// skipped (counted) and the flow stays young. 0 is never written (validation).
     pub conn_promotions_per_sec: u32,
+}
+
+/// Value of `NEXT_HOPS` (per CPU, indexed by backend id): the FIB's answer toward a routed
+/// backend, reused for `limits::NEXT_HOP_TTL_NS` so that an encapsulated packet costs one
+/// array read instead of a FIB lookup. `generation` ties it to the slot's occupant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ifindex: u32,
+    /// The route's MTU (what the outer packet may measure).
+    pub mtu: u32,
+    pub generation: u32,
+    pub checked_ns: u64,
 }
 
 /// Value of `PROMOTION_WINDOW` (per CPU): promotions counted in the current one-second

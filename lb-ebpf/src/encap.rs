@@ -15,14 +15,15 @@ use aya_ebpf::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use core::{ffi::c_void, mem};
 use lb_common::{
     encap::{self, forwarding},
     flow_hash::flow_hash,
-    Backend, FlowKey, Reason, ServiceMeta, FAMILY_V6, PROTO_UDP,
+    limits::NEXT_HOP_TTL_NS,
+    Backend, FlowKey, NextHop, Reason, ServiceMeta, FAMILY_V6, PROTO_UDP,
 };
 use network_types::eth::EthHdr;
 
@@ -30,6 +31,7 @@ use crate::{
     counters,
     forward::{DROP, TX},
     icmp_too_big,
+    maps::NEXT_HOPS,
     parse::{frame_len, ptr_at},
 };
 
@@ -45,7 +47,13 @@ const IP_DF: u16 = 0x4000;
 
 /// Encapsulates the frame's IP packet toward `be` and sends it to the FIB's next hop.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, be: &Backend, svc: &ServiceMeta, flow: &FlowKey) -> (u32, Reason) {
+pub fn send(
+    ctx: &XdpContext,
+    be: &Backend,
+    id: u32,
+    svc: &ServiceMeta,
+    flow: &FlowKey,
+) -> (u32, Reason) {
     let v6 = be.family == FAMILY_V6;
     let gue = svc.forwarding == forwarding::GUE;
     let overhead = match (v6, gue) {
@@ -68,54 +76,20 @@ pub fn send(ctx: &XdpContext, be: &Backend, svc: &ServiceMeta, flow: &FlowKey) -
     let sport_be = encap::gue_source_port(hash).to_be();
 
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: a plain C struct of integers; all-zero is its documented "no input" value.
-    let mut fib: FibParams = unsafe { mem::zeroed() };
-    fib.l4_protocol = outer_proto;
-    if gue {
-        fib.sport = sport_be;
-        fib.dport = svc.gue_port_be;
-    }
-    fib.__bindgen_anon_1.tot_len = (inner_len + overhead) as u16;
-    fib.ifindex = ingress;
-    // SAFETY (address copies): `Backend` is 4-aligned, so its 16-byte addresses read as
-    // four u32 words; the union members written are the ones `family` selects.
-    unsafe {
-        let (src, dst) = (
-            be.src.as_ptr() as *const u32,
-            be.addr.as_ptr() as *const u32,
-        );
-        if v6 {
-            fib.family = AF_INET6;
-            for i in 0..4 {
-                fib.__bindgen_anon_3.ipv6_src[i] = src.add(i).read();
-                fib.__bindgen_anon_4.ipv6_dst[i] = dst.add(i).read();
-            }
-        } else {
-            fib.family = AF_INET;
-            fib.__bindgen_anon_3.ipv4_src = src.read();
-            fib.__bindgen_anon_4.ipv4_dst = dst.read();
-        }
-    }
-    // SAFETY: `fib` is a valid, writable parameter block of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut c_void,
-            &mut fib,
-            mem::size_of::<FibParams>() as i32,
-            0,
-        )
+    let tot_len = (inner_len + overhead) as u32;
+    let ports = if gue {
+        (sport_be, svc.gue_port_be)
+    } else {
+        (0, 0)
     };
-    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        // SAFETY: on FRAG_NEEDED the kernel wrote `mtu_result`.
-        let mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as usize;
-        return icmp_too_big::answer(ctx, v6, mtu.saturating_sub(overhead));
-    }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return (DROP, Reason::DROP_FIB_NO_NEIGH);
-    }
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return (DROP, Reason::DROP_FIB_NO_ROUTE);
-    }
+    let hop = match next_hop(ctx, be, id, tot_len, outer_proto, ports) {
+        Ok(hop) => hop,
+        Err(NoHop::TooBig(mtu)) => {
+            return icmp_too_big::answer(ctx, v6, (mtu as usize).saturating_sub(overhead));
+        }
+        Err(NoHop::NoNeighbour) => return (DROP, Reason::DROP_FIB_NO_NEIGH),
+        Err(NoHop::NoRoute) => return (DROP, Reason::DROP_FIB_NO_ROUTE),
+    };
 
     // The inner header's traffic class is copied to the outer one (DSCP and ECN, RFC 6040's
     // normal mode), read before the headers move.
@@ -140,9 +114,9 @@ pub fn send(ctx: &XdpContext, be: &Backend, svc: &ServiceMeta, flow: &FlowKey) -
         hash,
     };
     let written = if v6 {
-        write_v6(ctx, &fib, be, &outer)
+        write_v6(ctx, &hop, be, &outer)
     } else {
-        write_v4(ctx, &fib, be, &outer)
+        write_v4(ctx, &hop, be, &outer)
     };
     if !written {
         return (DROP, Reason::DROP_SHORT_L4);
@@ -162,12 +136,12 @@ pub fn send(ctx: &XdpContext, be: &Backend, svc: &ServiceMeta, flow: &FlowKey) -
         }
     }
     let reason = if gue { Reason::TX_GUE } else { Reason::TX_IPIP };
-    if fib.ifindex == ingress {
+    if hop.ifindex == ingress {
         return (TX, reason);
     }
     counters::reason(Reason::SEEN_ENCAP_REDIRECT);
     // SAFETY: the helper has no memory arguments.
-    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     (action, reason)
 }
 
@@ -183,7 +157,7 @@ struct Outer {
 /// of the frame. `false`: the frame is shorter than the headers (cannot happen after a
 /// successful adjust, but the verifier needs the check).
 #[inline(always)]
-fn write_v4(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool {
+fn write_v4(ctx: &XdpContext, hop: &NextHop, be: &Backend, o: &Outer) -> bool {
     let Some(h) = ptr_at::<[u16; 17]>(ctx, 0) else {
         return false;
     };
@@ -195,7 +169,7 @@ fn write_v4(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool 
     );
     // SAFETY: `h` covers 34 bytes (Ethernet + IPv4), 2-aligned; `src`/`dst` 16 readable bytes.
     unsafe {
-        write_eth(h, fib, ETH_P_IP);
+        write_eth(h, hop, ETH_P_IP);
         let ip = h.add(7);
         let w = [
             u16::from_ne_bytes([0x45, o.tclass]),
@@ -221,7 +195,7 @@ fn write_v4(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool 
 
 /// As [`write_v4`] for an outer IPv6 header; the flow label carries the flow hash.
 #[inline(always)]
-fn write_v6(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool {
+fn write_v6(ctx: &XdpContext, hop: &NextHop, be: &Backend, o: &Outer) -> bool {
     let Some(h) = ptr_at::<[u16; 27]>(ctx, 0) else {
         return false;
     };
@@ -234,7 +208,7 @@ fn write_v6(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool 
     );
     // SAFETY: `h` covers 54 bytes (Ethernet + IPv6), 2-aligned; `src`/`dst` 16 readable bytes.
     unsafe {
-        write_eth(h, fib, ETH_P_IPV6);
+        write_eth(h, hop, ETH_P_IPV6);
         let ip = h.add(7);
         ip.write(((vtcfl >> 16) as u16).to_be());
         ip.add(1).write((vtcfl as u16).to_be());
@@ -248,28 +222,135 @@ fn write_v6(ctx: &XdpContext, fib: &FibParams, be: &Backend, o: &Outer) -> bool 
     true
 }
 
-/// The Ethernet header: destination and source MACs from the FIB, then the ethertype.
+/// The Ethernet header: destination and source MACs of the next hop, then the ethertype.
 ///
 /// # Safety
 /// `h` must point at 14 writable, 2-aligned bytes.
 #[inline(always)]
-unsafe fn write_eth(h: *mut u16, fib: &FibParams, ether_type: u16) {
-    let (d, s) = (fib.dmac.as_ptr(), fib.smac.as_ptr());
-    // SAFETY: as the caller guarantees; the MACs are 6 bytes each (byte reads: `FibParams`
-    // puts them at offset 52 and 58, only the first of which is 4-aligned).
+unsafe fn write_eth(h: *mut u16, hop: &NextHop, ether_type: u16) {
+    // `NextHop` is 4-aligned with the MACs at offsets 0 and 6: 16-bit reads.
+    let (d, s) = (
+        hop.dmac.as_ptr() as *const u16,
+        hop.smac.as_ptr() as *const u16,
+    );
+    // SAFETY: as the caller guarantees; the MACs are 6 bytes each.
     unsafe {
         for i in 0..3 {
-            h.add(i).write(u16::from_ne_bytes([
-                d.add(2 * i).read(),
-                d.add(2 * i + 1).read(),
-            ]));
-            h.add(3 + i).write(u16::from_ne_bytes([
-                s.add(2 * i).read(),
-                s.add(2 * i + 1).read(),
-            ]));
+            h.add(i).write(d.add(i).read());
+            h.add(3 + i).write(s.add(i).read());
         }
         h.add(6).write(ether_type.to_be());
     }
+}
+
+/// Why no next hop was found.
+enum NoHop {
+    /// The outer packet exceeds the route's MTU (the MTU).
+    TooBig(u32),
+    NoNeighbour,
+    NoRoute,
+}
+
+/// The next hop toward routed backend `be` (slot `id`) for an outer packet of `tot_len`
+/// bytes: this CPU's cached FIB answer while it is younger than `NEXT_HOP_TTL_NS` and the
+/// packet fits its MTU, else a FIB lookup (which also decides "too big").
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    be: &Backend,
+    id: u32,
+    tot_len: u32,
+    proto: u8,
+    ports: (u16, u16),
+) -> Result<NextHop, NoHop> {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let cached = NEXT_HOPS.get_ptr_mut(id);
+    if let Some(c) = cached {
+        // SAFETY: this CPU's element, valid for the program's run.
+        let c = unsafe { &*c };
+        if c.generation == be.generation
+            && c.checked_ns != 0
+            && now.wrapping_sub(c.checked_ns) < NEXT_HOP_TTL_NS
+            && tot_len <= c.mtu
+        {
+            return Ok(*c);
+        }
+    }
+    let hop = fib_lookup(ctx, be, tot_len, proto, ports, now)?;
+    if let Some(c) = cached {
+        // SAFETY: as above.
+        unsafe { *c = hop };
+    }
+    Ok(hop)
+}
+
+/// Asks the kernel's FIB for the route and neighbour toward `be` from the interface the
+/// frame came in on, with the outer packet's length for its MTU check.
+#[inline(always)]
+fn fib_lookup(
+    ctx: &XdpContext,
+    be: &Backend,
+    tot_len: u32,
+    proto: u8,
+    (sport_be, dport_be): (u16, u16),
+    now: u64,
+) -> Result<NextHop, NoHop> {
+    // SAFETY: a plain C struct of integers; all-zero is its documented "no input" value.
+    let mut fib: FibParams = unsafe { mem::zeroed() };
+    fib.l4_protocol = proto;
+    // The ports feed the kernel's multipath hash (GUE; zero for IPIP).
+    fib.sport = sport_be;
+    fib.dport = dport_be;
+    fib.__bindgen_anon_1.tot_len = tot_len as u16;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY (address copies): `Backend` is 4-aligned, so its 16-byte addresses read as
+    // four u32 words; the union members written are the ones `family` selects.
+    unsafe {
+        let (src, dst) = (
+            be.src.as_ptr() as *const u32,
+            be.addr.as_ptr() as *const u32,
+        );
+        if be.family == FAMILY_V6 {
+            fib.family = AF_INET6;
+            for i in 0..4 {
+                fib.__bindgen_anon_3.ipv6_src[i] = src.add(i).read();
+                fib.__bindgen_anon_4.ipv6_dst[i] = dst.add(i).read();
+            }
+        } else {
+            fib.family = AF_INET;
+            fib.__bindgen_anon_3.ipv4_src = src.read();
+            fib.__bindgen_anon_4.ipv4_dst = dst.read();
+        }
+    }
+    // SAFETY: `fib` is a valid, writable parameter block of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut c_void,
+            &mut fib,
+            mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    // SAFETY (union reads): the kernel writes `mtu_result` on success and on FRAG_NEEDED.
+    let mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        return Err(NoHop::TooBig(mtu));
+    }
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Err(NoHop::NoNeighbour);
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Err(NoHop::NoRoute);
+    }
+    Ok(NextHop {
+        dmac: fib.dmac,
+        smac: fib.smac,
+        ifindex: fib.ifindex,
+        mtu,
+        generation: be.generation,
+        checked_ns: now,
+    })
 }
 
 /// Folds a 32-bit one's-complement sum of 16-bit words to 16 bits (RFC 1071).

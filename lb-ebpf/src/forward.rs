@@ -258,10 +258,11 @@ fn established(out: &Out, len: u64, now: u64, is_flow_packet: bool) -> Option<(u
     vstats.conn_hits += 1;
     counters::backend(found.entry.backend, len, false);
     let (be, svc) = found.backend;
+    let id = found.entry.backend;
     if is_flow_packet {
         conntrack::touch(flow, found, now);
     }
-    Some(out.transmit(be, svc))
+    Some(out.transmit(be, id, svc))
 }
 
 /// The backend of a connection-table entry, if the flow may stay there: not idle past the
@@ -341,11 +342,11 @@ fn balance(out: &Out, meta: &VipMeta, len: u64, now: u64, create: Create) -> (u3
         if let Some(found) = found {
             vstats.conn_hits += 1;
             counters::backend(found.entry.backend, len, false);
-            let be = found.backend;
+            let (be, id) = (found.backend, found.entry.backend);
             if create != Create::No {
                 conntrack::touch(conn_key, found, now);
             }
-            return out.transmit(be, svc);
+            return out.transmit(be, id, svc);
         }
     }
     vstats.conn_misses += 1;
@@ -387,7 +388,7 @@ fn balance(out: &Out, meta: &VipMeta, len: u64, now: u64, create: Create) -> (u3
         vstats.new_flows += 1;
     }
     counters::backend(id, len, created);
-    out.transmit(be, svc)
+    out.transmit(be, id, svc)
 }
 
 /// Whether a flow pinned to `be` stays there (SEMANTICS: connection persistence).
@@ -422,11 +423,11 @@ impl Out<'_> {
     /// Sends the packet to `be` the way its service says: L2 direct server return, or
     /// encapsulated toward a routed backend (`encap`).
     #[inline(always)]
-    fn transmit(&self, be: &Backend, svc: &ServiceMeta) -> (u32, Reason) {
+    fn transmit(&self, be: &Backend, id: u32, svc: &ServiceMeta) -> (u32, Reason) {
         if svc.forwarding == forwarding::L2_DSR {
             return rewrite(self.eth, be);
         }
-        crate::encap::send(self.ctx, be, svc, self.flow)
+        crate::encap::send(self.ctx, be, id, svc, self.flow)
     }
 }
 

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    limits, Backend, BackendStats, ConnEntry, FlowKey, PromotionWindow, Reason, ServiceMeta,
-    Settings, VipAddrKey, VipKey, VipMeta, VipState, VipStats, BPF_F_NO_COMMON_LRU,
+    limits, Backend, BackendStats, ConnEntry, FlowKey, NextHop, PromotionWindow, Reason,
+    ServiceMeta, Settings, VipAddrKey, VipKey, VipMeta, VipState, VipStats, BPF_F_NO_COMMON_LRU,
 };
 
 /// Forwarding rules: (address, port or 0, protocol) → service and VIP id.
@@ -58,6 +58,11 @@ pub static YOUNG_CONNS: LruHashMap<FlowKey, ConnEntry> =
 /// new program starting with an empty window only allows one window's worth early.
 #[map]
 pub static PROMOTION_WINDOW: PerCpuArray<PromotionWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, by backend id: the FIB's next hop toward a routed backend, reused for
+/// `limits::NEXT_HOP_TTL_NS` (`encap`). Not pinned: a cache a new program refills.
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
 
 /// `SETTINGS[0]`: ring size and service count.
 #[map]

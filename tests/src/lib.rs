@@ -2,7 +2,9 @@
 //! loads the XDP program into a private pin folder and runs it on frames (`xdp`), and
 //! network-namespace topologies with guards that always clean up (`netns`).
 
+pub mod bench_encap;
 pub mod decap;
+pub mod fib;
 pub mod fuzz;
 pub mod ha;
 pub mod interrupt;

@@ -156,10 +156,19 @@ impl XdpHarness {
     /// Sends `frame` (a packet of a flow already seen) until the flow is promoted into
     /// `CONNS` (a packet at least a second after its entry was made); at most 5 s.
     pub fn promote(&self, frame: &[u8]) -> Result<()> {
+        self.promote_on(frame, None)
+    }
+
+    /// [`Self::promote`] for frames arriving on interface `ifindex` (encapsulating paths
+    /// need the namespace's FIB).
+    pub fn promote_on(&self, frame: &[u8], ifindex: Option<u32>) -> Result<()> {
         let before = self.reason("conn_promoted")?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
-            let r = self.run(frame)?;
+            let r = match ifindex {
+                Some(i) => self.run_on(frame, i, 1)?,
+                None => self.run(frame)?,
+            };
             anyhow::ensure!(
                 r.verdict == 3,
                 "flow not forwarded while waiting for promotion"

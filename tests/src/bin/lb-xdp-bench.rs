@@ -214,6 +214,9 @@ fn main() -> Result<()> {
         lb_tests::is_root(),
         "the benchmark loads BPF programs: run as root"
     );
+    if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("encap") {
+        return lb_tests::bench_encap::run(SINGLE_RUNS as usize);
+    }
     // Table as in the fixtures (4096, so the new-flow runs below fill it and evict), and a
     // promotion limit that never applies (the bench promotes on purpose).
     let mut h = XdpHarness::with_conn_table(65537, 4096, 10_000_000)?;
@@ -245,7 +248,8 @@ fn main() -> Result<()> {
 
     if quick() {
         println!("floor {floor} ns, non-VIP {non_vip} ns ({:.2}x), established {established} ns ({:.2}x), young {young} ns", non_vip / floor, established / floor);
-        return families();
+        families()?;
+        return lb_tests::bench_encap::run(2000);
     }
     let mut floor_single = Vec::new();
     let mut new_single = Vec::new();
@@ -345,7 +349,8 @@ fn main() -> Result<()> {
         "  {:<34} {:>9.1} ns {:>13.1} ns",
         "promotion: CONNS insert (shared LRU)", costs[0].1, costs[1].1
     );
-    families()
+    families()?;
+    lb_tests::bench_encap::run(SINGLE_RUNS as usize)
 }
 
 /// Frame `i` of a bench flow (ACK or SYN).
