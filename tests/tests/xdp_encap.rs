@@ -12,7 +12,7 @@ use lb_tests::{
     fib::{FibNs, BACKEND, BACKEND6, OTHER_ROUTER_MAC, OUR_MAC, ROUTER_MAC, SRC, SRC6},
     netns::sh,
     packet::{checksum, Frame, Frame6, BALANCER_MAC, CLIENT_MAC},
-    xdp_cases::{pad, service, vip, vip6, CLIENT, CLIENT6, DROP, RING, TX, VIP, VIP6},
+    xdp_cases::{pad, service, vip, vip6, CLIENT, CLIENT6, DROP, TX, VIP, VIP6},
 };
 use lb_userspace::dataplane::plan::{L4Backend, L4Plan};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

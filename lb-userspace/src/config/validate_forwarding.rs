@@ -35,39 +35,3 @@ pub fn check(bs: &BackendService, p: &str, err: &mut Err<'_>) {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    fn errors(extra: &str, backend: &str) -> String {
-        let t = format!(
-            "[backend_services.s]\nprotocol = \"TCP\"\n{extra}\n[[backend_services.s.backends]]\naddress = \"10.1.0.5\"\n{backend}\n"
-        );
-        match crate::model::parse(&t) {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    #[test]
-    fn routed_methods_are_accepted_with_their_own_fields_only() {
-        assert_eq!(errors("forwarding = \"IPIP\"", ""), "");
-        assert_eq!(errors("forwarding = \"GUE\"\ngue_port = 7000", ""), "");
-        assert!(
-            errors("forwarding = \"IPIP\"\ngue_port = 7000", "").contains("gue_port applies only")
-        );
-        assert!(errors("gue_port = 7000", "").contains("gue_port applies only"));
-        assert!(errors("forwarding = \"GUE\"\ngue_port = 0", "").contains("1..=65535"));
-        assert!(
-            errors("forwarding = \"GUE\"", "mac = \"02:00:00:00:00:01\"")
-                .contains("mac applies to L2_DSR only")
-        );
-        assert!(errors("forwarding = \"VXLAN\"", "").contains("forwarding"));
-    }
-
-    #[test]
-    fn l7_services_do_not_take_a_forwarding_method() {
-        let t = "[backend_services.s]\nprotocol = \"HTTP\"\nforwarding = \"GUE\"\n[[backend_services.s.backends]]\naddress = \"10.1.0.5\"\nport = 80\n";
-        let e = crate::model::parse(t).unwrap_err().to_string();
-        assert!(e.contains("forwarding applies to TCP/UDP"), "{e}");
-    }
-}

@@ -92,19 +92,6 @@ pub fn warn_if_veth(iface: &str) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn loopback_is_not_a_veth_and_bad_names_are_refused() {
-        // lo answers GDRVINFO with an empty or "loopback"-like name, never "veth".
-        if let Ok(d) = super::driver("lo") {
-            assert_ne!(d, "veth");
-        }
-        assert!(super::driver("").is_err());
-        assert!(super::driver("a-name-far-too-long-for-linux").is_err());
-    }
-}
-
 /// Encapsulating services send packets on through the kernel's FIB, which forwards only for
 /// interfaces with IP forwarding on (`bpf_fib_lookup` answers "forwarding disabled"
 /// otherwise and every packet would be dropped). Refuses a plan that needs it where it is
@@ -129,4 +116,17 @@ pub fn check_forwarding(ifaces: &[String], plan: &super::plan::L4Plan) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_is_not_a_veth_and_bad_names_are_refused() {
+        // lo answers GDRVINFO with an empty or "loopback"-like name, never "veth".
+        if let Ok(d) = super::driver("lo") {
+            assert_ne!(d, "veth");
+        }
+        assert!(super::driver("").is_err());
+        assert!(super::driver("a-name-far-too-long-for-linux").is_err());
+    }
 }
