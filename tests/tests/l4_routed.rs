@@ -238,6 +238,44 @@ fn gue_reaches_routed_backends() {
     }
 }
 
+#[test]
+fn routed_forwarding_waits_for_ip_forwarding_and_names_the_sysctl() {
+    if !root_or_skip("routed_forwarding_waits_for_ip_forwarding_and_names_the_sysctl") {
+        return;
+    }
+    let t = Routed::new(1).expect("routed topology");
+    t.balancer
+        .exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=0"])
+        .unwrap();
+    let mut agent = Agent::start(&t.balancer, &config(&t, "IPIP", &[0])).unwrap();
+    let hint = "sysctl -w net.ipv4.conf.eth0.forwarding=1";
+    let said = wait_for(Duration::from_secs(10), || {
+        anyhow::ensure!(agent.log().contains(hint), "not yet");
+        Ok(())
+    });
+    assert!(said.is_ok(), "no hint in the log:\n{}", agent.log());
+    // Nothing was programmed; once forwarding is on, the next reconcile programs the VIP.
+    let pins = agent.pin_dir.to_str().unwrap().to_string();
+    let vip = format!("{}:80/tcp", t.vip(Family::V4));
+    assert!(!lb(&["stats", "--pin-path", &pins]).unwrap().contains(&vip));
+    t.balancer
+        .exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1"])
+        .unwrap();
+    let programmed = wait_for(Duration::from_secs(10), || {
+        anyhow::ensure!(
+            lb(&["stats", "--pin-path", &pins])?.contains(&vip),
+            "not yet"
+        );
+        Ok(())
+    });
+    assert!(
+        programmed.is_ok(),
+        "not programmed after forwarding was enabled:\n{}",
+        agent.log()
+    );
+    agent.kill();
+}
+
 fn routed_backends(method: &str) {
     let r = running(method);
     let (t, agent) = (&r.t, &r.agent);
