@@ -222,3 +222,56 @@ impl Drop for Routed {
         self.cleanup();
     }
 }
+
+/// `lb decap` on every backend (entered with nsenter, so its pins land in the host's
+/// bpffs); removed with `--down` on drop.
+pub struct Decap {
+    t_backends: Vec<crate::netns::Ns>,
+    pins: Vec<String>,
+}
+
+impl Decap {
+    pub fn attach(t: &Routed, gue_port: u16) -> Result<Decap> {
+        let mut d = Decap {
+            t_backends: t.backends.clone(),
+            pins: Vec::new(),
+        };
+        for ns in &t.backends {
+            let pin = format!("/sys/fs/bpf/{}", crate::unique("lbdecap-"));
+            d.pins.push(pin.clone());
+            lb_in(
+                ns,
+                &[
+                    "decap",
+                    "--interface",
+                    "eth0",
+                    "--pin-path",
+                    &pin,
+                    "--gue-port",
+                    &gue_port.to_string(),
+                ],
+            )?;
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Decap {
+    fn drop(&mut self) {
+        for (ns, pin) in self.t_backends.iter().zip(&self.pins) {
+            let _ignored = lb_in(
+                ns,
+                &["decap", "--down", "--interface", "eth0", "--pin-path", pin],
+            );
+        }
+    }
+}
+
+/// `lb <args>` inside `ns` (network namespace only: pins stay visible to the host).
+pub fn lb_in(ns: &crate::netns::Ns, args: &[&str]) -> Result<String> {
+    let bin = crate::lb_binary();
+    let net = format!("--net=/run/netns/{}", ns.0);
+    let mut v = vec!["nsenter", net.as_str(), "--", bin.to_str().unwrap()];
+    v.extend_from_slice(args);
+    sh(&v)
+}

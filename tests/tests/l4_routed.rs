@@ -11,7 +11,7 @@ use lb_tests::{
     lbrun::{field, tcp_banner, udp_banner, wait_for, Agent, Conversation},
     netns::{sh, Family, ProcGuard},
     root_or_skip,
-    routed::Routed,
+    routed::{Decap, Routed},
 };
 use std::{
     collections::BTreeMap,
@@ -75,59 +75,6 @@ forwarding = "{method}"
         }
     }
     c
-}
-
-/// `lb decap` on every backend (entered with nsenter, so its pins land in the host's
-/// bpffs); removed with `--down` on drop.
-struct Decap {
-    t_backends: Vec<lb_tests::netns::Ns>,
-    pins: Vec<String>,
-}
-
-impl Decap {
-    fn attach(t: &Routed, gue_port: u16) -> Result<Decap> {
-        let mut d = Decap {
-            t_backends: t.backends.clone(),
-            pins: Vec::new(),
-        };
-        for ns in &t.backends {
-            let pin = format!("/sys/fs/bpf/{}", lb_tests::unique("lbdecap-"));
-            d.pins.push(pin.clone());
-            lb_in(
-                ns,
-                &[
-                    "decap",
-                    "--interface",
-                    "eth0",
-                    "--pin-path",
-                    &pin,
-                    "--gue-port",
-                    &gue_port.to_string(),
-                ],
-            )?;
-        }
-        Ok(d)
-    }
-}
-
-impl Drop for Decap {
-    fn drop(&mut self) {
-        for (ns, pin) in self.t_backends.iter().zip(&self.pins) {
-            let _ignored = lb_in(
-                ns,
-                &["decap", "--down", "--interface", "eth0", "--pin-path", pin],
-            );
-        }
-    }
-}
-
-/// `lb <args>` inside `ns` (network namespace only: pins stay visible to the host).
-fn lb_in(ns: &lb_tests::netns::Ns, args: &[&str]) -> Result<String> {
-    let bin = lb_tests::lb_binary();
-    let net = format!("--net=/run/netns/{}", ns.0);
-    let mut v = vec!["nsenter", net.as_str(), "--", bin.to_str().unwrap()];
-    v.extend_from_slice(args);
-    sh(&v)
 }
 
 fn lb(args: &[&str]) -> Result<String> {

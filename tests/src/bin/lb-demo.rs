@@ -1,7 +1,9 @@
 //! The demo (`cargo xtask demo`): a client, the balancer and three backends in network
 //! namespaces on one bridge; `lb run` with the embedded default configuration puts a VIP in
 //! front of the backends; the client opens connections to the VIP and each backend answers
-//! with its name. Everything created is removed at the end, also on Ctrl-C.
+//! with its name. A second act puts two backends behind a router, reached by GUE
+//! encapsulation (`lb decap` on each). Everything created is removed at the end, also on
+//! Ctrl-C.
 
 use anyhow::{bail, Result};
 use lb_tests::{
@@ -11,6 +13,7 @@ use lb_tests::{
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 const CONFIG: &str = include_str!("demo.toml");
+const ROUTED_CONFIG: &str = include_str!("demo-routed.toml");
 
 fn main() -> Result<()> {
     anyhow::ensure!(
@@ -19,7 +22,7 @@ fn main() -> Result<()> {
     );
     lb_tests::interrupt::install();
     // Guards drop in reverse order: agent (lb down), backends, then namespaces.
-    let result = demo();
+    let result = demo().and_then(|()| routed());
     if let (Err(_), Ok(secs)) = (&result, std::env::var("LB_DEMO_HOLD")) {
         // Debugging aid: keep everything up for inspection before cleaning up.
         std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(60)));
@@ -175,6 +178,70 @@ fn demo() -> Result<()> {
         .args(["stats", "--pin-path", agent.pin_dir.to_str().unwrap()])
         .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+/// The routed act: backends on another subnet behind a router, reached by GUE.
+fn routed() -> Result<()> {
+    use lb_tests::{netns::Family, routed::Decap, routed::Routed};
+    println!(
+        "\n== routed backends: client, balancer and 2 backends on three subnets joined by a router"
+    );
+    let t = Routed::new(2)?;
+    let vip = t.vip(Family::V4);
+    let (b0, b1) = (t.backend_ip(Family::V4, 0), t.backend_ip(Family::V4, 1));
+    println!(
+        "   client {}  balancer {}  backends {b0}, {b1} (behind the router)  VIP {vip}",
+        t.client_ip(Family::V4),
+        t.balancer_ip(Family::V4)
+    );
+    let backend_bin = std::env::current_exe()?.with_file_name("lb-backend");
+    let _backends = (0..2)
+        .map(|i| {
+            t.backends[i].spawn(&[
+                backend_bin.to_str().unwrap(),
+                &format!("routed-{i}"),
+                "80",
+                "53",
+                &vip.to_string(),
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    println!("== lb decap --interface eth0 on each backend (strips IPIP/GUE addressed to it)");
+    let _decap = Decap::attach(&t, lb_common::encap::GUE_DEFAULT_PORT)?;
+    let cfg = ROUTED_CONFIG
+        .replace("{VIP}", &vip.to_string())
+        .replace("{B0}", &b0.to_string())
+        .replace("{B1}", &b1.to_string());
+    println!("== a second `lb run`, forwarding = \"GUE\"");
+    let agent = Agent::start(&t.balancer, &cfg)?;
+    let to = SocketAddr::new(vip, 80);
+    let ready = t.client.run_in(move || {
+        wait_for(Duration::from_secs(20), || {
+            tcp_banner(to, Duration::from_millis(500))
+        })
+    })?;
+    if ready.is_err() {
+        bail!(
+            "the routed VIP did not answer within 20 s; lb log:\n{}",
+            agent.log()
+        );
+    }
+    lb_tests::interrupt::check()?;
+    println!("== 12 TCP connections from the client to {vip}:80, through the router");
+    let banners = t.client.run_in(move || -> Result<Vec<String>> {
+        (0..12)
+            .map(|_| tcp_banner(to, Duration::from_secs(2)))
+            .collect()
+    })??;
+    show_spread("TCP", &banners);
+    println!("== lb describe service routed-web");
+    let out = std::process::Command::new(lb_tests::lb_binary())
+        .args(["describe", "service", "routed-web", "--socket"])
+        .arg(agent.dir.join("admin.sock"))
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    drop(agent);
     Ok(())
 }
 
