@@ -106,7 +106,9 @@ impl Routed {
         sh(&["ip", "link", "set", tmp, "netns", &host.0])?;
         host.exec(&["ip", "link", "set", tmp, "name", "eth0"])?;
         let a4 = format!("10.61.{subnet}.{hostnum}/24");
-        let a6 = format!("{}/64", v6(subnet as u16, hostnum as u16));
+        // Host n is ::n written in decimal digits (10.61.3.11 and fd61:3::11).
+        let host6 = u16::from_str_radix(&hostnum.to_string(), 16)?;
+        let a6 = format!("{}/64", v6(subnet as u16, host6));
         host.exec(&["ip", "addr", "add", &a4, "dev", "eth0"])?;
         host.exec(&["ip", "-6", "addr", "add", &a6, "dev", "eth0", "nodad"])?;
         host.exec(&["ip", "link", "set", "eth0", "up"])?;

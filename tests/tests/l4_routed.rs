@@ -22,7 +22,7 @@ use std::{
 const BACKEND_BIN: &str = env!("CARGO_BIN_EXE_lb-backend");
 const GUE_PORT: u16 = 7080;
 
-fn config(t: &Routed, method: &str, backends: &[usize]) -> String {
+fn config(t: &Routed, fam: Family, method: &str, backends: &[usize]) -> String {
     let gue = if method == "GUE" {
         format!("gue_port = {GUE_PORT}\n")
     } else {
@@ -64,13 +64,13 @@ forwarding = "{method}"
 protocol = "UDP"
 forwarding = "{method}"
 {gue}"#,
-        vip = t.vip(Family::V4)
+        vip = t.vip(fam)
     );
     for svc in ["tcp-svc", "udp-svc"] {
         for i in backends {
             c += &format!(
                 "[[backend_services.{svc}.backends]]\nname = \"backend-{i}\"\naddress = \"{}\"\n",
-                t.backend_ip(Family::V4, *i)
+                t.backend_ip(fam, *i)
             );
         }
     }
@@ -84,8 +84,8 @@ fn lb(args: &[&str]) -> Result<String> {
     sh(&v)
 }
 
-fn flows(t: &Routed, n: usize, udp: bool) -> Result<Vec<String>> {
-    let to = SocketAddr::new(t.vip(Family::V4), if udp { 53 } else { 80 });
+fn flows(t: &Routed, fam: Family, n: usize, udp: bool) -> Result<Vec<String>> {
+    let to = SocketAddr::new(t.vip(fam), if udp { 53 } else { 80 });
     t.client.run_in(move || -> Result<Vec<String>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut out = Vec::with_capacity(n);
@@ -103,10 +103,10 @@ fn flows(t: &Routed, n: usize, udp: bool) -> Result<Vec<String>> {
 
 /// Counts packets from the VIP at the router by where they came from: the backends' bridge
 /// (direct server return) or the balancer's link.
-fn install_reply_counter(t: &Routed) -> Result<()> {
-    let vip = t.vip(Family::V4);
+fn install_reply_counter(t: &Routed, fam: Family) -> Result<()> {
+    let (vip, nft) = (t.vip(fam), fam.nft());
     let rules = format!(
-        "table ip lbtest {{\n chain replies {{\n  type filter hook forward priority 0;\n  ip saddr {vip} iifname \"br0\" counter\n  ip saddr {vip} iifname \"rl\" counter\n }}\n}}\n"
+        "table {nft} lbtest {{\n chain replies {{\n  type filter hook forward priority 0;\n  {nft} saddr {vip} iifname \"br0\" counter\n  {nft} saddr {vip} iifname \"rl\" counter\n }}\n}}\n"
     );
     let path = std::env::temp_dir().join(format!("{}-replies.nft", t.prefix));
     std::fs::write(&path, rules)?;
@@ -115,10 +115,10 @@ fn install_reply_counter(t: &Routed) -> Result<()> {
     Ok(())
 }
 
-fn read_reply_counter(t: &Routed) -> Result<(u64, u64)> {
+fn read_reply_counter(t: &Routed, fam: Family) -> Result<(u64, u64)> {
     let out = t
         .router
-        .exec(&["nft", "list", "chain", "ip", "lbtest", "replies"])?;
+        .exec(&["nft", "list", "chain", fam.nft(), "lbtest", "replies"])?;
     let c: Vec<u64> = out
         .lines()
         .filter_map(|l| {
@@ -140,16 +140,25 @@ struct Running {
     t: Routed,
 }
 
-fn running(method: &str) -> Running {
+fn running(fam: Family, method: &str) -> Running {
     let t = Routed::new(3).expect("routed topology");
-    let vip = t.vip(Family::V4).to_string();
+    let (vip, vip6) = (t.vip(Family::V4).to_string(), t.vip(Family::V6).to_string());
     let backends = (0..3)
-        .map(|i| t.backends[i].spawn(&[BACKEND_BIN, &format!("backend-{i}"), "80", "53", &vip]))
+        .map(|i| {
+            t.backends[i].spawn(&[
+                BACKEND_BIN,
+                &format!("backend-{i}"),
+                "80",
+                "53",
+                &vip,
+                &vip6,
+            ])
+        })
         .collect::<Result<Vec<_>>>()
         .unwrap();
     let decap = Decap::attach(&t, GUE_PORT).expect("lb decap on the backends");
-    let agent = Agent::start(&t.balancer, &config(&t, method, &[0, 1, 2])).unwrap();
-    let to = SocketAddr::new(t.vip(Family::V4), 80);
+    let agent = Agent::start(&t.balancer, &config(&t, fam, method, &[0, 1, 2])).unwrap();
+    let to = SocketAddr::new(t.vip(fam), 80);
     let ok = t
         .client
         .run_in(move || {
@@ -158,6 +167,16 @@ fn running(method: &str) -> Running {
             })
         })
         .unwrap();
+    if ok.is_err() {
+        if let Ok(secs) = std::env::var("LB_TEST_HOLD") {
+            eprintln!(
+                "holding {} / {} for {secs} s",
+                t.prefix,
+                agent.pin_dir.display()
+            );
+            std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(60)));
+        }
+    }
     assert!(
         ok.is_ok(),
         "{method}: the VIP never answered: {ok:?}; agent log:\n{}",
@@ -174,14 +193,28 @@ fn running(method: &str) -> Running {
 #[test]
 fn ipip_reaches_routed_backends() {
     if root_or_skip("ipip_reaches_routed_backends") {
-        routed_backends("IPIP");
+        routed_backends(Family::V4, "IPIP");
     }
 }
 
 #[test]
 fn gue_reaches_routed_backends() {
     if root_or_skip("gue_reaches_routed_backends") {
-        routed_backends("GUE");
+        routed_backends(Family::V4, "GUE");
+    }
+}
+
+#[test]
+fn ipip_reaches_routed_backends_over_ipv6() {
+    if root_or_skip("ipip_reaches_routed_backends_over_ipv6") {
+        routed_backends(Family::V6, "IPIP");
+    }
+}
+
+#[test]
+fn gue_reaches_routed_backends_over_ipv6() {
+    if root_or_skip("gue_reaches_routed_backends_over_ipv6") {
+        routed_backends(Family::V6, "GUE");
     }
 }
 
@@ -194,7 +227,7 @@ fn routed_forwarding_waits_for_ip_forwarding_and_names_the_sysctl() {
     t.balancer
         .exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=0"])
         .unwrap();
-    let mut agent = Agent::start(&t.balancer, &config(&t, "IPIP", &[0])).unwrap();
+    let mut agent = Agent::start(&t.balancer, &config(&t, Family::V4, "IPIP", &[0])).unwrap();
     let hint = "sysctl -w net.ipv4.conf.eth0.forwarding=1";
     let said = wait_for(Duration::from_secs(10), || {
         anyhow::ensure!(agent.log().contains(hint), "not yet");
@@ -223,13 +256,13 @@ fn routed_forwarding_waits_for_ip_forwarding_and_names_the_sysctl() {
     agent.kill();
 }
 
-fn routed_backends(method: &str) {
-    let r = running(method);
+fn routed_backends(fam: Family, method: &str) {
+    let r = running(fam, method);
     let (t, agent) = (&r.t, &r.agent);
-    install_reply_counter(t).unwrap();
-    let client = format!("{}:", t.client_ip(Family::V4));
+    install_reply_counter(t, fam).unwrap();
+    let client = Family::host_prefix(t.client_ip(fam));
     for udp in [false, true] {
-        let banners = flows(t, 300, udp)
+        let banners = flows(t, fam, 300, udp)
             .unwrap_or_else(|e| panic!("{method}: {e}; agent log:\n{}", agent.log()));
         let mut per: BTreeMap<String, usize> = BTreeMap::new();
         for b in &banners {
@@ -242,7 +275,7 @@ fn routed_backends(method: &str) {
             );
             let local = field(b, "local").unwrap();
             assert!(
-                local.starts_with(&format!("{}:", t.vip(Family::V4))),
+                local.starts_with(&Family::host_prefix(t.vip(fam))),
                 "backend saw {local}"
             );
         }
@@ -260,13 +293,13 @@ fn routed_backends(method: &str) {
             );
         }
     }
-    let (from_backends, via_balancer) = read_reply_counter(t).unwrap();
+    let (from_backends, via_balancer) = read_reply_counter(t, fam).unwrap();
     println!("{method} replies from the VIP at the router: {from_backends} from the backends, {via_balancer} via the balancer");
     assert!(from_backends >= 600, "only {from_backends} replies counted");
     assert_eq!(via_balancer, 0, "replies went through the balancer");
 
     // The balancer host's own traffic is untouched: it reaches a backend's own address.
-    let direct = SocketAddr::new(t.backend_ip(Family::V4, 0), 80);
+    let direct = SocketAddr::new(t.backend_ip(fam, 0), 80);
     let b = t
         .balancer
         .run_in(move || tcp_banner(direct, Duration::from_secs(2)))
@@ -274,7 +307,9 @@ fn routed_backends(method: &str) {
         .unwrap();
     assert_eq!(field(&b, "name"), Some("backend-0"));
     assert!(
-        field(&b, "client").unwrap().starts_with("10.61.2.2:"),
+        field(&b, "client")
+            .unwrap()
+            .starts_with(&Family::host_prefix(t.balancer_ip(fam))),
         "{b}"
     );
 
@@ -290,11 +325,12 @@ fn routed_backends(method: &str) {
         described.contains(&format!("forwarding {method}")),
         "{described}"
     );
-    assert!(described.contains("10.61.2.2 -> 10.61.3.11"), "{described}");
+    let outer = format!("{} -> {}", t.balancer_ip(fam), t.backend_ip(fam, 0));
+    assert!(described.contains(&outer), "{described}");
 
     // An oversized segment: answered with ICMP by the balancer, the client's path MTU
     // shrinks, the retransmission fits, the echo comes back.
-    let conv = Conversation::open_from(&t.client, SocketAddr::new(t.vip(Family::V4), 80)).unwrap();
+    let conv = Conversation::open_from(&t.client, SocketAddr::new(t.vip(fam), 80)).unwrap();
     let pinned = conv.backend.clone();
     let big = "x".repeat(6000);
     assert_eq!(
@@ -312,9 +348,9 @@ fn routed_backends(method: &str) {
     // The long-lived connection survives its backend's removal; new flows avoid it.
     let idx: usize = pinned.trim_start_matches("backend-").parse().unwrap();
     let rest: Vec<usize> = (0..3).filter(|i| *i != idx).collect();
-    agent.reload(&config(t, method, &rest)).unwrap();
+    agent.reload(&config(t, fam, method, &rest)).unwrap();
     let avoided = wait_for(Duration::from_secs(10), || {
-        let b = flows(t, 30, false)?;
+        let b = flows(t, fam, 30, false)?;
         anyhow::ensure!(
             b.iter().all(|b| field(b, "name") != Some(pinned.as_str())),
             "still reaching {pinned}"
