@@ -40,6 +40,7 @@ pub mod names {
     pub const MAP_REASONS: &str = "REASONS";
     pub const MAP_PASS_COUNT: &str = "PASS_COUNT";
     pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
+    pub const MAP_VIP_ADDR_SET: &str = "VIP_ADDR_SET";
 }
 
 /// Limits compiled into the program. Map sizes that depend on the configuration
@@ -175,6 +176,41 @@ pub struct VipAddrKey {
     pub proto: u8,
     pub family: u8,
     pub _pad: [u8; 2],
+}
+
+/// Value of `VIP_ADDR_SET`: the set of VIP addresses as an open-addressing table in an
+/// array, which the program reads without a hash-map lookup (array reads are inlined by the
+/// verifier): the first check every TCP/UDP packet makes. An address lives in one of
+/// [`vip_addr_set::PROBES`] slots from its home slot; `family` 0 is an empty slot (lookups
+/// stop there), [`vip_addr_set::TOMBSTONE`] a removed one (lookups go on). `tcp`/`udp` are
+/// the `VIP_ADDR_*` flags of the address's rules for that protocol, 0 when it has none.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipAddrSlot {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub tcp: u8,
+    pub udp: u8,
+    pub _pad: u8,
+}
+
+/// Geometry and hash of [`VipAddrSlot`]'s table, shared by the program and the programmer.
+pub mod vip_addr_set {
+    /// Slots (a power of two): 8 × `limits::MAX_VIP_ADDRS`, so the table is at most 1/8
+    /// full and an address almost always sits in its home slot.
+    pub const SLOTS: u32 = 8192;
+    /// Slots an address may be placed in from its home slot (and a lookup reads, at most).
+    pub const PROBES: u32 = 8;
+    /// `family` of a slot whose address was removed.
+    pub const TOMBSTONE: u8 = 0xff;
+
+    /// The home slot of an address given as its four 32-bit words (native order, as read
+    /// from memory; IPv4 uses the first).
+    #[inline(always)]
+    pub fn home(w: [u32; 4]) -> u32 {
+        let x = w[0] ^ w[1].rotate_left(8) ^ w[2].rotate_left(16) ^ w[3].rotate_left(24);
+        x.wrapping_mul(0x9e37_79b1) >> (32 - SLOTS.trailing_zeros())
+    }
 }
 
 /// Value of `SERVICES`, indexed by service id.
@@ -351,6 +387,7 @@ mod pod {
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for VipState {}
     unsafe impl aya::Pod for VipAddrKey {}
+    unsafe impl aya::Pod for VipAddrSlot {}
     unsafe impl aya::Pod for ServiceMeta {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
@@ -373,6 +410,8 @@ mod layout {
         assert_eq!(offset_of!(VipKey, family), 19);
         assert_eq!(size_of::<VipMeta>(), 12);
         assert_eq!(size_of::<VipAddrKey>(), 20);
+        assert_eq!(size_of::<VipAddrSlot>(), 20);
+        assert_eq!(offset_of!(VipAddrSlot, family), 16);
         assert_eq!(size_of::<ServiceMeta>(), 24);
         assert_eq!(offset_of!(ServiceMeta, gue_port_be), 20);
         assert_eq!(size_of::<Backend>(), 52);

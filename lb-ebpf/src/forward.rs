@@ -14,8 +14,8 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     backend_flags, encap::forwarding, flow_hash::flow_hash, flow_hash::mask_for_hash,
-    service_flags, Backend, ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey, VipMeta,
-    KEY_SESSION, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
+    service_flags, vip_addr_set, Backend, ConnEntry, FlowKey, Reason, ServiceMeta, VipAddrKey,
+    VipMeta, KEY_SESSION, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VIP_ADDR_ALL_PORTS,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -28,7 +28,7 @@ use network_types::{
 use crate::{
     conntrack, counters,
     keys::{v4_flow, vip_addr_key, vip_key},
-    maps::{BACKENDS, MAGLEV, SERVICES, SETTINGS, VIPS, VIP_ADDRS, VIP_STATE},
+    maps::{BACKENDS, MAGLEV, SERVICES, SETTINGS, VIPS, VIP_ADDR_SET, VIP_STATE},
     parse::{frame_len, ptr_at},
 };
 
@@ -285,11 +285,43 @@ fn usable_entry(
     Some(be)
 }
 
-/// Flags of the VIP address and protocol of `key`, or `None` when no VIP uses them.
+/// Flags of the VIP address and protocol of `key`, or `None` when no VIP uses them: a
+/// probe of the array-based address set from the address's home slot, ended by an empty
+/// slot (`lb_common::vip_addr_set`; the agent places addresses, `dataplane::vip_addr_set`).
 #[inline(always)]
 pub fn vip_addr_flags(key: VipAddrKey) -> Option<u32> {
-    // SAFETY: plain data, read once.
-    unsafe { VIP_ADDRS.get(key) }.copied()
+    // `VipAddrKey` and `VipAddrSlot` are 4-aligned with the address at offset 0.
+    let kw = key.addr.as_ptr() as *const u32;
+    // SAFETY: 16 readable, 4-aligned bytes.
+    let w = unsafe {
+        [
+            kw.read(),
+            kw.add(1).read(),
+            kw.add(2).read(),
+            kw.add(3).read(),
+        ]
+    };
+    let home = vip_addr_set::home(w);
+    for i in 0..vip_addr_set::PROBES {
+        let s = VIP_ADDR_SET.get((home + i) & (vip_addr_set::SLOTS - 1))?;
+        if s.family == 0 {
+            return None;
+        }
+        let sw = s.addr.as_ptr() as *const u32;
+        // SAFETY: as above, in the map value.
+        let same = unsafe {
+            (sw.read() ^ w[0])
+                | (sw.add(1).read() ^ w[1])
+                | (sw.add(2).read() ^ w[2])
+                | (sw.add(3).read() ^ w[3])
+                == 0
+        };
+        if same && s.family == key.family {
+            let f = if key.proto == PROTO_TCP { s.tcp } else { s.udp };
+            return if f == 0 { None } else { Some(f as u32) };
+        }
+    }
+    None
 }
 
 /// The coarse monotonic clock: tick resolution (a few ms) is plenty for idle timeouts

@@ -25,6 +25,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::MAP_VIPS,
     names::MAP_VIP_STATE,
     names::MAP_VIP_ADDRS,
+    names::MAP_VIP_ADDR_SET,
     names::MAP_SERVICES,
     names::MAP_BACKENDS,
     names::MAP_MAGLEV,

@@ -4,7 +4,8 @@
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
-    names, Backend, BackendStats, ServiceMeta, VipAddrKey, VipKey, VipMeta, VipState, VipStats,
+    names, Backend, BackendStats, ServiceMeta, VipAddrKey, VipAddrSlot, VipKey, VipMeta, VipState,
+    VipStats,
 };
 use std::path::Path;
 
@@ -18,6 +19,8 @@ pub trait MapLayer {
     fn backend(&self, slot: u32) -> Result<Backend, ProgramError>;
     fn service(&self, sid: u32) -> Result<ServiceMeta, ProgramError>;
     fn maglev(&self, index: u32) -> Result<u32, ProgramError>;
+    /// The non-empty slots of the VIP address set.
+    fn addr_slots(&self) -> Result<Vec<(u32, VipAddrSlot)>, ProgramError>;
 
     fn set_backend(&mut self, slot: u32, b: Backend) -> Result<(), ProgramError>;
     /// Writes `table` from `base` on (one Maglev half).
@@ -28,6 +31,7 @@ pub trait MapLayer {
     fn remove_vip(&mut self, k: &VipKey) -> Result<(), ProgramError>;
     fn insert_vip_addr(&mut self, k: VipAddrKey, flags: u32) -> Result<(), ProgramError>;
     fn remove_vip_addr(&mut self, k: &VipAddrKey) -> Result<(), ProgramError>;
+    fn set_addr_slot(&mut self, slot: u32, s: VipAddrSlot) -> Result<(), ProgramError>;
     fn zero_vip_stats(&mut self, id: u32) -> Result<(), ProgramError>;
     fn zero_backend_stats(&mut self, slot: u32) -> Result<(), ProgramError>;
 }
@@ -40,6 +44,7 @@ pub struct PinnedMaps {
     services: Array<MapData, ServiceMeta>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
+    addr_set: Array<MapData, VipAddrSlot>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
 }
@@ -53,6 +58,7 @@ impl PinnedMaps {
             services: open_pinned(pin_dir, names::MAP_SERVICES)?,
             backends: open_pinned(pin_dir, names::MAP_BACKENDS)?,
             maglev: open_pinned(pin_dir, names::MAP_MAGLEV)?,
+            addr_set: open_pinned(pin_dir, names::MAP_VIP_ADDR_SET)?,
             vip_stats: open_pinned(pin_dir, names::MAP_VIP_STATS)?,
             backend_stats: open_pinned(pin_dir, names::MAP_BACKEND_STATS)?,
         })
@@ -82,6 +88,16 @@ impl MapLayer for PinnedMaps {
     fn maglev(&self, index: u32) -> Result<u32, ProgramError> {
         Ok(self.maglev.get(&index, 0)?)
     }
+    fn addr_slots(&self) -> Result<Vec<(u32, VipAddrSlot)>, ProgramError> {
+        let mut out = Vec::new();
+        for (i, s) in self.addr_set.iter().enumerate() {
+            let s = s?;
+            if s.family != 0 {
+                out.push((i as u32, s));
+            }
+        }
+        Ok(out)
+    }
     fn set_backend(&mut self, slot: u32, b: Backend) -> Result<(), ProgramError> {
         Ok(self.backends.set(slot, b, 0)?)
     }
@@ -108,6 +124,9 @@ impl MapLayer for PinnedMaps {
     }
     fn remove_vip_addr(&mut self, k: &VipAddrKey) -> Result<(), ProgramError> {
         Ok(self.vip_addrs.remove(k)?)
+    }
+    fn set_addr_slot(&mut self, slot: u32, s: VipAddrSlot) -> Result<(), ProgramError> {
+        Ok(self.addr_set.set(slot, s, 0)?)
     }
     fn zero_vip_stats(&mut self, id: u32) -> Result<(), ProgramError> {
         let zeros = PerCpuValues::try_from(vec![VipStats::default(); cpus()?])?;
@@ -139,6 +158,7 @@ pub mod fake {
         RemoveVip(VipKey),
         InsertVipAddr(VipAddrKey),
         RemoveVipAddr(VipAddrKey),
+        AddrSlot(u32),
         ZeroVipStats(u32),
         ZeroBackendStats(u32),
     }
@@ -151,6 +171,7 @@ pub mod fake {
         pub backends: Vec<Backend>,
         pub services: Vec<ServiceMeta>,
         pub maglev: Vec<u32>,
+        pub addr_set: BTreeMap<u32, VipAddrSlot>,
     }
 
     #[derive(Debug, Clone)]
@@ -174,6 +195,7 @@ pub mod fake {
                     backends: vec![Backend::default(); limits::MAX_BACKENDS as usize],
                     services: vec![ServiceMeta::default(); max_services as usize],
                     maglev: vec![0; (max_services * 2 * ring_size) as usize],
+                    addr_set: BTreeMap::new(),
                 },
                 log: Vec::new(),
                 fail_at: None,
@@ -242,6 +264,9 @@ pub mod fake {
         fn maglev(&self, index: u32) -> Result<u32, ProgramError> {
             get(&self.c.maglev, index)
         }
+        fn addr_slots(&self) -> Result<Vec<(u32, VipAddrSlot)>, ProgramError> {
+            Ok(self.c.addr_set.iter().map(|(k, v)| (*k, *v)).collect())
+        }
         fn set_backend(&mut self, slot: u32, b: Backend) -> Result<(), ProgramError> {
             self.write(Write::Backend(slot))?;
             put(&mut self.c.backends, slot, b)
@@ -282,6 +307,15 @@ pub mod fake {
         fn remove_vip_addr(&mut self, k: &VipAddrKey) -> Result<(), ProgramError> {
             self.write(Write::RemoveVipAddr(*k))?;
             self.c.vip_addrs.remove(k);
+            Ok(())
+        }
+        fn set_addr_slot(&mut self, slot: u32, s: VipAddrSlot) -> Result<(), ProgramError> {
+            self.write(Write::AddrSlot(slot))?;
+            if s.family == 0 {
+                self.c.addr_set.remove(&slot);
+            } else {
+                self.c.addr_set.insert(slot, s);
+            }
             Ok(())
         }
         fn zero_vip_stats(&mut self, id: u32) -> Result<(), ProgramError> {

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod programmer;
 pub mod stats;
 pub mod testrun;
+pub mod vip_addr_set;
 pub mod xdp_log;
 
 /// The eBPF object built by build.rs from `lb-ebpf`.

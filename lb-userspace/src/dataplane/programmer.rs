@@ -57,6 +57,8 @@ pub struct Current {
     pub metas: BTreeMap<u32, ServiceMeta>,
     pub vips: BTreeMap<VipKey, VipMeta>,
     pub vip_addrs: BTreeMap<VipAddrKey, u32>,
+    /// Non-empty slots of `VIP_ADDR_SET` (derived from `vip_addrs`).
+    pub addr_slots: BTreeMap<u32, lb_common::VipAddrSlot>,
     /// Last generation written to `VIP_STATE` per VIP id.
     pub vip_gens: BTreeMap<u32, u32>,
 }
@@ -118,6 +120,7 @@ impl<M: MapLayer> Programmer<M> {
     fn adopt(&mut self) -> Result<(), ProgramError> {
         self.cur.vips = self.maps.vips()?.into_iter().collect();
         self.cur.vip_addrs = self.maps.vip_addrs()?.into_iter().collect();
+        self.cur.addr_slots = self.maps.addr_slots()?.into_iter().collect();
         for id in 0..limits::MAX_VIPS {
             let st = self.maps.vip_state(id)?;
             if st.generation != 0 {
@@ -203,8 +206,28 @@ impl<M: MapLayer> Programmer<M> {
         }
         let (wanted_vips, wanted_addrs) = self.write_vips(plan, ids, &mut assignment)?;
         self.remove_vips(&wanted_vips, &wanted_addrs)?;
+        self.write_addr_set(&wanted_addrs)?;
         self.free_slots(&wanted_slots)?;
         Ok(assignment)
+    }
+
+    /// Brings the program's array-based VIP address set in line with `VIP_ADDRS`: standing
+    /// addresses keep their slots, removed ones become tombstones, new ones take free slots
+    /// (`vip_addr_set`).
+    fn write_addr_set(
+        &mut self,
+        wanted_addrs: &BTreeMap<VipAddrKey, u32>,
+    ) -> Result<(), ProgramError> {
+        let wanted = super::vip_addr_set::wanted(wanted_addrs);
+        let next = super::vip_addr_set::place(&self.cur.addr_slots, &wanted)
+            .map_err(ProgramError::NoRoom)?;
+        for (slot, s) in &next {
+            if self.dirty || self.cur.addr_slots.get(slot) != Some(s) {
+                self.maps.set_addr_slot(*slot, *s)?;
+                self.cur.addr_slots.insert(*slot, *s);
+            }
+        }
+        Ok(())
     }
 
     fn write_backends(

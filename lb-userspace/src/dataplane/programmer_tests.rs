@@ -358,3 +358,40 @@ fn tables_depend_on_the_backend_set_only_not_on_order_names_or_history() {
         table_by_address(&adopted, "web")
     );
 }
+
+/// The program's array-based address set always answers like `VIP_ADDRS`: for every
+/// address and protocol, across plans that add, move and remove VIPs, and after adoption.
+#[test]
+fn the_vip_address_set_mirrors_vip_addrs() {
+    let mut p = programmer();
+    let agrees = |c: &Contents| {
+        let mut addrs: Vec<([u8; 16], u8)> =
+            c.vip_addrs.keys().map(|k| (k.addr, k.family)).collect();
+        addrs.push((
+            lb_common::addr::to_map(Ipv4Addr::new(10, 0, 0, 250).into()).0,
+            4,
+        ));
+        for (addr, family) in addrs {
+            for proto in [PROTO_TCP, lb_common::PROTO_UDP] {
+                let key = lb_common::VipAddrKey {
+                    addr,
+                    proto,
+                    family,
+                    _pad: [0; 2],
+                };
+                assert_eq!(
+                    crate::dataplane::vip_addr_set::lookup(&c.addr_set, (addr, family), proto),
+                    c.vip_addrs.get(&key).copied(),
+                    "{addr:?} proto {proto}"
+                );
+            }
+        }
+    };
+    p.apply(&plan_a()).unwrap();
+    agrees(&p.maps().c);
+    p.apply(&plan_b()).unwrap();
+    agrees(&p.maps().c);
+    p.apply(&plan_a()).unwrap();
+    agrees(&p.maps().c);
+    assert!(!p.maps().c.addr_set.is_empty());
+}
