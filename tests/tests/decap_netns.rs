@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use lb_tests::{
     decap::{encap_packet, Encap},
     lb_binary,
-    netns::{sh, Ns},
+    netns::{attach_pass_in, sh, Ns},
     packet::{checksum, Frame6},
     root_or_skip, unique,
 };
@@ -308,6 +308,9 @@ fn deliver(
         })??;
         if let Ok((n, from)) = sock.recv_from(&mut buf) {
             anyhow::ensure!(&buf[..n] == payload, "unexpected datagram {:?}", &buf[..n]);
+            if attempt > 1 {
+                eprintln!("datagram arrived after {attempt} sends");
+            }
             return Ok((from, attempt));
         }
     }
@@ -378,6 +381,16 @@ fn lb_decap_delivers_ipip_and_gue_to_the_vip_with_the_client_address() -> Result
     assert!(String::from_utf8_lossy(&out.stderr).contains("no network interface \"nosuch0\""));
     let out = pair.lb(&["--stats"])?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing attached"));
+
+    // An interface that already carries an XDP program (here the project's pass program,
+    // standing for the balancer) is refused, and the refused attempt leaves no pin.
+    let other = attach_pass_in(&pair.backend, "eth0")?;
+    let out = pair.lb(&["--interface", "eth0"])?;
+    assert!(!out.status.success(), "attached over another XDP program");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already has an XDP program"), "{err}");
+    assert!(!pair.pin_dir.exists(), "a refused attach left pins");
+    drop(other);
 
     let said = pair.lb_ok(&["--interface", "eth0"])?;
     assert!(

@@ -16,7 +16,12 @@
 //!   `LB_BENCH_BASELINE` names its object file): non-VIP, established and new-flow paths
 //!   measured round by round in turn, beside the floor, so all share one machine state.
 //!
+//! - The backend-side decapsulation program (`lb decap`): `bench_decap`.
+//!
 //! Run with `cargo xtask bench-xdp` (root).
+
+#[path = "../bench_decap.rs"]
+mod bench_decap;
 
 use anyhow::Result;
 use lb_tests::{
@@ -210,6 +215,7 @@ fn main() -> Result<()> {
         lb_tests::is_root(),
         "the benchmark loads BPF programs: run as root"
     );
+    bench_decap::rows(quick())?;
     // Table as in the fixtures (4096, so the new-flow runs below fill it and evict), and a
     // promotion limit that never applies (the bench promotes on purpose).
     let mut h = XdpHarness::with_conn_table(65537, 4096, 10_000_000)?;
