@@ -537,3 +537,30 @@ fn lb_decap_delivers_ipip_and_gue_to_the_vip_with_the_client_address() -> Result
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing attached"));
     Ok(())
 }
+
+/// The pinned link outlives its interface. When the interface is removed and made again
+/// under the same name, a second `lb decap` replaces the defunct link instead of failing,
+/// and `--down` still removes everything.
+#[test]
+fn lb_decap_reattaches_when_its_interface_was_made_again() -> Result<()> {
+    if !root_or_skip("lb decap on a re-created interface") {
+        return Ok(());
+    }
+    let pair = Pair::new()?;
+    let addr = BACKEND4.to_string();
+    pair.lb_ok(&["--interface", "eth0", "--address", &addr])?;
+    let b = &pair.backend;
+    b.exec(&["ip", "link", "del", "eth0"])?;
+    b.exec(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ])?;
+    b.exec(&["ip", "link", "set", "eth0", "up"])?;
+    let said = pair.lb_ok(&["--interface", "eth0", "--address", &addr])?;
+    assert!(said.contains("attached in"), "{said}");
+    let link = b.exec(&["ip", "link", "show", "eth0"])?;
+    assert!(link.contains("lb_decap"), "not attached: {link}");
+    pair.lb_ok(&["--down", "--interface", "eth0"])?;
+    assert!(!pair.pin_dir.exists(), "pins left behind");
+    assert!(!b.exec(&["ip", "link", "show", "eth0"])?.contains("xdp"));
+    Ok(())
+}

@@ -119,7 +119,18 @@ pub fn up(
             .program_mut(names::PROG_DECAP)
             .ok_or_else(|| LoadError::Io(format!("program {} missing", names::PROG_DECAP)))?
             .try_into()?;
-        loader::attach_program(prog, &loader::link_pin(pin_dir, iface), iface, mode)
+        let pin = loader::link_pin(pin_dir, iface);
+        match loader::attach_program(prog, &pin, iface, mode) {
+            // A pinned link outlives its interface: once the interface is removed (and
+            // perhaps made again under the same name) the link is defunct and refuses the
+            // swap. Dropping its pin releases it; then attach afresh.
+            Err(e) if !fresh => {
+                tracing::warn!(iface, error = %e, "the pinned link refused the new program (its interface was removed?); attaching afresh");
+                let _ignored = std::fs::remove_file(&pin);
+                loader::attach_program(prog, &pin, iface, mode)
+            }
+            r => r,
+        }
     })();
     if result.is_err() && fresh {
         let _ignored = loader::teardown(pin_dir);
