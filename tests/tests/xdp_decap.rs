@@ -126,6 +126,10 @@ fn ipip_and_gue_to_us_come_out_as_the_inner_packet_exactly() {
     }
     check(&h, &cases);
     assert_counts(&h, &[("decap_ipip", 3), ("decap_gue", 3)]);
+    // A backend pays for three small maps, none of the balancer's tables.
+    let mut maps: Vec<&str> = h.ebpf.maps().map(|(n, _)| n).collect();
+    maps.sort();
+    assert_eq!(maps, ["DECAP_ADDRS", "DECAP_COUNTS", "DECAP_SETTINGS"]);
 }
 
 #[test]
