@@ -26,8 +26,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs this section unless `LB_BENCH_ONLY` names another one; true when it names this
+/// one (the caller stops there).
+pub fn section(quick: bool) -> Result<bool> {
+    let only = std::env::var("LB_BENCH_ONLY").ok();
+    if only.as_deref().is_some_and(|o| o != "decap") {
+        return Ok(false);
+    }
+    anyhow::ensure!(
+        lb_tests::is_root(),
+        "the benchmark loads BPF programs: run as root"
+    );
+    rows(quick)?;
+    Ok(only.is_some())
+}
+
 /// Prints the decap rows; `quick` (LB_BENCH_QUICK=1) takes fewer runs.
-pub fn rows(quick: bool) -> Result<()> {
+fn rows(quick: bool) -> Result<()> {
     let floor_h = XdpHarness::new(251)?;
     let h = DecapHarness::new(&[IpAddr::from(US4), IpAddr::from(US6)], GUE_DEFAULT_PORT)?;
     let gue = Encap::Gue {

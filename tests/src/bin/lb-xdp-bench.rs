@@ -16,7 +16,8 @@
 //!   `LB_BENCH_BASELINE` names its object file): non-VIP, established and new-flow paths
 //!   measured round by round in turn, beside the floor, so all share one machine state.
 //!
-//! - The backend-side decapsulation program (`lb decap`): `bench_decap`.
+//! - The backend-side decapsulation program (`lb decap`): `bench_decap`
+//!   (`LB_BENCH_ONLY=decap` runs only that section).
 //!
 //! Run with `cargo xtask bench-xdp` (root).
 
@@ -211,11 +212,14 @@ fn row(name: &str, ns: f64, floor: f64) {
 }
 
 fn main() -> Result<()> {
+    // The decapsulation program's section first (LB_BENCH_ONLY=decap: nothing else).
+    if bench_decap::section(quick())? {
+        return Ok(());
+    }
     anyhow::ensure!(
         lb_tests::is_root(),
         "the benchmark loads BPF programs: run as root"
     );
-    bench_decap::rows(quick())?;
     // Table as in the fixtures (4096, so the new-flow runs below fill it and evict), and a
     // promotion limit that never applies (the bench promotes on purpose).
     let mut h = XdpHarness::with_conn_table(65537, 4096, 10_000_000)?;
