@@ -356,13 +356,13 @@ fn is_syn_ack(f: &[u8], client: SocketAddr, vip: SocketAddr, seq: u32) -> bool {
                 return false;
             }
             let l4 = &f[14 + ((f[14] & 0x0f) as usize) * 4..];
-            (&f[26..30] == v.octets(), &f[30..34] == c.octets(), l4)
+            (f[26..30] == v.octets(), f[30..34] == c.octets(), l4)
         }
         (IpAddr::V6(c), IpAddr::V6(v)) => {
             if f.len() < 14 + 40 + 20 || f[12..14] != [0x86, 0xdd] || f[14 + 6] != 6 {
                 return false;
             }
-            (&f[22..38] == v.octets(), &f[38..54] == c.octets(), &f[54..])
+            (f[22..38] == v.octets(), f[38..54] == c.octets(), &f[54..])
         }
         _ => return false,
     };
