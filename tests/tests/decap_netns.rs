@@ -392,6 +392,21 @@ fn lb_decap_delivers_ipip_and_gue_to_the_vip_with_the_client_address() -> Result
     assert!(String::from_utf8_lossy(&out.stderr).contains("no network interface \"nosuch0\""));
     let out = pair.lb(&["--stats"])?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing attached"));
+    // `ip netns exec` gives a private /sys: pins made there would vanish with the command.
+    let lb = lb_binary();
+    let lb = lb.to_str().context("lb path")?;
+    let err = pair
+        .backend
+        .exec(&[
+            "env",
+            "RUST_BACKTRACE=0",
+            lb,
+            "decap",
+            "--interface",
+            "eth0",
+        ])
+        .expect_err("lb decap under ip netns exec");
+    assert!(err.to_string().contains("nsenter --net="), "{err}");
 
     // An interface that already carries an XDP program (here the project's pass program,
     // standing for the balancer) is refused, and the refused attempt leaves no pin.

@@ -88,6 +88,13 @@ fn up(iface: &str, pin_dir: &Path, args: &DecapArgs) -> Result<()> {
              interfaces; run lb decap where the interface is"
         );
     }
+    if decap::pins_would_not_last() {
+        bail!(
+            "/sys/fs/bpf here is not the host's bpffs (this command has a mount namespace of \
+             its own, as `ip netns exec` gives): the program would be removed when the command \
+             exits; enter only the network namespace: `nsenter --net=/run/netns/NS lb decap ...`"
+        );
+    }
     let addresses = if args.addresses.is_empty() {
         decap::interface_addresses(iface)?
     } else {

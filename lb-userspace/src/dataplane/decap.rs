@@ -260,6 +260,22 @@ pub fn interface_addresses(iface: &str) -> std::io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// True when pins made here would not outlive the command: no bpffs is mounted at
+/// /sys/fs/bpf and this process has a mount namespace of its own (as `ip netns exec`
+/// gives), so the bpffs the loader would mount dies with the process, and the program with
+/// its pins. A fresh host (one mount namespace, bpffs not yet mounted) is fine.
+pub fn pins_would_not_last() -> bool {
+    let bpffs_mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
+        })
+    });
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    let own_mount_ns = ns("/proc/self/ns/mnt") != ns("/proc/1/ns/mnt");
+    !bpffs_mounted && own_mount_ns
+}
+
 /// Whether this network namespace has an interface named `iface` (if_nametoindex(3): the
 /// calling process's namespace, unlike /sys/class/net, which shows the namespace of
 /// whoever mounted sysfs).
