@@ -6,8 +6,8 @@
 //! make them arrive.
 //!
 //! Shown: the backend's socket receives each datagram with the client's address (IPv4 and
-//! IPv6, IPIP and GUE); an encapsulated SYN is answered by a SYN-ACK straight to the client
-//! (seen on the peer's wire); plain traffic to the backend's own address still works;
+//! IPv6, IPIP and GUE); an encapsulated SYN (both families, both methods) is answered by a
+//! SYN-ACK straight to the client (seen on the peer's wire); plain traffic to the backend's own address still works;
 //! `lb decap --stats` counts exactly what was decapsulated; a second `lb decap` changes the
 //! GUE port in place, keeping the counters; `lb decap --down` detaches and leaves no pin.
 
@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use lb_tests::{
     decap::{encap_packet, Encap},
     lb_binary,
-    netns::{sh, Ns},
+    netns::{attach_pass_in, sh, Ns},
     packet::{checksum, Frame6},
     root_or_skip, unique,
 };
@@ -308,15 +308,20 @@ fn deliver(
         })??;
         if let Ok((n, from)) = sock.recv_from(&mut buf) {
             anyhow::ensure!(&buf[..n] == payload, "unexpected datagram {:?}", &buf[..n]);
+            if attempt > 1 {
+                eprintln!("datagram arrived after {attempt} sends");
+            }
             return Ok((from, attempt));
         }
     }
     bail!("the datagram never arrived")
 }
 
-/// Sends an encapsulated SYN from the peer and waits (5 s) for the backend's SYN-ACK to
-/// the client, unencapsulated, on the peer's wire; returns the frames sent.
+/// Sends an encapsulated SYN (sequence number `seq`) from the peer and waits (5 s) for the
+/// backend's SYN-ACK to the client, unencapsulated, on the peer's wire; returns the frames
+/// sent.
 fn syn_gets_syn_ack(
+    seq: u32,
     pair: &Pair,
     syn_frame: Vec<u8>,
     client: SocketAddr,
@@ -334,7 +339,7 @@ fn syn_gets_syn_ack(
                 next_send = Instant::now() + Duration::from_secs(1);
             }
             let Some(f) = recv_frame(&fd) else { continue };
-            if is_syn_ack(&f, client, vip) {
+            if is_syn_ack(&f, client, vip, seq) {
                 return Ok(sent);
             }
         }
@@ -342,22 +347,31 @@ fn syn_gets_syn_ack(
     })?
 }
 
-/// An IPv4 TCP SYN-ACK from `vip` to `client` acknowledging sequence 1000.
-fn is_syn_ack(f: &[u8], client: SocketAddr, vip: SocketAddr) -> bool {
-    if f.len() < 14 + 20 + 20 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 6 {
-        return false;
-    }
-    let ip = &f[14..];
-    let l4 = &ip[((ip[0] & 0x0f) as usize) * 4..];
-    let (IpAddr::V4(c), IpAddr::V4(v)) = (client.ip(), vip.ip()) else {
-        return false;
+/// A TCP SYN-ACK from `vip` to `client` (IPv4 or IPv6, no extension headers)
+/// acknowledging sequence number `seq`.
+fn is_syn_ack(f: &[u8], client: SocketAddr, vip: SocketAddr, seq: u32) -> bool {
+    let (src, dst, l4) = match (client.ip(), vip.ip()) {
+        (IpAddr::V4(c), IpAddr::V4(v)) => {
+            if f.len() < 14 + 20 + 20 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 6 {
+                return false;
+            }
+            let l4 = &f[14 + ((f[14] & 0x0f) as usize) * 4..];
+            (f[26..30] == v.octets(), f[30..34] == c.octets(), l4)
+        }
+        (IpAddr::V6(c), IpAddr::V6(v)) => {
+            if f.len() < 14 + 40 + 20 || f[12..14] != [0x86, 0xdd] || f[14 + 6] != 6 {
+                return false;
+            }
+            (f[22..38] == v.octets(), f[38..54] == c.octets(), &f[54..])
+        }
+        _ => return false,
     };
-    ip[12..16] == v.octets()
-        && ip[16..20] == c.octets()
+    src && dst
+        && l4.len() >= 20
         && l4[0..2] == vip.port().to_be_bytes()
         && l4[2..4] == client.port().to_be_bytes()
         && l4[13] & 0x12 == 0x12
-        && l4[8..12] == 1001u32.to_be_bytes()
+        && l4[8..12] == (seq + 1).to_be_bytes()
 }
 
 fn counter(stats: &serde_json::Value, name: &str) -> u64 {
@@ -378,6 +392,31 @@ fn lb_decap_delivers_ipip_and_gue_to_the_vip_with_the_client_address() -> Result
     assert!(String::from_utf8_lossy(&out.stderr).contains("no network interface \"nosuch0\""));
     let out = pair.lb(&["--stats"])?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing attached"));
+    // `ip netns exec` gives a private /sys: pins made there would vanish with the command.
+    let lb = lb_binary();
+    let lb = lb.to_str().context("lb path")?;
+    let err = pair
+        .backend
+        .exec(&[
+            "env",
+            "RUST_BACKTRACE=0",
+            lb,
+            "decap",
+            "--interface",
+            "eth0",
+        ])
+        .expect_err("lb decap under ip netns exec");
+    assert!(err.to_string().contains("nsenter --net="), "{err}");
+
+    // An interface that already carries an XDP program (here the project's pass program,
+    // standing for the balancer) is refused, and the refused attempt leaves no pin.
+    let other = attach_pass_in(&pair.backend, "eth0")?;
+    let out = pair.lb(&["--interface", "eth0"])?;
+    assert!(!out.status.success(), "attached over another XDP program");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already has an XDP program"), "{err}");
+    assert!(!pair.pin_dir.exists(), "a refused attach left pins");
+    drop(other);
 
     let said = pair.lb_ok(&["--interface", "eth0"])?;
     assert!(
@@ -395,11 +434,12 @@ fn lb_decap_delivers_ipip_and_gue_to_the_vip_with_the_client_address() -> Result
     );
 
     // Sockets bound to the VIP in the backend namespace.
-    let (udp4, udp6, tcp) = pair.backend.run_in(|| -> Result<_> {
+    let (udp4, udp6, tcp, tcp6) = pair.backend.run_in(|| -> Result<_> {
         Ok((
             UdpSocket::bind((VIP4, 5353))?,
             UdpSocket::bind((VIP6, 5353))?,
             TcpListener::bind((VIP4, 8080))?,
+            TcpListener::bind((VIP6, 8080))?,
         ))
     })??;
     let (outer4, outer6) = (IpAddr::V4(PEER4), IpAddr::V6(PEER6));
@@ -447,18 +487,38 @@ fn lb_decap_delivers_ipip_and_gue_to_the_vip_with_the_client_address() -> Result
     }
 
     // TCP: an encapsulated SYN is answered directly to the client (not encapsulated).
-    for (what, how, client_port) in [("IPIP", Encap::Ipip, 41_001u16), ("GUE", gue(6080), 41_002)] {
-        let client = SocketAddr::new(CLIENT4.into(), client_port);
-        let vip = SocketAddr::new(VIP4.into(), 8080);
-        let syn = inner4(6, client, vip, 0x02, &[]);
-        let f = frame(backend_mac, peer_mac, &encap_packet(how, outer4, to4, &syn));
-        let sent = syn_gets_syn_ack(&pair, f, client, vip).context(what)?;
+    for (what, how, v6, client_port) in [
+        ("IPIP 4in4", Encap::Ipip, false, 41_001u16),
+        ("GUE over IPv4", gue(6080), false, 41_002),
+        ("IPIP 6in6", Encap::Ipip, true, 41_003),
+        ("GUE over IPv6", gue(6080), true, 41_004),
+    ] {
+        let (syn, client, vip, src, dst, seq) = if v6 {
+            let client = SocketAddr::new(CLIENT6.into(), client_port);
+            let vip = SocketAddr::new(VIP6.into(), 8080);
+            let f = Frame6::tcp(CLIENT6.octets(), client_port, VIP6.octets(), 8080);
+            // Frame6 sends sequence number 1.
+            (f.packet(), client, vip, outer6, to6, 1)
+        } else {
+            let client = SocketAddr::new(CLIENT4.into(), client_port);
+            let vip = SocketAddr::new(VIP4.into(), 8080);
+            (
+                inner4(6, client, vip, 0x02, &[]),
+                client,
+                vip,
+                outer4,
+                to4,
+                1000,
+            )
+        };
+        let f = frame(backend_mac, peer_mac, &encap_packet(how, src, dst, &syn));
+        let sent = syn_gets_syn_ack(seq, &pair, f, client, vip).context(what)?;
         match how {
             Encap::Ipip => ipip_sent += sent,
             Encap::Gue { .. } => gue_sent += sent,
         }
     }
-    drop(tcp);
+    drop((tcp, tcp6));
 
     // Plain traffic to the backend's own address still works.
     pair.peer
@@ -522,5 +582,32 @@ fn lb_decap_delivers_ipip_and_gue_to_the_vip_with_the_client_address() -> Result
     let out = pair.lb(&["--down", "--interface", "eth0"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing attached"));
+    Ok(())
+}
+
+/// The pinned link outlives its interface. When the interface is removed and made again
+/// under the same name, a second `lb decap` replaces the defunct link instead of failing,
+/// and `--down` still removes everything.
+#[test]
+fn lb_decap_reattaches_when_its_interface_was_made_again() -> Result<()> {
+    if !root_or_skip("lb decap on a re-created interface") {
+        return Ok(());
+    }
+    let pair = Pair::new()?;
+    let addr = BACKEND4.to_string();
+    pair.lb_ok(&["--interface", "eth0", "--address", &addr])?;
+    let b = &pair.backend;
+    b.exec(&["ip", "link", "del", "eth0"])?;
+    b.exec(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ])?;
+    b.exec(&["ip", "link", "set", "eth0", "up"])?;
+    let said = pair.lb_ok(&["--interface", "eth0", "--address", &addr])?;
+    assert!(said.contains("attached in"), "{said}");
+    let link = b.exec(&["ip", "link", "show", "eth0"])?;
+    assert!(link.contains("lb_decap"), "not attached: {link}");
+    pair.lb_ok(&["--down", "--interface", "eth0"])?;
+    assert!(!pair.pin_dir.exists(), "pins left behind");
+    assert!(!b.exec(&["ip", "link", "show", "eth0"])?.contains("xdp"));
     Ok(())
 }

@@ -88,6 +88,13 @@ fn up(iface: &str, pin_dir: &Path, args: &DecapArgs) -> Result<()> {
              interfaces; run lb decap where the interface is"
         );
     }
+    if decap::pins_would_not_last() {
+        bail!(
+            "/sys/fs/bpf here is not the host's bpffs (this command has a mount namespace of \
+             its own, as `ip netns exec` gives): the program would be removed when the command \
+             exits; enter only the network namespace: `nsenter --net=/run/netns/NS lb decap ...`"
+        );
+    }
     let addresses = if args.addresses.is_empty() {
         decap::interface_addresses(iface)?
     } else {
@@ -200,4 +207,52 @@ fn json(reports: &[decap::Report]) -> serde_json::Value {
         })
         .collect();
     serde_json::Value::Array(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecapArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        decap: DecapArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<DecapArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("decap").chain(args.iter().copied())).map(|c| c.decap)
+    }
+
+    #[test]
+    fn arguments_that_cannot_go_together_are_refused() {
+        let a = parse(&["-i", "eth0"]).unwrap();
+        assert_eq!(a.gue_port, lb_common::encap::GUE_DEFAULT_PORT);
+        assert!(a.addresses.is_empty() && !a.down && !a.stats);
+        let a = parse(&[
+            "-i",
+            "eth0",
+            "--address",
+            "10.0.0.1",
+            "--address",
+            "fd00::1",
+        ])
+        .unwrap();
+        assert_eq!(a.addresses.len(), 2);
+        assert!(
+            parse(&["--stats"]).is_ok(),
+            "--stats alone reads every interface"
+        );
+        for bad in [
+            &[][..],                            // no interface
+            &["--down"],                        // down without interface
+            &["-i", "eth0", "--gue-port", "0"], // port 0 is no UDP port
+            &["-i", "eth0", "--down", "--address", "10.0.0.1"],
+            &["-i", "eth0", "--down", "--stats"],
+            &["-i", "eth0", "--stats", "--gue-port", "7000"],
+            &["-i", "eth0", "--address", "not-an-address"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -119,7 +119,18 @@ pub fn up(
             .program_mut(names::PROG_DECAP)
             .ok_or_else(|| LoadError::Io(format!("program {} missing", names::PROG_DECAP)))?
             .try_into()?;
-        loader::attach_program(prog, &loader::link_pin(pin_dir, iface), iface, mode)
+        let pin = loader::link_pin(pin_dir, iface);
+        match loader::attach_program(prog, &pin, iface, mode) {
+            // A pinned link outlives its interface: once the interface is removed (and
+            // perhaps made again under the same name) the link is defunct and refuses the
+            // swap. Dropping its pin releases it; then attach afresh.
+            Err(e) if !fresh => {
+                tracing::warn!(iface, error = %e, "the pinned link refused the new program (its interface was removed?); attaching afresh");
+                let _ignored = std::fs::remove_file(&pin);
+                loader::attach_program(prog, &pin, iface, mode)
+            }
+            r => r,
+        }
     })();
     if result.is_err() && fresh {
         let _ignored = loader::teardown(pin_dir);
@@ -247,6 +258,22 @@ pub fn interface_addresses(iface: &str) -> std::io::Result<Vec<IpAddr>> {
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// True when pins made here would not outlive the command: no bpffs is mounted at
+/// /sys/fs/bpf and this process has a mount namespace of its own (as `ip netns exec`
+/// gives), so the bpffs the loader would mount dies with the process, and the program with
+/// its pins. A fresh host (one mount namespace, bpffs not yet mounted) is fine.
+pub fn pins_would_not_last() -> bool {
+    let bpffs_mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
+        })
+    });
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    let own_mount_ns = ns("/proc/self/ns/mnt") != ns("/proc/1/ns/mnt");
+    !bpffs_mounted && own_mount_ns
 }
 
 /// Whether this network namespace has an interface named `iface` (if_nametoindex(3): the

@@ -16,7 +16,13 @@
 //!   `LB_BENCH_BASELINE` names its object file): non-VIP, established and new-flow paths
 //!   measured round by round in turn, beside the floor, so all share one machine state.
 //!
+//! - The backend-side decapsulation program (`lb decap`): `bench_decap`
+//!   (`LB_BENCH_ONLY=decap` runs only that section).
+//!
 //! Run with `cargo xtask bench-xdp` (root).
+
+#[path = "../bench_decap.rs"]
+mod bench_decap;
 
 use anyhow::Result;
 use lb_tests::{
@@ -210,6 +216,10 @@ fn row(name: &str, ns: f64, floor: f64) {
 }
 
 fn main() -> Result<()> {
+    // The decapsulation program's section first (LB_BENCH_ONLY=decap: nothing else).
+    if bench_decap::section(quick())? {
+        return Ok(());
+    }
     anyhow::ensure!(
         lb_tests::is_root(),
         "the benchmark loads BPF programs: run as root"
