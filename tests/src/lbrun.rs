@@ -212,6 +212,47 @@ pub fn field<'a>(banner: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
+/// `n` TCP (or UDP) exchanges with `to` from namespace `ns`: the backends' banners, within
+/// 60 s.
+pub fn banners(ns: &Ns, to: SocketAddr, n: usize, udp: bool) -> Result<Vec<String>> {
+    ns.run_in(move || -> Result<Vec<String>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            anyhow::ensure!(Instant::now() < deadline, "{n} exchanges took over 60 s");
+            out.push(if udp {
+                udp_banner(to, Duration::from_secs(2))?
+            } else {
+                tcp_banner(to, Duration::from_secs(2))?
+            });
+        }
+        Ok(out)
+    })?
+}
+
+/// Waits up to 20 s for `to` to answer over TCP from `ns`. On failure the namespaces are
+/// kept for `LB_TEST_HOLD` seconds when that is set (a debugging aid), then the error
+/// carries the agent's log.
+pub fn wait_answering(ns: &Ns, to: SocketAddr, agent: &Agent) -> Result<()> {
+    let ok = ns.run_in(move || {
+        wait_for(Duration::from_secs(20), || {
+            tcp_banner(to, Duration::from_millis(500))
+        })
+    })?;
+    if let Err(e) = ok {
+        if let Ok(secs) = std::env::var("LB_TEST_HOLD") {
+            eprintln!(
+                "holding {} / {} for {secs} s",
+                ns.0,
+                agent.pin_dir.display()
+            );
+            std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(60)));
+        }
+        bail!("{to} never answered: {e}; agent log:\n{}", agent.log());
+    }
+    Ok(())
+}
+
 /// Writes a line and reads the echo.
 pub fn exchange(s: &mut TcpStream, msg: &str) -> Result<String> {
     writeln!(s, "{msg}")?;

@@ -181,7 +181,17 @@ pub fn plan_v6() -> L4Plan {
 /// Predicts the backend MAC for a new flow on `svc` of `plan` (vip id is irrelevant to the
 /// hash, which covers addresses, ports and protocol only).
 pub fn predict(plan: &L4Plan, svc: &str, f: &Frame) -> [u8; 6] {
-    let k = FlowKey {
+    predict_key(plan, svc, key_of(f))
+}
+
+/// [`predict`] for an IPv6 frame.
+pub fn predict6(plan: &L4Plan, svc: &str, f: &Frame6) -> [u8; 6] {
+    predict_key(plan, svc, key_of6(f))
+}
+
+/// The raw flow key (and flow-hash input) of an IPv4 frame.
+pub fn key_of(f: &Frame) -> FlowKey {
+    FlowKey {
         src: pad(f.src),
         dst: pad(f.dst),
         sport_be: f.sport.to_be(),
@@ -189,13 +199,12 @@ pub fn predict(plan: &L4Plan, svc: &str, f: &Frame) -> [u8; 6] {
         proto: f.proto,
         family: 4,
         ..Default::default()
-    };
-    predict_key(plan, svc, k)
+    }
 }
 
-/// [`predict`] for an IPv6 frame.
-pub fn predict6(plan: &L4Plan, svc: &str, f: &Frame6) -> [u8; 6] {
-    let k = FlowKey {
+/// [`key_of`] for an IPv6 frame.
+pub fn key_of6(f: &Frame6) -> FlowKey {
+    FlowKey {
         src: f.src,
         dst: f.dst,
         sport_be: f.sport.to_be(),
@@ -203,8 +212,7 @@ pub fn predict6(plan: &L4Plan, svc: &str, f: &Frame6) -> [u8; 6] {
         proto: f.proto,
         family: 6,
         ..Default::default()
-    };
-    predict_key(plan, svc, k)
+    }
 }
 
 /// The backend MAC the Maglev table of `svc` gives the raw flow key `k`.

@@ -5,14 +5,14 @@
 
 use anyhow::Result;
 use lb_tests::{
-    lbrun::{agent_sections, field, tcp_banner, udp_banner, wait_for, Agent, Conversation},
+    lbrun::{agent_sections, banners, field, wait_answering, wait_for, Agent, Conversation},
     netns::{Family, ProcGuard, Topology},
     root_or_skip,
 };
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 const BACKEND_BIN: &str = env!("CARGO_BIN_EXE_lb-backend");
@@ -74,21 +74,7 @@ fn vip(t: &Topology, fam: Family, port: u16) -> SocketAddr {
 
 /// `n` TCP or UDP exchanges from the client namespace: banners.
 fn flows(t: &Topology, fam: Family, n: usize, udp: bool) -> Result<Vec<String>> {
-    let to = vip(t, fam, if udp { 53 } else { 80 });
-    t.client.run_in(move || -> Result<Vec<String>> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            anyhow::ensure!(Instant::now() < deadline, "flows took over 60 s");
-            let b = if udp {
-                udp_banner(to, Duration::from_secs(2))?
-            } else {
-                tcp_banner(to, Duration::from_secs(2))?
-            };
-            out.push(b);
-        }
-        Ok(out)
-    })?
+    banners(&t.client, vip(t, fam, if udp { 53 } else { 80 }), n, udp)
 }
 
 /// Three backends serving and `lb run` balancing them, answering on the VIP.
@@ -96,31 +82,9 @@ fn running(fam: Family) -> (Topology, Vec<ProcGuard>, Agent) {
     let t = Topology::new(3).expect("topology");
     let backends = start_backends(&t, fam).unwrap();
     let agent = Agent::start(&t.balancer, &config(&t, fam, &[0, 1, 2])).unwrap();
-    let to = vip(&t, fam, 80);
-    let ok = t
-        .client
-        .run_in(move || {
-            wait_for(Duration::from_secs(20), || {
-                tcp_banner(to, Duration::from_millis(500))
-            })
-        })
-        .unwrap();
-    if ok.is_err() {
-        if let Ok(secs) = std::env::var("LB_TEST_HOLD") {
-            // Debugging aid: keep the topology up for inspection.
-            eprintln!(
-                "holding {} / {} for {secs} s",
-                t.prefix,
-                agent.pin_dir.display()
-            );
-            std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(60)));
-        }
+    if let Err(e) = wait_answering(&t.client, vip(&t, fam, 80), &agent) {
+        panic!("the {fam:?} VIP: {e}");
     }
-    assert!(
-        ok.is_ok(),
-        "the {fam:?} VIP never answered; agent log:\n{}",
-        agent.log()
-    );
     (t, backends, agent)
 }
 

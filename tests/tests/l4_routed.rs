@@ -8,16 +8,12 @@
 
 use anyhow::Result;
 use lb_tests::{
-    lbrun::{field, tcp_banner, udp_banner, wait_for, Agent, Conversation},
+    lbrun::{banners, field, tcp_banner, wait_answering, wait_for, Agent, Conversation},
     netns::{sh, Family, ProcGuard},
     root_or_skip,
     routed::{Decap, Routed},
 };
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 const BACKEND_BIN: &str = env!("CARGO_BIN_EXE_lb-backend");
 const GUE_PORT: u16 = 7080;
@@ -85,20 +81,12 @@ fn lb(args: &[&str]) -> Result<String> {
 }
 
 fn flows(t: &Routed, fam: Family, n: usize, udp: bool) -> Result<Vec<String>> {
-    let to = SocketAddr::new(t.vip(fam), if udp { 53 } else { 80 });
-    t.client.run_in(move || -> Result<Vec<String>> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            anyhow::ensure!(Instant::now() < deadline, "flows took over 60 s");
-            out.push(if udp {
-                udp_banner(to, Duration::from_secs(2))?
-            } else {
-                tcp_banner(to, Duration::from_secs(2))?
-            });
-        }
-        Ok(out)
-    })?
+    banners(
+        &t.client,
+        SocketAddr::new(t.vip(fam), if udp { 53 } else { 80 }),
+        n,
+        udp,
+    )
 }
 
 /// Counts packets from the VIP at the router by where they came from: the backends' bridge
@@ -158,30 +146,9 @@ fn running(fam: Family, method: &str) -> Running {
         .unwrap();
     let decap = Decap::attach(&t, GUE_PORT).expect("lb decap on the backends");
     let agent = Agent::start(&t.balancer, &config(&t, fam, method, &[0, 1, 2])).unwrap();
-    let to = SocketAddr::new(t.vip(fam), 80);
-    let ok = t
-        .client
-        .run_in(move || {
-            wait_for(Duration::from_secs(20), || {
-                tcp_banner(to, Duration::from_millis(500))
-            })
-        })
-        .unwrap();
-    if ok.is_err() {
-        if let Ok(secs) = std::env::var("LB_TEST_HOLD") {
-            eprintln!(
-                "holding {} / {} for {secs} s",
-                t.prefix,
-                agent.pin_dir.display()
-            );
-            std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(60)));
-        }
+    if let Err(e) = wait_answering(&t.client, SocketAddr::new(t.vip(fam), 80), &agent) {
+        panic!("{method}: {e}");
     }
-    assert!(
-        ok.is_ok(),
-        "{method}: the VIP never answered: {ok:?}; agent log:\n{}",
-        agent.log()
-    );
     Running {
         agent,
         _decap: decap,

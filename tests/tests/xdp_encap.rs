@@ -7,12 +7,12 @@
 //! each test builds a private namespace (a veth pair with addresses, routes and permanent
 //! neighbours) and runs the program from a thread inside it.
 
-use lb_common::{encap, flow_hash::flow_hash, hash_mode, service_flags, FlowKey};
+use lb_common::{encap, flow_hash::flow_hash, hash_mode, service_flags};
 use lb_tests::{
     fib::{FibNs, BACKEND, BACKEND6, OTHER_ROUTER_MAC, OUR_MAC, ROUTER_MAC, SRC, SRC6},
     netns::sh,
     packet::{checksum, Frame, Frame6, BALANCER_MAC, CLIENT_MAC},
-    xdp_cases::{pad, service, vip, vip6, CLIENT, CLIENT6, DROP, TX, VIP, VIP6},
+    xdp_cases::{key_of, key_of6, service, vip, vip6, CLIENT, CLIENT6, DROP, TX, VIP, VIP6},
 };
 use lb_userspace::dataplane::plan::{L4Backend, L4Plan};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -66,30 +66,6 @@ fn plan(forwarding: u32, gue_port: u16, addr: [u8; 4]) -> L4Plan {
             vip("dns", VIP, 53, 17, "s"),
             vip6("web6", VIP6, 80, 6, "s6"),
         ],
-    }
-}
-
-fn key4(f: &Frame) -> FlowKey {
-    FlowKey {
-        src: pad(f.src),
-        dst: pad(f.dst),
-        sport_be: f.sport.to_be(),
-        dport_be: f.dport.to_be(),
-        proto: f.proto,
-        family: 4,
-        ..Default::default()
-    }
-}
-
-fn key6(f: &Frame6) -> FlowKey {
-    FlowKey {
-        src: f.src,
-        dst: f.dst,
-        sport_be: f.sport.to_be(),
-        dport_be: f.dport.to_be(),
-        proto: f.proto,
-        family: 6,
-        ..Default::default()
     }
 }
 
@@ -183,7 +159,7 @@ fn ipip_and_gue_frames_are_exact_for_both_families() {
             let udp = Frame::udp(CLIENT, 5353, VIP, 53);
             for (what, f, tos) in [("tcp", &tcp, 0), ("udp", &udp, 0xb8)] {
                 let input = with_tos(f.bytes(), tos);
-                let sport = encap::gue_source_port(flow_hash(&key4(f)));
+                let sport = encap::gue_source_port(flow_hash(&key_of(f)));
                 let want = outer_v4(&input, ROUTER_MAC, BACKEND, gue.then_some((sport, port)));
                 for round in ["new flow", "established"] {
                     let r = h.run_on(&input, ifindex, 1).unwrap();
@@ -193,7 +169,7 @@ fn ipip_and_gue_frames_are_exact_for_both_families() {
             }
             let f6 = Frame6::tcp(CLIENT6, 40000, VIP6, 80);
             let input = f6.bytes();
-            let hash = flow_hash(&key6(&f6));
+            let hash = flow_hash(&key_of6(&f6));
             let sport = encap::gue_source_port(hash);
             let r = h.run_on(&input, ifindex, 1).unwrap();
             assert_eq!(r.verdict, TX, "v6 gue={gue}");
