@@ -10,7 +10,7 @@ mod support;
 use agent::{entry, get, sequence, site, LbRun};
 use lb_tests::root_or_skip;
 use std::time::{Duration, Instant};
-use support::{backend, free_port, Behaviour, TestBackend};
+use support::{backend, free_port, free_ports, Behaviour, TestBackend};
 
 /// Every window of `len` consecutive answers holds `want` of each backend name.
 fn assert_windows(seq: &[String], len: usize, want: &[(&str, usize)]) {
@@ -43,7 +43,7 @@ async fn every_policy_is_fair_over_short_windows() {
     }
     let a = backend("a", Behaviour::Status(200)).await;
     let b = backend("b", Behaviour::Status(200)).await;
-    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+    let ports: Vec<u16> = free_ports(8);
     let cases = [
         ("equal", service("", "", &[(&a, ""), (&b, "")])),
         (

@@ -177,6 +177,15 @@ async fn answer(
         .unwrap()
 }
 
+/// `n` distinct free loopback ports: every listener is held until all are picked (ports
+/// picked one by one can repeat: the kernel may hand a released port out again at once).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
 /// A free loopback port (bound and released; fine for loopback tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
