@@ -294,6 +294,25 @@ fn routed_backends(fam: Family, method: &str) {
     );
     let outer = format!("{} -> {}", t.balancer_ip(fam), t.backend_ip(fam, 0));
     assert!(described.contains(&outer), "{described}");
+    // `lb explain` ends with the encapsulation and its outer addresses.
+    let client = t.client_ip(fam).to_string();
+    let vip = t.vip(fam).to_string();
+    let explained = lb(&[
+        "explain",
+        "--pin-path",
+        pins,
+        "tcp",
+        &client,
+        "40000",
+        &vip,
+        "80",
+    ])
+    .unwrap();
+    let outer = format!("encapsulated in {method}");
+    assert!(
+        explained.contains(&outer) && explained.contains(&format!("outer {}", t.balancer_ip(fam))),
+        "{explained}"
+    );
 
     // An oversized segment: answered with ICMP by the balancer, the client's path MTU
     // shrinks, the retransmission fits, the echo comes back.

@@ -510,12 +510,28 @@ fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
                 x.steps.push(why);
             }
         }
-        x.steps.push(format!(
-            "XDP_TX to slot {slot} ({})",
-            addr.map_or("-".into(), |a| a.to_string())
-        ));
+        let to = addr.map_or("-".into(), |a| a.to_string());
+        x.steps.push(transmit_step(m, &svc, slot, &to));
     }
     x
+}
+
+/// The last step: L2 direct server return, or encapsulation toward a routed backend.
+fn transmit_step(m: &Maps, svc: &ServiceMeta, slot: u32, to: &str) -> String {
+    let method = match svc.forwarding {
+        lb_common::encap::forwarding::IPIP => "IPIP".to_string(),
+        lb_common::encap::forwarding::GUE => {
+            format!("GUE (UDP port {})", u16::from_be(svc.gue_port_be))
+        }
+        _ => return format!("XDP_TX to slot {slot} ({to})"),
+    };
+    let src = m
+        .backend(slot)
+        .map(|b| lb_common::addr::from_map(b.family, &b.src).to_string())
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "encapsulated in {method}, outer {src} → {to}, to the FIB's next hop: XDP_TX to slot          {slot} (XDP_REDIRECT when the route leaves by another interface)"
+    )
 }
 
 fn unreachable_pass(x: &mut Explanation) {
