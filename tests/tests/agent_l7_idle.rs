@@ -137,3 +137,58 @@ fn pipelined_split_and_paused_requests_are_answered_across_parking() {
     drop(s);
     assert!(run.status_ok());
 }
+
+/// Voluntary context switches of each of the process's threads named `name*`.
+fn switches_of(pid: u32, name: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with(name) {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let n = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((comm.trim().to_string(), n));
+    }
+    out.sort();
+    out
+}
+
+/// With more than one CPU, `lb run` serves client connections on one L7 worker thread per
+/// CPU (`l7/workers.rs`), connections handed out in turn: every worker thread exists and
+/// wakes up to serve its share of connections opened one after the other.
+#[test]
+fn connections_are_served_by_every_worker_thread() {
+    if !root_or_skip("lb run") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: one CPU, lb run starts no workers");
+        return;
+    }
+    let b = backend();
+    let listen = free_port();
+    let run = Run::start(|dir| config(dir, listen, b.port, ""));
+    wait_serving(listen, &run);
+    let before = switches_of(run.pid(), "lb-l7-");
+    assert_eq!(before.len(), cpus, "worker threads: {before:?}");
+    // 8 connections per worker, 20 requests each, one connection at a time: each worker
+    // blocks between requests, so its context switches count its share.
+    for i in 0..8 * cpus {
+        let mut s = connect(listen);
+        for r in 0..20 {
+            assert_eq!(get_on(&mut s).unwrap(), 200, "connection {i}, request {r}");
+        }
+    }
+    let after = switches_of(run.pid(), "lb-l7-");
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        assert!(b - a >= 20, "{name} barely ran: {a} → {b} ({after:?})");
+    }
+    assert!(run.status_ok());
+}

@@ -68,7 +68,7 @@ pub fn spawn(
             };
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
-            tokio::spawn(async move {
+            super::workers::spawn_connection(stream, move |stream| async move {
                 let local = stream.local_addr().unwrap_or(addr);
                 serve(shared, stream, peer, local, addr, permit).await;
             });
