@@ -324,7 +324,9 @@ impl H1Pool {
         loop {
             let (mut tx, reused) = match self.take(key) {
                 Some(tx) => (tx, true),
-                None => (self.connect(addr).await?, false),
+                // Boxed: connecting is rare (pooled connections are reused) and its future
+                // is large; inline it would be copied with every request's future.
+                None => (Box::pin(self.connect(addr)).await?, false),
             };
             if tx.ready().await.is_err() {
                 if reused {
