@@ -161,9 +161,10 @@ fn cpu_ns_of(pid: u32, name: &str) -> Vec<(String, u64)> {
 }
 
 /// With more than one CPU, `lb run` serves client connections on one L7 worker thread per
-/// CPU (`l7/workers.rs`), accepted connections handed out in turn: every worker thread
-/// exists, and each one's CPU time over an exchange on connections opened one after the
-/// other is a real share of the workers' total (one that served nothing would have none).
+/// CPU (`l7/workers.rs`), each accepting on its own socket (SO_REUSEPORT: the kernel
+/// spreads connections by their addresses): every worker thread exists, and each one's CPU
+/// time over an exchange on 16 connections per worker opened one after the other is a real
+/// share of the workers' total (one that served nothing would have none).
 #[test]
 fn connections_are_served_by_every_worker_thread() {
     if !root_or_skip("lb run") {
@@ -180,7 +181,7 @@ fn connections_are_served_by_every_worker_thread() {
     wait_serving(listen, &run);
     let before = cpu_ns_of(run.pid(), "lb-l7-");
     assert_eq!(before.len(), cpus, "worker threads: {before:?}");
-    for i in 0..8 * cpus {
+    for i in 0..16 * cpus {
         let mut s = connect(listen);
         for r in 0..20 {
             assert_eq!(get_on(&mut s).unwrap(), 200, "connection {i}, request {r}");

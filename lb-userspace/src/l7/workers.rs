@@ -1,7 +1,8 @@
 //! Thread per core for client connections: with more than one CPU, `lb run` starts one
-//! L7 worker thread per CPU it may use, each running its own current-thread tokio runtime,
-//! and every accepted connection is handed to one of them (round robin) for its whole life,
-//! like nginx's worker processes and HAProxy's threads.
+//! L7 worker thread per CPU it may use, each running its own current-thread tokio runtime
+//! and accepting on its own socket of every listener (SO_REUSEPORT, `listener::spawn`; the
+//! kernel spreads new connections evenly); a connection is served for its whole life by
+//! the worker that accepted it, like nginx's worker processes and HAProxy's threads.
 //!
 //! Why not tokio's work-stealing runtime: a request crosses two tasks (the client
 //! connection's and the backend connection's), and on a multi-thread runtime they wake each
@@ -11,24 +12,15 @@
 //! connections it opens share one thread and one I/O driver, and the HTTP/1.1 backend pool
 //! is kept per worker ([`id`], `client::H1Pool`), so a request never leaves its thread.
 //!
-//! The agent itself (admin socket, health checks, reloads, accept loops) stays on the
-//! runtime of [`super::runtime`]. Without workers (one CPU, or the library used from tests
-//! on their own runtime) connections are spawned on the current runtime as before.
+//! The agent itself (admin socket, health checks, reloads) stays on the runtime of
+//! [`super::runtime`]. Without workers (one CPU, or the library used from tests on their
+//! own runtime) listeners accept and serve on the current runtime.
 
-use std::{
-    cell::Cell,
-    future::Future,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        OnceLock,
-    },
-};
+use std::{cell::Cell, sync::OnceLock};
 use tokio::runtime::Handle;
 
 /// The workers' runtimes, set once by [`start`].
 static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
-/// Round-robin position of the next connection.
-static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// 1-based index of the worker running on this thread; 0 elsewhere.
@@ -64,30 +56,16 @@ pub fn start(n: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves an accepted connection on the next worker, or on the current runtime when there
-/// are no workers. The socket moves to the worker's I/O driver, so its readiness events are
-/// handled on the thread that serves it.
-pub fn spawn_connection<F, Fut>(stream: tokio::net::TcpStream, serve: F)
-where
-    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let Some(workers) = WORKERS.get().filter(|w| !w.is_empty()) else {
-        tokio::spawn(serve(stream));
-        return;
-    };
-    let worker = &workers[NEXT.fetch_add(1, Ordering::Relaxed) % workers.len()];
-    let std_stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(error = %e, "handing a connection to a worker failed");
-            return;
-        }
-    };
-    worker.spawn(async move {
-        match tokio::net::TcpStream::from_std(std_stream) {
-            Ok(stream) => serve(stream).await,
-            Err(e) => tracing::debug!(error = %e, "registering a connection on a worker failed"),
-        }
-    });
+/// The workers' runtimes; `None` without workers.
+pub fn handles() -> Option<&'static [Handle]> {
+    WORKERS.get().map(Vec::as_slice).filter(|w| !w.is_empty())
+}
+
+/// Aborts a task when dropped: a listener's task owns its workers' accept loops with these.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
