@@ -5,6 +5,13 @@ use clap::{Parser, Subcommand};
 use lb_userspace::cli::{self, ClientCmd, Output};
 use std::path::PathBuf;
 
+/// jemalloc instead of glibc's allocator: large buffers (hyper's and h2's 8–16 KiB
+/// connection buffers) get page-aligned extents whose untouched pages never become
+/// resident, and freed pages are returned to the kernel after a decay time (README,
+/// "L7: cargo xtask bench-l7", has the measurements).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lb",

@@ -137,3 +137,65 @@ fn pipelined_split_and_paused_requests_are_answered_across_parking() {
     drop(s);
     assert!(run.status_ok());
 }
+
+/// Nanoseconds of CPU each of the process's threads named `name*` has run (the first
+/// field of the thread's `schedstat`).
+fn cpu_ns_of(pid: u32, name: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with(name) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        let ns = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        out.push((comm.trim().to_string(), ns));
+    }
+    out.sort();
+    out
+}
+
+/// With more than one CPU, `lb run` serves client connections on one L7 worker thread per
+/// CPU (`l7/workers.rs`), each accepting on its own socket (SO_REUSEPORT: the kernel
+/// spreads connections by their addresses): every worker thread exists, and each one's CPU
+/// time over an exchange on 16 connections per worker opened one after the other is a real
+/// share of the workers' total (one that served nothing would have none).
+#[test]
+fn connections_are_served_by_every_worker_thread() {
+    if !root_or_skip("lb run") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: one CPU, lb run starts no workers");
+        return;
+    }
+    let b = backend();
+    let listen = free_port();
+    let run = Run::start(|dir| config(dir, listen, b.port, ""));
+    wait_serving(listen, &run);
+    let before = cpu_ns_of(run.pid(), "lb-l7-");
+    assert_eq!(before.len(), cpus, "worker threads: {before:?}");
+    for i in 0..16 * cpus {
+        let mut s = connect(listen);
+        for r in 0..20 {
+            assert_eq!(get_on(&mut s).unwrap(), 200, "connection {i}, request {r}");
+        }
+    }
+    let after = cpu_ns_of(run.pid(), "lb-l7-");
+    let used: Vec<u64> = before.iter().zip(&after).map(|(a, b)| b.1 - a.1).collect();
+    let total: u64 = used.iter().sum();
+    eprintln!("CPU ns per worker over the exchange: {used:?}");
+    for (ns, (name, _)) in used.iter().zip(&after) {
+        assert!(
+            *ns * 100 >= total * 10,
+            "{name} ran {ns} ns of the workers' {total} ns: it served almost nothing"
+        );
+    }
+    assert!(run.status_ok());
+}

@@ -36,10 +36,11 @@ pub struct Options {
     pub rounds: u32,
     /// Cases to run, comma-separated: h1 (50 keep-alive connections), h1-1000, h1-close (a
     /// new connection per request), h1-64k (64 KiB responses), h2c (50 connections × 10
-    /// streams), idle (memory per idle HTTP/1.1 and HTTP/2 connection).
+    /// streams), h1-tls and h2-tls (HTTP/1.1 and HTTP/2 over TLS, 50 keep-alive connections,
+    /// h2-tls with 10 streams each), idle (memory per idle HTTP/1.1 and HTTP/2 connection).
     #[arg(
         long,
-        default_value = "h1,h1-1000,h1-close,h1-64k,h2c,idle",
+        default_value = "h1,h1-1000,h1-close,h1-64k,h2c,h1-tls,h2-tls,idle",
         value_delimiter = ','
     )]
     pub cases: Vec<String>,
@@ -65,16 +66,19 @@ struct Case {
     name: &'static str,
     title: &'static str,
     h2: bool,
+    /// Over TLS (the proxies' TLS port, HTTP/2 or HTTP/1.1 by ALPN).
+    tls: bool,
     connections: u32,
     path: &'static str,
     headers: &'static [&'static str],
 }
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 7] = [
     Case {
         name: "h1",
         title: "HTTP/1.1 keep-alive, 50 connections, 100 B",
         h2: false,
+        tls: false,
         connections: 50,
         path: "/",
         headers: &[],
@@ -83,6 +87,7 @@ const CASES: [Case; 5] = [
         name: "h1-1000",
         title: "HTTP/1.1 keep-alive, 1000 connections, 100 B",
         h2: false,
+        tls: false,
         connections: 1000,
         path: "/",
         headers: &[],
@@ -91,6 +96,7 @@ const CASES: [Case; 5] = [
         name: "h1-close",
         title: "HTTP/1.1, new connection per request, 50 at once, 100 B",
         h2: false,
+        tls: false,
         connections: 50,
         path: "/",
         headers: &["Connection: close"],
@@ -99,6 +105,7 @@ const CASES: [Case; 5] = [
         name: "h1-64k",
         title: "HTTP/1.1 keep-alive, 50 connections, 64 KiB",
         h2: false,
+        tls: false,
         connections: 50,
         path: rig::LARGE_PATH,
         headers: &[],
@@ -107,6 +114,25 @@ const CASES: [Case; 5] = [
         name: "h2c",
         title: "HTTP/2 h2c, 50 connections x 10 streams, 100 B",
         h2: true,
+        tls: false,
+        connections: 50,
+        path: "/",
+        headers: &[],
+    },
+    Case {
+        name: "h1-tls",
+        title: "HTTP/1.1 over TLS, keep-alive, 50 connections, 100 B",
+        h2: false,
+        tls: true,
+        connections: 50,
+        path: "/",
+        headers: &[],
+    },
+    Case {
+        name: "h2-tls",
+        title: "HTTP/2 over TLS, 50 connections x 10 streams, 100 B",
+        h2: true,
+        tls: true,
         connections: 50,
         path: "/",
         headers: &[],
@@ -121,9 +147,10 @@ pub fn run(mut o: Options) -> Result<()> {
         "prlimit",
         "haproxy",
         "/usr/sbin/nginx",
+        "openssl",
     ] {
         if rig::which(tool).is_none() {
-            bail!("{tool} is not installed (apt-get install wrk nghttp2-client nginx haproxy util-linux)");
+            bail!("{tool} is not installed (apt-get install wrk nghttp2-client nginx haproxy util-linux openssl)");
         }
     }
     if o.quick {
@@ -225,11 +252,15 @@ fn run_case(
         headers: case.headers,
     };
     let measure = |p: &rig::Proxy, secs| -> Result<Figures> {
+        let (scheme, port) = match (case.tls, case.h2) {
+            (true, _) => ("https", p.tls_port),
+            (false, true) => ("http", p.h2_port),
+            (false, false) => ("http", p.h1_port),
+        };
+        let url = format!("{scheme}://127.0.0.1:{port}{}", case.path);
         if case.h2 {
-            let url = format!("http://127.0.0.1:{}{}", p.h2_port, case.path);
             load::h2load(&load(secs), &url, &dir.join("h2load.log"))
         } else {
-            let url = format!("http://127.0.0.1:{}{}", p.h1_port, case.path);
             load::wrk(&load(secs), &url)
         }
     };

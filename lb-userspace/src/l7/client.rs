@@ -217,12 +217,13 @@ impl Idle {
     }
 }
 
-/// Keep-alive HTTP/1.1 connections to plain backends, idle ones stacked per backend (most
-/// recently used on top). A connection is taken out for one request and given back when the
+/// Keep-alive HTTP/1.1 connections to plain backends, idle ones stacked per backend and
+/// L7 worker (most recently used on top; a connection runs on the worker that opened it, so
+/// a request only takes connections of its own worker, see `workers`). A connection is taken out for one request and given back when the
 /// response body has been read to its end, so no task is spawned per request to watch for
 /// it becoming reusable; each connection runs as its own task (hyper's `Connection`).
 pub struct H1Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<(usize, SocketAddr), Vec<Idle>>>,
     /// Every backend connection open, against the descriptor budget.
     budget: Arc<BackendBudget>,
 }
@@ -245,14 +246,15 @@ impl std::fmt::Debug for H1Pool {
 /// A connection taken out of the pool for one request.
 pub struct Pooled {
     tx: http1::SendRequest<UpstreamBody>,
-    addr: SocketAddr,
+    /// The worker the connection runs on, and its backend.
+    key: (usize, SocketAddr),
     keepalive: Duration,
     pool: Weak<H1Pool>,
 }
 
 impl std::fmt::Debug for Pooled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pooled").field("addr", &self.addr).finish()
+        f.debug_struct("Pooled").field("addr", &self.key.1).finish()
     }
 }
 
@@ -264,7 +266,7 @@ impl Pooled {
         }
         if let Some(pool) = self.pool.upgrade() {
             let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let stack = idle.entry(self.addr).or_default();
+            let stack = idle.entry(self.key).or_default();
             if stack.len() < MAX_IDLE_PER_BACKEND {
                 stack.push(Idle {
                     tx: self.tx,
@@ -277,9 +279,9 @@ impl Pooled {
 }
 
 impl H1Pool {
-    fn take(&self, addr: SocketAddr) -> Option<http1::SendRequest<UpstreamBody>> {
+    fn take(&self, key: (usize, SocketAddr)) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let stack = idle.get_mut(&addr)?;
+        let stack = idle.get_mut(&key)?;
         while let Some(i) = stack.pop() {
             if i.usable() {
                 return Some(i.tx);
@@ -318,10 +320,13 @@ impl H1Pool {
         keepalive: Duration,
         mut req: http::Request<UpstreamBody>,
     ) -> Result<(http::Response<Incoming>, Option<Pooled>), ClientError> {
+        let key = (super::workers::id(), addr);
         loop {
-            let (mut tx, reused) = match self.take(addr) {
+            let (mut tx, reused) = match self.take(key) {
                 Some(tx) => (tx, true),
-                None => (self.connect(addr).await?, false),
+                // Boxed: connecting is rare (pooled connections are reused) and its future
+                // is large; inline it would be copied with every request's future.
+                None => (Box::pin(self.connect(addr)).await?, false),
             };
             if tx.ready().await.is_err() {
                 if reused {
@@ -336,7 +341,7 @@ impl H1Pool {
                 Ok(resp) => {
                     let pooled = Pooled {
                         tx,
-                        addr,
+                        key,
                         keepalive,
                         pool: Arc::downgrade(self),
                     };

@@ -24,57 +24,116 @@ use std::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
-/// Binds `addr` (done before a change commits, so a port in use refuses the change).
+/// Binds `addr` (done before a change commits, so a port in use refuses the change). The
+/// socket has SO_REUSEPORT, so that each L7 worker can listen on a socket of its own bound
+/// to the same address ([`spawn`]); a port held by a socket without it still refuses.
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, L7Error> {
-    let fail = |e: std::io::Error| L7Error::Bind { addr, source: e };
-    let l = std::net::TcpListener::bind(addr).map_err(fail)?;
-    l.set_nonblocking(true).map_err(fail)?;
-    Ok(l)
+    reuseport_listener(addr).map_err(|e| L7Error::Bind { addr, source: e })
 }
 
+/// A listening, non-blocking socket on `addr` with SO_REUSEADDR (as std's `bind` sets it)
+/// and SO_REUSEPORT.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    // SAFETY: the descriptor is the bound socket just made; the listener takes ownership.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
+    // SAFETY: listen(2) on a descriptor the listener owns.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Pending connections per listening socket (the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: libc::c_int = 1024;
+
 /// Starts the accept loop of a listener bound by [`bind`] for configured address `addr`;
-/// returns the task and the bound address.
+/// returns the task and the bound address. With L7 workers ([`super::workers`]) every
+/// worker accepts on a socket of its own bound to the same address (SO_REUSEPORT: the
+/// kernel spreads new connections over them) and serves what it accepts, so a connection
+/// never changes threads; the returned task owns those loops (aborting it stops them all).
 pub fn spawn(
     shared: Arc<Shared>,
     addr: SocketAddr,
     std_listener: std::net::TcpListener,
 ) -> Result<(JoinHandle<()>, SocketAddr), L7Error> {
     let bind = |e: std::io::Error| L7Error::Bind { addr, source: e };
-    let listener = TcpListener::from_std(std_listener).map_err(bind)?;
-    let bound = listener.local_addr().map_err(bind)?;
+    let bound = std_listener.local_addr().map_err(bind)?;
     let open = Arc::new(AtomicUsize::new(0));
+    let Some(workers) = super::workers::handles() else {
+        let listener = TcpListener::from_std(std_listener).map_err(bind)?;
+        let task = tokio::spawn(accept_loop(shared, addr, listener, open));
+        return Ok((task, bound));
+    };
+    // The first worker takes the socket bound at prepare time, the others bind their own
+    // to the address it got (the same port also when the configuration asked for port 0).
+    let mut sockets = vec![std_listener];
+    for _ in 1..workers.len() {
+        sockets.push(reuseport_listener(bound).map_err(bind)?);
+    }
+    let mut loops = Vec::with_capacity(workers.len());
+    for (worker, socket) in workers.iter().zip(sockets) {
+        let (shared, open) = (shared.clone(), open.clone());
+        loops.push(super::workers::AbortOnDrop(worker.spawn(async move {
+            // Registered with this worker's I/O driver, so accepting happens here.
+            match TcpListener::from_std(socket) {
+                Ok(listener) => accept_loop(shared, addr, listener, open).await,
+                Err(e) => tracing::error!(%addr, error = %e, "L7 worker cannot listen"),
+            }
+        })));
+    }
     let task = tokio::spawn(async move {
-        let mut refused = 0u64;
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(%addr, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let max = shared.limits.load().max_connections_per_listener;
-            let Some(permit) = shared.budget.admit(&open, max) else {
-                // Over a cap: close at once (the client sees the connection end) rather
-                // than leave it waiting in the backlog.
-                refused += 1;
-                if refused.is_power_of_two() {
-                    tracing::warn!(%addr, refused, max, tier_max = shared.budget.max_total(), "connection refused: connection cap reached");
-                }
-                drop(stream);
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let local = stream.local_addr().unwrap_or(addr);
-                serve(shared, stream, peer, local, addr, permit).await;
-            });
-        }
+        let _loops = loops;
+        std::future::pending::<()>().await
     });
     Ok((task, bound))
+}
+
+/// Accepts connections until aborted and serves each on its own task of this runtime.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    listener: TcpListener,
+    open: Arc<AtomicUsize>,
+) {
+    let mut refused = 0u64;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(%addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let max = shared.limits.load().max_connections_per_listener;
+        let Some(permit) = shared.budget.admit(&open, max) else {
+            // Over a cap: close at once (the client sees the connection end) rather
+            // than leave it waiting in the backlog.
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%addr, refused, max, tier_max = shared.budget.max_total(), "connection refused: connection cap reached");
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let local = stream.local_addr().unwrap_or(addr);
+            serve(shared, stream, peer, local, addr, permit).await;
+        });
+    }
 }
 
 async fn serve(

@@ -31,6 +31,7 @@ pub mod stats;
 pub mod table;
 pub mod tls;
 pub mod websocket;
+pub mod workers;
 
 use crate::{
     config::Config,
@@ -487,16 +488,14 @@ impl Drop for L7Handle {
     }
 }
 
-/// The runtime of `lb run`: one worker per CPU this process may use; on a single CPU
-/// (e.g. pinned with taskset) a current-thread runtime, which skips work-stealing
-/// bookkeeping that one worker cannot use.
+/// The runtime of `lb run`, a current-thread runtime for the agent (admin socket, health
+/// checks, reloads, accept loops). With more than one CPU this process may use (e.g.
+/// `taskset -c 0-1`), client connections are served by one L7 worker thread per CPU
+/// ([`workers`]); on one CPU they run on this runtime too.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Runtime::new()
-    }
+    workers::start(cpus)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }

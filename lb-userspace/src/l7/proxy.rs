@@ -60,7 +60,8 @@ pub async fn handle(
     let head = log.as_ref().map(|_| LogHead::of(&req, &conn));
     let request_bytes = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
-    let done = proxy(&shared, &conn, req, request_bytes.clone()).await;
+    // Boxed, so this future (moved whole into hyper's slot for every request) stays small.
+    let done = Box::pin(proxy(&shared, &conn, req, request_bytes.clone())).await;
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     let status = done.resp.status().as_u16();
     if let Some(s) = &done.service {
@@ -589,13 +590,17 @@ async fn send_once(
     ureq: Request<UpstreamBody>,
     t: Try<'_>,
 ) -> Result<Option<Result<(Response<Incoming>, Option<client::Pooled>), client::ClientError>>, ()> {
-    let fut = shared.clients.request(
+    // Boxed: the client's future is the largest part of a request's state; inline, every
+    // future around it (this one, the retry loop, the pipeline, the service future hyper
+    // boxes) would be as large and be copied whole each time it moves (memmove was lb's
+    // top user-space frame in `cargo xtask profile-l7`).
+    let fut = Box::pin(shared.clients.request(
         service.upstream,
         backend.addr,
         &backend.authority,
         service.keepalive,
         ureq,
-    );
+    ));
     let fut = async {
         tokio::select! {
             biased;

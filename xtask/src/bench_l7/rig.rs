@@ -12,11 +12,11 @@ use std::{
 };
 
 pub const BACKEND_PORT: u16 = 18080;
-/// (name, HTTP/1.1 port, HTTP/2 cleartext port).
-pub const PROXIES: [(&str, u16, u16); 3] = [
-    ("lb", 18081, 18081),
-    ("nginx", 18082, 18092),
-    ("haproxy", 18083, 18093),
+/// (name, HTTP/1.1 port, HTTP/2 cleartext port, TLS port: HTTP/2 or HTTP/1.1 by ALPN).
+pub const PROXIES: [(&str, u16, u16, u16); 3] = [
+    ("lb", 18081, 18081, 18181),
+    ("nginx", 18082, 18092, 18182),
+    ("haproxy", 18083, 18093, 18183),
 ];
 
 /// Where the proxies and the backend run.
@@ -93,6 +93,7 @@ pub struct Proxy {
     pub name: &'static str,
     pub h1_port: u16,
     pub h2_port: u16,
+    pub tls_port: u16,
     pub server: Server,
 }
 
@@ -113,6 +114,7 @@ pub fn start(lb: &Path, dir: &Path, at: &Placement) -> Result<Rig> {
     let large = dir.join("backend-root");
     std::fs::create_dir_all(&large)?;
     std::fs::write(large.join("64k"), vec![b'x'; LARGE_BYTES])?;
+    let (cert, key, pem) = certificate(dir)?;
     let backend_conf = nginx_conf(
         dir,
         "backend",
@@ -132,9 +134,14 @@ pub fn start(lb: &Path, dir: &Path, at: &Placement) -> Result<Rig> {
         &format!(
             "upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; keepalive_requests 1000000; }}\n\
              server {{ listen 127.0.0.1:{p1} backlog=4096; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
-             server {{ listen 127.0.0.1:{p2} backlog=4096 http2; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
+             server {{ listen 127.0.0.1:{p2} backlog=4096 http2; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
+             server {{ listen 127.0.0.1:{p3} backlog=4096 ssl http2; ssl_certificate {cert}; ssl_certificate_key {key}; ssl_session_cache shared:SSL:10m; \
+             location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
             p1 = PROXIES[1].1,
-            p2 = PROXIES[1].2
+            p2 = PROXIES[1].2,
+            p3 = PROXIES[1].3,
+            cert = cert.display(),
+            key = key.display(),
         ),
     )?;
     let haproxy_conf = dir.join("haproxy.cfg");
@@ -143,9 +150,12 @@ pub fn start(lb: &Path, dir: &Path, at: &Placement) -> Result<Rig> {
         format!(
             "global\n  nbthread {workers}\n  maxconn {maxconn}\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 600s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\n  timeout http-keep-alive 600s\n\
              frontend h1\n  bind 127.0.0.1:{p1}\n  default_backend be\nfrontend h2\n  bind 127.0.0.1:{p2} proto h2\n  default_backend be\n\
+             frontend tls\n  bind 127.0.0.1:{p3} ssl crt {pem} alpn h2,http/1.1\n  default_backend be\n\
              backend be\n  server s1 127.0.0.1:{BACKEND_PORT}\n",
             p1 = PROXIES[2].1,
             p2 = PROXIES[2].2,
+            p3 = PROXIES[2].3,
+            pem = pem.display(),
             maxconn = hard_nofile().saturating_sub(200) / 2,
         ),
     )?;
@@ -155,9 +165,15 @@ pub fn start(lb: &Path, dir: &Path, at: &Placement) -> Result<Rig> {
         format!(
             "[admin]\nsocket = \"{sock}\"\n\n[l7]\nmax_connections_per_listener = 100000\n\n\
              [forwarding_rules.bench]\nip_address = \"127.0.0.1\"\nports = [{p}]\ntarget = \"bench\"\n\n\
-             [target_http_proxies.bench]\nurl_map = \"bench\"\n\n[url_maps.bench]\ndefault_service = \"be\"\n\n\
+             [forwarding_rules.bench-tls]\nip_address = \"127.0.0.1\"\nports = [{p3}]\ntarget = \"bench-tls\"\n\n\
+             [target_http_proxies.bench]\nurl_map = \"bench\"\n\n\
+             [target_https_proxies.bench-tls]\nurl_map = \"bench\"\nssl_certificates = [\"bench\"]\n\n\
+             [ssl_certificates.bench]\ncertificate = \"{cert}\"\nprivate_key = \"{key}\"\n\n[url_maps.bench]\ndefault_service = \"be\"\n\n\
              [backend_services.be]\nprotocol = \"HTTP\"\n\n[[backend_services.be.backends]]\naddress = \"127.0.0.1\"\nport = {BACKEND_PORT}\n",
             p = PROXIES[0].1,
+            p3 = PROXIES[0].3,
+            cert = cert.display(),
+            key = key.display(),
             sock = dir.join("admin.sock").display()
         ),
     )?;
@@ -190,18 +206,19 @@ pub fn start(lb: &Path, dir: &Path, at: &Placement) -> Result<Rig> {
         ),
     ];
     let mut proxies = Vec::new();
-    for ((name, h1_port, h2_port), (program, args)) in PROXIES.into_iter().zip(commands) {
+    for ((name, h1_port, h2_port, tls_port), (program, args)) in PROXIES.into_iter().zip(commands) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let server = Server(pin(&at.proxy_cpus, program, &args)?);
         proxies.push(Proxy {
             name,
             h1_port,
             h2_port,
+            tls_port,
             server,
         });
     }
     for p in &proxies {
-        for port in [p.h1_port, p.h2_port] {
+        for port in [p.h1_port, p.h2_port, p.tls_port] {
             wait_port(port).with_context(|| format!("{} did not start listening", p.name))?;
         }
     }
@@ -209,6 +226,41 @@ pub fn start(lb: &Path, dir: &Path, at: &Placement) -> Result<Rig> {
         proxies,
         _backend: backend,
     })
+}
+
+/// A self-signed ECDSA P-256 certificate for `bench.test` made with the openssl command
+/// (one for all three proxies, so they do the same handshake work): the certificate and
+/// key files, and both in one PEM file for HAProxy.
+fn certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let (cert, key, pem) = (
+        dir.join("bench.crt"),
+        dir.join("bench.key"),
+        dir.join("bench.pem"),
+    );
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "7"])
+        .args([
+            "-subj",
+            "/CN=bench.test",
+            "-addext",
+            "subjectAltName=DNS:bench.test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl (apt-get install openssl)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let both = [std::fs::read(&cert)?, std::fs::read(&key)?].concat();
+    std::fs::write(&pem, both)?;
+    Ok((cert, key, pem))
 }
 
 /// An nginx configuration in its own folder under `dir`.
@@ -239,7 +291,8 @@ fn pin(cpus: &str, program: &Path, args: &[&str]) -> Result<Child> {
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .env("RUST_LOG", "warn")
+        // rustls warns once per connection that wrk sends the IP address as SNI.
+        .env("RUST_LOG", "warn,rustls=error")
         .spawn()
         .with_context(|| format!("starting {}", program.display()))
 }
