@@ -159,7 +159,10 @@ fn strip(ctx: &XdpContext, outer_end: usize, proto: u8) -> (u32, Reason) {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return (ABORT, Reason::ABORT_ADJUST);
     };
-    let (dst, src) = unsafe { ((*eth).dst_addr, (*eth).src_addr) };
+    // The MACs as six 16-bit words (EthHdr is 2-aligned; an array copy compiles to a byte
+    // loop in BPF).
+    // SAFETY: `eth` covers the 14-byte header.
+    let macs = unsafe { *(eth as *const [u16; 6]) };
     let shift = (inner - EthHdr::LEN) as i32;
     // SAFETY: the helper takes the program's own context; it moves `data` forward by
     // `shift` bytes, all inside the frame (checked above: the inner header follows them).
@@ -170,9 +173,9 @@ fn strip(ctx: &XdpContext, outer_end: usize, proto: u8) -> (u32, Reason) {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return (ABORT, Reason::ABORT_ADJUST);
     };
+    // SAFETY: bounds checked by `ptr_at`; 2-aligned.
     unsafe {
-        (*eth).dst_addr = dst;
-        (*eth).src_addr = src;
+        *(eth as *mut [u16; 6]) = macs;
         (*eth).ether_type = ether_type;
     }
     (PASS, counted)

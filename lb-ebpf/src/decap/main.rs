@@ -19,7 +19,9 @@ mod parse;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// Every outcome is a (verdict, reason) pair; the reason is counted per CPU.
+/// `inline(always)` reaches the body the `xdp` macro wraps, so it is not a BPF-to-BPF call.
 #[xdp]
+#[inline(always)]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     let (action, reason) = decide::process(&ctx);
     if let Some(p) = maps::DECAP_COUNTS.get_ptr_mut(reason.0) {
