@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use core::{ffi::c_void, mem};
@@ -53,6 +53,7 @@ pub fn send(
     id: u32,
     svc: &ServiceMeta,
     flow: &FlowKey,
+    now: u64,
 ) -> (u32, Reason) {
     let v6 = be.family == FAMILY_V6;
     let gue = svc.forwarding == forwarding::GUE;
@@ -82,7 +83,7 @@ pub fn send(
     } else {
         (0, 0)
     };
-    let hop = match next_hop(ctx, be, id, tot_len, outer_proto, ports) {
+    let hop = match next_hop(ctx, be, id, tot_len, outer_proto, ports, now) {
         Ok(hop) => hop,
         Err(NoHop::TooBig(mtu)) => {
             return icmp_too_big::answer(ctx, v6, (mtu as usize).saturating_sub(overhead));
@@ -253,7 +254,8 @@ enum NoHop {
 
 /// The next hop toward routed backend `be` (slot `id`) for an outer packet of `tot_len`
 /// bytes: this CPU's cached FIB answer while it is younger than `NEXT_HOP_TTL_NS` and the
-/// packet fits its MTU, else a FIB lookup (which also decides "too big").
+/// packet fits its MTU, else a FIB lookup (which also decides "too big"). `now` is the
+/// packet's clock reading (the forwarding path's, not read again).
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -262,9 +264,8 @@ fn next_hop(
     tot_len: u32,
     proto: u8,
     ports: (u16, u16),
+    now: u64,
 ) -> Result<NextHop, NoHop> {
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cached = NEXT_HOPS.get_ptr_mut(id);
     if let Some(c) = cached {
         // SAFETY: this CPU's element, valid for the program's run.

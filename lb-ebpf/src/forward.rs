@@ -132,14 +132,19 @@ pub fn forward_flow(
     // Fast path: an established PER_CONNECTION flow finds its entry from its own headers;
     // the entry names its VIP, whose state says whether it still stands. Anything else
     // falls through to the VIP lookup (exact port, then the all-ports rule where one exists).
-    let out = Out { ctx, eth, flow };
-    if let Some(verdict) = established(&out, len, now, true) {
+    let out = Out {
+        ctx,
+        eth,
+        flow,
+        now,
+    };
+    if let Some(verdict) = established(&out, len, true) {
         return verdict;
     }
     let Some(meta) = lookup_vip(flow, addr_flags) else {
         return (PASS, Reason::PASS_NOT_VIP);
     };
-    balance(&out, &meta, len, now, Create::Yes { mid_flow })
+    balance(&out, &meta, len, Create::Yes { mid_flow })
 }
 
 /// The forwarding rule of a flow: exact port first, then the all-ports rule where the
@@ -219,14 +224,19 @@ pub fn icmp_error_to_backend(
 ) -> (u32, Reason) {
     let now = now_ns();
     let len = frame_len(ctx);
-    let out = Out { ctx, eth, flow };
-    let verdict = match established(&out, len, now, false) {
+    let out = Out {
+        ctx,
+        eth,
+        flow,
+        now,
+    };
+    let verdict = match established(&out, len, false) {
         Some(v) => v,
         None => {
             let Some(meta) = lookup_vip(flow, flags) else {
                 return (PASS, Reason::PASS_NOT_TCP_UDP);
             };
-            balance(&out, &meta, len, now, Create::No)
+            balance(&out, &meta, len, Create::No)
         }
     };
     if verdict.0 == TX || verdict.0 == REDIRECT {
@@ -239,8 +249,8 @@ pub fn icmp_error_to_backend(
 /// full path (no entry, stale entry, or a service now tracking sessions). `is_flow_packet`
 /// is false for ICMP errors about the flow, which neither refresh nor promote its entry.
 #[inline(always)]
-fn established(out: &Out, len: u64, now: u64, is_flow_packet: bool) -> Option<(u32, Reason)> {
-    let flow = out.flow;
+fn established(out: &Out, len: u64, is_flow_packet: bool) -> Option<(u32, Reason)> {
+    let (flow, now) = (out.flow, out.now);
     let found = conntrack::find(flow, |e| {
         let state = VIP_STATE.get(e.vip_id)?;
         if state.generation != e.vip_generation {
@@ -343,8 +353,8 @@ enum Create {
 
 /// The full path: a packet for a VIP that had no usable fast-path entry.
 #[inline(always)]
-fn balance(out: &Out, meta: &VipMeta, len: u64, now: u64, create: Create) -> (u32, Reason) {
-    let flow = out.flow;
+fn balance(out: &Out, meta: &VipMeta, len: u64, create: Create) -> (u32, Reason) {
+    let (flow, now) = (out.flow, out.now);
     let Some(vstats) = counters::vip(meta.vip_id) else {
         return (ABORT, Reason::ABORT_INTERNAL);
     };
@@ -449,6 +459,8 @@ struct Out<'a> {
     ctx: &'a XdpContext,
     eth: *mut EthHdr,
     flow: &'a FlowKey,
+    /// The packet's clock reading (idle timeouts, the next-hop cache).
+    now: u64,
 }
 
 impl Out<'_> {
@@ -459,7 +471,7 @@ impl Out<'_> {
         if svc.forwarding == forwarding::L2_DSR {
             return rewrite(self.eth, be);
         }
-        crate::encap::send(self.ctx, be, id, svc, self.flow)
+        crate::encap::send(self.ctx, be, id, svc, self.flow, self.now)
     }
 }
 

@@ -26,7 +26,7 @@
 
 use crate::{
     lbrun::{field, Agent},
-    netns::{attach_pass_in, sh, Ns, ProcGuard},
+    netns::{attach_pass_in, sh, Namespaces, Ns, ProcGuard},
 };
 use anyhow::{bail, Context, Result};
 use std::{
@@ -62,7 +62,7 @@ pub struct Ha {
     pub backends: Vec<Ns>,
     birds: Vec<ProcGuard>,
     peer_xdp: Vec<aya::Ebpf>,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
 }
 
 impl Ha {
@@ -88,7 +88,7 @@ impl Ha {
                 .collect(),
             birds: Vec::new(),
             peer_xdp: Vec::new(),
-            namespaces: Vec::new(),
+            namespaces: Namespaces::default(),
         };
         ha.build().inspect_err(|_| ha.cleanup())?;
         Ok(ha)
@@ -128,10 +128,7 @@ impl Ha {
     }
 
     fn add_ns(&mut self, ns: &Ns) -> Result<()> {
-        sh(&["ip", "netns", "add", &ns.0])?;
-        self.namespaces.push(ns.0.clone());
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(())
+        self.namespaces.add(ns)
     }
 
     /// A veth pair: `ifname` in `host` with `addr`, `peer` in `other` (on `br0` when
@@ -372,9 +369,7 @@ impl Ha {
             b.kill();
         }
         self.peer_xdp.clear();
-        for ns in self.namespaces.drain(..).rev() {
-            let _ignored = sh(&["ip", "netns", "del", &ns]);
-        }
+        self.namespaces.delete_all();
         let _ignored = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -79,6 +79,57 @@ impl Ns {
     }
 }
 
+impl Ns {
+    /// Loads an nftables ruleset (the text of an `nft -f` file) in the namespace.
+    pub fn nft_load(&self, rules: &str) -> Result<()> {
+        let path = std::env::temp_dir().join(format!("{}-{}.nft", self.0, crate::unique("r")));
+        std::fs::write(&path, rules)?;
+        let out = self.exec(&["nft", "-f", path.to_str().unwrap()]);
+        let _ignored = std::fs::remove_file(&path);
+        out.map(drop)
+    }
+
+    /// The packet counts of the `counter` rules of `chain` in table `family table`, in order.
+    pub fn nft_counters(&self, family: &str, table: &str, chain: &str) -> Result<Vec<u64>> {
+        let out = self.exec(&["nft", "list", "chain", family, table, chain])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let i = w.iter().position(|x| *x == "packets")?;
+                w.get(i + 1)?.parse().ok()
+            })
+            .collect())
+    }
+}
+
+/// The namespaces a topology created, deleted (newest first) by [`Namespaces::delete_all`]
+/// and on drop.
+#[derive(Default)]
+pub struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    /// Creates `ns` (recorded at once, so a failure after this still deletes it) with `lo` up.
+    pub fn add(&mut self, ns: &Ns) -> Result<()> {
+        sh(&["ip", "netns", "add", &ns.0])?;
+        self.0.push(ns.0.clone());
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    pub fn delete_all(&mut self) {
+        for ns in self.0.drain(..).rev() {
+            let _ignored = sh(&["ip", "netns", "del", &ns]);
+        }
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        self.delete_all();
+    }
+}
+
 /// Kills (SIGKILL) and reaps its child on drop.
 pub struct ProcGuard(pub Option<Child>);
 
@@ -156,7 +207,7 @@ pub struct Topology {
     /// Holds the XDP pass program on the bridge port facing the balancer.
     _peer_xdp: Option<aya::Ebpf>,
     /// Pins of the peer program (none: it is not pinned).
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
 }
 
 impl Topology {
@@ -174,7 +225,7 @@ impl Topology {
             backends: (0..n).map(|i| Ns(format!("{prefix}-b{i}"))).collect(),
             iface: "eth0".into(),
             _peer_xdp: None,
-            namespaces: Vec::new(),
+            namespaces: Namespaces::default(),
         };
         topo.build().inspect_err(|_| topo.cleanup())?;
         Ok(topo)
@@ -239,10 +290,7 @@ impl Topology {
     }
 
     fn add_ns(&mut self, ns: &Ns) -> Result<()> {
-        sh(&["ip", "netns", "add", &ns.0])?;
-        self.namespaces.push(ns.0.clone());
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(())
+        self.namespaces.add(ns)
     }
 
     /// veth pair: `eth0` in `host`, `<port>` in the switch namespace on the bridge.
@@ -356,9 +404,7 @@ impl Topology {
 
     fn cleanup(&mut self) {
         self._peer_xdp = None;
-        for ns in self.namespaces.drain(..).rev() {
-            let _ignored = sh(&["ip", "netns", "del", &ns]);
-        }
+        self.namespaces.delete_all();
     }
 }
 

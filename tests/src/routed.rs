@@ -14,7 +14,7 @@
 //! from the VIP arrive from the backends' side while the VIP is routed to the balancer.
 //! Addresses are private to the namespaces, so they are fixed; names are unique.
 
-use crate::netns::{attach_pass_in, sh, Family, Ns};
+use crate::netns::{attach_pass_in, sh, Family, Namespaces, Ns};
 use anyhow::Result;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -25,7 +25,7 @@ pub struct Routed {
     pub router: Ns,
     pub backends: Vec<Ns>,
     _peer_xdp: Option<aya::Ebpf>,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
 }
 
 fn v6(subnet: u16, host: u16) -> Ipv6Addr {
@@ -42,7 +42,7 @@ impl Routed {
             backends: (0..n).map(|i| Ns(format!("{prefix}-b{i}"))).collect(),
             prefix,
             _peer_xdp: None,
-            namespaces: Vec::new(),
+            namespaces: Namespaces::default(),
         };
         if let Err(e) = t.build() {
             t.cleanup();
@@ -80,10 +80,7 @@ impl Routed {
     }
 
     fn add_ns(&mut self, ns: &Ns) -> Result<()> {
-        sh(&["ip", "netns", "add", &ns.0])?;
-        self.namespaces.push(ns.0.clone());
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(())
+        self.namespaces.add(ns)
     }
 
     /// A veth pair: `eth0` in `host` with the subnet's host addresses, `port` in the router.
@@ -213,9 +210,7 @@ impl Routed {
 
     fn cleanup(&mut self) {
         self._peer_xdp = None;
-        for ns in self.namespaces.drain(..).rev() {
-            let _ignored = sh(&["ip", "netns", "del", &ns]);
-        }
+        self.namespaces.delete_all();
     }
 }
 

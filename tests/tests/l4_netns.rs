@@ -106,28 +106,17 @@ impl<'a> ReplyCounter<'a> {
         let rules = format!(
             "table {nft} lbtest {{\n chain input {{\n  type filter hook input priority 0;\n  {nft} saddr {vip} counter\n  {nft} saddr {vip} ether saddr {{ {backend_macs} }} counter\n  {nft} saddr {vip} ether saddr {lb_mac} counter\n }}\n}}\n"
         );
-        let path = std::env::temp_dir().join(format!("{}-replies.nft", t.prefix));
-        std::fs::write(&path, rules)?;
-        t.client.exec(&["nft", "-f", path.to_str().unwrap()])?;
-        let _ignored = std::fs::remove_file(&path);
+        t.client.nft_load(&rules)?;
         Ok(ReplyCounter(t, fam))
     }
 
     /// Packets from the VIP: (all, from a backend's MAC, from the balancer's MAC).
     fn read(&self) -> Result<(u64, u64, u64)> {
-        let out = self
+        let counts = self
             .0
             .client
-            .exec(&["nft", "list", "chain", self.1.nft(), "lbtest", "input"])?;
-        let counts: Vec<u64> = out
-            .lines()
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                let i = w.iter().position(|x| *x == "packets")?;
-                w.get(i + 1)?.parse().ok()
-            })
-            .collect();
-        anyhow::ensure!(counts.len() == 3, "unexpected nft output:\n{out}");
+            .nft_counters(self.1.nft(), "lbtest", "input")?;
+        anyhow::ensure!(counts.len() == 3, "unexpected nft counters: {counts:?}");
         Ok((counts[0], counts[1], counts[2]))
     }
 }

@@ -96,26 +96,12 @@ fn install_reply_counter(t: &Routed, fam: Family) -> Result<()> {
     let rules = format!(
         "table {nft} lbtest {{\n chain replies {{\n  type filter hook forward priority 0;\n  {nft} saddr {vip} iifname \"br0\" counter\n  {nft} saddr {vip} iifname \"rl\" counter\n }}\n}}\n"
     );
-    let path = std::env::temp_dir().join(format!("{}-replies.nft", t.prefix));
-    std::fs::write(&path, rules)?;
-    t.router.exec(&["nft", "-f", path.to_str().unwrap()])?;
-    let _ignored = std::fs::remove_file(&path);
-    Ok(())
+    t.router.nft_load(&rules)
 }
 
 fn read_reply_counter(t: &Routed, fam: Family) -> Result<(u64, u64)> {
-    let out = t
-        .router
-        .exec(&["nft", "list", "chain", fam.nft(), "lbtest", "replies"])?;
-    let c: Vec<u64> = out
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let i = w.iter().position(|x| *x == "packets")?;
-            w.get(i + 1)?.parse().ok()
-        })
-        .collect();
-    anyhow::ensure!(c.len() == 2, "unexpected nft output:\n{out}");
+    let c = t.router.nft_counters(fam.nft(), "lbtest", "replies")?;
+    anyhow::ensure!(c.len() == 2, "unexpected nft counters: {c:?}");
     Ok((c[0], c[1]))
 }
 

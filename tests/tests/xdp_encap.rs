@@ -91,6 +91,13 @@ fn outer_v4(input: &[u8], dst_mac: [u8; 6], dst: [u8; 4], gue: Option<(u16, u16)
     let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
+    push_gue_and_inner(&mut f, gue, inner);
+    f
+}
+
+/// GUE's UDP header (source and destination port, length, zero checksum) when `gue` names
+/// the ports, then the inner packet unchanged.
+fn push_gue_and_inner(f: &mut Vec<u8>, gue: Option<(u16, u16)>, inner: &[u8]) {
     if let Some((sport, dport)) = gue {
         f.extend_from_slice(&sport.to_be_bytes());
         f.extend_from_slice(&dport.to_be_bytes());
@@ -98,7 +105,6 @@ fn outer_v4(input: &[u8], dst_mac: [u8; 6], dst: [u8; 4], gue: Option<(u16, u16)
         f.extend_from_slice(&[0, 0]);
     }
     f.extend_from_slice(inner);
-    f
 }
 
 /// The expected IPv6-outer frame: flow label from the flow hash, hop limit 64, next header
@@ -118,13 +124,7 @@ fn outer_v6(input: &[u8], hash: u32, gue: Option<(u16, u16)>) -> Vec<u8> {
     f.push(64);
     f.extend_from_slice(&SRC6);
     f.extend_from_slice(&BACKEND6);
-    if let Some((sport, dport)) = gue {
-        f.extend_from_slice(&sport.to_be_bytes());
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&((8 + inner.len()) as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-    }
-    f.extend_from_slice(inner);
+    push_gue_and_inner(&mut f, gue, inner);
     f
 }
 

@@ -11,7 +11,7 @@
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
     backend_flags, flow_hash, hash_mode, names, service_flags, Backend, ConnEntry, FlowKey,
-    ServiceMeta, Settings, VipAddrKey, VipKey, VipMeta, VipState, KEY_FLOW, KEY_SESSION,
+    ServiceMeta, Settings, VipAddrSlot, VipKey, VipMeta, VipState, KEY_FLOW, KEY_SESSION,
     NO_BACKEND, PROTO_TCP, VIP_ADDR_ALL_PORTS,
 };
 use serde::Serialize;
@@ -21,7 +21,7 @@ use super::loader::{open_pinned, LoadError};
 
 /// The pinned maps the decision reads.
 struct Maps {
-    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    addr_set: Array<MapData, VipAddrSlot>,
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_state: Array<MapData, VipState>,
     services: Array<MapData, ServiceMeta>,
@@ -35,7 +35,7 @@ struct Maps {
 impl Maps {
     fn open(pin_dir: &Path) -> Result<Maps, LoadError> {
         Ok(Maps {
-            vip_addrs: open_pinned(pin_dir, names::MAP_VIP_ADDRS)?,
+            addr_set: open_pinned(pin_dir, names::MAP_VIP_ADDR_SET)?,
             vips: open_pinned(pin_dir, names::MAP_VIPS)?,
             vip_state: open_pinned(pin_dir, names::MAP_VIP_STATE)?,
             services: open_pinned(pin_dir, names::MAP_SERVICES)?,
@@ -260,13 +260,13 @@ fn empty(verdict: Verdict, steps: Vec<String>) -> Explanation {
 fn decide(m: &Maps, t: Tuple, now: u64) -> Explanation {
     let mut steps = Vec::new();
     let proto_name = if t.proto == PROTO_TCP { "tcp" } else { "udp" };
-    let addr_key = VipAddrKey {
-        addr: pad(t.dst),
-        proto: t.proto,
-        family: family(t.dst),
-        _pad: [0; 2],
-    };
-    let Ok(addr_flags) = m.vip_addrs.get(&addr_key, 0) else {
+    // The address set the program reads first (`VIP_ADDR_SET`), probed the same way.
+    let found = super::vip_addr_set::lookup_with(
+        |slot| m.addr_set.get(&slot, 0).unwrap_or_default(),
+        (pad(t.dst), family(t.dst)),
+        t.proto,
+    );
+    let Some(addr_flags) = found else {
         steps.push(format!(
             "{}/{proto_name} is no VIP address: XDP_PASS",
             t.dst

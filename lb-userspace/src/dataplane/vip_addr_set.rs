@@ -8,7 +8,7 @@ use lb_common::{vip_addr_set, VipAddrKey, VipAddrSlot, PROTO_TCP, PROTO_UDP};
 use std::collections::BTreeMap;
 
 /// An address as the table keys it: its 16 bytes and family.
-type Addr = ([u8; 16], u8);
+pub type Addr = ([u8; 16], u8);
 
 /// The home slot of `addr` (the program computes the same from the packet).
 pub fn home(addr: &[u8; 16]) -> u32 {
@@ -96,15 +96,21 @@ fn tombstone() -> VipAddrSlot {
     }
 }
 
-/// What the program finds for (address, protocol): the same probing as `lb-ebpf`'s
-/// `vip_addr_flags`, for tests.
+/// What the program finds for (address, protocol) in a table held in memory.
 pub fn lookup(table: &BTreeMap<u32, VipAddrSlot>, addr: Addr, proto: u8) -> Option<u32> {
+    lookup_with(
+        |slot| table.get(&slot).copied().unwrap_or_default(),
+        addr,
+        proto,
+    )
+}
+
+/// The program's probing (`lb-ebpf`'s `vip_addr_flags`) over any reader of slots (the
+/// pinned map for `lb explain`, an in-memory table for tests).
+pub fn lookup_with(slot: impl Fn(u32) -> VipAddrSlot, addr: Addr, proto: u8) -> Option<u32> {
     let h = home(&addr.0);
     for i in 0..vip_addr_set::PROBES {
-        let s = table
-            .get(&((h + i) % vip_addr_set::SLOTS))
-            .copied()
-            .unwrap_or_default();
+        let s = slot((h + i) % vip_addr_set::SLOTS);
         if s.family == 0 {
             return None;
         }

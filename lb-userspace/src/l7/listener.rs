@@ -232,30 +232,44 @@ type Served = Result<Result<(), Box<dyn std::error::Error + Send + Sync>>, idle:
 /// with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The request service a connection is served with (plain text or TLS alike): the proxy's
+/// service, whose futures may move between polls.
+trait Serve:
+    hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<park::Tracked>,
+        Error = proxy::BrokenChunk,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> Serve for S where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<park::Tracked>,
+            Error = proxy::BrokenChunk,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// A plain-text connection: HTTP/2 (prior knowledge, or bytes that may still become its
 /// preface) goes to hyper-util's auto builder for good; HTTP/1.1 is served in rounds,
 /// parked between requests ([`park`]).
-async fn serve_plain<S, F>(
+async fn serve_plain<S: Serve>(
     settings: &ClientSettings,
     mut io: Observed<tokio::net::TcpStream>,
     svc: S,
     activity: &Arc<Activity>,
     timeouts: Timeouts,
-) -> Served
-where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<park::Tracked>,
-            Error = proxy::BrokenChunk,
-            Future = F,
-        > + Clone
-        + Send
-        + Unpin
-        + 'static,
-    F: std::future::Future<Output = Result<hyper::Response<park::Tracked>, proxy::BrokenChunk>>
-        + Send
-        + 'static,
-{
+) -> Served {
     let first = idle::drive(
         park::FirstBytes::new(io.get_ref()),
         activity,
@@ -324,28 +338,14 @@ struct Observing {
 /// auto builder for the connection's whole life (rustls' state cannot be taken apart and
 /// rebuilt, so TLS connections are not parked). `None` when the handshake failed or timed
 /// out.
-async fn serve_tls<S, F>(
+async fn serve_tls<S: Serve>(
     settings: Arc<ClientSettings>,
     cfg: Arc<rustls::ServerConfig>,
     stream: tokio::net::TcpStream,
     observing: Observing,
     svc: S,
     timeouts: Timeouts,
-) -> Option<Served>
-where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<park::Tracked>,
-            Error = proxy::BrokenChunk,
-            Future = F,
-        > + Clone
-        + Send
-        + Unpin
-        + 'static,
-    F: std::future::Future<Output = Result<hyper::Response<park::Tracked>, proxy::BrokenChunk>>
-        + Send
-        + 'static,
-{
+) -> Option<Served> {
     let peer = stream.peer_addr().ok();
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let tls = match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream)).await {
