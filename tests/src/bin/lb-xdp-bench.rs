@@ -19,6 +19,9 @@
 //! - The backend-side decapsulation program (`lb decap`): `bench_decap`
 //!   (`LB_BENCH_ONLY=decap` runs only that section).
 //!
+//! - `LB_BENCH_ONLY=established`: the established path alone for about three seconds, to
+//!   profile it (`perf record -a` around the bench: the JIT's symbols name the program).
+//!
 //! Run with `cargo xtask bench-xdp` (root).
 
 #[path = "../bench_decap.rs"]
@@ -237,6 +240,16 @@ fn main() -> Result<()> {
     // Established = promoted into the connection table (a packet a second after the first).
     h.promote(&vip_frame)?;
 
+    if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("established") {
+        // For `perf record -a`: only the established path, about three seconds of it.
+        let started = std::time::Instant::now();
+        let mut ns = Vec::new();
+        while started.elapsed() < std::time::Duration::from_secs(3) {
+            ns.push(h.run_repeat(&vip_frame, REPEAT)?.duration_ns as f64);
+        }
+        println!("established flow, {} runs: median {} ns", ns.len(), median(ns));
+        return Ok(());
+    }
     let repeated = |f: &dyn Fn() -> Result<u32>| -> Result<f64> {
         let mut v = Vec::new();
         for _ in 0..if quick() { 3 } else { ROUNDS } {
