@@ -33,6 +33,8 @@ pub mod names {
     pub const MAP_MAGLEV: &str = "MAGLEV";
     pub const MAP_CONNS: &str = "CONNS";
     pub const MAP_YOUNG_CONNS: &str = "YOUNG_CONNS";
+    pub const MAP_CONNS_V4: &str = "CONNS_V4";
+    pub const MAP_YOUNG_CONNS_V4: &str = "YOUNG_CONNS_V4";
     pub const MAP_PROMOTION_WINDOW: &str = "PROMOTION_WINDOW";
     pub const MAP_SETTINGS: &str = "SETTINGS";
     pub const MAP_VIP_STATS: &str = "VIP_STATS";
@@ -278,6 +280,59 @@ pub struct FlowKey {
     pub vip_id: u32,
 }
 
+/// Key of the IPv4 connection tables (`CONNS_V4`, `YOUNG_CONNS_V4`): the raw 5-tuple of an
+/// IPv4 PER_CONNECTION flow in 16 bytes instead of [`FlowKey`]'s 44. The kernel hashes and
+/// compares the whole key on every lookup; the short key made an established IPv4 packet
+/// about 8 ns cheaper (README: Performance). IPv6 flows and PER_SESSION keys of both
+/// families stay in `CONNS` and `YOUNG_CONNS` under [`FlowKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct FlowKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKeyV4 {
+    /// The IPv4 key of `k`, or `None` when `k` belongs in the family-neutral tables (an
+    /// IPv6 flow, or a PER_SESSION key).
+    pub fn narrow(k: &FlowKey) -> Option<FlowKeyV4> {
+        if k.family != FAMILY_V4 || k.kind != KEY_FLOW {
+            return None;
+        }
+        Some(FlowKeyV4 {
+            src: [k.src[0], k.src[1], k.src[2], k.src[3]],
+            dst: [k.dst[0], k.dst[1], k.dst[2], k.dst[3]],
+            sport_be: k.sport_be,
+            dport_be: k.dport_be,
+            proto: k.proto,
+            _pad: [0; 3],
+        })
+    }
+
+    /// The [`FlowKey`] this key stands for.
+    pub fn widen(&self) -> FlowKey {
+        let mut src = [0; 16];
+        let mut dst = [0; 16];
+        src[..4].copy_from_slice(&self.src);
+        dst[..4].copy_from_slice(&self.dst);
+        FlowKey {
+            src,
+            dst,
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            family: FAMILY_V4,
+            kind: KEY_FLOW,
+            _pad: 0,
+            vip_id: 0,
+        }
+    }
+}
+
 /// [`FlowKey::kind`] of a raw 5-tuple key.
 pub const KEY_FLOW: u8 = 0;
 /// [`FlowKey::kind`] of a PER_SESSION key.
@@ -391,6 +446,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceMeta {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKeyV4 {}
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for PromotionWindow {}
@@ -424,6 +480,9 @@ mod layout {
         assert_eq!(offset_of!(FlowKey, sport_be), 32);
         assert_eq!(offset_of!(FlowKey, proto), 36);
         assert_eq!(offset_of!(FlowKey, vip_id), 40);
+        assert_eq!(size_of::<FlowKeyV4>(), 16);
+        assert_eq!(offset_of!(FlowKeyV4, sport_be), 8);
+        assert_eq!(offset_of!(FlowKeyV4, proto), 12);
         assert_eq!(size_of::<ConnEntry>(), 24);
         assert_eq!(offset_of!(ConnEntry, last_seen_ns), 16);
         assert_eq!(size_of::<VipState>(), 8);

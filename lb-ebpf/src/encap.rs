@@ -21,9 +21,8 @@ use aya_ebpf::{
 use core::{ffi::c_void, mem};
 use lb_common::{
     encap::{self, forwarding},
-    flow_hash::flow_hash,
     limits::NEXT_HOP_TTL_NS,
-    Backend, FlowKey, NextHop, Reason, ServiceMeta, FAMILY_V6, PROTO_UDP,
+    Backend, NextHop, Reason, ServiceMeta, FAMILY_V6, PROTO_UDP,
 };
 use network_types::eth::EthHdr;
 
@@ -52,7 +51,7 @@ pub fn send(
     be: &Backend,
     id: u32,
     svc: &ServiceMeta,
-    flow: &FlowKey,
+    flow_hash: u32,
     now: u64,
 ) -> (u32, Reason) {
     let v6 = be.family == FAMILY_V6;
@@ -71,9 +70,10 @@ pub fn send(
     } else {
         encap::PROTO_IPIP
     };
-    // The flow hash spreads flows over the backend's receive queues (GUE source port) and
+    // The flow hash (`hashed`, computed by the caller only where it is used: GUE or an IPv6
+    // outer header) spreads flows over the backend's receive queues (GUE source port) and
     // over equal-cost paths (IPv6 flow label, and the ports the FIB hashes on).
-    let hash = if gue || v6 { flow_hash(flow) } else { 0 };
+    let hash = flow_hash;
     let sport_be = encap::gue_source_port(hash).to_be();
 
     let ingress = ctx.ingress_ifindex() as u32;

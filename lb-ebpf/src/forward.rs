@@ -26,8 +26,9 @@ use network_types::{
 };
 
 use crate::{
-    conntrack, counters,
-    keys::{v4_flow, vip_addr_key, vip_key},
+    conntrack::{self, ConnKey},
+    counters,
+    keys::{addr4, v4_conn, vip_addr_key, vip_key},
     maps::{BACKENDS, MAGLEV, SERVICES, SETTINGS, VIPS, VIP_ADDR_SET, VIP_STATE},
     parse::{frame_len, ptr_at},
 };
@@ -80,7 +81,8 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return (PASS, Reason::PASS_NOT_TCP_UDP);
     }
-    let dst = ip.dst_addr;
+    // SAFETY: the addresses are in the bounds-checked header, 2-aligned (`addr4`).
+    let (src, dst) = unsafe { (addr4(&ip.src_addr), addr4(&ip.dst_addr)) };
     // VIP check first: one small lookup settles all traffic not for a VIP address (most of a
     // host's traffic) before any connection-table access.
     let Some(addr_flags) = vip_addr_flags(vip_addr_key(dst, proto)) else {
@@ -98,8 +100,13 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason) {
     let Some((sport, dport, mid_flow)) = l4_ports(ctx, EthHdr::LEN + ihl, proto) else {
         return (DROP, Reason::DROP_SHORT_L4);
     };
-    let flow = v4_flow(ip.src_addr, dst, sport, dport, proto);
-    forward_flow(ctx, eth, &flow, addr_flags, mid_flow)
+    forward_flow(
+        ctx,
+        eth,
+        &v4_conn(src, dst, sport, dport, proto),
+        addr_flags,
+        mid_flow,
+    )
 }
 
 /// Source and destination ports (as on the wire) of the TCP or UDP header at `l4`, and
@@ -118,12 +125,13 @@ pub fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8) -> Option<([u8; 2], [u8;
     }
 }
 
-/// A TCP/UDP packet to a VIP address, either family: the connection tables, then the rule.
+/// A TCP/UDP packet to a VIP address, either family (`key` of its family's tables): the
+/// connection tables, then the rule.
 #[inline(always)]
-pub fn forward_flow(
+pub fn forward_flow<K: ConnKey>(
     ctx: &XdpContext,
     eth: *mut EthHdr,
-    flow: &FlowKey,
+    key: &K,
     addr_flags: u32,
     mid_flow: bool,
 ) -> (u32, Reason) {
@@ -132,19 +140,15 @@ pub fn forward_flow(
     // Fast path: an established PER_CONNECTION flow finds its entry from its own headers;
     // the entry names its VIP, whose state says whether it still stands. Anything else
     // falls through to the VIP lookup (exact port, then the all-ports rule where one exists).
-    let out = Out {
-        ctx,
-        eth,
-        flow,
-        now,
-    };
+    let out = Out { ctx, eth, key, now };
     if let Some(verdict) = established(&out, len, true) {
         return verdict;
     }
-    let Some(meta) = lookup_vip(flow, addr_flags) else {
+    let flow = key.flow();
+    let Some(meta) = lookup_vip(&flow, addr_flags) else {
         return (PASS, Reason::PASS_NOT_VIP);
     };
-    balance(&out, &meta, len, Create::Yes { mid_flow })
+    balance(&out, flow, &meta, len, Create::Yes { mid_flow })
 }
 
 /// The forwarding rule of a flow: exact port first, then the all-ports rule where the
@@ -199,7 +203,7 @@ fn icmp_frag_needed(
         return not_ours;
     };
     let ports = unsafe { *ports };
-    let flow = v4_flow(
+    let key = v4_conn(
         inner.dst_addr,
         inner.src_addr,
         [ports[2], ports[3]],
@@ -209,34 +213,30 @@ fn icmp_frag_needed(
     let Some(flags) = vip_addr_flags(vip_addr_key(inner.src_addr, inner.proto)) else {
         return not_ours;
     };
-    icmp_error_to_backend(ctx, eth, &flow, flags)
+    icmp_error_to_backend(ctx, eth, &key, flags)
 }
 
-/// An ICMP error about the VIP flow `flow` (the quoted reply, reversed) goes where the
+/// An ICMP error about the VIP flow `key` (the quoted reply, reversed) goes where the
 /// flow's packets go, without creating or refreshing an entry; `flags` are the flags of
 /// the flow's VIP address. Anything that is not a VIP flow passes untouched.
 #[inline(always)]
-pub fn icmp_error_to_backend(
+pub fn icmp_error_to_backend<K: ConnKey>(
     ctx: &XdpContext,
     eth: *mut EthHdr,
-    flow: &FlowKey,
+    key: &K,
     flags: u32,
 ) -> (u32, Reason) {
     let now = now_ns();
     let len = frame_len(ctx);
-    let out = Out {
-        ctx,
-        eth,
-        flow,
-        now,
-    };
+    let out = Out { ctx, eth, key, now };
     let verdict = match established(&out, len, false) {
         Some(v) => v,
         None => {
-            let Some(meta) = lookup_vip(flow, flags) else {
+            let flow = key.flow();
+            let Some(meta) = lookup_vip(&flow, flags) else {
                 return (PASS, Reason::PASS_NOT_TCP_UDP);
             };
-            balance(&out, &meta, len, Create::No)
+            balance(&out, flow, &meta, len, Create::No)
         }
     };
     if verdict.0 == TX || verdict.0 == REDIRECT {
@@ -249,9 +249,10 @@ pub fn icmp_error_to_backend(
 /// full path (no entry, stale entry, or a service now tracking sessions). `is_flow_packet`
 /// is false for ICMP errors about the flow, which neither refresh nor promote its entry.
 #[inline(always)]
-fn established(out: &Out, len: u64, is_flow_packet: bool) -> Option<(u32, Reason)> {
-    let (flow, now) = (out.flow, out.now);
-    let found = conntrack::find(flow, |e| {
+fn established<K: ConnKey>(out: &Out<K>, len: u64, is_flow_packet: bool) -> Option<(u32, Reason)> {
+    let (key, now) = (out.key, out.now);
+    let proto = key.proto();
+    let found = conntrack::find(key, |e| {
         let state = VIP_STATE.get(e.vip_id)?;
         if state.generation != e.vip_generation {
             return None;
@@ -260,7 +261,7 @@ fn established(out: &Out, len: u64, is_flow_packet: bool) -> Option<(u32, Reason
         if svc.flags & service_flags::PER_SESSION != 0 {
             return None;
         }
-        Some((usable_entry(e, svc, flow.proto, now)?, svc))
+        Some((usable_entry(e, svc, proto, now)?, svc))
     })?;
     let vstats = counters::vip(found.entry.vip_id)?;
     vstats.packets += 1;
@@ -270,7 +271,7 @@ fn established(out: &Out, len: u64, is_flow_packet: bool) -> Option<(u32, Reason
     let (be, svc) = found.backend;
     let id = found.entry.backend;
     if is_flow_packet {
-        conntrack::touch(flow, found, now);
+        conntrack::touch(key, found, now);
     }
     Some(out.transmit(be, id, svc))
 }
@@ -351,10 +352,17 @@ enum Create {
     No,
 }
 
-/// The full path: a packet for a VIP that had no usable fast-path entry.
+/// The full path: a packet of `flow` (the [`FlowKey`] of `out.key`, masked here in place
+/// for the hash) for a VIP that had no usable fast-path entry.
 #[inline(always)]
-fn balance(out: &Out, meta: &VipMeta, len: u64, create: Create) -> (u32, Reason) {
-    let (flow, now) = (out.flow, out.now);
+fn balance<K: ConnKey>(
+    out: &Out<K>,
+    mut flow: FlowKey,
+    meta: &VipMeta,
+    len: u64,
+    create: Create,
+) -> (u32, Reason) {
+    let now = out.now;
     let Some(vstats) = counters::vip(meta.vip_id) else {
         return (ABORT, Reason::ABORT_INTERNAL);
     };
@@ -363,8 +371,9 @@ fn balance(out: &Out, meta: &VipMeta, len: u64, create: Create) -> (u32, Reason)
     let Some(svc) = SERVICES.get(meta.service) else {
         return (ABORT, Reason::ABORT_INTERNAL);
     };
-    let mut hashed = *flow;
-    mask_for_hash(&mut hashed, svc.hash_mode);
+    let proto = out.key.proto();
+    let hashed = &mut flow;
+    mask_for_hash(hashed, svc.hash_mode);
     // PER_SESSION tracking keys the table by the affinity fields, so a session shares one
     // entry; PER_CONNECTION (default) keys it by the raw 5-tuple (the fast path's key).
     let per_session = svc.flags & service_flags::PER_SESSION != 0;
@@ -373,64 +382,72 @@ fn balance(out: &Out, meta: &VipMeta, len: u64, create: Create) -> (u32, Reason)
         hashed.kind = KEY_SESSION;
         hashed.vip_id = meta.vip_id;
     }
-    let conn_key = if per_session { &hashed } else { flow };
-    if per_session {
-        let found = conntrack::find(conn_key, |e| {
-            if e.vip_id != meta.vip_id || e.vip_generation != meta.generation {
-                return None;
+    let hashed = &*hashed;
+    {
+        if per_session {
+            let found = conntrack::find(hashed, |e| {
+                if e.vip_id != meta.vip_id || e.vip_generation != meta.generation {
+                    return None;
+                }
+                usable_entry(e, svc, proto, now)
+            });
+            if let Some(found) = found {
+                vstats.conn_hits += 1;
+                counters::backend(found.entry.backend, len, false);
+                let (be, id) = (found.backend, found.entry.backend);
+                if create != Create::No {
+                    conntrack::touch(hashed, found, now);
+                }
+                return out.transmit(be, id, svc);
             }
-            usable_entry(e, svc, flow.proto, now)
-        });
-        if let Some(found) = found {
-            vstats.conn_hits += 1;
-            counters::backend(found.entry.backend, len, false);
-            let (be, id) = (found.backend, found.entry.backend);
-            if create != Create::No {
-                conntrack::touch(conn_key, found, now);
-            }
-            return out.transmit(be, id, svc);
         }
-    }
-    vstats.conn_misses += 1;
-    if create == (Create::Yes { mid_flow: true }) {
-        counters::reason(Reason::CONN_MISS_MID_FLOW);
-    }
+        vstats.conn_misses += 1;
+        if create == (Create::Yes { mid_flow: true }) {
+            counters::reason(Reason::CONN_MISS_MID_FLOW);
+        }
 
-    let Some(settings) = SETTINGS.get(0) else {
-        return (ABORT, Reason::ABORT_INTERNAL);
-    };
-    let ring = settings.ring_size;
-    if ring == 0 {
-        return (ABORT, Reason::ABORT_INTERNAL);
+        let Some(settings) = SETTINGS.get(0) else {
+            return (ABORT, Reason::ABORT_INTERNAL);
+        };
+        let ring = settings.ring_size;
+        if ring == 0 {
+            return (ABORT, Reason::ABORT_INTERNAL);
+        }
+        let slot = (meta.service * 2 + (svc.active & 1)) * ring + flow_hash(hashed) % ring;
+        let id = match MAGLEV.get(slot) {
+            Some(id) => *id,
+            None => return (ABORT, Reason::ABORT_INTERNAL),
+        };
+        let be = if id == NO_BACKEND {
+            None
+        } else {
+            BACKENDS.get(id)
+        };
+        let Some(be) = be.filter(|b| b.flags & backend_flags::IN_USE != 0) else {
+            vstats.no_backend += 1;
+            return (DROP, Reason::DROP_NO_BACKEND);
+        };
+        let entry = ConnEntry {
+            backend: id,
+            generation: be.generation,
+            vip_id: meta.vip_id,
+            vip_generation: meta.generation,
+            last_seen_ns: now,
+        };
+        let created = create != Create::No;
+        if created {
+            // A session's entry is keyed by its affinity fields (`FlowKey` tables, either
+            // family); a flow's by its own key.
+            if per_session {
+                conntrack::insert_young(hashed, &entry);
+            } else {
+                conntrack::insert_young(out.key, &entry);
+            }
+            vstats.new_flows += 1;
+        }
+        counters::backend(id, len, created);
+        out.transmit(be, id, svc)
     }
-    let slot = (meta.service * 2 + (svc.active & 1)) * ring + flow_hash(&hashed) % ring;
-    let id = match MAGLEV.get(slot) {
-        Some(id) => *id,
-        None => return (ABORT, Reason::ABORT_INTERNAL),
-    };
-    let be = if id == NO_BACKEND {
-        None
-    } else {
-        BACKENDS.get(id)
-    };
-    let Some(be) = be.filter(|b| b.flags & backend_flags::IN_USE != 0) else {
-        vstats.no_backend += 1;
-        return (DROP, Reason::DROP_NO_BACKEND);
-    };
-    let entry = ConnEntry {
-        backend: id,
-        generation: be.generation,
-        vip_id: meta.vip_id,
-        vip_generation: meta.generation,
-        last_seen_ns: now,
-    };
-    let created = create != Create::No;
-    if created {
-        conntrack::insert_young(conn_key, &entry);
-        vstats.new_flows += 1;
-    }
-    counters::backend(id, len, created);
-    out.transmit(be, id, svc)
 }
 
 /// Whether a flow pinned to `be` stays there (SEMANTICS: connection persistence).
@@ -454,16 +471,16 @@ fn keeps_flow(be: &Backend, generation: u32, svc: &ServiceMeta, proto: u8) -> bo
     svc.flags & persist != 0
 }
 
-/// Where a packet of `flow` leaves once its backend is chosen.
-struct Out<'a> {
+/// Where a packet of the flow `key` leaves once its backend is chosen.
+struct Out<'a, K> {
     ctx: &'a XdpContext,
     eth: *mut EthHdr,
-    flow: &'a FlowKey,
+    key: &'a K,
     /// The packet's clock reading (idle timeouts, the next-hop cache).
     now: u64,
 }
 
-impl Out<'_> {
+impl<K: ConnKey> Out<'_, K> {
     /// Sends the packet to `be` the way its service says: L2 direct server return, or
     /// encapsulated toward a routed backend (`encap`).
     #[inline(always)]
@@ -471,7 +488,9 @@ impl Out<'_> {
         if svc.forwarding == forwarding::L2_DSR {
             return rewrite(self.eth, be);
         }
-        crate::encap::send(self.ctx, be, id, svc, self.flow, self.now)
+        let hashed = svc.forwarding == forwarding::GUE || be.family == lb_common::FAMILY_V6;
+        let hash = if hashed { self.key.hash() } else { 0 };
+        crate::encap::send(self.ctx, be, id, svc, hash, self.now)
     }
 }
 

@@ -4,7 +4,7 @@
 //! 4-aligned with its addresses at 4-aligned offsets, so whole-word stores are exact.
 
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
-use lb_common::{FlowKey, VipAddrKey, VipKey, FAMILY_V4, FAMILY_V6, KEY_FLOW};
+use lb_common::{FlowKey, FlowKeyV4, VipAddrKey, VipKey, FAMILY_V4, FAMILY_V6, KEY_FLOW};
 
 /// Writes an IPv4 address into a 16-byte address field: first word, then three zero words.
 ///
@@ -61,24 +61,61 @@ unsafe fn copy_addr(to: *mut [u8; 16], from: *const [u8; 16]) {
     }
 }
 
-/// The raw 5-tuple key of an IPv4 flow (ports as on the wire).
+/// An IPv4 address from the frame as one word (network byte order in memory), with two
+/// 16-bit loads: addresses sit at 2-aligned offsets (26 and 30 from the frame start, which
+/// XDP keeps at least 2-aligned), and a `[u8; 4]` read compiles to four byte loads, shifts
+/// and ors.
+///
+/// # Safety
+/// `a` must point at 4 readable, 2-aligned bytes.
 #[inline(always)]
-pub fn v4_flow(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey {
-    let mut k = MaybeUninit::<FlowKey>::uninit();
+pub unsafe fn addr4(a: *const [u8; 4]) -> [u8; 4] {
+    let h = a as *const u16;
+    // SAFETY: as the caller guarantees.
+    let (lo, hi) = unsafe { (h.read(), h.add(1).read()) };
+    let (lo, hi) = (lo.to_ne_bytes(), hi.to_ne_bytes());
+    [lo[0], lo[1], hi[0], hi[1]]
+}
+
+/// The raw 5-tuple key of an IPv4 flow in the IPv4 tables' layout (ports as on the wire).
+#[inline(always)]
+pub fn v4_conn(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKeyV4 {
+    let mut k = MaybeUninit::<FlowKeyV4>::uninit();
     let p = k.as_mut_ptr();
-    // SAFETY: every field of the repr(C) FlowKey (4-aligned, addresses at offsets 0 and 16)
-    // is written before `assume_init`.
+    // SAFETY: every field of the repr(C) FlowKeyV4 (4-aligned, addresses at offsets 0 and
+    // 4) is written before `assume_init`.
     unsafe {
-        put_v4(addr_of_mut!((*p).src), src);
-        put_v4(addr_of_mut!((*p).dst), dst);
+        (addr_of_mut!((*p).src) as *mut u32).write(u32::from_ne_bytes(src));
+        (addr_of_mut!((*p).dst) as *mut u32).write(u32::from_ne_bytes(dst));
         addr_of_mut!((*p).sport_be).write(u16::from_ne_bytes(sport));
         addr_of_mut!((*p).dport_be).write(u16::from_ne_bytes(dport));
-        addr_of_mut!((*p).proto).write(proto);
+        // Protocol and padding as one word (offset 12): a `[u8; 3]` store compiles to a
+        // call of `memset`.
+        (addr_of_mut!((*p).proto) as *mut u32).write(u32::from_ne_bytes([proto, 0, 0, 0]));
+        k.assume_init()
+    }
+}
+
+/// The [`FlowKey`] an IPv4 table key stands for (the flow hash's input).
+#[inline(always)]
+pub fn widen_v4(k: &FlowKeyV4) -> FlowKey {
+    let mut f = MaybeUninit::<FlowKey>::uninit();
+    let p = f.as_mut_ptr();
+    // SAFETY: every field of the repr(C) FlowKey (4-aligned, addresses at offsets 0 and 16)
+    // is written before `assume_init`; `k`'s addresses are 4-aligned words.
+    unsafe {
+        let src = (k.src.as_ptr() as *const u32).read();
+        let dst = (k.dst.as_ptr() as *const u32).read();
+        put_v4(addr_of_mut!((*p).src), src.to_ne_bytes());
+        put_v4(addr_of_mut!((*p).dst), dst.to_ne_bytes());
+        addr_of_mut!((*p).sport_be).write(k.sport_be);
+        addr_of_mut!((*p).dport_be).write(k.dport_be);
+        addr_of_mut!((*p).proto).write(k.proto);
         addr_of_mut!((*p).family).write(FAMILY_V4);
         addr_of_mut!((*p).kind).write(KEY_FLOW);
         addr_of_mut!((*p)._pad).write(0);
         addr_of_mut!((*p).vip_id).write(0);
-        k.assume_init()
+        f.assume_init()
     }
 }
 

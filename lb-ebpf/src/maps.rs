@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    limits, vip_addr_set, Backend, BackendStats, ConnEntry, FlowKey, NextHop, PromotionWindow,
-    Reason, ServiceMeta, Settings, VipAddrKey, VipAddrSlot, VipKey, VipMeta, VipState, VipStats,
-    BPF_F_NO_COMMON_LRU,
+    limits, vip_addr_set, Backend, BackendStats, ConnEntry, FlowKey, FlowKeyV4, NextHop,
+    PromotionWindow, Reason, ServiceMeta, Settings, VipAddrKey, VipAddrSlot, VipKey, VipMeta,
+    VipState, VipStats, BPF_F_NO_COMMON_LRU,
 };
 
 /// Forwarding rules: (address, port or 0, protocol) → service and VIP id.
@@ -60,6 +60,17 @@ pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
 /// Sized like `CONNS` by the loader.
 #[map]
 pub static YOUNG_CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// The IPv4 twins of `CONNS` and `YOUNG_CONNS`, keyed by the 20-byte `FlowKeyV4` (the kernel
+/// hashes and compares the whole key on every lookup; one table pair per address family, as
+/// Cilium keeps `ct4` and `ct6`). Sized like them by the loader.
+#[map]
+pub static CONNS_V4: LruHashMap<FlowKeyV4, ConnEntry> =
+    LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, 0);
+
+#[map]
+pub static YOUNG_CONNS_V4: LruHashMap<FlowKeyV4, ConnEntry> =
     LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// Per CPU: the promotion rate window (`Settings::conn_promotions_per_sec`). Not pinned: a

@@ -2,12 +2,10 @@
 //! frames with `BPF_PROG_TEST_RUN`. Dropping the harness removes every pinned object.
 
 use anyhow::{Context, Result};
-use aya::{
-    maps::{HashMap, MapData},
-    programs::Xdp,
-};
+use aya::programs::Xdp;
 use lb_common::{names, ConnEntry, FlowKey};
 use lb_userspace::dataplane::{
+    conn_tables::{ConnTables, Table},
     loader::{self, Sizes},
     plan::L4Plan,
     programmer::{Assignment, Programmer},
@@ -138,19 +136,24 @@ impl XdpHarness {
         self.run_prog(names::PROG_PASS, frame, repeat)
     }
 
-    /// A connection table as a userspace map: `CONNS`, or `YOUNG_CONNS` when `young`.
-    pub fn conn_table(&self, young: bool) -> Result<HashMap<MapData, FlowKey, ConnEntry>> {
-        let name = if young {
-            names::MAP_YOUNG_CONNS
-        } else {
-            names::MAP_CONNS
-        };
-        Ok(loader::open_pinned(&self.pin_dir, name)?)
+    /// Both families' connection tables (`conn_tables`), keyed by `FlowKey`.
+    pub fn conn_tables(&self) -> Result<ConnTables> {
+        Ok(ConnTables::open(&self.pin_dir)?)
     }
 
-    /// Entries in a connection table (iterates it).
+    /// The entry of `key` in the young table (`young`) or the connection table.
+    pub fn conn_get(&self, young: bool, key: &FlowKey) -> Option<ConnEntry> {
+        self.conn_tables().ok()?.get(table(young), key)
+    }
+
+    /// Plants `entry` for `key` in the young table (`young`) or the connection table.
+    pub fn conn_insert(&self, young: bool, key: &FlowKey, entry: ConnEntry) -> Result<()> {
+        Ok(self.conn_tables()?.insert(table(young), key, entry)?)
+    }
+
+    /// Entries in a connection table, both families.
     pub fn conn_entries(&self, young: bool) -> Result<usize> {
-        Ok(self.conn_table(young)?.keys().count())
+        Ok(self.conn_tables()?.entries(table(young)).len())
     }
 
     /// Sends `frame` (a packet of a flow already seen) until the flow is promoted into
@@ -200,5 +203,13 @@ impl XdpHarness {
 impl Drop for XdpHarness {
     fn drop(&mut self) {
         let _ignored = loader::teardown(&self.pin_dir);
+    }
+}
+
+fn table(young: bool) -> Table {
+    if young {
+        Table::Young
+    } else {
+        Table::Established
     }
 }

@@ -70,7 +70,7 @@ fn two_flows_on_different_backends(plan: &L4Plan) -> (Frame, Frame) {
 /// exact value the program writes for a flow on `other`'s backend.
 fn entry_of(h: &XdpHarness, other: &Frame) -> ConnEntry {
     assert_eq!(h.run(&other.bytes()).unwrap().verdict, TX);
-    h.conn_table(true).unwrap().get(&key(other), 0).unwrap()
+    h.conn_get(true, &key(other)).unwrap()
 }
 
 #[test]
@@ -180,10 +180,7 @@ fn a_non_vip_packet_never_touches_the_connection_tables() {
     value.last_seen_ns = stale_time;
     let non_vip = ack(Frame::tcp(CLIENT, 40000, OTHER, 80));
     for young in [false, true] {
-        h.conn_table(young)
-            .unwrap()
-            .insert(key(&non_vip), value, 0)
-            .unwrap();
+        h.conn_insert(young, &key(&non_vip), value).unwrap();
     }
     let hits_before = h.counters().unwrap().vip(0).unwrap().conn_hits;
     check(
@@ -196,7 +193,7 @@ fn a_non_vip_packet_never_touches_the_connection_tables() {
         }],
     );
     for young in [false, true] {
-        let e = h.conn_table(young).unwrap().get(&key(&non_vip), 0).unwrap();
+        let e = h.conn_get(young, &key(&non_vip)).unwrap();
         assert_eq!(e.last_seen_ns, stale_time, "the entry was touched");
     }
     assert_eq!(h.counters().unwrap().vip(0).unwrap().conn_hits, hits_before);
@@ -218,10 +215,10 @@ fn an_idle_expired_entry_is_hashed_again_and_removed() {
     let flow = ack(flow);
     let mut value = entry_of(&h, &other);
     let other_mac = predict(&plan, "five", &other);
-    let conns = || h.conn_table(false).unwrap();
+
     // Idle 599 s of the service's 600: still followed (to the planted backend).
     value.last_seen_ns = now_ns() - 599_000_000_000;
-    conns().insert(key(&flow), value, 0).unwrap();
+    h.conn_insert(false, &key(&flow), value).unwrap();
     // Idle 601 s: expired, hashed again, and the stale entry removed.
     check(
         &h,
@@ -233,7 +230,7 @@ fn an_idle_expired_entry_is_hashed_again_and_removed() {
         }],
     );
     value.last_seen_ns = now_ns() - 601_000_000_000;
-    conns().insert(key(&flow), value, 0).unwrap();
+    h.conn_insert(false, &key(&flow), value).unwrap();
     check(
         &h,
         &[Case {
@@ -243,7 +240,10 @@ fn an_idle_expired_entry_is_hashed_again_and_removed() {
             verdict: TX,
         }],
     );
-    assert!(conns().get(&key(&flow), 0).is_err(), "expired entry kept");
+    assert!(
+        h.conn_get(false, &key(&flow)).is_none(),
+        "expired entry kept"
+    );
     // The flow starts again as a young flow on its Maglev backend.
     assert_eq!(h.reason("conn_miss_mid_flow").unwrap(), 1);
 }
@@ -257,10 +257,7 @@ fn the_evict_flag_moves_established_flows_at_once() {
     let owner = predict(&plan, "five", &flow);
     // Established: the program's own young entry, copied into CONNS.
     let value = entry_of(&h, &flow);
-    h.conn_table(false)
-        .unwrap()
-        .insert(key(&flow), value, 0)
-        .unwrap();
+    h.conn_insert(false, &key(&flow), value).unwrap();
     let drained = draining(&plan, owner);
     h.apply(&drained).unwrap();
     check(
@@ -354,7 +351,7 @@ fn an_evicted_young_entry_is_counted_and_hashed_again() {
         let f = Frame::tcp([10, 7, (i >> 8) as u8, i as u8], 1000, VIP, 80);
         assert_eq!(h.run(&f.bytes()).unwrap().verdict, TX);
     }
-    assert!(h.conn_table(true).unwrap().get(&key(&first), 0).is_err());
+    assert!(h.conn_get(true, &key(&first)).is_none());
     assert!(h.conn_entries(true).unwrap() <= 1024);
     let next = ack(first);
     check(
@@ -475,10 +472,9 @@ fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
         }
     }
     assert_eq!(h.reason("conn_promoted").unwrap(), 3 * BATCH as u64);
-    let conns = h.conn_table(false).unwrap();
     assert!(h.conn_entries(false).unwrap() <= 1024);
     let gone = (0..3 * BATCH)
-        .find(|i| conns.get(&key(&flow(*i)), 0).is_err())
+        .find(|i| h.conn_get(false, &key(&flow(*i))).is_none())
         .expect("a 1024-entry table kept 1350 flows");
     let f = flow(gone);
     check(
@@ -492,7 +488,7 @@ fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
     );
     assert_eq!(h.reason("conn_miss_mid_flow").unwrap(), 1);
     // It starts again as a young flow.
-    assert!(h.conn_table(true).unwrap().get(&key(&f), 0).is_ok());
+    assert!(h.conn_get(true, &key(&f)).is_some());
 }
 
 /// Runs this test thread on CPU 0 only (one per-CPU LRU list takes its inserts).
@@ -549,4 +545,43 @@ fn mid_flow_misses_count_only_packets_without_any_entry() {
         ],
     );
     assert_eq!(h.reason("conn_miss_mid_flow").unwrap(), 1);
+}
+
+/// An upgrade from a build that kept IPv4 flows in the family-neutral `CONNS` (44-byte
+/// keys): the loader's `move_ipv4_entries` moves them into `CONNS_V4`, where the program
+/// looks, so an established flow keeps its backend across the upgrade.
+#[test]
+fn an_upgrade_moves_ipv4_flows_into_the_ipv4_tables() {
+    let Some((h, plan)) = harness_with(4096) else {
+        return;
+    };
+    let (flow, other) = two_flows_on_different_backends(&plan);
+    let flow = ack(flow);
+    let value = entry_of(&h, &other);
+    let mut old: HashMap<MapData, FlowKey, ConnEntry> =
+        open_pinned(&h.pin_dir, names::MAP_CONNS).unwrap();
+    old.insert(key(&flow), value, 0).unwrap();
+    assert_eq!(
+        h.conn_get(false, &key(&flow)),
+        None,
+        "not where the program looks"
+    );
+    let moved = lb_userspace::dataplane::conn_tables::move_ipv4_entries(&h.pin_dir).unwrap();
+    assert_eq!(moved, 1);
+    assert!(old.get(&key(&flow), 0).is_err(), "left in the old table");
+    assert_eq!(h.conn_get(false, &key(&flow)), Some(value));
+    check(
+        &h,
+        &[Case {
+            what: "established flow after the move, on its planted backend",
+            output: forwarded(&flow.bytes(), predict(&plan, "five", &other)),
+            input: flow.bytes(),
+            verdict: TX,
+        }],
+    );
+    assert_eq!(
+        lb_userspace::dataplane::conn_tables::move_ipv4_entries(&h.pin_dir).unwrap(),
+        0,
+        "a second start moves nothing"
+    );
 }

@@ -17,7 +17,10 @@ use lb_common::{
 use serde::Serialize;
 use std::{net::IpAddr, path::Path};
 
-use super::loader::{open_pinned, LoadError};
+use super::{
+    conn_tables::{ConnTables, Table},
+    loader::{open_pinned, LoadError},
+};
 
 /// The pinned maps the decision reads.
 struct Maps {
@@ -28,8 +31,7 @@ struct Maps {
     settings: Array<MapData, Settings>,
     maglev: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
-    conns: HashMap<MapData, FlowKey, ConnEntry>,
-    young: HashMap<MapData, FlowKey, ConnEntry>,
+    conns: ConnTables,
 }
 
 impl Maps {
@@ -42,8 +44,7 @@ impl Maps {
             settings: open_pinned(pin_dir, names::MAP_SETTINGS)?,
             maglev: open_pinned(pin_dir, names::MAP_MAGLEV)?,
             backends: open_pinned(pin_dir, names::MAP_BACKENDS)?,
-            conns: open_pinned(pin_dir, names::MAP_CONNS)?,
-            young: open_pinned(pin_dir, names::MAP_YOUNG_CONNS)?,
+            conns: ConnTables::open(pin_dir)?,
         })
     }
 }
@@ -213,8 +214,8 @@ impl Maps {
             "flow"
         };
         let mut out = Vec::new();
-        for (table, map) in [("conns", &self.conns), ("young", &self.young)] {
-            if let Ok(e) = map.get(key, 0) {
+        for (table, which) in [("conns", Table::Established), ("young", Table::Young)] {
+            if let Some(e) = self.conns.get(which, key) {
                 let be = self
                     .backend(e.backend)
                     .filter(|b| b.flags & backend_flags::IN_USE != 0);

@@ -1,14 +1,18 @@
-//! `lb flows`: the connection-table entries, read from the pinned `CONNS` (established
-//! flows) and `YOUNG_CONNS` (flows in their first second, see `lb-ebpf/src/conntrack.rs`),
+//! `lb flows`: the connection-table entries, read from the pinned `CONNS*` (established
+//! flows) and `YOUNG_CONNS*` (flows in their first second, see `lb-ebpf/src/conntrack.rs`)
+//! of both families (`conn_tables`),
 //! like `conntrack -L` or `ipvsadm -Lc`. Backend slots are named by the pinned `BACKENDS`
 //! map, so it works with or without a running agent.
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, MapData};
 use lb_common::{backend_flags, names, Backend, ConnEntry, FlowKey, KEY_SESSION};
 use serde::Serialize;
 use std::{fmt::Write as _, net::IpAddr, path::Path};
 
-use super::loader::{open_pinned, LoadError};
+use super::{
+    conn_tables::{ConnTables, Table},
+    loader::{open_pinned, LoadError},
+};
 
 /// One entry as listed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -95,16 +99,11 @@ fn describe(table: &'static str, k: &FlowKey, e: &ConnEntry, b: Option<Backend>,
 pub fn list(pin_dir: &Path, filter: &Filter) -> Result<Vec<Flow>, LoadError> {
     let backends: Array<MapData, Backend> = open_pinned(pin_dir, names::MAP_BACKENDS)?;
     let now = now_ns();
+    let tables = ConnTables::open(pin_dir)?;
     let mut out = Vec::new();
-    for (table, name) in [
-        ("conns", names::MAP_CONNS),
-        ("young", names::MAP_YOUNG_CONNS),
-    ] {
-        let map: HashMap<MapData, FlowKey, ConnEntry> = open_pinned(pin_dir, name)?;
-        for item in map.iter() {
-            // An entry evicted between the key walk and its lookup is simply gone.
-            let Ok((k, e)) = item else { continue };
-            let f = describe(table, &k, &e, backends.get(&e.backend, 0).ok(), now);
+    for (name, table) in [("conns", Table::Established), ("young", Table::Young)] {
+        for (k, e) in tables.entries(table) {
+            let f = describe(name, &k, &e, backends.get(&e.backend, 0).ok(), now);
             if filter.matches(&f) {
                 out.push(f);
             }

@@ -31,6 +31,8 @@ pub const PINNED_MAPS: &[&str] = &[
     names::MAP_MAGLEV,
     names::MAP_CONNS,
     names::MAP_YOUNG_CONNS,
+    names::MAP_CONNS_V4,
+    names::MAP_YOUNG_CONNS_V4,
     names::MAP_SETTINGS,
     names::MAP_VIP_STATS,
     names::MAP_BACKEND_STATS,
@@ -123,6 +125,8 @@ fn drop_mismatched_pins(dir: &Path, sizes: &Sizes) -> Vec<&'static str> {
         (names::MAP_SERVICES, sizes.max_services, None),
         (names::MAP_CONNS, sizes.conn_table_size, None),
         (names::MAP_YOUNG_CONNS, sizes.conn_table_size, None),
+        (names::MAP_CONNS_V4, sizes.conn_table_size, None),
+        (names::MAP_YOUNG_CONNS_V4, sizes.conn_table_size, None),
         (names::MAP_REASONS, lb_common::Reason::COUNT, None),
         (names::MAP_SETTINGS, 1, Some(settings_size)),
     ];
@@ -188,7 +192,9 @@ fn load_with(
         .map_max_entries(names::MAP_MAGLEV, sizes.maglev_entries())
         .map_max_entries(names::MAP_SERVICES, sizes.max_services)
         .map_max_entries(names::MAP_CONNS, sizes.conn_table_size)
-        .map_max_entries(names::MAP_YOUNG_CONNS, sizes.conn_table_size);
+        .map_max_entries(names::MAP_YOUNG_CONNS, sizes.conn_table_size)
+        .map_max_entries(names::MAP_CONNS_V4, sizes.conn_table_size)
+        .map_max_entries(names::MAP_YOUNG_CONNS_V4, sizes.conn_table_size);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -206,6 +212,13 @@ fn load_with(
         },
         0,
     )?;
+    let moved = super::conn_tables::move_ipv4_entries(pin_dir)?;
+    if moved > 0 {
+        info!(
+            entries = moved,
+            "moved IPv4 flows from the pinned family-neutral tables into the IPv4 tables (upgrade)"
+        );
+    }
     Ok(ebpf)
 }
 

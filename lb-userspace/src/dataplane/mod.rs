@@ -4,6 +4,7 @@
 //! backend-side decapsulation program of `lb decap` (`decap`).
 
 pub mod alloc;
+pub mod conn_tables;
 pub mod decap;
 pub mod explain;
 pub mod flows;

@@ -247,7 +247,11 @@ fn main() -> Result<()> {
         while started.elapsed() < std::time::Duration::from_secs(3) {
             ns.push(h.run_repeat(&vip_frame, REPEAT)?.duration_ns as f64);
         }
-        println!("established flow, {} runs: median {} ns", ns.len(), median(ns));
+        println!(
+            "established flow, {} runs: median {} ns",
+            ns.len(),
+            median(ns)
+        );
         return Ok(());
     }
     let repeated = |f: &dyn Fn() -> Result<u32>| -> Result<f64> {

@@ -17,7 +17,10 @@ use lb_tests::{
     lbrun::{field, tcp_banner, Agent},
     netns::{ProcGuard, Topology},
 };
-use lb_userspace::dataplane::loader::open_pinned;
+use lb_userspace::dataplane::{
+    conn_tables::{ConnTables, Table},
+    loader::open_pinned,
+};
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, TcpStream},
@@ -294,7 +297,10 @@ impl Dump {
             maglev: array(pin_dir, names::MAP_MAGLEV)?,
             backends: array(pin_dir, names::MAP_BACKENDS)?,
             vips: hash(pin_dir, names::MAP_VIPS)?,
-            conns: hash(pin_dir, names::MAP_CONNS)?,
+            conns: ConnTables::open(pin_dir)?
+                .entries(Table::Established)
+                .into_iter()
+                .collect(),
         })
     }
 
