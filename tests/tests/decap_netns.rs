@@ -582,6 +582,14 @@ fn lb_decap_delivers_ipip_and_gue_to_the_vip_with_the_client_address() -> Result
     let out = pair.lb(&["--down", "--interface", "eth0"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing attached"));
+
+    // --xdp-mode generic attaches in the kernel's generic (skb) mode, where veth's native
+    // mode would otherwise be taken.
+    pair.lb_ok(&["--interface", "eth0", "--xdp-mode", "generic"])?;
+    let link = pair.backend.exec(&["ip", "link", "show", "eth0"])?;
+    assert!(link.contains("xdpgeneric"), "not in generic mode: {link}");
+    pair.lb_ok(&["--down", "--interface", "eth0"])?;
+    assert!(!pair.pin_dir.exists(), "pins left behind");
     Ok(())
 }
 
