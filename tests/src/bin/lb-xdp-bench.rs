@@ -19,8 +19,9 @@
 //! - The backend-side decapsulation program (`lb decap`): `bench_decap`
 //!   (`LB_BENCH_ONLY=decap` runs only that section).
 //!
-//! - `LB_BENCH_ONLY=established`: the established path alone for about three seconds, to
-//!   profile it (`perf record -a` around the bench: the JIT's symbols name the program).
+//! - `LB_BENCH_ONLY=established` / `=new`: the established path (repeated) or new flows
+//!   (single runs) alone for about three seconds, to profile them (`perf record -a` around
+//!   the bench: the JIT's symbols name the program).
 //!
 //! Run with `cargo xtask bench-xdp` (root).
 
@@ -249,6 +250,22 @@ fn main() -> Result<()> {
         }
         println!(
             "established flow, {} runs: median {} ns",
+            ns.len(),
+            median(ns)
+        );
+        return Ok(());
+    }
+    if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("new") {
+        // For `perf record -a`: new flows (single runs, each a fresh source into the full
+        // 4096-entry young table) for about three seconds.
+        let started = std::time::Instant::now();
+        let (mut ns, mut i) = (Vec::new(), 2_000_000u32);
+        while started.elapsed() < std::time::Duration::from_secs(3) {
+            i += 1;
+            ns.push(h.run(&flow(i, false))?.duration_ns as f64);
+        }
+        println!(
+            "new flow, {} single runs: median {} ns",
             ns.len(),
             median(ns)
         );
