@@ -27,7 +27,6 @@ pub mod names {
     pub const PROG_PASS: &str = "xdp_pass";
     pub const MAP_VIPS: &str = "VIPS";
     pub const MAP_VIP_STATE: &str = "VIP_STATE";
-    pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
     pub const MAP_SERVICES: &str = "SERVICES";
     pub const MAP_BACKENDS: &str = "BACKENDS";
     pub const MAP_MAGLEV: &str = "MAGLEV";
@@ -161,13 +160,14 @@ pub struct VipState {
     pub generation: u32,
 }
 
-/// Flag of a `VIP_ADDRS` value: the address has an all-ports (port 0) rule for the
+/// VIP address flag (`VipAddrSlot::tcp`/`udp`): the address has an all-ports (port 0) rule for the
 /// protocol, so a miss on the exact port must try port 0.
 pub const VIP_ADDR_ALL_PORTS: u32 = 1 << 0;
-/// Flag of a `VIP_ADDRS` value: the address has at least one rule with a specific port.
+/// VIP address flag: the address has at least one rule with a specific port.
 pub const VIP_ADDR_PORTS: u32 = 1 << 1;
 
-/// Key of `VIP_ADDRS` (value: `VIP_ADDR_*` flags): an address that carries at least one VIP.
+/// An address and protocol looked up in the VIP address set (`VIP_ADDR_SET`, whose slots
+/// carry the `VIP_ADDR_*` flags): an address that carries at least one VIP.
 /// Aligned to 4 (no size change) so the program can build it with word stores. Used to decide the verdict
 /// of packets whose ports cannot be read (fragments, truncated L4 headers): such packets
 /// to a VIP address are dropped, to any other address they pass untouched.

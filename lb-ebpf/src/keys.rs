@@ -163,7 +163,7 @@ pub fn vip_key(flow: &FlowKey, port_be: u16) -> VipKey {
     }
 }
 
-/// The `VIP_ADDRS` key of an IPv4 address and protocol.
+/// The VIP-address-set key of an IPv4 address and protocol.
 #[inline(always)]
 pub fn vip_addr_key(addr: [u8; 4], proto: u8) -> VipAddrKey {
     let mut k = MaybeUninit::<VipAddrKey>::uninit();
@@ -178,7 +178,7 @@ pub fn vip_addr_key(addr: [u8; 4], proto: u8) -> VipAddrKey {
     }
 }
 
-/// The `VIP_ADDRS` key of an IPv6 address (in the frame) and protocol.
+/// The VIP-address-set key of an IPv6 address (in the frame) and protocol.
 ///
 /// # Safety
 /// As [`put_v6`]: 16 readable, 2-aligned bytes at `addr`.

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     limits, vip_addr_set, Backend, BackendStats, ConnEntry, FlowKey, FlowKeyV4, NextHop,
-    PromotionWindow, Reason, ServiceMeta, Settings, VipAddrKey, VipAddrSlot, VipKey, VipMeta,
-    VipState, VipStats, BPF_F_NO_COMMON_LRU,
+    PromotionWindow, Reason, ServiceMeta, Settings, VipAddrSlot, VipKey, VipMeta, VipState,
+    VipStats, BPF_F_NO_COMMON_LRU,
 };
 
 /// Forwarding rules: (address, port or 0, protocol) → service and VIP id.
@@ -19,13 +19,6 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(limits::MA
 /// Per VIP id: service and generation, checked by connection-table hits.
 #[map]
 pub static VIP_STATE: Array<VipState> = Array::with_max_entries(limits::MAX_VIPS, 0);
-
-/// Addresses that carry a VIP, with per-protocol flags: the agent's record, which it
-/// mirrors into `VIP_ADDR_SET` for the program (an array the verifier inlines, cheaper than
-/// this hash map on every packet).
-#[map]
-pub static VIP_ADDRS: HashMap<VipAddrKey, u32> =
-    HashMap::with_max_entries(limits::MAX_VIP_ADDRS, 0);
 
 /// The VIP addresses as an open-addressing table (`lb_common::VipAddrSlot`): the first
 /// lookup of every TCP/UDP packet, before any connection-table access.

@@ -24,7 +24,6 @@ use super::EBPF_OBJECT;
 pub const PINNED_MAPS: &[&str] = &[
     names::MAP_VIPS,
     names::MAP_VIP_STATE,
-    names::MAP_VIP_ADDRS,
     names::MAP_VIP_ADDR_SET,
     names::MAP_SERVICES,
     names::MAP_BACKENDS,
@@ -38,6 +37,10 @@ pub const PINNED_MAPS: &[&str] = &[
     names::MAP_BACKEND_STATS,
     names::MAP_REASONS,
 ];
+
+/// Maps older builds pinned and this one no longer has (`VIP_ADDRS`: the VIP addresses as
+/// a hash map, replaced by `VIP_ADDR_SET`); removed at load.
+const RETIRED_PINS: &[&str] = &["VIP_ADDRS"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -178,6 +181,10 @@ fn load_with(
     std::fs::create_dir_all(pin_dir)
         .map_err(|e| LoadError::Io(format!("creating {}: {e}", pin_dir.display())))?;
     drop_mismatched_pins(pin_dir, &sizes);
+    for name in RETIRED_PINS {
+        // An older build's map the program no longer has: nothing reads it.
+        let _ignored = std::fs::remove_file(pin_dir.join(name));
+    }
     let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|n| (*n, pin_dir.join(n))).collect();
     // aya-log's level global defaults to "everything": 0 switches every log site off. Not
     // required to exist: an earlier build (the benchmark's baseline) has no logs.

@@ -4,8 +4,7 @@
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
-    names, Backend, BackendStats, ServiceMeta, VipAddrKey, VipAddrSlot, VipKey, VipMeta, VipState,
-    VipStats,
+    names, Backend, BackendStats, ServiceMeta, VipAddrSlot, VipKey, VipMeta, VipState, VipStats,
 };
 use std::path::Path;
 
@@ -14,7 +13,6 @@ use super::{loader::open_pinned, programmer::ProgramError};
 /// What the programmer reads (to adopt) and writes (to program).
 pub trait MapLayer {
     fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, ProgramError>;
-    fn vip_addrs(&self) -> Result<Vec<(VipAddrKey, u32)>, ProgramError>;
     fn vip_state(&self, id: u32) -> Result<VipState, ProgramError>;
     fn backend(&self, slot: u32) -> Result<Backend, ProgramError>;
     fn service(&self, sid: u32) -> Result<ServiceMeta, ProgramError>;
@@ -29,8 +27,6 @@ pub trait MapLayer {
     fn set_vip_state(&mut self, id: u32, st: VipState) -> Result<(), ProgramError>;
     fn insert_vip(&mut self, k: VipKey, m: VipMeta) -> Result<(), ProgramError>;
     fn remove_vip(&mut self, k: &VipKey) -> Result<(), ProgramError>;
-    fn insert_vip_addr(&mut self, k: VipAddrKey, flags: u32) -> Result<(), ProgramError>;
-    fn remove_vip_addr(&mut self, k: &VipAddrKey) -> Result<(), ProgramError>;
     fn set_addr_slot(&mut self, slot: u32, s: VipAddrSlot) -> Result<(), ProgramError>;
     fn zero_vip_stats(&mut self, id: u32) -> Result<(), ProgramError>;
     fn zero_backend_stats(&mut self, slot: u32) -> Result<(), ProgramError>;
@@ -39,7 +35,6 @@ pub trait MapLayer {
 /// The pinned BPF maps.
 pub struct PinnedMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
-    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     vip_state: Array<MapData, VipState>,
     services: Array<MapData, ServiceMeta>,
     backends: Array<MapData, Backend>,
@@ -53,7 +48,6 @@ impl PinnedMaps {
     pub fn open(pin_dir: &Path) -> Result<Self, ProgramError> {
         Ok(PinnedMaps {
             vips: open_pinned(pin_dir, names::MAP_VIPS)?,
-            vip_addrs: open_pinned(pin_dir, names::MAP_VIP_ADDRS)?,
             vip_state: open_pinned(pin_dir, names::MAP_VIP_STATE)?,
             services: open_pinned(pin_dir, names::MAP_SERVICES)?,
             backends: open_pinned(pin_dir, names::MAP_BACKENDS)?,
@@ -72,9 +66,6 @@ fn cpus() -> Result<usize, ProgramError> {
 impl MapLayer for PinnedMaps {
     fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, ProgramError> {
         Ok(self.vips.iter().collect::<Result<_, _>>()?)
-    }
-    fn vip_addrs(&self) -> Result<Vec<(VipAddrKey, u32)>, ProgramError> {
-        Ok(self.vip_addrs.iter().collect::<Result<_, _>>()?)
     }
     fn vip_state(&self, id: u32) -> Result<VipState, ProgramError> {
         Ok(self.vip_state.get(&id, 0)?)
@@ -119,12 +110,6 @@ impl MapLayer for PinnedMaps {
     fn remove_vip(&mut self, k: &VipKey) -> Result<(), ProgramError> {
         Ok(self.vips.remove(k)?)
     }
-    fn insert_vip_addr(&mut self, k: VipAddrKey, flags: u32) -> Result<(), ProgramError> {
-        Ok(self.vip_addrs.insert(k, flags, 0)?)
-    }
-    fn remove_vip_addr(&mut self, k: &VipAddrKey) -> Result<(), ProgramError> {
-        Ok(self.vip_addrs.remove(k)?)
-    }
     fn set_addr_slot(&mut self, slot: u32, s: VipAddrSlot) -> Result<(), ProgramError> {
         Ok(self.addr_set.set(slot, s, 0)?)
     }
@@ -156,8 +141,6 @@ pub mod fake {
         VipState(u32),
         InsertVip(VipKey),
         RemoveVip(VipKey),
-        InsertVipAddr(VipAddrKey),
-        RemoveVipAddr(VipAddrKey),
         AddrSlot(u32),
         ZeroVipStats(u32),
         ZeroBackendStats(u32),
@@ -166,7 +149,6 @@ pub mod fake {
     #[derive(Debug, Clone, PartialEq)]
     pub struct Contents {
         pub vips: BTreeMap<VipKey, VipMeta>,
-        pub vip_addrs: BTreeMap<VipAddrKey, u32>,
         pub vip_state: Vec<VipState>,
         pub backends: Vec<Backend>,
         pub services: Vec<ServiceMeta>,
@@ -190,7 +172,6 @@ pub mod fake {
             FakeMaps {
                 c: Contents {
                     vips: BTreeMap::new(),
-                    vip_addrs: BTreeMap::new(),
                     vip_state: vec![VipState::default(); limits::MAX_VIPS as usize],
                     backends: vec![Backend::default(); limits::MAX_BACKENDS as usize],
                     services: vec![ServiceMeta::default(); max_services as usize],
@@ -249,9 +230,6 @@ pub mod fake {
         fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, ProgramError> {
             Ok(self.c.vips.iter().map(|(k, v)| (*k, *v)).collect())
         }
-        fn vip_addrs(&self) -> Result<Vec<(VipAddrKey, u32)>, ProgramError> {
-            Ok(self.c.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect())
-        }
         fn vip_state(&self, id: u32) -> Result<VipState, ProgramError> {
             get(&self.c.vip_state, id)
         }
@@ -297,16 +275,6 @@ pub mod fake {
         fn remove_vip(&mut self, k: &VipKey) -> Result<(), ProgramError> {
             self.write(Write::RemoveVip(*k))?;
             self.c.vips.remove(k);
-            Ok(())
-        }
-        fn insert_vip_addr(&mut self, k: VipAddrKey, flags: u32) -> Result<(), ProgramError> {
-            self.write(Write::InsertVipAddr(k))?;
-            self.c.vip_addrs.insert(k, flags);
-            Ok(())
-        }
-        fn remove_vip_addr(&mut self, k: &VipAddrKey) -> Result<(), ProgramError> {
-            self.write(Write::RemoveVipAddr(*k))?;
-            self.c.vip_addrs.remove(k);
             Ok(())
         }
         fn set_addr_slot(&mut self, slot: u32, s: VipAddrSlot) -> Result<(), ProgramError> {

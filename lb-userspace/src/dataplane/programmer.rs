@@ -56,8 +56,7 @@ pub struct Current {
     pub tables: BTreeMap<u32, Vec<u32>>,
     pub metas: BTreeMap<u32, ServiceMeta>,
     pub vips: BTreeMap<VipKey, VipMeta>,
-    pub vip_addrs: BTreeMap<VipAddrKey, u32>,
-    /// Non-empty slots of `VIP_ADDR_SET` (derived from `vip_addrs`).
+    /// Non-empty slots of `VIP_ADDR_SET` (the VIP addresses, placed by `vip_addr_set`).
     pub addr_slots: BTreeMap<u32, lb_common::VipAddrSlot>,
     /// Last generation written to `VIP_STATE` per VIP id.
     pub vip_gens: BTreeMap<u32, u32>,
@@ -119,7 +118,6 @@ impl<M: MapLayer> Programmer<M> {
 
     fn adopt(&mut self) -> Result<(), ProgramError> {
         self.cur.vips = self.maps.vips()?.into_iter().collect();
-        self.cur.vip_addrs = self.maps.vip_addrs()?.into_iter().collect();
         self.cur.addr_slots = self.maps.addr_slots()?.into_iter().collect();
         for id in 0..limits::MAX_VIPS {
             let st = self.maps.vip_state(id)?;
@@ -205,13 +203,13 @@ impl<M: MapLayer> Programmer<M> {
             assignment.service_ids.insert(s.name.clone(), sid);
         }
         let (wanted_vips, wanted_addrs) = self.write_vips(plan, ids, &mut assignment)?;
-        self.remove_vips(&wanted_vips, &wanted_addrs)?;
+        self.remove_vips(&wanted_vips)?;
         self.write_addr_set(&wanted_addrs)?;
         self.free_slots(&wanted_slots)?;
         Ok(assignment)
     }
 
-    /// Brings the program's array-based VIP address set in line with `VIP_ADDRS`: standing
+    /// Brings the program's array-based VIP address set in line with the plan: standing
     /// addresses keep their slots, removed ones become tombstones, new ones take free slots
     /// (`vip_addr_set`).
     fn write_addr_set(
@@ -388,21 +386,11 @@ impl<M: MapLayer> Programmer<M> {
                 self.cur.vips.insert(k, meta);
             }
         }
-        for (a, flags) in &wanted_addrs {
-            if self.dirty || self.cur.vip_addrs.get(a) != Some(flags) {
-                self.maps.insert_vip_addr(*a, *flags)?;
-                self.cur.vip_addrs.insert(*a, *flags);
-            }
-        }
         Ok((wanted_vips, wanted_addrs))
     }
 
-    /// Removes VIPs and VIP addresses the plan no longer has, invalidating their flows.
-    fn remove_vips(
-        &mut self,
-        wanted_vips: &BTreeSet<VipKey>,
-        wanted_addrs: &BTreeMap<VipAddrKey, u32>,
-    ) -> Result<(), ProgramError> {
+    /// Removes VIPs the plan no longer has, invalidating their flows.
+    fn remove_vips(&mut self, wanted_vips: &BTreeSet<VipKey>) -> Result<(), ProgramError> {
         let gone: Vec<VipKey> = self
             .cur
             .vips
@@ -422,17 +410,6 @@ impl<M: MapLayer> Programmer<M> {
                 self.maps.set_vip_state(m.vip_id, st)?;
                 self.cur.vip_gens.insert(m.vip_id, generation);
             }
-        }
-        let gone: Vec<VipAddrKey> = self
-            .cur
-            .vip_addrs
-            .keys()
-            .filter(|k| !wanted_addrs.contains_key(k))
-            .copied()
-            .collect();
-        for k in gone {
-            self.maps.remove_vip_addr(&k)?;
-            self.cur.vip_addrs.remove(&k);
         }
         Ok(())
     }

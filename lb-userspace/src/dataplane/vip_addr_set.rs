@@ -16,7 +16,7 @@ pub fn home(addr: &[u8; 16]) -> u32 {
     vip_addr_set::home([w(0), w(4), w(8), w(12)])
 }
 
-/// The per-protocol flags of every address the plan's `VIP_ADDRS` entries name.
+/// The per-protocol flags of every address the plan's rules name.
 pub fn wanted(addrs: &BTreeMap<VipAddrKey, u32>) -> BTreeMap<Addr, (u8, u8)> {
     let mut out: BTreeMap<Addr, (u8, u8)> = BTreeMap::new();
     for (k, flags) in addrs {

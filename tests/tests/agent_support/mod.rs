@@ -10,7 +10,7 @@
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    backend_flags, names, Backend, ConnEntry, FlowKey, ServiceMeta, VipAddrKey, VipKey, VipMeta,
+    backend_flags, names, Backend, ConnEntry, FlowKey, ServiceMeta, VipAddrSlot, VipKey, VipMeta,
     VipState,
 };
 use lb_tests::{
@@ -271,7 +271,8 @@ impl Maps {
 pub struct Dump {
     pub services: Vec<ServiceMeta>,
     pub vip_state: Vec<VipState>,
-    pub vip_addrs: BTreeMap<VipAddrKey, u32>,
+    /// Non-empty slots of the VIP address set (a restart must not move an address).
+    pub addr_slots: Vec<(u32, VipAddrSlot)>,
     pub maglev: Vec<u32>,
     pub backends: Vec<Backend>,
     pub vips: BTreeMap<VipKey, VipMeta>,
@@ -293,7 +294,12 @@ impl Dump {
         Ok(Dump {
             services: array(pin_dir, names::MAP_SERVICES)?,
             vip_state: array(pin_dir, names::MAP_VIP_STATE)?,
-            vip_addrs: hash(pin_dir, names::MAP_VIP_ADDRS)?,
+            addr_slots: array::<VipAddrSlot>(pin_dir, names::MAP_VIP_ADDR_SET)?
+                .into_iter()
+                .enumerate()
+                .filter(|(_, s)| s.family != 0)
+                .map(|(i, s)| (i as u32, s))
+                .collect(),
             maglev: array(pin_dir, names::MAP_MAGLEV)?,
             backends: array(pin_dir, names::MAP_BACKENDS)?,
             vips: hash(pin_dir, names::MAP_VIPS)?,
