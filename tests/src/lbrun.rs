@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     sync::mpsc,
     time::{Duration, Instant},
@@ -352,5 +352,82 @@ impl Drop for Conversation {
         if let Some(t) = self.thread.take() {
             let _ignored = t.join();
         }
+    }
+}
+
+/// `lb run` on the host (L7 only, no dataplane) in a private folder holding its config
+/// (`lb.toml`), its log (`lb.log`) and, where the config puts it, its admin socket
+/// (`admin.sock`). Dropping it stops the agent (SIGTERM, then SIGKILL after 5 s) and removes
+/// the folder. The L7 test suites' runners are thin layers over this one.
+pub struct LocalRun {
+    pub dir: PathBuf,
+    proc: ProcGuard,
+}
+
+impl LocalRun {
+    /// Writes `config(dir)` and starts `lb run` on it; `nofile` sets the agent's
+    /// RLIMIT_NOFILE (soft and hard). Returns at once: callers wait for what they need.
+    pub fn start(prefix: &str, config: impl FnOnce(&Path) -> String, nofile: Option<u64>) -> Self {
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(crate::unique(prefix));
+        std::fs::create_dir_all(&dir).expect("test folder");
+        let cfg = dir.join("lb.toml");
+        std::fs::write(&cfg, config(&dir)).expect("config");
+        let log = std::fs::File::create(dir.join("lb.log")).expect("log file");
+        let mut cmd = std::process::Command::new(crate::lb_binary());
+        cmd.args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(n) = nofile {
+            // SAFETY: only setrlimit between fork and exec (async-signal-safe).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
+        let proc = ProcGuard(Some(cmd.spawn().expect("lb run")));
+        LocalRun { dir, proc }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("lb.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
+    }
+
+    /// `lb <args> --socket <this agent's socket>`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::lb_binary())
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("lb")
+    }
+}
+
+impl Drop for LocalRun {
+    fn drop(&mut self) {
+        self.proc.terminate(5);
+        let _ignored = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -7,12 +7,11 @@
 mod l7_support;
 
 use l7_support::{backend, backends_toml, free_port, Behaviour, TestBackend};
-use lb_tests::{lb_binary, netns::ProcGuard, root_or_skip, unique};
+use lb_tests::{lbrun::LocalRun, root_or_skip, unique};
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,34 +19,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A running `lb run` with an L7-only configuration in a private folder.
 struct Lb {
     dir: PathBuf,
-    cfg: PathBuf,
     listen: SocketAddr,
-    _proc: ProcGuard,
+    run: LocalRun,
 }
 
 impl Lb {
     fn start(config_body: &str, listen: u16) -> Lb {
-        let dir = std::env::temp_dir().join(unique("lbl7ops-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("lb.toml");
-        std::fs::write(&cfg, Self::text(&dir, config_body)).unwrap();
-        let log = std::fs::File::create(dir.join("lb.log")).unwrap();
-        let proc = ProcGuard(Some(
-            Command::new(lb_binary())
-                .args(["run", "--config", cfg.to_str().unwrap()])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        ));
+        let run = LocalRun::start("lbl7ops-", |dir| Self::text(dir, config_body), None);
         let lb = Lb {
-            dir,
-            cfg,
+            dir: run.dir.clone(),
             listen: SocketAddr::from(([127, 0, 0, 1], listen)),
-            _proc: proc,
+            run,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !lb.dir.join("admin.sock").exists() {
+        while !lb.run.socket().exists() {
             assert!(
                 Instant::now() < deadline,
                 "agent did not start:\n{}",
@@ -66,17 +51,12 @@ impl Lb {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
+        self.run.log()
     }
 
     /// Runs a client verb; returns (success, stdout + stderr).
     fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(lb_binary())
-            .args(args)
-            .arg("--socket")
-            .arg(self.dir.join("admin.sock"))
-            .output()
-            .unwrap();
+        let out = self.run.cli(args);
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)
@@ -89,7 +69,7 @@ impl Lb {
     }
 
     fn reload_with(&self, body: &str) -> (bool, String) {
-        std::fs::write(&self.cfg, Self::text(&self.dir, body)).unwrap();
+        std::fs::write(self.run.config_path(), Self::text(&self.dir, body)).unwrap();
         self.cli(&["reload"])
     }
 }

@@ -4,12 +4,11 @@
 
 #![allow(dead_code)]
 
-use lb_tests::{lb_binary, netns::ProcGuard, unique};
+use lb_tests::lbrun::LocalRun;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,42 +16,28 @@ use std::{
 pub struct LbRun {
     pub dir: PathBuf,
     pub metrics_port: u16,
-    proc: ProcGuard,
-}
-
-impl Drop for LbRun {
-    fn drop(&mut self) {
-        self.proc.terminate(5);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    run: LocalRun,
 }
 
 impl LbRun {
     /// Writes `config` (`{SOCK}`, `{METRICS}` and `{DIR}` replaced) and starts `lb run`;
     /// returns once `ready_port` answers an HTTP request.
     pub fn start(config: &str, ready_port: u16) -> LbRun {
-        let dir = std::env::temp_dir().join(unique("lbl7agent-"));
-        std::fs::create_dir_all(&dir).unwrap();
         let metrics_port = super::support::free_port();
-        let text = config
-            .replace("{SOCK}", &dir.join("admin.sock").display().to_string())
-            .replace("{METRICS}", &format!("127.0.0.1:{metrics_port}"))
-            .replace("{DIR}", &dir.display().to_string());
-        let cfg = dir.join("lb.toml");
-        std::fs::write(&cfg, text).unwrap();
-        let log = std::fs::File::create(dir.join("lb.log")).unwrap();
-        let proc = ProcGuard(Some(
-            Command::new(lb_binary())
-                .args(["run", "--config", cfg.to_str().unwrap()])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        ));
+        let run = LocalRun::start(
+            "lbl7agent-",
+            |dir| {
+                config
+                    .replace("{SOCK}", &dir.join("admin.sock").display().to_string())
+                    .replace("{METRICS}", &format!("127.0.0.1:{metrics_port}"))
+                    .replace("{DIR}", &dir.display().to_string())
+            },
+            None,
+        );
         let run = LbRun {
-            dir,
+            dir: run.dir.clone(),
             metrics_port,
-            proc,
+            run,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while get(ready_port, "/", &[]).is_err() {
@@ -67,7 +52,7 @@ impl LbRun {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
+        self.run.log()
     }
 
     /// The `/metrics` text.
@@ -79,12 +64,7 @@ impl LbRun {
 
     /// `lb <args>` against this agent's socket.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(lb_binary())
-            .args(args)
-            .arg("--socket")
-            .arg(self.dir.join("admin.sock"))
-            .output()
-            .unwrap()
+        self.run.cli(args)
     }
 }
 

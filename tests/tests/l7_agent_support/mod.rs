@@ -4,12 +4,11 @@
 
 #![allow(dead_code)]
 
-use lb_tests::{lb_binary, netns::ProcGuard, unique};
+use lb_tests::lbrun::LocalRun;
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -169,7 +168,7 @@ target = "p"
 
 pub struct Run {
     pub dir: PathBuf,
-    _agent: ProcGuard,
+    run: LocalRun,
 }
 
 impl Run {
@@ -179,58 +178,24 @@ impl Run {
 
     /// [`Run::start`] with the agent's RLIMIT_NOFILE (soft and hard) set to `nofile`.
     pub fn start_with_nofile(text: impl Fn(&Path) -> String, nofile: Option<u64>) -> Run {
-        use std::os::unix::process::CommandExt;
-        let dir = std::env::temp_dir().join(unique("lbl7run-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("lb.toml");
-        std::fs::write(&cfg, text(&dir)).unwrap();
-        let log = std::fs::File::create(dir.join("lb.log")).unwrap();
-        let mut cmd = Command::new(lb_binary());
-        cmd.args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(n) = nofile {
-            // SAFETY: only setrlimit between fork and exec (async-signal-safe).
-            unsafe {
-                cmd.pre_exec(move || {
-                    let r = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                })
-            };
+        let run = LocalRun::start("lbl7run-", text, nofile);
+        Run {
+            dir: run.dir.clone(),
+            run,
         }
-        let agent = ProcGuard(Some(cmd.spawn().unwrap()));
-        Run { dir, _agent: agent }
     }
 
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
-        self._agent.pid()
+        self.run.pid()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
+        self.run.log()
     }
 
     pub fn status_ok(&self) -> bool {
-        Command::new(lb_binary())
-            .args(["status", "--socket"])
-            .arg(self.dir.join("admin.sock"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.run.cli(&["status"]).status.success()
     }
 }
 
@@ -277,12 +242,7 @@ pub fn wait_serving(listen: u16, run: &Run) {
 
 /// Runs the `lb` CLI against the agent's socket; (success, stdout + stderr).
 pub fn cli(run: &Run, args: &[&str]) -> (bool, String) {
-    let out = Command::new(lb_binary())
-        .args(args)
-        .arg("--socket")
-        .arg(run.dir.join("admin.sock"))
-        .output()
-        .unwrap();
+    let out = run.run.cli(args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
