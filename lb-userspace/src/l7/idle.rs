@@ -165,6 +165,16 @@ impl Activity {
         self.at(self.last_io.load(Ordering::Relaxed))
     }
 
+    /// When a connection parked now is to be closed (see [`super::parked`]): its earliest
+    /// deadline, which no longer moves while it is parked (no bytes move, no request is
+    /// open). Whatever the deadline was for, a parked HTTP/1.1 connection is then closed,
+    /// as [`drive`] closes it (its graceful end closes an idle HTTP/1.1 connection at once).
+    pub fn parked_deadline(&self, t: &Timeouts) -> Instant {
+        self.next_deadline(t)
+            .map(|(at, _)| at)
+            .unwrap_or_else(|| Instant::now() + t.keep_alive)
+    }
+
     /// The earliest deadline now, and what it is for.
     fn next_deadline(&self, t: &Timeouts) -> Option<(Instant, Expired)> {
         let mut best: Option<(Instant, Expired)> = None;
