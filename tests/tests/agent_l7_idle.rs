@@ -142,7 +142,9 @@ fn pipelined_split_and_paused_requests_are_answered_across_parking() {
 
 /// Descriptors the process holds open.
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 #[test]

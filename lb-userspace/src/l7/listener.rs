@@ -464,12 +464,6 @@ impl Lots {
         };
         lot.park(stream, deadline, conn)
     }
-
-    /// Connections parked now, in every lot.
-    pub fn len(&self) -> usize {
-        let lots = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        lots.iter().flatten().map(|l| l.len()).sum()
-    }
 }
 
 /// A TLS connection: the handshake under the first-request deadline, then hyper-util's

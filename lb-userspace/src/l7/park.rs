@@ -73,18 +73,22 @@ impl<C: Future + Unpin> Future for UntilIdle<C> {
         if !this.activity.idle_between_requests() {
             return Poll::Pending; // a timer still armed finds the connection busy, below
         }
-        let due = this.activity.quiet_since() + PARK_AFTER;
-        let now = tokio::time::Instant::now();
-        if due > now {
-            let quiet = this
-                .quiet
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if quiet.deadline() != due {
-                quiet.as_mut().reset(due);
-            }
+        // The quiet timer is re-armed only when it fires before the quiet period is over,
+        // not each time the connection goes idle (which is once per request on a busy one).
+        let quiet = this.quiet.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(
+                this.activity.quiet_since() + PARK_AFTER,
+            ))
+        });
+        loop {
             if quiet.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            let due = this.activity.quiet_since() + PARK_AFTER;
+            if due <= tokio::time::Instant::now() {
+                break;
+            }
+            quiet.as_mut().reset(due);
         }
         match this.conn.take() {
             Some(c) => Poll::Ready(Round::Idle(c)),

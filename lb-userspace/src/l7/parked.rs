@@ -95,7 +95,7 @@ impl<T: Send + 'static> Lot<T> {
     }
 
     /// Connections parked now.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.lock().slots.len()
     }
 
@@ -326,7 +326,7 @@ mod tests {
         lot.park(s2, Instant::now() + Duration::from_millis(100), 2)
             .map_err(|_| "park")
             .unwrap();
-        assert_eq!(lot.len(), 2);
+        assert_eq!(lot.count(), 2);
         c1.write_all(b"x").unwrap();
         let (mut s, v) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -345,7 +345,7 @@ mod tests {
             .unwrap();
         assert_eq!(n, 0, "closed by the lot");
         assert!(t0.elapsed() < Duration::from_secs(4));
-        assert_eq!(lot.len(), 0);
+        assert_eq!(lot.count(), 0);
         assert!(
             rx.try_recv().is_err(),
             "an expired connection is not served"
