@@ -44,6 +44,15 @@ impl Verdicts {
             .flatten()
     }
 
+    /// Frees the queue's allocation when it is empty, for a connection parked between
+    /// requests (the next head allocates it again).
+    pub fn shed(&self) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            *q = VecDeque::new();
+        }
+    }
+
     fn push(&self, v: Option<&'static str>) {
         self.0
             .lock()

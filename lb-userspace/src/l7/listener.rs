@@ -1,8 +1,10 @@
 //! Listeners: one accept loop per bound address, one task per connection, served by
 //! hyper-util's auto builder (HTTP/1.1, and HTTP/2 by ALPN over TLS or by prior knowledge
-//! in clear text). What a listener serves (its target proxy and TLS settings) and its limits
-//! are read from the current table and settings for each new connection, so reloads apply
-//! to new connections.
+//! in clear text); a plain-text HTTP/1.1 connection is served in rounds and, idle between
+//! requests, leaves its task for its worker's lot of parked connections ([`Lots`],
+//! [`super::park`]). What a listener serves (its target proxy and TLS settings) and its
+//! limits are read from the current table and settings for each new connection, so reloads
+//! apply to new connections.
 //!
 //! Each connection holds a permit of the listener's and the tier's connection caps
 //! ([`super::limits`]); over a cap it is closed at once. Its handshake, first request, heads
@@ -387,6 +389,7 @@ async fn serve_h1(conn: Conn, mut io: Observed<tokio::net::TcpStream>) {
 /// Parks an idle HTTP/1.1 connection in its worker's lot, until bytes arrive or its
 /// deadline (keep-alive, or first request) passes.
 fn park_h1(conn: Conn, stream: tokio::net::TcpStream) {
+    conn.info.verdicts.shed();
     let deadline = conn.activity().parked_deadline(&conn.timeouts);
     let stream = match stream.into_std() {
         Ok(s) => s,
@@ -412,7 +415,8 @@ async fn serve_when_readable(conn: Conn, stream: std::net::TcpStream) {
     let stream = match tokio::net::TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(e) => {
-            return tracing::debug!(peer = %conn.info.client, error = %e, "cannot serve a parked connection")
+            tracing::debug!(peer = %conn.info.client, error = %e, "cannot serve a parked connection");
+            return;
         }
     };
     let io = conn.observe(stream);
@@ -502,4 +506,23 @@ async fn wait_readable(
     timeouts: Timeouts,
 ) -> Result<Wake, idle::Expired> {
     idle::drive(park::Parked::new(stream), activity, timeouts, |p| p.close()).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// What a parked connection holds, by type (see README, "Resident memory per idle
+    /// connection"): printed with `--nocapture`, bounded so growth is noticed.
+    #[test]
+    fn a_parked_connection_stays_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Conn", size_of::<super::Conn>()),
+            ("ConnInfo", size_of::<super::proxy::ConnInfo>()),
+            ("Activity", size_of::<super::Activity>()),
+            ("Verdicts", size_of::<super::Verdicts>()),
+        ];
+        eprintln!("{sizes:?}");
+        let total: usize = sizes.iter().map(|(_, n)| n).sum();
+        assert!(total < 512, "{sizes:?}");
+    }
 }

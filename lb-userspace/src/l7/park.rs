@@ -6,9 +6,12 @@
 //! quiet for [`PARK_AFTER`] (so a busy keep-alive connection is not rebuilt for every
 //! request, which cost 1–2 µs of CPU per request in the profile), then its state
 //! is taken apart (`into_parts`: the socket and any bytes hyper read ahead, which are given
-//! back to the next round) and the connection waits for readability with nothing else
-//! held ([`Parked`]); the next bytes start a new round. The watchdog's deadlines hold in
-//! both states (the activity outlives the rounds).
+//! back to the next round) and the connection leaves its task: its worker's lot holds the
+//! socket and the connection's bookkeeping until bytes arrive or its deadline passes
+//! ([`super::parked`]); the next bytes start a new round in a new task, which first waits
+//! ([`Parked`]) until tokio's I/O driver, with which the socket is registered anew, sees it
+//! readable. The watchdog's deadlines hold in both states (the activity outlives the
+//! rounds; the lot keeps the deadline of a parked connection).
 //!
 //! TLS and HTTP/2 connections are served as one round (their protocol state cannot be
 //! rebuilt), see `listener.rs`.

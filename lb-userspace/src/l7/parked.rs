@@ -239,7 +239,11 @@ impl<T: Send + 'static> Lot<T> {
                 0,
             )
         };
-        if n <= 0 {
+        if n < 0 {
+            // Interrupted: look again rather than clear the readiness with events pending.
+            return io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+        }
+        if n == 0 {
             return false;
         }
         let mut woken = Vec::with_capacity(n as usize);
