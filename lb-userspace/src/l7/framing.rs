@@ -44,6 +44,15 @@ impl Verdicts {
             .flatten()
     }
 
+    /// Frees the queue's allocation when it is empty, for a connection parked between
+    /// requests (the next head allocates it again).
+    pub fn shed(&self) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            *q = VecDeque::new();
+        }
+    }
+
     fn push(&self, v: Option<&'static str>) {
         self.0
             .lock()
@@ -107,19 +116,18 @@ impl<T> Observed<T> {
         &self.inner
     }
 
+    /// The wrapped stream, for a connection parked between requests (whose wrapper is
+    /// made anew when it is served again: between heads it holds nothing else).
+    pub fn into_inner(self) -> T {
+        debug_assert!(self.rewound.is_empty());
+        self.inner
+    }
+
     /// Gives back bytes this wrapper already read and observed; the next reads return
     /// them first.
     pub fn rewind(&mut self, bytes: bytes::Bytes) {
         debug_assert!(self.rewound.is_empty());
         self.rewound = bytes;
-    }
-
-    /// Frees what the wrapper keeps between heads (the head buffer's capacity), for a
-    /// connection parked between requests.
-    pub fn shed_idle_buffers(&mut self) {
-        if self.line.is_empty() {
-            self.line = Vec::new();
-        }
     }
 
     fn set(&mut self, state: State) {

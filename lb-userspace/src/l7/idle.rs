@@ -12,8 +12,12 @@
 //!   target proxy's `http_keep_alive_timeout_sec` (600 s) is closed: HTTP/1.1 at once,
 //!   HTTP/2 with GOAWAY (hyper's graceful shutdown), which hyper does not do by itself.
 //!
-//! The request path only touches atomics; the watchdog sleeps until the earliest deadline
-//! and is woken when a head starts or the last open request ends.
+//! The request path only touches atomics and never wakes the watchdog: the watchdog sleeps
+//! until the earliest deadline, but never longer than the shortest of the head and
+//! keep-alive timeouts. A deadline that starts later (a head's, or the keep-alive's once the
+//! last open request ends) lies at least that long after the moment it starts, so the
+//! watchdog looks again before it is due and then sleeps until it exactly. (Waking it for
+//! every head and every request's end re-armed its timer twice per request.)
 
 use super::limits::Permit;
 use std::{
@@ -25,7 +29,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 /// Timeouts of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +59,6 @@ pub struct Activity {
     write_blocked: AtomicBool,
     /// The HTTP/1.1 byte stream is between two messages ([`super::framing`] follows it).
     between_messages: AtomicBool,
-    wake: Notify,
     /// The connection's place under the connection caps, held as long as the connection's
     /// I/O lives (an upgraded WebSocket outlives hyper's connection; its I/O keeps this).
     _permit: Option<Permit>,
@@ -87,7 +90,6 @@ impl Activity {
             read_blocked: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
             between_messages: AtomicBool::new(true),
-            wake: Notify::new(),
         }
     }
 
@@ -108,7 +110,6 @@ impl Activity {
     pub fn head_started(&self) {
         if self.head_started.load(Ordering::Relaxed) == 0 {
             self.head_started.store(self.now_ms(), Ordering::Relaxed);
-            self.wake.notify_one();
         }
     }
 
@@ -165,6 +166,16 @@ impl Activity {
         self.at(self.last_io.load(Ordering::Relaxed))
     }
 
+    /// When a connection parked now is to be closed (see [`super::parked`]): its earliest
+    /// deadline, which no longer moves while it is parked (no bytes move, no request is
+    /// open). Whatever the deadline was for, a parked HTTP/1.1 connection is then closed,
+    /// as [`drive`] closes it (its graceful end closes an idle HTTP/1.1 connection at once).
+    pub fn parked_deadline(&self, t: &Timeouts) -> Instant {
+        self.next_deadline(t)
+            .map(|(at, _)| at)
+            .unwrap_or_else(|| Instant::now() + t.keep_alive)
+    }
+
     /// The earliest deadline now, and what it is for.
     fn next_deadline(&self, t: &Timeouts) -> Option<(Instant, Expired)> {
         let mut best: Option<(Instant, Expired)> = None;
@@ -201,10 +212,10 @@ pub struct RequestGuard<'a>(&'a Activity);
 
 impl Drop for RequestGuard<'_> {
     fn drop(&mut self) {
+        // Touched first: the keep-alive deadline starts no earlier than the end of the last
+        // open request (see the module on why the watchdog is not woken).
         self.0.touch();
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.wake.notify_one();
-        }
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -232,24 +243,32 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     let mut closing: Option<Instant> = None;
+    // See the module: no deadline can start and fall due within `recheck` unseen.
+    let recheck = t.header_read.min(t.keep_alive);
+    let sleep = tokio::time::sleep_until(Instant::now() + recheck);
+    let mut sleep = std::pin::pin!(sleep);
     loop {
-        let next = match closing {
-            Some(at) => Some((at + GRACE, Expired::Idle)),
-            None => activity.next_deadline(&t),
+        let now = Instant::now();
+        let at = match closing {
+            Some(at) => at + GRACE,
+            None => match activity.next_deadline(&t) {
+                Some((at, _)) => at.min(now + recheck),
+                None => now + recheck,
+            },
         };
-        let sleep = async {
-            match next {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = conn.as_mut() => return Ok(r),
-            _ = activity.wake.notified() => continue,
-            _ = sleep => {}
+        if sleep.deadline() != at {
+            sleep.as_mut().reset(at);
         }
-        if closing.is_some() {
-            return Err(Expired::Idle);
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => return Ok(r),
+            _ = sleep.as_mut() => {}
+        }
+        if let Some(at) = closing {
+            if at + GRACE <= Instant::now() {
+                return Err(Expired::Idle);
+            }
+            continue;
         }
         // Re-read: activity since the sleep began may have moved the deadline.
         match activity.next_deadline(&t) {
@@ -290,7 +309,7 @@ mod tests {
     async fn open_requests_hold_the_connection_and_idleness_shuts_it_gracefully() {
         let a = Activity::new();
         let g = a.request();
-        let goaway = Notify::new();
+        let goaway = tokio::sync::Notify::new();
         let conn = async {
             tokio::time::sleep(Duration::from_millis(500)).await;
             drop(g); // the request ends after 5 keep-alive periods

@@ -1,8 +1,10 @@
 //! Listeners: one accept loop per bound address, one task per connection, served by
 //! hyper-util's auto builder (HTTP/1.1, and HTTP/2 by ALPN over TLS or by prior knowledge
-//! in clear text). What a listener serves (its target proxy and TLS settings) and its limits
-//! are read from the current table and settings for each new connection, so reloads apply
-//! to new connections.
+//! in clear text); a plain-text HTTP/1.1 connection is served in rounds and, idle between
+//! requests, leaves its task for its worker's lot of parked connections ([`Lots`],
+//! [`super::park`]). What a listener serves (its target proxy and TLS settings) and its
+//! limits are read from the current table and settings for each new connection, so reloads
+//! apply to new connections.
 //!
 //! Each connection holds a permit of the listener's and the tier's connection caps
 //! ([`super::limits`]); over a cap it is closed at once. Its handshake, first request, heads
@@ -13,6 +15,7 @@ use super::{
     idle::{self, Activity, Timeouts},
     limits::{ClientSettings, Permit},
     park::{self, Wake},
+    parked::Lot,
     proxy, L7Error, Shared,
 };
 use hyper::service::service_fn;
@@ -136,44 +139,67 @@ async fn accept_loop(
     }
 }
 
-async fn serve(
+/// What a client connection keeps for its whole life, across HTTP/1.1 rounds: all a parked
+/// connection holds besides its socket ([`super::parked`]). Counted open while it lives.
+pub struct Conn {
     shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
-    bound: SocketAddr,
-    permit: Permit,
-) {
-    let _open = super::stats::OpenConnection::new(&shared.tier);
-    let route = {
-        let table = shared.table.load();
-        match table.routes.get(&bound) {
-            Some(r) => r.clone(),
-            None => return, // the listener was removed by a reload
+    settings: Arc<ClientSettings>,
+    info: Arc<proxy::ConnInfo>,
+    timeouts: Timeouts,
+}
+
+impl Conn {
+    fn new(
+        shared: Arc<Shared>,
+        route: &super::table::ListenerRoute,
+        peer: SocketAddr,
+        local: SocketAddr,
+        permit: Permit,
+    ) -> Conn {
+        shared.tier.connection_opened();
+        let settings = shared.limits.load_full();
+        let timeouts = Timeouts {
+            first_request: settings.first_request_timeout,
+            header_read: settings.header_read_timeout,
+            keep_alive: settings.keep_alive(&route.proxy),
+        };
+        // The activity is shared with the connection's I/O wrapper, so the permit it holds
+        // lasts as long as the socket, also after a WebSocket upgrade hands the socket on.
+        let info = Arc::new(proxy::ConnInfo {
+            client: peer,
+            local,
+            xff_pair: super::edge::forwarded_pair(peer.ip(), local.ip()),
+            scheme: if route.tls.is_some() { "https" } else { "http" },
+            proxy: route.proxy.clone(),
+            verdicts: Arc::new(Verdicts::default()),
+            activity: Arc::new(Activity::holding(Some(permit))),
+        });
+        Conn {
+            shared,
+            settings,
+            info,
+            timeouts,
         }
-    };
-    let settings = shared.limits.load_full();
-    let timeouts = Timeouts {
-        first_request: settings.first_request_timeout,
-        header_read: settings.header_read_timeout,
-        keep_alive: settings.keep_alive(&route.proxy),
-    };
-    // The activity is shared with the connection's I/O wrapper, so the permit it holds
-    // lasts as long as the socket, also after a WebSocket upgrade hands the socket on.
-    let activity = Arc::new(Activity::holding(Some(permit)));
-    let verdicts = Arc::new(Verdicts::default());
-    let limit = shared.opts.max_header_bytes + 1024;
-    let conn = Arc::new(proxy::ConnInfo {
-        client: peer,
-        local,
-        xff_pair: super::edge::forwarded_pair(peer.ip(), local.ip()),
-        scheme: if route.tls.is_some() { "https" } else { "http" },
-        proxy: route.proxy,
-        verdicts: verdicts.clone(),
-        activity: activity.clone(),
-    });
-    let svc = {
-        let shared = shared.clone();
+    }
+
+    fn activity(&self) -> &Arc<Activity> {
+        &self.info.activity
+    }
+
+    /// The I/O wrapper that observes the client's bytes ([`Observed`]).
+    fn observe<T>(&self, io: T) -> Observed<T> {
+        let limit = self.shared.opts.max_header_bytes + 1024;
+        Observed::new(
+            io,
+            limit,
+            self.info.verdicts.clone(),
+            self.info.activity.clone(),
+        )
+    }
+
+    /// The proxy's request service for this connection.
+    fn service(&self) -> impl Serve {
+        let (shared, conn) = (self.shared.clone(), self.info.clone());
         service_fn(move |req| {
             let conn = conn.clone();
             let handled = proxy::handle(shared.clone(), conn.clone(), req);
@@ -184,47 +210,65 @@ async fn serve(
                 )
             }
         })
-    };
-    // The task's future stays small: the TLS path (handshake and all) is boxed, so a
-    // plain-text connection's task holds only what its current state needs (a parked
-    // HTTP/1.1 connection no hyper state at all, see `park`).
-    let result = match route.tls {
-        Some(cfg) => {
-            let tls = Box::pin(serve_tls(
-                settings.clone(),
-                cfg,
-                stream,
-                Observing {
-                    limit,
-                    verdicts,
-                    activity: activity.clone(),
-                },
-                svc,
-                timeouts,
-            ));
-            match tls.await {
-                Some(r) => r,
-                None => return,
+    }
+
+    /// Notes how the connection's serving ended.
+    fn ended(&self, result: Served) {
+        let peer = self.info.client;
+        match result {
+            Ok(Err(e)) => {
+                // hyper answers unparseable or oversized heads itself; count them as
+                // refusals.
+                if let Some(r) = super::stats::Refused::of_connection_error(&*e) {
+                    self.shared.tier.refused(r);
+                }
+                tracing::debug!(%peer, error = %e, "connection ended with an error")
             }
+            Err(why) => tracing::debug!(%peer, ?why, "connection closed by its timer"),
+            Ok(Ok(())) => {}
         }
-        None => {
-            let io = Observed::new(stream, limit, verdicts, activity.clone());
-            serve_plain(&settings, io, svc, &activity, timeouts).await
-        }
-    };
-    match result {
-        Ok(Err(e)) => {
-            // hyper answers unparseable or oversized heads itself; count them as refusals.
-            if let Some(r) = super::stats::Refused::of_connection_error(&*e) {
-                shared.tier.refused(r);
-            }
-            tracing::debug!(%peer, error = %e, "connection ended with an error")
-        }
-        Err(why) => tracing::debug!(%peer, ?why, "connection closed by its timer"),
-        Ok(Ok(())) => {}
     }
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.tier.connection_closed();
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    bound: SocketAddr,
+    permit: Permit,
+) {
+    let route = {
+        let table = shared.table.load();
+        match table.routes.get(&bound) {
+            Some(r) => r.clone(),
+            None => return, // the listener was removed by a reload
+        }
+    };
+    let conn = Conn::new(shared, &route, peer, local, permit);
+    // The task's future stays small: the TLS path (handshake and all) and HTTP/2 are boxed;
+    // an idle HTTP/1.1 connection leaves its task altogether (see `parked`).
+    let result = match route.tls {
+        Some(cfg) => match Box::pin(serve_tls(&conn, cfg, stream)).await {
+            Some(r) => r,
+            None => return,
+        },
+        None => {
+            let io = conn.observe(stream);
+            match serve_plain(&conn, io).await {
+                Plain::Ended(r) => r,
+                Plain::Http1(io) => return serve_h1(conn, io).await,
+            }
+        }
+    };
+    conn.ended(result);
+}
 /// What a connection's serving ended with: hyper's result, or the watchdog's reason.
 type Served = Result<Result<(), Box<dyn std::error::Error + Send + Sync>>, idle::Expired>;
 
@@ -260,58 +304,76 @@ impl<S> Serve for S where
 {
 }
 
-/// A plain-text connection: HTTP/2 (prior knowledge, or bytes that may still become its
-/// preface) goes to hyper-util's auto builder for good; HTTP/1.1 is served in rounds,
-/// parked between requests ([`park`]).
-async fn serve_plain<S: Serve>(
-    settings: &ClientSettings,
-    mut io: Observed<tokio::net::TcpStream>,
-    svc: S,
-    activity: &Arc<Activity>,
-    timeouts: Timeouts,
-) -> Served {
+/// How the start of a plain-text connection went.
+enum Plain {
+    /// It ended (closed before a request, or HTTP/2 served to its end).
+    Ended(Served),
+    /// It speaks HTTP/1.1: to be served in rounds ([`serve_h1`]).
+    Http1(Observed<tokio::net::TcpStream>),
+}
+
+/// A plain-text connection's first bytes: HTTP/2 (prior knowledge, or bytes that may still
+/// become its preface) goes to hyper-util's auto builder for good; HTTP/1.1 is handed back.
+async fn serve_plain(conn: &Conn, io: Observed<tokio::net::TcpStream>) -> Plain {
+    let (activity, timeouts) = (conn.activity(), conn.timeouts);
     let first = idle::drive(
         park::FirstBytes::new(io.get_ref()),
         activity,
         timeouts,
         |p| p.close(),
     )
-    .await?;
-    let Some(first) = first.filter(|b| !b.is_empty()) else {
-        return Ok(Ok(())); // closed by the client or the watchdog
+    .await;
+    let first = match first {
+        Ok(first) => first,
+        Err(why) => return Plain::Ended(Err(why)),
     };
-    if H2_PREFACE.starts_with(&first) {
-        let conn = settings
-            .server
-            .serve_connection_with_upgrades(TokioIo::new(io), svc);
-        return Box::pin(idle::drive(conn, activity, timeouts, |c| {
+    let Some(first) = first.filter(|b| !b.is_empty()) else {
+        return Plain::Ended(Ok(Ok(()))); // closed by the client or the watchdog
+    };
+    if !H2_PREFACE.starts_with(&first) {
+        return Plain::Http1(io);
+    }
+    let h2 = conn
+        .settings
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(io), conn.service());
+    Plain::Ended(
+        Box::pin(idle::drive(h2, activity, timeouts, |c| {
             c.graceful_shutdown()
         }))
-        .await;
-    }
+        .await,
+    )
+}
+
+/// Serves an HTTP/1.1 connection in rounds until it ends, or parks it when it is idle
+/// between requests ([`park`]): its task ends and the worker's lot holds it
+/// ([`Lots::park`]) until bytes arrive, which start a new task here.
+async fn serve_h1(conn: Conn, mut io: Observed<tokio::net::TcpStream>) {
     loop {
-        let conn = settings
+        let hyper_conn = conn
+            .settings
             .http1
-            .serve_connection(TokioIo::new(io), svc.clone())
+            .serve_connection(TokioIo::new(io), conn.service())
             .with_upgrades();
-        let round = park::UntilIdle::new(conn, activity.clone());
-        let round = Box::pin(idle::drive(round, activity, timeouts, |r| {
+        let round = park::UntilIdle::new(hyper_conn, conn.activity().clone());
+        let round = Box::pin(idle::drive(round, conn.activity(), conn.timeouts, |r| {
             if let Some(c) = r.conn() {
                 c.graceful_shutdown()
             }
         }))
-        .await?;
-        let conn = match round {
-            park::Round::Done(r) => return Ok(r.map_err(Into::into)),
-            park::Round::Idle(conn) => conn,
+        .await;
+        let hyper_conn = match round {
+            Err(why) => return conn.ended(Err(why)),
+            Ok(park::Round::Done(r)) => return conn.ended(Ok(r.map_err(Into::into))),
+            Ok(park::Round::Idle(c)) => c,
         };
         let Some(hyper::server::conn::http1::Parts {
             io: parts,
             read_buf,
             ..
-        }) = conn.into_parts()
+        }) = hyper_conn.into_parts()
         else {
-            return Ok(Ok(())); // upgraded: the upgrade owns the socket now
+            return; // upgraded: the upgrade owns the socket now
         };
         io = parts.into_inner();
         if !read_buf.is_empty() {
@@ -320,61 +382,147 @@ async fn serve_plain<S: Serve>(
         }
         // Even empty, the buffer still owns hyper's 8 KiB allocation: not kept while parked.
         drop(read_buf);
-        io.shed_idle_buffers();
-        if wait_readable(&io, activity, timeouts).await? == Wake::Close {
-            return Ok(Ok(()));
-        }
+        return park_h1(conn, io.into_inner());
     }
 }
 
-/// What the I/O wrapper of a connection needs ([`Observed::new`]).
-struct Observing {
-    limit: usize,
-    verdicts: Arc<Verdicts>,
-    activity: Arc<Activity>,
+/// Parks an idle HTTP/1.1 connection in its worker's lot, until bytes arrive or its
+/// deadline (keep-alive, or first request) passes.
+fn park_h1(conn: Conn, stream: tokio::net::TcpStream) {
+    conn.info.verdicts.shed();
+    let deadline = conn.activity().parked_deadline(&conn.timeouts);
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(peer = %conn.info.client, error = %e, "cannot park a connection");
+            return;
+        }
+    };
+    let shared = conn.shared.clone();
+    if let Err((stream, conn)) = shared.parked.park(stream, deadline, conn) {
+        // No lot (no descriptor for its epoll set): wait in a task of its own.
+        tokio::spawn(serve_when_readable(conn, stream));
+    }
+}
+
+/// Serves a parked connection again once its socket is readable: the lot saw it readable
+/// (or, without a lot, this task waits for it). Registered anew with tokio's I/O driver,
+/// the socket is not known readable until the driver's next turn says so, and hyper would
+/// find nothing to read before then and the round could park again at once: so the round
+/// starts once tokio sees the socket readable too, under the watchdog (its deadlines hold
+/// here as well).
+async fn serve_when_readable(conn: Conn, stream: std::net::TcpStream) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(peer = %conn.info.client, error = %e, "cannot serve a parked connection");
+            return;
+        }
+    };
+    let io = conn.observe(stream);
+    match wait_readable(io.get_ref(), conn.activity(), conn.timeouts).await {
+        Ok(Wake::Readable) => serve_h1(conn, io).await,
+        Ok(Wake::Close) => {}
+        Err(why) => conn.ended(Err(why)),
+    }
+}
+
+/// Every L7 worker's lot of parked HTTP/1.1 connections (one more for connections served
+/// outside workers), each made on first use on its worker's runtime.
+#[derive(Default)]
+pub struct Lots(std::sync::Mutex<Vec<Option<Arc<Lot<Conn>>>>>);
+
+impl Lots {
+    /// Parks `stream` in the lot of the worker running this; gives it back when no lot can
+    /// be had.
+    fn park(
+        &self,
+        stream: std::net::TcpStream,
+        deadline: tokio::time::Instant,
+        conn: Conn,
+    ) -> Result<(), (std::net::TcpStream, Conn)> {
+        let lot = {
+            let mut lots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let i = super::workers::id();
+            if lots.len() <= i {
+                lots.resize(i + 1, None);
+            }
+            match &lots[i] {
+                Some(lot) if lot.alive() => lot.clone(),
+                _ => {
+                    let ready: super::parked::Ready<Conn> = Box::new(|stream, conn| {
+                        tokio::spawn(serve_when_readable(conn, stream));
+                    });
+                    match Lot::start(ready) {
+                        Ok(lot) => {
+                            lots[i] = Some(lot.clone());
+                            lot
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot hold parked connections");
+                            return Err((stream, conn));
+                        }
+                    }
+                }
+            }
+        };
+        lot.park(stream, deadline, conn)
+    }
 }
 
 /// A TLS connection: the handshake under the first-request deadline, then hyper-util's
 /// auto builder for the connection's whole life (rustls' state cannot be taken apart and
 /// rebuilt, so TLS connections are not parked). `None` when the handshake failed or timed
 /// out.
-async fn serve_tls<S: Serve>(
-    settings: Arc<ClientSettings>,
+async fn serve_tls(
+    conn: &Conn,
     cfg: Arc<rustls::ServerConfig>,
     stream: tokio::net::TcpStream,
-    observing: Observing,
-    svc: S,
-    timeouts: Timeouts,
 ) -> Option<Served> {
-    let peer = stream.peer_addr().ok();
+    let peer = conn.info.client;
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    let tls = match tokio::time::timeout(timeouts.first_request, acceptor.accept(stream)).await {
+    let first = conn.timeouts.first_request;
+    let tls = match tokio::time::timeout(first, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return None;
         }
         Err(_) => return None,
     };
-    let Observing {
-        limit,
-        verdicts,
-        activity,
-    } = observing;
-    let io = TokioIo::new(Observed::new(tls, limit, verdicts, activity.clone()));
-    let conn = settings.server.serve_connection_with_upgrades(io, svc);
-    Some(idle::drive(conn, &activity, timeouts, |c| c.graceful_shutdown()).await)
+    let io = TokioIo::new(conn.observe(tls));
+    let h = conn
+        .settings
+        .server
+        .serve_connection_with_upgrades(io, conn.service());
+    Some(idle::drive(h, conn.activity(), conn.timeouts, |c| c.graceful_shutdown()).await)
 }
 
 /// Waits, holding only the socket, until bytes arrive or the watchdog closes the
 /// connection.
 async fn wait_readable(
-    io: &Observed<tokio::net::TcpStream>,
+    stream: &tokio::net::TcpStream,
     activity: &Activity,
     timeouts: Timeouts,
 ) -> Result<Wake, idle::Expired> {
-    idle::drive(park::Parked::new(io.get_ref()), activity, timeouts, |p| {
-        p.close()
-    })
-    .await
+    idle::drive(park::Parked::new(stream), activity, timeouts, |p| p.close()).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// What a parked connection holds, by type (see README, "Resident memory per idle
+    /// connection"): printed with `--nocapture`, bounded so growth is noticed.
+    #[test]
+    fn a_parked_connection_stays_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Conn", size_of::<super::Conn>()),
+            ("ConnInfo", size_of::<super::proxy::ConnInfo>()),
+            ("Activity", size_of::<super::Activity>()),
+            ("Verdicts", size_of::<super::Verdicts>()),
+        ];
+        eprintln!("{sizes:?}");
+        let total: usize = sizes.iter().map(|(_, n)| n).sum();
+        assert!(total < 512, "{sizes:?}");
+    }
 }

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod outlier;
 pub mod park;
+pub mod parked;
 pub mod proxy;
 // The URL-map modules live in `routing`; these names keep `l7::router` and friends
 // readable where the proxy uses them.
@@ -107,6 +108,9 @@ pub struct Shared {
     pub tier: stats::TierCounters,
     /// The request log, when `logging.access_log` is not "off".
     pub access_log: arc_swap::ArcSwapOption<access_log::AccessLog>,
+    /// Idle HTTP/1.1 connections held without a task, one lot per L7 worker
+    /// ([`parked`], [`listener::Lots`]).
+    pub parked: listener::Lots,
 }
 
 impl std::fmt::Debug for Shared {
@@ -226,6 +230,7 @@ impl L7 {
             admission: Mutex::new(Arc::new(L7Admission::new())),
             tier,
             access_log: arc_swap::ArcSwapOption::from(log.map(Arc::new)),
+            parked: listener::Lots::default(),
         });
         let handle = L7Handle {
             shared,

@@ -6,9 +6,12 @@
 //! quiet for [`PARK_AFTER`] (so a busy keep-alive connection is not rebuilt for every
 //! request, which cost 1–2 µs of CPU per request in the profile), then its state
 //! is taken apart (`into_parts`: the socket and any bytes hyper read ahead, which are given
-//! back to the next round) and the connection waits for readability with nothing else
-//! held ([`Parked`]); the next bytes start a new round. The watchdog's deadlines hold in
-//! both states (the activity outlives the rounds).
+//! back to the next round) and the connection leaves its task: its worker's lot holds the
+//! socket and the connection's bookkeeping until bytes arrive or its deadline passes
+//! ([`super::parked`]); the next bytes start a new round in a new task, which first waits
+//! ([`Parked`]) until tokio's I/O driver, with which the socket is registered anew, sees it
+//! readable. The watchdog's deadlines hold in both states (the activity outlives the
+//! rounds; the lot keeps the deadline of a parked connection).
 //!
 //! TLS and HTTP/2 connections are served as one round (their protocol state cannot be
 //! rebuilt), see `listener.rs`.
@@ -73,18 +76,22 @@ impl<C: Future + Unpin> Future for UntilIdle<C> {
         if !this.activity.idle_between_requests() {
             return Poll::Pending; // a timer still armed finds the connection busy, below
         }
-        let due = this.activity.quiet_since() + PARK_AFTER;
-        let now = tokio::time::Instant::now();
-        if due > now {
-            let quiet = this
-                .quiet
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if quiet.deadline() != due {
-                quiet.as_mut().reset(due);
-            }
+        // The quiet timer is re-armed only when it fires before the quiet period is over,
+        // not each time the connection goes idle (which is once per request on a busy one).
+        let quiet = this.quiet.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(
+                this.activity.quiet_since() + PARK_AFTER,
+            ))
+        });
+        loop {
             if quiet.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            let due = this.activity.quiet_since() + PARK_AFTER;
+            if due <= tokio::time::Instant::now() {
+                break;
+            }
+            quiet.as_mut().reset(due);
         }
         match this.conn.take() {
             Some(c) => Poll::Ready(Round::Idle(c)),

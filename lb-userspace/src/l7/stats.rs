@@ -182,29 +182,21 @@ impl TierCounters {
     }
 
     /// Refused requests by reason label.
+    /// A client connection was accepted (counted open until [`Self::connection_closed`]).
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub fn refused_snapshot(&self) -> Vec<(&'static str, u64)> {
         Refused::ALL
             .iter()
             .map(|r| (r.label(), self.refused[*r as usize].load(Ordering::Relaxed)))
             .collect()
-    }
-}
-
-/// A client connection counted open while this lives.
-#[derive(Debug)]
-pub struct OpenConnection<'a>(&'a TierCounters);
-
-impl<'a> OpenConnection<'a> {
-    pub fn new(c: &'a TierCounters) -> Self {
-        c.connections.fetch_add(1, Ordering::Relaxed);
-        c.connections_total.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(c)
-    }
-}
-
-impl Drop for OpenConnection<'_> {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# CPU time per request of `lb run`'s L7 proxy, for comparing builds on a loaded machine:
+# whole-run requests/s move with whatever else runs, the proxy's own CPU per request much
+# less. lb runs alone on CPU 0, wrk (one thread) and an nginx backend on CPU 1; for each
+# round and each binary in turn: 1 s of warm-up, then lb's utime+stime (/proc/PID/stat)
+# around DURATION seconds of wrk. Root (lb run is the root agent).
+#
+#   scripts/l7-cpu-per-request.sh CONNECTIONS ROUNDS LB_BINARY...
+#   e.g. scripts/l7-cpu-per-request.sh 1000 5 /tmp/lb-main target/release/lb
+set -euo pipefail
+conns=$1 rounds=$2
+shift 2
+duration=${DURATION:-5}
+dir=$(mktemp -d /tmp/lb-cpu-per-request.XXXXXX)
+backend=28080 listen=28081
+cat >"$dir/backend.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $dir/backend.pid;
+error_log $dir/backend.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/cb; proxy_temp_path $dir/pt; fastcgi_temp_path $dir/ft;
+  uwsgi_temp_path $dir/ut; scgi_temp_path $dir/st;
+  server {
+    listen 127.0.0.1:$backend;
+    keepalive_requests 1000000;
+    location / { return 200 "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"; }
+  }
+}
+EOF
+cat >"$dir/lb.toml" <<EOF
+[admin]
+socket = "$dir/admin.sock"
+
+[l7]
+max_connections_per_listener = 100000
+
+[forwarding_rules.bench]
+ip_address = "127.0.0.1"
+ports = [$listen]
+target = "bench"
+
+[target_http_proxies.bench]
+url_map = "bench"
+
+[url_maps.bench]
+default_service = "be"
+
+[backend_services.be]
+protocol = "HTTP"
+
+[[backend_services.be.backends]]
+address = "127.0.0.1"
+port = $backend
+EOF
+taskset -c 1 nginx -c "$dir/backend.conf" &
+nginx_pid=$!
+lb_pid=
+cleanup() {
+  [ -n "$lb_pid" ] && kill "$lb_pid" 2>/dev/null || true
+  kill "$nginx_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+for r in $(seq 1 "$rounds"); do
+  for bin in "$@"; do
+    taskset -c 0 "$bin" run --config "$dir/lb.toml" >"$dir/lb.log" 2>&1 &
+    lb_pid=$!
+    for _ in $(seq 1 100); do
+      curl -s -o /dev/null "http://127.0.0.1:$listen/" && break
+      sleep 0.1
+    done
+    taskset -c 1 wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$listen/" >/dev/null 2>&1
+    t0=$(cpu_ticks "$lb_pid")
+    out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" "http://127.0.0.1:$listen/" 2>&1)
+    t1=$(cpu_ticks "$lb_pid")
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    us=$(echo "scale=2; ($t1 - $t0) * 1000000 / $hz / $n" | bc)
+    echo "round $r $bin: -c$conns $rps req/s, lb $us µs of CPU per request"
+    kill "$lb_pid"
+    wait "$lb_pid" 2>/dev/null || true
+    lb_pid=
+  done
+done
