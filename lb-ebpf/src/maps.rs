@@ -76,6 +76,11 @@ pub static PROMOTION_WINDOW: PerCpuArray<PromotionWindow> = PerCpuArray::with_ma
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
 
+/// Per CPU: the last coarse clock reading and the `jiffies` it was taken at (`now_ns`). Not
+/// pinned: a cache.
+#[map]
+pub static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// `SETTINGS[0]`: ring size and service count.
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
