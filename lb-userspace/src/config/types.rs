@@ -136,7 +136,8 @@ pub struct Dataplane {
     pub ring_size: u32,
     /// Backend services the Maglev map has room for.
     pub max_services: u32,
-    /// Connection-table capacity (LRU); the young-flow table has as many entries.
+    /// Entries of each connection table (LRU): established and young, for IPv4 flows and for
+    /// IPv6 flows and sessions.
     pub conn_table_size: u32,
     /// Young flows promoted into the connection table per second per CPU, at most; above
     /// it (a flood of flows that live past a second) promotion is skipped and counted.
