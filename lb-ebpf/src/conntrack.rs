@@ -1,8 +1,9 @@
-//! The two connection tables. Every new flow's entry goes into `YOUNG_CONNS` (per-CPU LRU
-//! lists, cheap inserts, churned by floods); a flow is copied into `CONNS` (where established
-//! flows live) by its first packet at least `PROMOTE_AFTER_NS` after its entry was made,
-//! and at most `conn_promotions_per_sec` times per second per CPU. A spoofed source, which
-//! sends its packets back to back, never lives long enough to displace an established flow.
+//! The connection tables, young and established. Every new flow's entry goes into
+//! `YOUNG_CONNS` (per-CPU LRU lists, cheap inserts, churned by floods); a flow is copied into
+//! `CONNS` (where established flows live) by its first packet at least `PROMOTE_AFTER_NS`
+//! after its entry was made, and at most `conn_promotions_per_sec` times per second per CPU.
+//! A spoofed source, which sends its packets back to back, never lives long enough to
+//! displace an established flow.
 //! README: "Connection table under a flood". IPv4 PER_CONNECTION flows have their own pair
 //! of tables under the 16-byte `FlowKeyV4` ([`ConnKey`]); IPv6 flows and PER_SESSION keys of
 //! both families use `FlowKey`.
@@ -15,7 +16,7 @@ use crate::{
     maps::{CONNS, CONNS_V4, PROMOTION_WINDOW, SETTINGS, YOUNG_CONNS, YOUNG_CONNS_V4},
 };
 
-/// A connection-table key: which tables hold it, and the [`FlowKey`] it stands for.
+/// A connection-table key: which pair of tables holds it, and the [`FlowKey`] it stands for.
 pub trait ConnKey: Sized + 'static {
     /// The connection table and the young table of this key's family.
     fn tables() -> (

@@ -51,7 +51,7 @@ pub fn send(
     be: &Backend,
     id: u32,
     svc: &ServiceMeta,
-    flow_hash: u32,
+    hash: u32,
     now: u64,
 ) -> (u32, Reason) {
     let v6 = be.family == FAMILY_V6;
@@ -70,10 +70,9 @@ pub fn send(
     } else {
         encap::PROTO_IPIP
     };
-    // The flow hash (`hashed`, computed by the caller only where it is used: GUE or an IPv6
+    // The flow hash (`hash`, computed by the caller only where it is used: GUE or an IPv6
     // outer header) spreads flows over the backend's receive queues (GUE source port) and
     // over equal-cost paths (IPv6 flow label, and the ports the FIB hashes on).
-    let hash = flow_hash;
     let sport_be = encap::gue_source_port(hash).to_be();
 
     let ingress = ctx.ingress_ifindex() as u32;

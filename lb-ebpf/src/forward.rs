@@ -401,71 +401,69 @@ fn balance<K: ConnKey>(
         hashed.vip_id = meta.vip_id;
     }
     let hashed = &*hashed;
-    {
-        if per_session {
-            let found = conntrack::find(hashed, |e| {
-                if e.vip_id != meta.vip_id || e.vip_generation != meta.generation {
-                    return None;
-                }
-                usable_entry(e, svc, proto, now)
-            });
-            if let Some(found) = found {
-                vstats.conn_hits += 1;
-                counters::backend(found.entry.backend, len, false);
-                let (be, id) = (found.backend, found.entry.backend);
-                if create != Create::No {
-                    conntrack::touch(hashed, found, now);
-                }
-                return out.transmit(be, id, svc);
+    if per_session {
+        let found = conntrack::find(hashed, |e| {
+            if e.vip_id != meta.vip_id || e.vip_generation != meta.generation {
+                return None;
             }
-        }
-        vstats.conn_misses += 1;
-        if create == (Create::Yes { mid_flow: true }) {
-            counters::reason(Reason::CONN_MISS_MID_FLOW);
-        }
-
-        let Some(settings) = SETTINGS.get(0) else {
-            return (ABORT, Reason::ABORT_INTERNAL);
-        };
-        let ring = settings.ring_size;
-        if ring == 0 {
-            return (ABORT, Reason::ABORT_INTERNAL);
-        }
-        let slot = (meta.service * 2 + (svc.active & 1)) * ring + flow_hash(hashed) % ring;
-        let id = match MAGLEV.get(slot) {
-            Some(id) => *id,
-            None => return (ABORT, Reason::ABORT_INTERNAL),
-        };
-        let be = if id == NO_BACKEND {
-            None
-        } else {
-            BACKENDS.get(id)
-        };
-        let Some(be) = be.filter(|b| b.flags & backend_flags::IN_USE != 0) else {
-            vstats.no_backend += 1;
-            return (DROP, Reason::DROP_NO_BACKEND);
-        };
-        let entry = ConnEntry {
-            backend: id,
-            generation: be.generation,
-            vip_id: meta.vip_id,
-            vip_generation: meta.generation,
-            last_seen_ns: now,
-        };
-        let created = create != Create::No;
-        if created {
-            // A session's entry is keyed by its affinity fields (`FlowKey` tables, either
-            // family); a flow's by its own key.
-            if per_session {
-                conntrack::insert_young(hashed, &entry);
-            } else {
-                conntrack::insert_young(out.key, &entry);
+            usable_entry(e, svc, proto, now)
+        });
+        if let Some(found) = found {
+            vstats.conn_hits += 1;
+            counters::backend(found.entry.backend, len, false);
+            let (be, id) = (found.backend, found.entry.backend);
+            if create != Create::No {
+                conntrack::touch(hashed, found, now);
             }
-            vstats.new_flows += 1;
+            return out.transmit(be, id, svc);
         }
-        counters::backend(id, len, created);
-        out.transmit(be, id, svc)
     }
+    vstats.conn_misses += 1;
+    if create == (Create::Yes { mid_flow: true }) {
+        counters::reason(Reason::CONN_MISS_MID_FLOW);
+    }
+
+    let Some(settings) = SETTINGS.get(0) else {
+        return (ABORT, Reason::ABORT_INTERNAL);
+    };
+    let ring = settings.ring_size;
+    if ring == 0 {
+        return (ABORT, Reason::ABORT_INTERNAL);
+    }
+    let slot = (meta.service * 2 + (svc.active & 1)) * ring + flow_hash(hashed) % ring;
+    let id = match MAGLEV.get(slot) {
+        Some(id) => *id,
+        None => return (ABORT, Reason::ABORT_INTERNAL),
+    };
+    let be = if id == NO_BACKEND {
+        None
+    } else {
+        BACKENDS.get(id)
+    };
+    let Some(be) = be.filter(|b| b.flags & backend_flags::IN_USE != 0) else {
+        vstats.no_backend += 1;
+        return (DROP, Reason::DROP_NO_BACKEND);
+    };
+    let entry = ConnEntry {
+        backend: id,
+        generation: be.generation,
+        vip_id: meta.vip_id,
+        vip_generation: meta.generation,
+        last_seen_ns: now,
+    };
+    let created = create != Create::No;
+    if created {
+        // A session's entry is keyed by its affinity fields (`FlowKey` tables, either
+        // family); a flow's by its own key.
+        if per_session {
+            conntrack::insert_young(hashed, &entry);
+        } else {
+            conntrack::insert_young(out.key, &entry);
+        }
+        vstats.new_flows += 1;
+    }
+    counters::backend(id, len, created);
+    out.transmit(be, id, svc)
 }
 
 /// Whether a flow pinned to `be` stays there (SEMANTICS: connection persistence).
