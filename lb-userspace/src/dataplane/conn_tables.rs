@@ -5,7 +5,7 @@
 //! `FlowKey`s per kind (established, young) whatever the family.
 
 use aya::maps::{HashMap, MapData};
-use lb_common::{names, ConnEntry, FlowKey, FlowKeyV4, FAMILY_V4};
+use lb_common::{names, ConnEntry, FlowKey, FlowKeyV4};
 use std::path::Path;
 
 use super::loader::{open_pinned, LoadError};
@@ -89,8 +89,10 @@ impl ConnTables {
 }
 
 /// An upgrade from a build that kept IPv4 flows in `CONNS`/`YOUNG_CONNS`: moves those
-/// entries into the IPv4 tables, so the flows keep their backends across the upgrade.
-/// Returns how many moved (0 on every later start).
+/// entries into the IPv4 tables, so the flows keep their backends across the upgrade. IPv4
+/// PER_SESSION entries stay where they are (sessions of both families use `FlowKey`).
+/// Returns how many moved (0 on every later start). The loader calls it only when the pins
+/// predate the IPv4 tables.
 pub fn move_ipv4_entries(pin_dir: &Path) -> Result<usize, LoadError> {
     let mut t = ConnTables::open(pin_dir)?;
     let mut moved = 0;
@@ -100,16 +102,14 @@ pub fn move_ipv4_entries(pin_dir: &Path) -> Result<usize, LoadError> {
             .0
             .iter()
             .filter_map(Result::ok)
-            .filter(|(k, _)| k.family == FAMILY_V4)
+            .filter(|(k, _)| FlowKeyV4::narrow(k).is_some())
             .collect();
-        let (wide, v4) = match table {
-            Table::Established => (&mut t.conns, &mut t.conns_v4),
-            Table::Young => (&mut t.young, &mut t.young_v4),
-        };
         for (k, e) in old {
-            if let Some(k4) = FlowKeyV4::narrow(&k) {
-                v4.insert(k4, e, 0)?;
-            }
+            t.insert(table, &k, e)?;
+            let wide = match table {
+                Table::Established => &mut t.conns,
+                Table::Young => &mut t.young,
+            };
             // Gone already (evicted) is fine.
             let _ = wide.remove(&k);
             moved += 1;

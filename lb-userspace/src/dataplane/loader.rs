@@ -181,6 +181,10 @@ fn load_with(
     std::fs::create_dir_all(pin_dir)
         .map_err(|e| LoadError::Io(format!("creating {}: {e}", pin_dir.display())))?;
     drop_mismatched_pins(pin_dir, &sizes);
+    // Pins of a build before the IPv4 connection tables: their IPv4 flows are moved across
+    // once the new tables exist (`conn_tables::move_ipv4_entries`); no scan on other starts.
+    let before_ipv4_tables =
+        pin_dir.join(names::MAP_CONNS).exists() && !pin_dir.join(names::MAP_CONNS_V4).exists();
     for name in RETIRED_PINS {
         // An older build's map the program no longer has: nothing reads it.
         let _ignored = std::fs::remove_file(pin_dir.join(name));
@@ -219,7 +223,11 @@ fn load_with(
         },
         0,
     )?;
-    let moved = super::conn_tables::move_ipv4_entries(pin_dir)?;
+    let moved = if before_ipv4_tables {
+        super::conn_tables::move_ipv4_entries(pin_dir)?
+    } else {
+        0
+    };
     if moved > 0 {
         info!(
             entries = moved,
