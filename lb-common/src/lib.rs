@@ -17,6 +17,7 @@ pub mod decap;
 pub mod encap;
 pub mod flow_hash;
 pub mod reason;
+pub mod young;
 
 pub use reason::Reason;
 
@@ -31,9 +32,9 @@ pub mod names {
     pub const MAP_BACKENDS: &str = "BACKENDS";
     pub const MAP_MAGLEV: &str = "MAGLEV";
     pub const MAP_CONNS: &str = "CONNS";
-    pub const MAP_YOUNG_CONNS: &str = "YOUNG_CONNS";
+    pub const MAP_YOUNG_FLOWS: &str = "YOUNG_FLOWS";
     pub const MAP_CONNS_V4: &str = "CONNS_V4";
-    pub const MAP_YOUNG_CONNS_V4: &str = "YOUNG_CONNS_V4";
+    pub const MAP_YOUNG_FLOWS_V4: &str = "YOUNG_FLOWS_V4";
     pub const MAP_PROMOTION_WINDOW: &str = "PROMOTION_WINDOW";
     pub const MAP_SETTINGS: &str = "SETTINGS";
     pub const MAP_VIP_STATS: &str = "VIP_STATS";
@@ -72,10 +73,6 @@ pub mod limits {
     /// FIB again: a neighbour's new MAC or a route change is followed within this time.
     pub const NEXT_HOP_TTL_NS: u64 = 100_000_000;
 }
-
-/// `BPF_F_NO_COMMON_LRU` (include/uapi/linux/bpf.h): one LRU list per CPU instead of one
-/// shared list, so inserts and evictions take no lock shared between CPUs.
-pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Maglev slot value meaning "no backend": the service has none usable, drop.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -280,12 +277,13 @@ pub struct FlowKey {
     pub vip_id: u32,
 }
 
-/// Key of the IPv4 connection tables (`CONNS_V4`, `YOUNG_CONNS_V4`): the raw 5-tuple of an
+/// Key of the IPv4 connection tables (`CONNS_V4`, `YOUNG_FLOWS_V4`): the raw 5-tuple of an
 /// IPv4 PER_CONNECTION flow in 16 bytes instead of [`FlowKey`]'s 44. The kernel hashes and
 /// compares the whole key on every lookup; the short key made an established IPv4 packet
 /// about 8 ns cheaper (README: Performance). IPv6 flows and PER_SESSION keys of both
-/// families stay in `CONNS` and `YOUNG_CONNS` under [`FlowKey`].
-#[repr(C)]
+/// families stay in `CONNS` and `YOUNG_FLOWS` under [`FlowKey`]. 4-aligned so the young
+/// table reads it as words (`young::KeyWords`).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct FlowKeyV4 {
     pub src: [u8; 4],
@@ -363,6 +361,9 @@ pub struct Settings {
     /// Most young flows promoted into `CONNS` per second on one CPU; above it, promotion is
     /// skipped (counted) and the flow stays young. 0 is never written (validation).
     pub conn_promotions_per_sec: u32,
+    /// Slots of each young-flow table minus one (a power of two minus one: the slot index
+    /// is `young_hash & young_mask`).
+    pub young_mask: u32,
 }
 
 /// Value of `NEXT_HOPS` (per CPU, indexed by backend id): the FIB's answer toward a routed
@@ -448,6 +449,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowKeyV4 {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for young::YoungSlot<FlowKeyV4> {}
+    unsafe impl aya::Pod for young::YoungSlot<FlowKey> {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for PromotionWindow {}
     unsafe impl aya::Pod for VipStats {}
@@ -487,7 +490,12 @@ mod layout {
         assert_eq!(offset_of!(ConnEntry, last_seen_ns), 16);
         assert_eq!(size_of::<VipState>(), 8);
         assert_eq!(offset_of!(FlowKey, kind), 38);
-        assert_eq!(size_of::<Settings>(), 12);
+        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<young::YoungSlot<FlowKeyV4>>(), 48);
+        assert_eq!(offset_of!(young::YoungSlot<FlowKeyV4>, check), 40);
+        assert_eq!(size_of::<young::YoungSlot<FlowKey>>(), 72);
+        assert_eq!(offset_of!(young::YoungSlot<FlowKey>, check), 68);
+        assert_eq!(core::mem::align_of::<FlowKeyV4>(), 4);
         assert_eq!(offset_of!(Settings, conn_promotions_per_sec), 8);
         assert_eq!(size_of::<PromotionWindow>(), 16);
         assert_eq!(size_of::<VipStats>(), 48);

@@ -87,7 +87,12 @@ impl Reason {
     /// answered with "fragmentation needed") or with IP options.
     pub const DROP_TOO_BIG: Reason = Reason(26);
 
-    pub const COUNT: u32 = 27;
+    /// A new flow's young entry written over another flow's (the slot's previous key
+    /// differed: young tables are direct-mapped, `lb_common::young`). The flow that lost
+    /// its slot is hashed again by its next packet.
+    pub const CONN_YOUNG_REPLACED: Reason = Reason(27);
+
+    pub const COUNT: u32 = 28;
 
     /// Stable names, used by `lb stats`, the admin socket and metrics.
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
@@ -118,6 +123,7 @@ impl Reason {
         "drop_fib_no_route",
         "tx_icmp_too_big",
         "drop_too_big",
+        "conn_young_replaced",
     ];
 
     pub fn name(self) -> &'static str {

@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    limits, vip_addr_set, Backend, BackendStats, ConnEntry, FlowKey, FlowKeyV4, NextHop,
-    PromotionWindow, Reason, ServiceMeta, Settings, VipAddrSlot, VipKey, VipMeta, VipState,
-    VipStats, BPF_F_NO_COMMON_LRU,
+    limits, vip_addr_set, young::YoungSlot, Backend, BackendStats, ConnEntry, FlowKey, FlowKeyV4,
+    NextHop, PromotionWindow, Reason, ServiceMeta, Settings, VipAddrSlot, VipKey, VipMeta,
+    VipState, VipStats,
 };
 
 /// Forwarding rules: (address, port or 0, protocol) → service and VIP id.
@@ -39,7 +39,7 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(limits::MAX_BACKEN
 pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Connection table: flow → backend, for flows that lived past `PROMOTE_AFTER_NS` (promoted
-/// from `YOUNG_CONNS`, at most `conn_promotions_per_sec` per CPU per second). LRU so a full
+/// from `YOUNG_FLOWS`, at most `conn_promotions_per_sec` per CPU per second). LRU so a full
 /// table evicts the coldest flow rather than refusing new ones; a flood of short-lived
 /// (spoofed) flows never reaches it. One LRU list shared by all CPUs: an established flow
 /// ages against every CPU's promotions, not against one CPU's share of the table.
@@ -48,23 +48,23 @@ pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, 0);
 
 /// Young-flow table: every new flow's entry starts here, so packets of a flow younger than a
-/// second stay on their backend. A flood churns only this table. Per-CPU LRU lists
-/// (`BPF_F_NO_COMMON_LRU`): inserts take no cross-CPU lock (README: insert cost figures).
-/// Sized like `CONNS` by the loader.
+/// second stay on their backend. A flood churns only this table. An array of slots
+/// direct-mapped by a cheap hash of the key (`lb_common::young`: no insert cost beyond a
+/// write, no lock; a colliding flow takes the slot over). Sized by the loader
+/// (`young::slots_for(conn_table_size)`).
 #[map]
-pub static YOUNG_CONNS: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+pub static YOUNG_FLOWS: Array<YoungSlot<FlowKey>> = Array::with_max_entries(1, 0);
 
-/// The IPv4 twins of `CONNS` and `YOUNG_CONNS`, keyed by the 20-byte `FlowKeyV4` (the kernel
-/// hashes and compares the whole key on every lookup; one table pair per address family, as
-/// Cilium keeps `ct4` and `ct6`). Sized like them by the loader.
+/// The IPv4 twin of `CONNS`, keyed by the 16-byte `FlowKeyV4` (the kernel hashes and
+/// compares the whole key on every lookup; one table pair per address family, as Cilium
+/// keeps `ct4` and `ct6`). Sized like it by the loader.
 #[map]
 pub static CONNS_V4: LruHashMap<FlowKeyV4, ConnEntry> =
     LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, 0);
 
+/// The IPv4 twin of `YOUNG_FLOWS`.
 #[map]
-pub static YOUNG_CONNS_V4: LruHashMap<FlowKeyV4, ConnEntry> =
-    LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+pub static YOUNG_FLOWS_V4: Array<YoungSlot<FlowKeyV4>> = Array::with_max_entries(1, 0);
 
 /// Per CPU: the promotion rate window (`Settings::conn_promotions_per_sec`). Not pinned: a
 /// new program starting with an empty window only allows one window's worth early.

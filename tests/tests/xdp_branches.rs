@@ -1,6 +1,6 @@
 //! Fixtures for the verdict branches the first fixtures left out (IPv4): truncated UDP, bad
-//! inner headers of ICMP errors, idle expiry, the EVICT flag, slot generation reuse, LRU
-//! exhaustion, the VIP check before any table access, and the abort paths. Each case is an
+//! inner headers of ICMP errors, idle expiry, the EVICT flag, slot generation reuse, a young
+//! slot taken over, the VIP check before any table access, and the abort paths. Each case is an
 //! input frame, the expected verdict and the exact expected output frame.
 //!
 //! Some branches depend on time or on map states no packet can produce (an entry idle for
@@ -338,32 +338,44 @@ fn a_reused_slot_does_not_inherit_the_flows_of_its_previous_backend() {
 }
 
 #[test]
-fn an_evicted_young_entry_is_counted_and_hashed_again() {
-    // LRU exhaustion: the young table (1024 entries over the CPUs' LRU lists) overflows;
-    // the first flow's entry is evicted, its next packet is counted as a mid-flow miss and
-    // hashed again (same backend while the Maglev table is unchanged).
+fn a_young_entry_whose_slot_is_taken_is_counted_and_hashed_again() {
+    // Young tables are direct-mapped: a new flow whose key hashes to the slot of a young
+    // flow takes the slot over (`conn_young_replaced`); the first flow's next packet finds
+    // no entry, is counted as a mid-flow miss and hashed again (same backend while the
+    // Maglev table is unchanged).
     let Some((h, plan)) = harness_with(1024) else {
         return;
     };
     let first = Frame::tcp(CLIENT, 57000, VIP, 80);
     assert_eq!(h.run(&first.bytes()).unwrap().verdict, TX);
-    for i in 0..3000u32 {
-        let f = Frame::tcp([10, 7, (i >> 8) as u8, i as u8], 1000, VIP, 80);
-        assert_eq!(h.run(&f.bytes()).unwrap().verdict, TX);
-    }
+    let taker = (0..1_000_000u32)
+        .map(|i| {
+            Frame::tcp(
+                [10, 7, (i >> 8) as u8, i as u8],
+                1000 + (i >> 16) as u16,
+                VIP,
+                80,
+            )
+        })
+        .find(|f| young_slot(f, 1024) == young_slot(&first, 1024))
+        .expect("a flow with the first flow's slot");
+    assert_eq!(h.run(&taker.bytes()).unwrap().verdict, TX);
     assert!(h.conn_get(true, &key(&first)).is_none());
-    assert!(h.conn_entries(true).unwrap() <= 1024);
+    assert!(h.conn_get(true, &key(&taker)).is_some());
+    assert_eq!(h.reason("conn_young_replaced").unwrap(), 1);
     let next = ack(first);
     check(
         &h,
         &[Case {
-            what: "packet of an evicted young flow",
+            what: "packet of a flow whose young slot was taken",
             output: forwarded(&next.bytes(), predict(&plan, "five", &next)),
             input: next.bytes(),
             verdict: TX,
         }],
     );
     assert_eq!(h.reason("conn_miss_mid_flow").unwrap(), 1);
+    // It took its slot back (the taker's next packet is the one hashed again now).
+    assert_eq!(h.reason("conn_young_replaced").unwrap(), 2);
     assert_eq!(h.reason("conn_insert_failed").unwrap(), 0);
 }
 
@@ -446,9 +458,9 @@ fn inconsistent_maps_abort_and_count() {
 
 #[test]
 fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
-    // LRU exhaustion of CONNS itself: more flows promoted than it holds. Batches fit one
-    // CPU's share of the young table (this thread stays on CPU 0), each promoted a second
-    // after its SYNs.
+    // LRU exhaustion of CONNS itself: more flows promoted than it holds. Batches of flows
+    // with distinct young slots (so none takes another's), each promoted a second after
+    // its SYNs.
     if !root_or_skip("xdp fixtures") {
         return;
     }
@@ -457,9 +469,17 @@ fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
     let plan = base_plan();
     h.apply(&plan).unwrap();
     let flow = |i: u32| ack(Frame::tcp([10, 8, (i >> 8) as u8, i as u8], 2000, VIP, 80));
-    const BATCH: u32 = 450;
-    for b in 0..3 {
-        for i in b * BATCH..(b + 1) * BATCH {
+    const BATCH: usize = 450;
+    let mut next = 0u32;
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        let mut used = std::collections::HashSet::new();
+        let batch: Vec<u32> = (next..)
+            .filter(|&i| used.insert(young_slot(&flow(i), 1024)))
+            .take(BATCH)
+            .collect();
+        next = batch[BATCH - 1] + 1;
+        for &i in &batch {
             let mut syn = flow(i);
             syn.tcp_flags = 0x02;
             assert_eq!(h.run(&syn.bytes()).unwrap().verdict, TX);
@@ -467,13 +487,15 @@ fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
         // Young entries must be a second old on the kernel's clock (time passing, not a
         // wait for another thread).
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        for i in b * BATCH..(b + 1) * BATCH {
+        for &i in &batch {
             assert_eq!(h.run(&flow(i).bytes()).unwrap().verdict, TX);
         }
+        all.extend(batch);
     }
     assert_eq!(h.reason("conn_promoted").unwrap(), 3 * BATCH as u64);
     assert!(h.conn_entries(false).unwrap() <= 1024);
-    let gone = (0..3 * BATCH)
+    let gone = all
+        .into_iter()
         .find(|i| h.conn_get(false, &key(&flow(*i))).is_none())
         .expect("a 1024-entry table kept 1350 flows");
     let f = flow(gone);
@@ -491,7 +513,7 @@ fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
     assert!(h.conn_get(true, &key(&f)).is_some());
 }
 
-/// Runs this test thread on CPU 0 only (one per-CPU LRU list takes its inserts).
+/// Runs this test thread on CPU 0 only (one per-CPU promotion window counts its promotions).
 fn pin_to_cpu0() {
     // SAFETY: a zeroed cpu_set_t is an empty set; the call affects this thread only.
     unsafe {

@@ -11,10 +11,14 @@ const ACK: u8 = 0x10;
 const SYN: u8 = 0x02;
 
 fn spoofed(i: u32, flags: u8) -> Vec<u8> {
+    spoofed_frame(i, flags).bytes()
+}
+
+fn spoofed_frame(i: u32, flags: u8) -> Frame {
     let src = [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
     let mut f = Frame::tcp(src, 1024 + (i % 60000) as u16, VIP, 80);
     f.tcp_flags = flags;
-    f.bytes()
+    f
 }
 
 /// Loads the program with a 1024-entry table, makes one flow established (promoted into
@@ -123,16 +127,21 @@ fn flows_that_wait_to_be_promoted_are_held_to_the_promotion_rate() {
     }
     pin_to_cpu0();
     let (h, plan, flow, owner) = established_on_draining_backend(200);
-    // Fewer sources than one CPU's share of the young table (1024 over 2 CPUs' LRU lists),
-    // so every ACK finds its young entry.
-    const N: u32 = 400;
-    for i in 0..N {
+    // Sources with distinct young slots (the table is direct-mapped: a source whose slot a
+    // later one took would be hashed again, not promoted), so every ACK finds its entry.
+    const N: usize = 400;
+    let mut used = std::collections::HashSet::new();
+    let sources: Vec<u32> = (0..)
+        .filter(|&i| used.insert(young_slot(&spoofed_frame(i, SYN), TABLE)))
+        .take(N)
+        .collect();
+    for &i in &sources {
         assert_eq!(h.run(&spoofed(i, SYN)).unwrap().verdict, TX);
     }
     // The young entries must be a second old on the kernel's clock: this waits for time to
     // pass, not for another thread.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    for i in 0..N {
+    for &i in &sources {
         assert_eq!(h.run(&spoofed(i, ACK)).unwrap().verdict, TX);
     }
     assert_new_flow_forwarded(&h, &plan, 0, owner);

@@ -1,11 +1,17 @@
 //! The connection tables of both address families, read from userspace by [`FlowKey`]:
-//! `CONNS`/`YOUNG_CONNS` hold IPv6 flows, `CONNS_V4`/`YOUNG_CONNS_V4` IPv4 flows under the
-//! 20-byte [`FlowKeyV4`] (the program's per-packet lookup hashes the whole key; see
-//! `lb-ebpf/src/conntrack.rs`). `lb flows`, `lb explain` and the tests see one table of
+//! `CONNS`/`YOUNG_FLOWS` hold IPv6 flows and PER_SESSION keys, `CONNS_V4`/`YOUNG_FLOWS_V4`
+//! IPv4 flows under the 16-byte [`FlowKeyV4`] (see `lb-ebpf/src/conntrack.rs`). The
+//! established tables are LRU hash maps; the young tables are arrays of slots
+//! direct-mapped by the key's young hash (`lb_common::young`), read and written here the
+//! way the program does. `lb flows`, `lb explain` and the tests see one table of
 //! `FlowKey`s per kind (established, young) whatever the family.
 
-use aya::maps::{HashMap, MapData};
-use lb_common::{names, ConnEntry, FlowKey, FlowKeyV4};
+use aya::maps::{Array, HashMap, MapData};
+use lb_common::{
+    names,
+    young::{self, KeyWords, YoungSlot},
+    ConnEntry, FlowKey, FlowKeyV4,
+};
 use std::path::Path;
 
 use super::loader::{open_pinned, LoadError};
@@ -13,12 +19,12 @@ use super::loader::{open_pinned, LoadError};
 /// The four pinned tables.
 pub struct ConnTables {
     conns: HashMap<MapData, FlowKey, ConnEntry>,
-    young: HashMap<MapData, FlowKey, ConnEntry>,
+    young: Array<MapData, YoungSlot<FlowKey>>,
     conns_v4: HashMap<MapData, FlowKeyV4, ConnEntry>,
-    young_v4: HashMap<MapData, FlowKeyV4, ConnEntry>,
+    young_v4: Array<MapData, YoungSlot<FlowKeyV4>>,
 }
 
-/// Established flows (`CONNS*`) or flows in their first second (`YOUNG_CONNS*`).
+/// Established flows (`CONNS*`) or flows in their first second (`YOUNG_FLOWS*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     Established,
@@ -29,18 +35,19 @@ impl ConnTables {
     pub fn open(pin_dir: &Path) -> Result<ConnTables, LoadError> {
         Ok(ConnTables {
             conns: open_pinned(pin_dir, names::MAP_CONNS)?,
-            young: open_pinned(pin_dir, names::MAP_YOUNG_CONNS)?,
+            young: open_pinned(pin_dir, names::MAP_YOUNG_FLOWS)?,
             conns_v4: open_pinned(pin_dir, names::MAP_CONNS_V4)?,
-            young_v4: open_pinned(pin_dir, names::MAP_YOUNG_CONNS_V4)?,
+            young_v4: open_pinned(pin_dir, names::MAP_YOUNG_FLOWS_V4)?,
         })
     }
 
     /// The entry of `key` in `table` (the family's map), if any.
     pub fn get(&self, table: Table, key: &FlowKey) -> Option<ConnEntry> {
-        let (wide, v4) = self.pair(table);
-        match FlowKeyV4::narrow(key) {
-            Some(k) => v4.get(&k, 0).ok(),
-            None => wide.get(key, 0).ok(),
+        match (table, FlowKeyV4::narrow(key)) {
+            (Table::Established, Some(k)) => self.conns_v4.get(&k, 0).ok(),
+            (Table::Established, None) => self.conns.get(key, 0).ok(),
+            (Table::Young, Some(k)) => young_get(&self.young_v4, &k),
+            (Table::Young, None) => young_get(&self.young, key),
         }
     }
 
@@ -51,13 +58,11 @@ impl ConnTables {
         key: &FlowKey,
         entry: ConnEntry,
     ) -> Result<(), LoadError> {
-        let (wide, v4) = match table {
-            Table::Established => (&mut self.conns, &mut self.conns_v4),
-            Table::Young => (&mut self.young, &mut self.young_v4),
-        };
-        match FlowKeyV4::narrow(key) {
-            Some(k) => v4.insert(k, entry, 0)?,
-            None => wide.insert(key, entry, 0)?,
+        match (table, FlowKeyV4::narrow(key)) {
+            (Table::Established, Some(k)) => self.conns_v4.insert(k, entry, 0)?,
+            (Table::Established, None) => self.conns.insert(key, entry, 0)?,
+            (Table::Young, Some(k)) => young_insert(&mut self.young_v4, &k, entry)?,
+            (Table::Young, None) => young_insert(&mut self.young, key, entry)?,
         }
         Ok(())
     }
@@ -65,55 +70,93 @@ impl ConnTables {
     /// Every entry of `table`, both families. An entry evicted between the key walk and its
     /// lookup is simply gone.
     pub fn entries(&self, table: Table) -> Vec<(FlowKey, ConnEntry)> {
-        let (wide, v4) = self.pair(table);
-        let v6 = wide.iter().filter_map(Result::ok);
-        let v4 = v4
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, e)| (k.widen(), e));
-        v4.chain(v6).collect()
-    }
-
-    fn pair(
-        &self,
-        table: Table,
-    ) -> (
-        &HashMap<MapData, FlowKey, ConnEntry>,
-        &HashMap<MapData, FlowKeyV4, ConnEntry>,
-    ) {
         match table {
-            Table::Established => (&self.conns, &self.conns_v4),
-            Table::Young => (&self.young, &self.young_v4),
+            Table::Established => {
+                let v6 = self.conns.iter().filter_map(Result::ok);
+                let v4 = self
+                    .conns_v4
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(k, e)| (k.widen(), e));
+                v4.chain(v6).collect()
+            }
+            Table::Young => {
+                let v4 = young_entries(&self.young_v4).map(|(k, e)| (k.widen(), e));
+                v4.chain(young_entries(&self.young)).collect()
+            }
         }
     }
 }
 
-/// An upgrade from a build that kept IPv4 flows in `CONNS`/`YOUNG_CONNS`: moves those
-/// entries into the IPv4 tables, so the flows keep their backends across the upgrade. IPv4
-/// PER_SESSION entries stay where they are (sessions of both families use `FlowKey`).
+/// The slot index of `key` in `table` (its length is a power of two: `young::slots_for`).
+fn young_index<K: KeyWords>(table: &Array<MapData, YoungSlot<K>>, key: &K) -> u32
+where
+    YoungSlot<K>: aya::Pod,
+{
+    young::index(key.young_hash(), table.len() - 1)
+}
+
+fn young_get<K: KeyWords + aya::Pod>(
+    table: &Array<MapData, YoungSlot<K>>,
+    key: &K,
+) -> Option<ConnEntry>
+where
+    YoungSlot<K>: aya::Pod,
+{
+    let slot = table.get(&young_index(table, key), 0).ok()?;
+    young::holds(&slot, key, key.young_hash()).then_some(slot.entry)
+}
+
+fn young_insert<K: KeyWords + aya::Pod>(
+    table: &mut Array<MapData, YoungSlot<K>>,
+    key: &K,
+    entry: ConnEntry,
+) -> Result<(), aya::maps::MapError>
+where
+    YoungSlot<K>: aya::Pod,
+{
+    let slot = YoungSlot {
+        entry,
+        key: *key,
+        check: young::check(key.young_hash(), &entry),
+        _pad: Default::default(),
+    };
+    let index = young_index(table, key);
+    table.set(index, slot, 0)
+}
+
+/// The slots of `table` that hold an entry (a valid check for their key).
+fn young_entries<K: KeyWords + aya::Pod>(
+    table: &Array<MapData, YoungSlot<K>>,
+) -> impl Iterator<Item = (K, ConnEntry)> + '_
+where
+    YoungSlot<K>: aya::Pod,
+{
+    table
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|s| young::holds(s, &s.key, s.key.young_hash()))
+        .map(|s| (s.key, s.entry))
+}
+
+/// An upgrade from a build that kept IPv4 flows in `CONNS`: moves those entries into
+/// `CONNS_V4`, so established flows keep their backends across the upgrade. IPv4
+/// PER_SESSION entries stay where they are (sessions of both families use `FlowKey`). Young
+/// flows are not moved: that build's young tables were LRU maps, retired at load.
 /// Returns how many moved (0 on every later start). The loader calls it only when the pins
 /// predate the IPv4 tables.
 pub fn move_ipv4_entries(pin_dir: &Path) -> Result<usize, LoadError> {
     let mut t = ConnTables::open(pin_dir)?;
-    let mut moved = 0;
-    for table in [Table::Established, Table::Young] {
-        let old: Vec<(FlowKey, ConnEntry)> = t
-            .pair(table)
-            .0
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| FlowKeyV4::narrow(k).is_some())
-            .collect();
-        for (k, e) in old {
-            t.insert(table, &k, e)?;
-            let wide = match table {
-                Table::Established => &mut t.conns,
-                Table::Young => &mut t.young,
-            };
-            // Gone already (evicted) is fine.
-            let _ = wide.remove(&k);
-            moved += 1;
-        }
+    let old: Vec<(FlowKey, ConnEntry)> = t
+        .conns
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| FlowKeyV4::narrow(k).is_some())
+        .collect();
+    for (k, e) in &old {
+        t.insert(Table::Established, k, *e)?;
+        // Gone already (evicted) is fine.
+        let _ = t.conns.remove(k);
     }
-    Ok(moved)
+    Ok(old.len())
 }

@@ -1,5 +1,5 @@
 //! `lb flows`: the connection-table entries, read from the pinned `CONNS*` (established
-//! flows) and `YOUNG_CONNS*` (flows in their first second, see `lb-ebpf/src/conntrack.rs`)
+//! flows) and `YOUNG_FLOWS*` (flows in their first second, see `lb-ebpf/src/conntrack.rs`)
 //! of both families (`conn_tables`),
 //! like `conntrack -L` or `ipvsadm -Lc`. Backend slots are named by the pinned `BACKENDS`
 //! map, so it works with or without a running agent.

@@ -29,18 +29,20 @@ pub const PINNED_MAPS: &[&str] = &[
     names::MAP_BACKENDS,
     names::MAP_MAGLEV,
     names::MAP_CONNS,
-    names::MAP_YOUNG_CONNS,
+    names::MAP_YOUNG_FLOWS,
     names::MAP_CONNS_V4,
-    names::MAP_YOUNG_CONNS_V4,
+    names::MAP_YOUNG_FLOWS_V4,
     names::MAP_SETTINGS,
     names::MAP_VIP_STATS,
     names::MAP_BACKEND_STATS,
     names::MAP_REASONS,
 ];
 
-/// Maps older builds pinned and this one no longer has (`VIP_ADDRS`: the VIP addresses as
-/// a hash map, replaced by `VIP_ADDR_SET`); removed at load.
-const RETIRED_PINS: &[&str] = &["VIP_ADDRS"];
+/// Maps older builds pinned and this one no longer has, removed at load: `VIP_ADDRS` (the
+/// VIP addresses as a hash map, replaced by `VIP_ADDR_SET`) and the young tables as LRU
+/// hash maps (`YOUNG_CONNS*`, replaced by the `YOUNG_FLOWS*` arrays: flows younger than a
+/// second at the upgrade are hashed again, to the same backend unless Maglev changed).
+const RETIRED_PINS: &[&str] = &["VIP_ADDRS", "YOUNG_CONNS", "YOUNG_CONNS_V4"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -66,7 +68,7 @@ pub enum LoadError {
 pub struct Sizes {
     pub ring_size: u32,
     pub max_services: u32,
-    /// Entries of `CONNS`, and of `YOUNG_CONNS` (same size).
+    /// Entries of each `CONNS*`; each `YOUNG_FLOWS*` has the next power of two of slots.
     pub conn_table_size: u32,
     /// `Settings::conn_promotions_per_sec` (written into `SETTINGS` at load).
     pub conn_promotions_per_sec: u32,
@@ -75,6 +77,10 @@ pub struct Sizes {
 impl Sizes {
     fn maglev_entries(&self) -> u32 {
         self.max_services * 2 * self.ring_size
+    }
+
+    fn young_slots(&self) -> u32 {
+        lb_common::young::slots_for(self.conn_table_size)
     }
 }
 
@@ -127,9 +133,9 @@ fn drop_mismatched_pins(dir: &Path, sizes: &Sizes) -> Vec<&'static str> {
         (names::MAP_MAGLEV, sizes.maglev_entries(), None),
         (names::MAP_SERVICES, sizes.max_services, None),
         (names::MAP_CONNS, sizes.conn_table_size, None),
-        (names::MAP_YOUNG_CONNS, sizes.conn_table_size, None),
+        (names::MAP_YOUNG_FLOWS, sizes.young_slots(), None),
         (names::MAP_CONNS_V4, sizes.conn_table_size, None),
-        (names::MAP_YOUNG_CONNS_V4, sizes.conn_table_size, None),
+        (names::MAP_YOUNG_FLOWS_V4, sizes.young_slots(), None),
         (names::MAP_REASONS, lb_common::Reason::COUNT, None),
         (names::MAP_SETTINGS, 1, Some(settings_size)),
     ];
@@ -203,9 +209,9 @@ fn load_with(
         .map_max_entries(names::MAP_MAGLEV, sizes.maglev_entries())
         .map_max_entries(names::MAP_SERVICES, sizes.max_services)
         .map_max_entries(names::MAP_CONNS, sizes.conn_table_size)
-        .map_max_entries(names::MAP_YOUNG_CONNS, sizes.conn_table_size)
+        .map_max_entries(names::MAP_YOUNG_FLOWS, sizes.young_slots())
         .map_max_entries(names::MAP_CONNS_V4, sizes.conn_table_size)
-        .map_max_entries(names::MAP_YOUNG_CONNS_V4, sizes.conn_table_size);
+        .map_max_entries(names::MAP_YOUNG_FLOWS_V4, sizes.young_slots());
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -220,6 +226,7 @@ fn load_with(
             ring_size: sizes.ring_size,
             max_services: sizes.max_services,
             conn_promotions_per_sec: sizes.conn_promotions_per_sec,
+            young_mask: sizes.young_slots() - 1,
         },
         0,
     )?;

@@ -1,0 +1,219 @@
+//! The young-flow tables (`YOUNG_FLOWS_V4` for IPv4 PER_CONNECTION flows, `YOUNG_FLOWS` for
+//! IPv6 flows and PER_SESSION keys): arrays of [`YoungSlot`]s, direct-mapped by a cheap hash
+//! of the key. Every new flow writes its slot; a flow that lives a second is promoted into
+//! the connection table (an LRU hash map).
+//!
+//! Why not an LRU like the connection table: a new flow's LRU insert (the kernel's free-list
+//! pop, evicting from a full table under a flood, and the bucket walks) was measured at about
+//! 190 ns of a new flow's ~420 ns over the floor; an array slot is one inlined lookup and a
+//! 48- or 72-byte write, with no lock. The price: two young flows whose keys hash to one slot
+//! share it and the later one wins; the earlier flow's next packet is hashed again (to the
+//! same backend unless the Maglev table changed within its first second) and counted
+//! (`conn_miss_mid_flow`, `conn_young_replaced`).
+//!
+//! Two CPUs may write one slot at once (colliding flows) while a third reads it, so a slot
+//! may be read with its words from different writes. [`check`] ties a slot's key to its
+//! entry: a slot whose check does not match what was read is treated as empty, so a torn
+//! read costs a miss, never a packet sent to another flow's backend.
+
+use crate::{ConnEntry, FlowKey, FlowKeyV4};
+
+/// A young-table slot. The `key` is compared in full on every read; `check` is
+/// [`check`] of the key's [`KeyWords::young_hash`] and the entry, or 0 in an empty or
+/// promoted slot (never a valid check: [`check`] sets the lowest bit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct YoungSlot<K: KeyWords> {
+    pub entry: ConnEntry,
+    pub key: K,
+    pub check: u32,
+    /// Explicit padding to the slot's 8-byte alignment (none after the 44-byte key).
+    pub _pad: K::Pad,
+}
+
+/// The slot index of a key's hash in a table of `mask + 1` slots (a power of two).
+#[inline(always)]
+pub fn index(hash: u32, mask: u32) -> u32 {
+    hash & mask
+}
+
+/// Slots in a young table for `conn_table_size`: the next power of two, so a slot index is
+/// a mask.
+pub fn slots_for(conn_table_size: u32) -> u32 {
+    conn_table_size.next_power_of_two()
+}
+
+/// A key read as 32-bit words (the keys are 4-aligned, with explicit zeroed padding).
+pub trait KeyWords {
+    const WORDS: usize;
+    /// [`YoungSlot::_pad`]: what the slot needs after `check` to end 8-aligned.
+    type Pad: Copy + Default + core::fmt::Debug + PartialEq + Eq;
+    fn word(&self, i: usize) -> u32;
+    fn set_word(&mut self, i: usize, w: u32);
+
+    /// `*self = *from`, word by word (a struct copy may compile to a byte-loop `memcpy`
+    /// call in BPF).
+    #[inline(always)]
+    fn copy_from(&mut self, from: &Self) {
+        let mut i = 0;
+        while i < Self::WORDS {
+            self.set_word(i, from.word(i));
+            i += 1;
+        }
+    }
+
+    /// Multiply-xorshift over the key's words: a few cycles per word (the Maglev hash,
+    /// `flow_hash`, is a stronger and slower murmur; slot placement needs spread only).
+    #[inline(always)]
+    fn young_hash(&self) -> u32 {
+        let mut h: u32 = 0x2545_f491;
+        let mut i = 0;
+        while i < Self::WORDS {
+            h = (h ^ self.word(i)).wrapping_mul(0x9e37_79b1);
+            h ^= h >> 15;
+            i += 1;
+        }
+        h
+    }
+
+    /// Whether two keys are equal, word by word (a derived `==` over byte arrays compiles
+    /// to a `memcmp` call in BPF).
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        let mut diff = 0;
+        let mut i = 0;
+        while i < Self::WORDS {
+            diff |= self.word(i) ^ other.word(i);
+            i += 1;
+        }
+        diff == 0
+    }
+}
+
+impl KeyWords for FlowKeyV4 {
+    const WORDS: usize = 4;
+    type Pad = u32;
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
+        // SAFETY: `FlowKeyV4` is 16 bytes, 4-aligned (`repr(C, align(4))`), every byte
+        // initialized (explicit padding); `i < 4` at every call site.
+        unsafe { (self as *const Self as *const u32).add(i).read() }
+    }
+    #[inline(always)]
+    fn set_word(&mut self, i: usize, w: u32) {
+        // SAFETY: as in `word`.
+        unsafe { (self as *mut Self as *mut u32).add(i).write(w) }
+    }
+}
+
+impl KeyWords for FlowKey {
+    const WORDS: usize = 11;
+    type Pad = [u32; 0];
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
+        // SAFETY: `FlowKey` is 44 bytes, 4-aligned, every byte initialized (explicit
+        // padding); `i < 11` at every call site.
+        unsafe { (self as *const Self as *const u32).add(i).read() }
+    }
+    #[inline(always)]
+    fn set_word(&mut self, i: usize, w: u32) {
+        // SAFETY: as in `word`.
+        unsafe { (self as *mut Self as *mut u32).add(i).write(w) }
+    }
+}
+
+/// The check word of a slot holding `entry` for a key whose young hash is `hash`: every
+/// field a forwarding decision reads, mixed; never 0.
+#[inline(always)]
+pub fn check(hash: u32, entry: &ConnEntry) -> u32 {
+    let mut h = hash;
+    for w in [
+        entry.backend,
+        entry.generation,
+        entry.vip_id,
+        entry.vip_generation,
+    ] {
+        h = (h ^ w).wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+    }
+    h | 1
+}
+
+/// Whether `slot` holds a valid entry for `key` (`hash` its young hash).
+#[inline(always)]
+pub fn holds<K: KeyWords>(slot: &YoungSlot<K>, key: &K, hash: u32) -> bool {
+    key.same(&slot.key) && slot.check == check(hash, &slot.entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> FlowKeyV4 {
+        FlowKeyV4 {
+            src: (0x0a00_0000 | i).to_be_bytes(),
+            dst: [10, 0, 0, 100],
+            sport_be: (1024 + (i % 60000) as u16).to_be(),
+            dport_be: 80u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_the_slots() {
+        // 4096 flows of one client subnet into 4096 slots: a uniform hash leaves about
+        // 1/e of the slots empty; a poor one piles flows up.
+        let mut used = [false; 4096];
+        for i in 0..4096 {
+            used[index(key(i).young_hash(), 4095) as usize] = true;
+        }
+        let empty = used.iter().filter(|u| !**u).count();
+        assert!((1300..1700).contains(&empty), "{empty} empty slots");
+    }
+
+    #[test]
+    fn a_slot_holds_only_its_own_key_with_its_own_entry() {
+        let e = ConnEntry {
+            backend: 3,
+            generation: 1,
+            vip_id: 2,
+            vip_generation: 1,
+            last_seen_ns: 5,
+        };
+        let k = key(7);
+        let h = k.young_hash();
+        let slot = YoungSlot {
+            entry: e,
+            key: k,
+            check: check(h, &e),
+            _pad: 0,
+        };
+        assert!(holds(&slot, &k, h));
+        assert!(!holds(&slot, &key(8), key(8).young_hash()));
+        // A torn slot: the key of one write, the backend of another.
+        let torn = YoungSlot {
+            entry: ConnEntry { backend: 4, ..e },
+            ..slot
+        };
+        assert!(!holds(&torn, &k, h));
+        // Empty and promoted slots hold nothing.
+        assert!(!holds(&YoungSlot::default(), &FlowKeyV4::default(), 0));
+        assert!(!holds(&YoungSlot { check: 0, ..slot }, &k, h));
+        // The last-seen time is refreshed in place and is not part of the check.
+        let e2 = ConnEntry {
+            last_seen_ns: 99,
+            ..e
+        };
+        assert!(holds(&YoungSlot { entry: e2, ..slot }, &k, h));
+    }
+
+    #[test]
+    fn wide_keys_compare_every_word() {
+        let a = key(1).widen();
+        let mut b = a;
+        b.vip_id = 9;
+        assert!(a.same(&a) && !a.same(&b));
+        assert_ne!(a.young_hash(), b.young_hash());
+    }
+}
