@@ -43,6 +43,9 @@ pub mod names {
     pub const MAP_PASS_COUNT: &str = "PASS_COUNT";
     pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
     pub const MAP_VIP_ADDR_SET: &str = "VIP_ADDR_SET";
+    /// Global of the program (set by the loader, read-only once loaded): the slots of each
+    /// young-flow table minus one (`young::set`).
+    pub const GLOBAL_YOUNG_MASK: &str = "YOUNG_MASK";
 }
 
 /// Limits compiled into the program. Map sizes that depend on the configuration
@@ -361,9 +364,6 @@ pub struct Settings {
     /// Most young flows promoted into `CONNS` per second on one CPU; above it, promotion is
     /// skipped (counted) and the flow stays young. 0 is never written (validation).
     pub conn_promotions_per_sec: u32,
-    /// Slots of each young-flow table minus one (a power of two minus one: the slot index
-    /// is `young_hash & young_mask`).
-    pub young_mask: u32,
 }
 
 /// Value of `NEXT_HOPS` (per CPU, indexed by backend id): the FIB's answer toward a routed
@@ -449,8 +449,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowKeyV4 {}
     unsafe impl aya::Pod for ConnEntry {}
-    unsafe impl aya::Pod for young::YoungSlot<FlowKeyV4> {}
-    unsafe impl aya::Pod for young::YoungSlot<FlowKey> {}
+    unsafe impl aya::Pod for young::YoungSet<FlowKeyV4> {}
+    unsafe impl aya::Pod for young::YoungSet<FlowKey> {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for PromotionWindow {}
     unsafe impl aya::Pod for VipStats {}
@@ -490,11 +490,13 @@ mod layout {
         assert_eq!(offset_of!(ConnEntry, last_seen_ns), 16);
         assert_eq!(size_of::<VipState>(), 8);
         assert_eq!(offset_of!(FlowKey, kind), 38);
-        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<Settings>(), 12);
         assert_eq!(size_of::<young::YoungSlot<FlowKeyV4>>(), 48);
         assert_eq!(offset_of!(young::YoungSlot<FlowKeyV4>, check), 40);
         assert_eq!(size_of::<young::YoungSlot<FlowKey>>(), 72);
         assert_eq!(offset_of!(young::YoungSlot<FlowKey>, check), 68);
+        assert_eq!(size_of::<young::YoungSet<FlowKeyV4>>(), 96);
+        assert_eq!(size_of::<young::YoungSet<FlowKey>>(), 144);
         assert_eq!(core::mem::align_of::<FlowKeyV4>(), 4);
         assert_eq!(offset_of!(Settings, conn_promotions_per_sec), 8);
         assert_eq!(size_of::<PromotionWindow>(), 16);

@@ -1,15 +1,14 @@
 //! The young-flow tables (`YOUNG_FLOWS_V4` for IPv4 PER_CONNECTION flows, `YOUNG_FLOWS` for
-//! IPv6 flows and PER_SESSION keys): arrays of [`YoungSlot`]s, direct-mapped by a cheap hash
-//! of the key. Every new flow writes its slot; a flow that lives a second is promoted into
-//! the connection table (an LRU hash map).
+//! IPv6 flows and PER_SESSION keys): arrays of [`YoungSet`]s of [`WAYS`] slots, the set
+//! chosen by a cheap hash of the key. Every new flow writes a slot of its set; a flow that
+//! lives a second is promoted into the connection table (an LRU hash map).
 //!
 //! Why not an LRU like the connection table: a new flow's LRU insert (the kernel's free-list
 //! pop, evicting from a full table under a flood, and the bucket walks) was measured at about
-//! 190 ns of a new flow's ~420 ns over the floor; an array slot is one inlined lookup and a
-//! 48- or 72-byte write, with no lock. The price: two young flows whose keys hash to one slot
-//! share it and the later one wins; the earlier flow's next packet is hashed again (to the
-//! same backend unless the Maglev table changed within its first second) and counted
-//! (`conn_miss_mid_flow`, `conn_young_replaced`).
+//! 190 ns of a new flow's ~420 ns over the floor; a set is one inlined array lookup, and the The price: young flows whose keys hash to one set of
+//! [`WAYS`] slots share it and the least recently refreshed gives way; its next packet is
+//! hashed again (to the same backend unless the Maglev table changed within its first
+//! second) and counted (`conn_miss_mid_flow`, `conn_young_replaced`).
 //!
 //! Two CPUs may write one slot at once (colliding flows) while a third reads it, so a slot
 //! may be read with its words from different writes. [`check`] ties a slot's key to its
@@ -31,20 +30,68 @@ pub struct YoungSlot<K: KeyWords> {
     pub _pad: K::Pad,
 }
 
-/// The slot index of a key's hash in a table of `mask + 1` slots (a power of two).
+/// Slots per set: a key may live in either slot of its set (two-way set-associative, the
+/// newer entry in way 0), so a young flow loses its entry only when two newer flows of its
+/// set arrive within its first second, not one (with R new flows a second over S slots, a direct-mapped table loses
+/// about R/S of its young flows, a two-way one about (R/S)²/2), and two long-lived flows
+/// that hash alike do not take turns evicting each other on every packet.
+pub const WAYS: usize = 2;
+
+/// A young table's element: one set, read with one map lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct YoungSet<K: KeyWords> {
+    pub ways: [YoungSlot<K>; WAYS],
+}
+
+/// The set of a key's young hash in a table of `mask + 1` sets (a power of two).
 #[inline(always)]
-pub fn index(hash: u32, mask: u32) -> u32 {
+pub fn set_index(hash: u32, mask: u32) -> u32 {
     hash & mask
 }
 
-/// Slots in a young table for `conn_table_size`: the next power of two, so a slot index is
-/// a mask.
-pub fn slots_for(conn_table_size: u32) -> u32 {
-    conn_table_size.next_power_of_two()
+impl<K: KeyWords> YoungSet<K> {
+    /// The way that holds `key` (its young hash `hash`), if one does.
+    #[inline(always)]
+    pub fn way_of(&self, key: &K, hash: u32) -> Option<usize> {
+        if holds(&self.ways[0], key, hash) {
+            Some(0)
+        } else if holds(&self.ways[1], key, hash) {
+            Some(1)
+        } else {
+            None
+        }
+    }
+
+    /// Writes a new entry for `key` into the set: way 0 takes it and what way 0 held moves
+    /// to way 1, so the set keeps its two most recently made entries and drops the older; a
+    /// refresh of the key way 0 holds only overwrites it. `check` is [`check`] of the key's
+    /// young hash and `entry`; `replaced` runs when the entry dropped was another key's
+    /// (`conn_young_replaced`). No choice among ways to branch on: the verifier walks the
+    /// rest of the program once, not once per way.
+    #[inline(always)]
+    pub fn push(&mut self, key: &K, entry: &ConnEntry, check: u32, replaced: impl FnOnce()) {
+        let [a, b] = &mut self.ways;
+        if a.check == 0 || !key.same(&a.key) {
+            if b.check != 0 && !key.same(&b.key) {
+                replaced();
+            }
+            *b = *a;
+        }
+        a.entry = *entry;
+        a.key.copy_from(key);
+        a.check = check;
+    }
+}
+
+/// Sets in a young table for `conn_table_size`: as many slots as the next power of two,
+/// so a set is found with a mask.
+pub fn sets_for(conn_table_size: u32) -> u32 {
+    (conn_table_size.next_power_of_two() / WAYS as u32).max(1)
 }
 
 /// A key read as 32-bit words (the keys are 4-aligned, with explicit zeroed padding).
-pub trait KeyWords {
+pub trait KeyWords: Copy {
     const WORDS: usize;
     /// [`YoungSlot::_pad`]: what the slot needs after `check` to end 8-aligned.
     type Pad: Copy + Default + core::fmt::Debug + PartialEq + Eq;
@@ -161,15 +208,15 @@ mod tests {
     }
 
     #[test]
-    fn keys_spread_over_the_slots() {
-        // 4096 flows of one client subnet into 4096 slots: a uniform hash leaves about
-        // 1/e of the slots empty; a poor one piles flows up.
-        let mut used = [false; 4096];
-        for i in 0..4096 {
-            used[index(key(i).young_hash(), 4095) as usize] = true;
+    fn keys_spread_over_the_sets() {
+        // 2048 flows of one client subnet into 2048 sets: a uniform hash leaves about 1/e
+        // of the sets empty; a poor one piles flows up.
+        let mut used = [false; 2048];
+        for i in 0..2048 {
+            used[set_index(key(i).young_hash(), 2047) as usize] = true;
         }
         let empty = used.iter().filter(|u| !**u).count();
-        assert!((1300..1700).contains(&empty), "{empty} empty slots");
+        assert!((650..850).contains(&empty), "{empty} empty sets");
     }
 
     #[test]
@@ -206,6 +253,50 @@ mod tests {
             ..e
         };
         assert!(holds(&YoungSlot { entry: e2, ..slot }, &k, h));
+    }
+
+    #[test]
+    fn a_set_keeps_its_two_newest_entries() {
+        let e = ConnEntry::default();
+        let push = |s: &mut YoungSet<FlowKeyV4>, k: u32| {
+            let mut replaced = false;
+            s.push(&key(k), &e, 1, || replaced = true);
+            replaced
+        };
+        let keys = |s: &YoungSet<FlowKeyV4>| (s.ways[0].key, s.ways[1].key);
+        let mut s = YoungSet::default();
+        assert!(!push(&mut s, 1));
+        assert!(!push(&mut s, 2));
+        assert_eq!(keys(&s), (key(2), key(1)));
+        // A refresh of the newest overwrites it in place.
+        assert!(!push(&mut s, 2));
+        assert_eq!(keys(&s), (key(2), key(1)));
+        // A refresh of the older makes it the newest; nothing is lost.
+        assert!(!push(&mut s, 1));
+        assert_eq!(keys(&s), (key(1), key(2)));
+        // A third key drops the oldest.
+        assert!(push(&mut s, 3));
+        assert_eq!(keys(&s), (key(3), key(1)));
+    }
+
+    #[test]
+    fn a_set_finds_its_keys_in_either_way() {
+        let e = ConnEntry {
+            backend: 1,
+            ..Default::default()
+        };
+        let full = |k: u32| YoungSlot {
+            entry: e,
+            key: key(k),
+            check: check(key(k).young_hash(), &e),
+            _pad: 0,
+        };
+        let s = YoungSet {
+            ways: [full(1), full(2)],
+        };
+        assert_eq!(s.way_of(&key(1), key(1).young_hash()), Some(0));
+        assert_eq!(s.way_of(&key(2), key(2).young_hash()), Some(1));
+        assert_eq!(s.way_of(&key(3), key(3).young_hash()), None);
     }
 
     #[test]

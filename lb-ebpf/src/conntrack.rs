@@ -9,11 +9,13 @@
 //! of tables under the 16-byte `FlowKeyV4` ([`ConnKey`]); IPv6 flows and PER_SESSION keys of
 //! both families use `FlowKey`.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::maps::{Array, LruHashMap};
 use lb_common::{
     flow_hash,
     limits::PROMOTE_AFTER_NS,
-    young::{self, KeyWords, YoungSlot},
+    young::{self, KeyWords, YoungSet},
     ConnEntry, FlowKey, FlowKeyV4, Reason,
 };
 
@@ -27,7 +29,7 @@ pub trait ConnKey: KeyWords + Sized + 'static {
     /// The connection table and the young table of this key's family.
     fn tables() -> (
         &'static LruHashMap<Self, ConnEntry>,
-        &'static Array<YoungSlot<Self>>,
+        &'static Array<YoungSet<Self>>,
     );
     fn proto(&self) -> u8;
     /// `flow_hash` of the flow (encapsulation spreads flows by it).
@@ -41,7 +43,7 @@ impl ConnKey for FlowKey {
     #[inline(always)]
     fn tables() -> (
         &'static LruHashMap<Self, ConnEntry>,
-        &'static Array<YoungSlot<Self>>,
+        &'static Array<YoungSet<Self>>,
     ) {
         (&CONNS, &YOUNG_FLOWS)
     }
@@ -63,7 +65,7 @@ impl ConnKey for FlowKeyV4 {
     #[inline(always)]
     fn tables() -> (
         &'static LruHashMap<Self, ConnEntry>,
-        &'static Array<YoungSlot<Self>>,
+        &'static Array<YoungSet<Self>>,
     ) {
         (&CONNS_V4, &YOUNG_FLOWS_V4)
     }
@@ -81,30 +83,45 @@ impl ConnKey for FlowKeyV4 {
     }
 }
 
-/// The young slot of `key` (its young hash `hash`), whoever holds it.
+/// Sets of each young table minus one (`lb_common::young::set_index`), set by the loader
+/// (`names::GLOBAL_YOUNG_MASK`). A read-only global: the verifier knows its value, and
+/// reading it costs no map lookup.
+#[unsafe(no_mangle)]
+static YOUNG_MASK: u32 = 0;
+
+/// The young set of a key whose young hash is `hash`, whoever holds its slots.
 #[inline(always)]
-fn young_slot<K: ConnKey>(hash: u32) -> Option<&'static mut YoungSlot<K>> {
-    let mask = SETTINGS.get(0)?.young_mask;
-    let slot = K::tables().1.get_ptr_mut(young::index(hash, mask))?;
+fn young_set<K: ConnKey>(hash: u32) -> Option<&'static mut YoungSet<K>> {
+    // SAFETY: a plain global; volatile so the loader's value is read, not the zero above.
+    let mask = unsafe { core::ptr::read_volatile(&YOUNG_MASK) };
+    let set = K::tables().1.get_ptr_mut(young::set_index(hash, mask))?;
     // SAFETY: a map value pointer, valid for the program's run; plain data.
-    Some(unsafe { &mut *slot })
+    Some(unsafe { &mut *set })
 }
 
 /// An entry that may be followed, with what `usable` made of it (the backend, and what
-/// the caller needs besides) and which table holds it.
-pub struct Found<T> {
-    pub entry: &'static mut ConnEntry,
+/// the caller needs besides) and which table holds it: the connection table's value
+/// itself, or a copy of the young slot's entry in the caller's buffer. A copy, because the
+/// slot is one of two: a pointer to either would leave the verifier two states to carry
+/// through the rest of the program (it went past its one-million-instruction limit); the
+/// slot is found again by `touch` in the rare case it is written.
+pub struct Found<'a, T> {
+    pub entry: &'a mut ConnEntry,
     pub backend: T,
-    /// The young slot's check word, when the entry is young (cleared on promotion).
-    young: Option<&'static mut u32>,
+    young: bool,
 }
 
 /// The entry of `key` that `usable` accepts: the connection table first, then the young
-/// table. A connection-table entry `usable` refuses is stale for good (expired, its VIP or
-/// backend gone, or a flow that had to leave its backend) and is removed, as the old single
-/// table overwrote it: otherwise it would shadow the flow's new young entry.
+/// table (its entry copied into `buf`). A connection-table entry `usable` refuses is stale
+/// for good (expired, its VIP or backend gone, or a flow that had to leave its backend) and
+/// is removed, as the old single table overwrote it: otherwise it would shadow the flow's
+/// new young entry.
 #[inline(always)]
-pub fn find<K: ConnKey, T>(key: &K, usable: impl Fn(&ConnEntry) -> Option<T>) -> Option<Found<T>> {
+pub fn find<'a, K: ConnKey, T>(
+    key: &K,
+    buf: &'a mut MaybeUninit<ConnEntry>,
+    usable: impl Fn(&ConnEntry) -> Option<T>,
+) -> Option<Found<'a, T>> {
     let conns = K::tables().0;
     // SAFETY: a map value pointer, valid for the program's run; plain data.
     if let Some(entry) = conns.get_ptr_mut(key).map(|p| unsafe { &mut *p }) {
@@ -112,21 +129,27 @@ pub fn find<K: ConnKey, T>(key: &K, usable: impl Fn(&ConnEntry) -> Option<T>) ->
             return Some(Found {
                 entry,
                 backend,
-                young: None,
+                young: false,
             });
         }
         let _ = conns.remove(key);
     }
     let hash = key.young_hash();
-    let slot = young_slot::<K>(hash)?;
-    if !young::holds(slot, key, hash) {
+    let set = young_set::<K>(hash)?;
+    let [a, b] = &set.ways;
+    let entry = if young::holds(a, key, hash) {
+        a.entry
+    } else if young::holds(b, key, hash) {
+        b.entry
+    } else {
         return None;
-    }
-    let backend = usable(&slot.entry)?;
+    };
+    let entry = buf.write(entry);
+    let backend = usable(entry)?;
     Some(Found {
-        entry: &mut slot.entry,
+        entry,
         backend,
-        young: Some(&mut slot.check),
+        young: true,
     })
 }
 
@@ -138,35 +161,48 @@ pub fn touch<K: ConnKey, T>(key: &K, found: Found<T>, now: u64) {
     if now.wrapping_sub(found.entry.last_seen_ns) <= PROMOTE_AFTER_NS {
         return;
     }
-    let Some(check) = found.young else {
+    if found.young {
+        promote(key, now);
+    } else {
         found.entry.last_seen_ns = now;
-        return;
-    };
-    promote(key, found.entry, check, now);
+    }
 }
 
-/// Copies a young flow's entry into the connection table and empties its young slot
-/// (`check`: the slot's check word).
+/// Copies a young flow's entry into the connection table and empties its young slot; at
+/// most `conn_promotions_per_sec` a second per CPU (refused: it stays young, refreshed so
+/// it is tried again a second later).
 #[inline(always)]
-fn promote<K: ConnKey>(key: &K, young: &mut ConnEntry, check: &mut u32, now: u64) {
+fn promote<K: ConnKey>(key: &K, now: u64) {
+    let hash = key.young_hash();
+    let Some(set) = young_set::<K>(hash) else {
+        return;
+    };
+    let Some(w) = set.way_of(key, hash) else {
+        return;
+    };
+    let slot = &mut set.ways[w & 1];
     if !admit(now) {
-        // Stays young; tried again a second later.
         counters::reason(Reason::CONN_PROMOTION_SKIPPED);
-        young.last_seen_ns = now;
+        slot.entry.last_seen_ns = now;
         return;
     }
     let entry = ConnEntry {
         last_seen_ns: now,
-        ..*young
+        ..slot.entry
     };
     if K::tables().0.insert(key, entry, 0).is_ok() {
         counters::reason(Reason::CONN_PROMOTED);
-        *check = 0;
+        slot.check = 0;
     } else {
-        counters::reason(Reason::CONN_INSERT_FAILED);
-        crate::diag::insert_failed();
-        young.last_seen_ns = now;
+        insert_failed();
+        slot.entry.last_seen_ns = now;
     }
+}
+
+#[inline(always)]
+fn insert_failed() {
+    counters::reason(Reason::CONN_INSERT_FAILED);
+    crate::diag::insert_failed();
 }
 
 /// The per-CPU promotion budget: `conn_promotions_per_sec` per one-second window.
@@ -191,22 +227,19 @@ fn admit(now: u64) -> bool {
     true
 }
 
-/// Records a new flow's choice in its young slot, over whatever the slot held (counted when
-/// it held another flow's key). Without a slot (settings missing: never while the loader
-/// wrote them) the packet is still forwarded; the next one is hashed again.
+/// Records a new flow's choice in its young set (`YoungSet::push`: it becomes the set's
+/// newest entry), counted when it drops another flow's entry. Without a set (never: the
+/// array has every index the mask makes) the packet is still forwarded; the next one is
+/// hashed again.
 #[inline(always)]
 pub fn insert_young<K: ConnKey>(key: &K, entry: &ConnEntry) {
     let hash = key.young_hash();
-    let Some(slot) = young_slot::<K>(hash) else {
-        counters::reason(Reason::CONN_INSERT_FAILED);
-        crate::diag::insert_failed();
+    let Some(set) = young_set::<K>(hash) else {
+        insert_failed();
         return;
     };
-    if slot.check != 0 && !key.same(&slot.key) {
-        counters::reason(Reason::CONN_YOUNG_REPLACED);
-    }
-    slot.entry = *entry;
-    slot.key.copy_from(key);
-    slot.check = young::check(hash, entry);
+    set.push(key, entry, young::check(hash, entry), || {
+        counters::reason(Reason::CONN_YOUNG_REPLACED)
+    });
     counters::reason(Reason::CONN_YOUNG_INSERT);
 }

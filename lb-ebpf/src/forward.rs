@@ -11,6 +11,8 @@
 //! 7. PER_SESSION entry, else Maglev (new entries go to the young table, `conntrack`);
 //!    rewrite MACs; XDP_TX.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
@@ -256,7 +258,8 @@ pub fn icmp_error_to_backend<K: ConnKey>(
 fn established<K: ConnKey>(out: &Out<K>, len: u64, is_flow_packet: bool) -> Option<(u32, Reason)> {
     let (key, now) = (out.key, out.now);
     let proto = key.proto();
-    let found = conntrack::find(key, |e| {
+    let mut buf = MaybeUninit::uninit();
+    let found = conntrack::find(key, &mut buf, |e| {
         let state = VIP_STATE.get(e.vip_id)?;
         if state.generation != e.vip_generation {
             return None;
@@ -402,7 +405,8 @@ fn balance<K: ConnKey>(
     }
     let hashed = &*hashed;
     if per_session {
-        let found = conntrack::find(hashed, |e| {
+        let mut buf = MaybeUninit::uninit();
+        let found = conntrack::find(hashed, &mut buf, |e| {
             if e.vip_id != meta.vip_id || e.vip_generation != meta.generation {
                 return None;
             }

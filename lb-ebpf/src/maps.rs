@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    limits, vip_addr_set, young::YoungSlot, Backend, BackendStats, ConnEntry, FlowKey, FlowKeyV4,
+    limits, vip_addr_set, young::YoungSet, Backend, BackendStats, ConnEntry, FlowKey, FlowKeyV4,
     NextHop, PromotionWindow, Reason, ServiceMeta, Settings, VipAddrSlot, VipKey, VipMeta,
     VipState, VipStats,
 };
@@ -48,12 +48,12 @@ pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(limits::DEFAULT_CONN_TABLE_SIZE, 0);
 
 /// Young-flow table: every new flow's entry starts here, so packets of a flow younger than a
-/// second stay on their backend. A flood churns only this table. An array of slots
-/// direct-mapped by a cheap hash of the key (`lb_common::young`: no insert cost beyond a
-/// write, no lock; a colliding flow takes the slot over). Sized by the loader
-/// (`young::slots_for(conn_table_size)`).
+/// second stay on their backend. A flood churns only this table. An array of two-slot sets
+/// chosen by a cheap hash of the key (`lb_common::young`: no insert cost beyond a write, no
+/// lock; a third flow of a set takes the older slot over). Sized by the loader
+/// (`young::sets_for(conn_table_size)`).
 #[map]
-pub static YOUNG_FLOWS: Array<YoungSlot<FlowKey>> = Array::with_max_entries(1, 0);
+pub static YOUNG_FLOWS: Array<YoungSet<FlowKey>> = Array::with_max_entries(1, 0);
 
 /// The IPv4 twin of `CONNS`, keyed by the 16-byte `FlowKeyV4` (the kernel hashes and
 /// compares the whole key on every lookup; one table pair per address family, as Cilium
@@ -64,7 +64,7 @@ pub static CONNS_V4: LruHashMap<FlowKeyV4, ConnEntry> =
 
 /// The IPv4 twin of `YOUNG_FLOWS`.
 #[map]
-pub static YOUNG_FLOWS_V4: Array<YoungSlot<FlowKeyV4>> = Array::with_max_entries(1, 0);
+pub static YOUNG_FLOWS_V4: Array<YoungSet<FlowKeyV4>> = Array::with_max_entries(1, 0);
 
 /// Per CPU: the promotion rate window (`Settings::conn_promotions_per_sec`). Not pinned: a
 /// new program starting with an empty window only allows one window's worth early.

@@ -202,12 +202,12 @@ pub fn key_of(f: &Frame) -> FlowKey {
     }
 }
 
-/// The young-table slot of an IPv4 frame's flow, with `conn_table_size = table`
-/// (`lb_common::young`: flows with one slot share it, the later one wins).
-pub fn young_slot(f: &Frame, table: u32) -> u32 {
-    use lb_common::young::{index, slots_for, KeyWords};
+/// The young-table set of an IPv4 frame's flow, with `conn_table_size = table`
+/// (`lb_common::young`: flows of one set share its two slots).
+pub fn young_set(f: &Frame, table: u32) -> u32 {
+    use lb_common::young::{set_index, sets_for, KeyWords};
     let k = lb_common::FlowKeyV4::narrow(&key_of(f)).expect("an IPv4 flow");
-    index(k.young_hash(), slots_for(table) - 1)
+    set_index(k.young_hash(), sets_for(table) - 1)
 }
 
 /// [`key_of`] for an IPv6 frame.

@@ -339,16 +339,16 @@ fn a_reused_slot_does_not_inherit_the_flows_of_its_previous_backend() {
 
 #[test]
 fn a_young_entry_whose_slot_is_taken_is_counted_and_hashed_again() {
-    // Young tables are direct-mapped: a new flow whose key hashes to the slot of a young
-    // flow takes the slot over (`conn_young_replaced`); the first flow's next packet finds
-    // no entry, is counted as a mid-flow miss and hashed again (same backend while the
-    // Maglev table is unchanged).
+    // Young tables are two-way set-associative: the second new flow of a set takes its free
+    // slot, the third takes the least recently refreshed one, the first flow's
+    // (`conn_young_replaced`); the first flow's next packet finds no entry, is counted as a
+    // mid-flow miss and hashed again (same backend while the Maglev table is unchanged).
     let Some((h, plan)) = harness_with(1024) else {
         return;
     };
     let first = Frame::tcp(CLIENT, 57000, VIP, 80);
     assert_eq!(h.run(&first.bytes()).unwrap().verdict, TX);
-    let taker = (0..1_000_000u32)
+    let takers: Vec<Frame> = (0..1_000_000u32)
         .map(|i| {
             Frame::tcp(
                 [10, 7, (i >> 8) as u8, i as u8],
@@ -357,11 +357,16 @@ fn a_young_entry_whose_slot_is_taken_is_counted_and_hashed_again() {
                 80,
             )
         })
-        .find(|f| young_slot(f, 1024) == young_slot(&first, 1024))
-        .expect("a flow with the first flow's slot");
-    assert_eq!(h.run(&taker.bytes()).unwrap().verdict, TX);
+        .filter(|f| young_set(f, 1024) == young_set(&first, 1024))
+        .take(2)
+        .collect();
+    assert_eq!(h.run(&takers[0].bytes()).unwrap().verdict, TX);
+    assert!(h.conn_get(true, &key(&first)).is_some());
+    assert_eq!(h.reason("conn_young_replaced").unwrap(), 0);
+    assert_eq!(h.run(&takers[1].bytes()).unwrap().verdict, TX);
     assert!(h.conn_get(true, &key(&first)).is_none());
-    assert!(h.conn_get(true, &key(&taker)).is_some());
+    assert!(h.conn_get(true, &key(&takers[0])).is_some());
+    assert!(h.conn_get(true, &key(&takers[1])).is_some());
     assert_eq!(h.reason("conn_young_replaced").unwrap(), 1);
     let next = ack(first);
     check(
@@ -374,7 +379,7 @@ fn a_young_entry_whose_slot_is_taken_is_counted_and_hashed_again() {
         }],
     );
     assert_eq!(h.reason("conn_miss_mid_flow").unwrap(), 1);
-    // It took its slot back (the taker's next packet is the one hashed again now).
+    // It took a slot back (one of the takers' next packets is the one hashed again now).
     assert_eq!(h.reason("conn_young_replaced").unwrap(), 2);
     assert_eq!(h.reason("conn_insert_failed").unwrap(), 0);
 }
@@ -475,7 +480,7 @@ fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
     for _ in 0..3 {
         let mut used = std::collections::HashSet::new();
         let batch: Vec<u32> = (next..)
-            .filter(|&i| used.insert(young_slot(&flow(i), 1024)))
+            .filter(|&i| used.insert(young_set(&flow(i), 1024)))
             .take(BATCH)
             .collect();
         next = batch[BATCH - 1] + 1;

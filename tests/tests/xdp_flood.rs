@@ -127,12 +127,12 @@ fn flows_that_wait_to_be_promoted_are_held_to_the_promotion_rate() {
     }
     pin_to_cpu0();
     let (h, plan, flow, owner) = established_on_draining_backend(200);
-    // Sources with distinct young slots (the table is direct-mapped: a source whose slot a
-    // later one took would be hashed again, not promoted), so every ACK finds its entry.
+    // Sources with distinct young sets (a source whose set later ones took over would be
+    // hashed again, not promoted), so every ACK finds its entry.
     const N: usize = 400;
     let mut used = std::collections::HashSet::new();
     let sources: Vec<u32> = (0..)
-        .filter(|&i| used.insert(young_slot(&spoofed_frame(i, SYN), TABLE)))
+        .filter(|&i| used.insert(young_set(&spoofed_frame(i, SYN), TABLE)))
         .take(N)
         .collect();
     for &i in &sources {

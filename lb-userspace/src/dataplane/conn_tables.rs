@@ -1,15 +1,15 @@
 //! The connection tables of both address families, read from userspace by [`FlowKey`]:
 //! `CONNS`/`YOUNG_FLOWS` hold IPv6 flows and PER_SESSION keys, `CONNS_V4`/`YOUNG_FLOWS_V4`
 //! IPv4 flows under the 16-byte [`FlowKeyV4`] (see `lb-ebpf/src/conntrack.rs`). The
-//! established tables are LRU hash maps; the young tables are arrays of slots
-//! direct-mapped by the key's young hash (`lb_common::young`), read and written here the
-//! way the program does. `lb flows`, `lb explain` and the tests see one table of
+//! established tables are LRU hash maps; the young tables are arrays of two-slot sets
+//! chosen by the key's young hash (`lb_common::young`), read and written here the way the
+//! program does. `lb flows`, `lb explain` and the tests see one table of
 //! `FlowKey`s per kind (established, young) whatever the family.
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
     names,
-    young::{self, KeyWords, YoungSlot},
+    young::{self, KeyWords, YoungSet},
     ConnEntry, FlowKey, FlowKeyV4,
 };
 use std::path::Path;
@@ -19,9 +19,9 @@ use super::loader::{open_pinned, LoadError};
 /// The four pinned tables.
 pub struct ConnTables {
     conns: HashMap<MapData, FlowKey, ConnEntry>,
-    young: Array<MapData, YoungSlot<FlowKey>>,
+    young: Array<MapData, YoungSet<FlowKey>>,
     conns_v4: HashMap<MapData, FlowKeyV4, ConnEntry>,
-    young_v4: Array<MapData, YoungSlot<FlowKeyV4>>,
+    young_v4: Array<MapData, YoungSet<FlowKeyV4>>,
 }
 
 /// Established flows (`CONNS*`) or flows in their first second (`YOUNG_FLOWS*`).
@@ -88,53 +88,50 @@ impl ConnTables {
     }
 }
 
-/// The slot index of `key` in `table` (its length is a power of two: `young::slots_for`).
-fn young_index<K: KeyWords>(table: &Array<MapData, YoungSlot<K>>, key: &K) -> u32
+/// The index of the set of `key` in `table` (its length is a power of two:
+/// `young::sets_for`).
+fn young_index<K: KeyWords>(table: &Array<MapData, YoungSet<K>>, key: &K) -> u32
 where
-    YoungSlot<K>: aya::Pod,
+    YoungSet<K>: aya::Pod,
 {
-    young::index(key.young_hash(), table.len() - 1)
+    young::set_index(key.young_hash(), table.len() - 1)
 }
 
-fn young_get<K: KeyWords + aya::Pod>(
-    table: &Array<MapData, YoungSlot<K>>,
-    key: &K,
-) -> Option<ConnEntry>
+fn young_get<K: KeyWords>(table: &Array<MapData, YoungSet<K>>, key: &K) -> Option<ConnEntry>
 where
-    YoungSlot<K>: aya::Pod,
+    YoungSet<K>: aya::Pod,
 {
-    let slot = table.get(&young_index(table, key), 0).ok()?;
-    young::holds(&slot, key, key.young_hash()).then_some(slot.entry)
+    let set = table.get(&young_index(table, key), 0).ok()?;
+    let way = set.way_of(key, key.young_hash())?;
+    Some(set.ways[way].entry)
 }
 
-fn young_insert<K: KeyWords + aya::Pod>(
-    table: &mut Array<MapData, YoungSlot<K>>,
+/// Writes `entry` for `key` into its set as the program does (`YoungSet::push`).
+fn young_insert<K: KeyWords>(
+    table: &mut Array<MapData, YoungSet<K>>,
     key: &K,
     entry: ConnEntry,
 ) -> Result<(), aya::maps::MapError>
 where
-    YoungSlot<K>: aya::Pod,
+    YoungSet<K>: aya::Pod,
 {
-    let slot = YoungSlot {
-        entry,
-        key: *key,
-        check: young::check(key.young_hash(), &entry),
-        _pad: Default::default(),
-    };
     let index = young_index(table, key);
-    table.set(index, slot, 0)
+    let mut set = table.get(&index, 0)?;
+    set.push(key, &entry, young::check(key.young_hash(), &entry), || ());
+    table.set(index, set, 0)
 }
 
 /// The slots of `table` that hold an entry (a valid check for their key).
-fn young_entries<K: KeyWords + aya::Pod>(
-    table: &Array<MapData, YoungSlot<K>>,
+fn young_entries<K: KeyWords>(
+    table: &Array<MapData, YoungSet<K>>,
 ) -> impl Iterator<Item = (K, ConnEntry)> + '_
 where
-    YoungSlot<K>: aya::Pod,
+    YoungSet<K>: aya::Pod,
 {
     table
         .iter()
         .filter_map(Result::ok)
+        .flat_map(|set| set.ways)
         .filter(|s| young::holds(s, &s.key, s.key.young_hash()))
         .map(|s| (s.key, s.entry))
 }

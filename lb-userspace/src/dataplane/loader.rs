@@ -68,7 +68,8 @@ pub enum LoadError {
 pub struct Sizes {
     pub ring_size: u32,
     pub max_services: u32,
-    /// Entries of each `CONNS*`; each `YOUNG_FLOWS*` has the next power of two of slots.
+    /// Entries of each `CONNS*`; each `YOUNG_FLOWS*` has the next power of two of slots, in
+    /// sets of two.
     pub conn_table_size: u32,
     /// `Settings::conn_promotions_per_sec` (written into `SETTINGS` at load).
     pub conn_promotions_per_sec: u32,
@@ -79,8 +80,8 @@ impl Sizes {
         self.max_services * 2 * self.ring_size
     }
 
-    fn young_slots(&self) -> u32 {
-        lb_common::young::slots_for(self.conn_table_size)
+    fn young_sets(&self) -> u32 {
+        lb_common::young::sets_for(self.conn_table_size)
     }
 }
 
@@ -133,9 +134,9 @@ fn drop_mismatched_pins(dir: &Path, sizes: &Sizes) -> Vec<&'static str> {
         (names::MAP_MAGLEV, sizes.maglev_entries(), None),
         (names::MAP_SERVICES, sizes.max_services, None),
         (names::MAP_CONNS, sizes.conn_table_size, None),
-        (names::MAP_YOUNG_FLOWS, sizes.young_slots(), None),
+        (names::MAP_YOUNG_FLOWS, sizes.young_sets(), None),
         (names::MAP_CONNS_V4, sizes.conn_table_size, None),
-        (names::MAP_YOUNG_FLOWS_V4, sizes.young_slots(), None),
+        (names::MAP_YOUNG_FLOWS_V4, sizes.young_sets(), None),
         (names::MAP_REASONS, lb_common::Reason::COUNT, None),
         (names::MAP_SETTINGS, 1, Some(settings_size)),
     ];
@@ -203,15 +204,20 @@ fn load_with(
     } else {
         0
     };
+    // A read-only global, so the verifier knows the mask: the young tables' set index costs
+    // no map lookup. Not required to exist, like the log level (an earlier build has none;
+    // without it this build's young tables would be one set: the flood tests would fail).
+    let young_mask = sizes.young_sets() - 1;
     let mut loader = EbpfLoader::new();
     loader
         .override_global(aya_log::LEVEL, &level, false)
+        .override_global(names::GLOBAL_YOUNG_MASK, &young_mask, false)
         .map_max_entries(names::MAP_MAGLEV, sizes.maglev_entries())
         .map_max_entries(names::MAP_SERVICES, sizes.max_services)
         .map_max_entries(names::MAP_CONNS, sizes.conn_table_size)
-        .map_max_entries(names::MAP_YOUNG_FLOWS, sizes.young_slots())
+        .map_max_entries(names::MAP_YOUNG_FLOWS, sizes.young_sets())
         .map_max_entries(names::MAP_CONNS_V4, sizes.conn_table_size)
-        .map_max_entries(names::MAP_YOUNG_FLOWS_V4, sizes.young_slots());
+        .map_max_entries(names::MAP_YOUNG_FLOWS_V4, sizes.young_sets());
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -226,7 +232,6 @@ fn load_with(
             ring_size: sizes.ring_size,
             max_services: sizes.max_services,
             conn_promotions_per_sec: sizes.conn_promotions_per_sec,
-            young_mask: sizes.young_slots() - 1,
         },
         0,
     )?;

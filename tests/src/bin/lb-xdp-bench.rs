@@ -195,10 +195,10 @@ fn insert_costs() -> Result<[(f64, f64); 2]> {
     h.apply(&plan())?;
     let mut out = [(0.0, 0.0); 2];
     for (round, cpus) in [&[0usize][..], &[0, 1][..]].into_iter().enumerate() {
-        // Sources with distinct young slots, so every ACK finds its flow young (a flow
-        // whose slot a later one took would be hashed again, not promoted).
+        // Sources with distinct young sets, so every ACK finds its flow young (a flow whose
+        // slot later ones took would be hashed again, not promoted).
         let base = 100_000 * (round as u32 + 1);
-        let sources = distinct_young_slots(base, N as usize, 262_144);
+        let sources = distinct_young_sets(base, N as usize);
         let syns: Vec<_> = sources.iter().map(|&i| flow(i, false)).collect();
         let acks: Vec<_> = sources.iter().map(|&i| flow(i, true)).collect();
         let started = std::time::Instant::now();
@@ -222,16 +222,16 @@ fn insert_costs() -> Result<[(f64, f64); 2]> {
     Ok(out)
 }
 
-/// `n` source numbers from `base` on whose flows ([`flow`]) land in distinct slots of a
-/// young table of `slots` slots.
-fn distinct_young_slots(base: u32, n: usize, slots: u32) -> Vec<u32> {
-    use lb_common::young::{index, KeyWords};
+/// `n` source numbers from `base` on whose flows ([`flow`]) land in distinct sets of the
+/// young table of [`insert_costs`].
+fn distinct_young_sets(base: u32, n: usize) -> Vec<u32> {
     let mut used = std::collections::HashSet::new();
     (base..)
         .filter(|&i| {
-            let key = lb_tests::xdp_cases::key_of(&flow_frame(i, false));
-            let k4 = lb_common::FlowKeyV4::narrow(&key).expect("an IPv4 flow");
-            used.insert(index(k4.young_hash(), slots - 1))
+            used.insert(lb_tests::xdp_cases::young_set(
+                &flow_frame(i, false),
+                262_144,
+            ))
         })
         .take(n)
         .collect()
