@@ -3,10 +3,13 @@
 //! `scripts/bootstrap.sh` installs what this needs.
 
 fn main() -> anyhow::Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .ok_or_else(|| anyhow::anyhow!("lb-userspace has no parent folder"))?
-        .join("lb-ebpf");
+        .ok_or_else(|| anyhow::anyhow!("lb-userspace has no parent folder"))?;
+    // aya-build watches lb-ebpf only; the program also compiles lb-common (map types, the
+    // flow and young-table hashes), and a change there must rebuild the object too.
+    println!("cargo:rerun-if-changed={}", workspace.join("lb-common").display());
+    let root = workspace.join("lb-ebpf");
     let root = root
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
