@@ -33,7 +33,7 @@ pub struct YoungSlot<K: KeyWords> {
 /// Slots per set: a key may live in either slot of its set (two-way set-associative, the
 /// newer entry in way 0), so a young flow loses its entry only when two newer flows of its
 /// set arrive within its first second, not one (with R new flows a second over S slots, a direct-mapped table loses
-/// about R/S of its young flows, a two-way one about (R/S)²/2), and two long-lived flows
+/// about R/S of its young flows, a two-way one about 2(R/S)²), and two long-lived flows
 /// that hash alike do not take turns evicting each other on every packet.
 pub const WAYS: usize = 2;
 
