@@ -8,7 +8,10 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("lb-userspace has no parent folder"))?;
     // aya-build watches lb-ebpf only; the program also compiles lb-common (map types, the
     // flow and young-table hashes), and a change there must rebuild the object too.
-    println!("cargo:rerun-if-changed={}", workspace.join("lb-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("lb-common").display()
+    );
     let root = workspace.join("lb-ebpf");
     let root = root
         .to_str()

@@ -82,6 +82,7 @@ fn lb_run_applies_the_promotion_limit_and_shows_connection_table_counters() {
     let metrics = scrape(&t, METRICS_PORT);
     for name in [
         "conn_young_insert",
+        "conn_young_replaced",
         "conn_promoted",
         "conn_promotion_skipped",
     ] {
