@@ -498,6 +498,11 @@ mod layout {
         assert_eq!(size_of::<young::YoungSet<FlowKeyV4>>(), 96);
         assert_eq!(size_of::<young::YoungSet<FlowKey>>(), 144);
         assert_eq!(core::mem::align_of::<FlowKeyV4>(), 4);
+        // `young::KeyWords`: the keys are read as whole words.
+        use young::KeyWords;
+        assert_eq!(size_of::<FlowKeyV4>(), 4 * FlowKeyV4::WORDS);
+        assert_eq!(size_of::<FlowKey>(), 4 * FlowKey::WORDS);
+        assert_eq!(core::mem::align_of::<FlowKey>(), 4);
         assert_eq!(offset_of!(Settings, conn_promotions_per_sec), 8);
         assert_eq!(size_of::<PromotionWindow>(), 16);
         assert_eq!(size_of::<VipStats>(), 48);

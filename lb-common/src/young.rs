@@ -90,13 +90,28 @@ pub fn sets_for(conn_table_size: u32) -> u32 {
     (conn_table_size.next_power_of_two() / WAYS as u32).max(1)
 }
 
-/// A key read as 32-bit words (the keys are 4-aligned, with explicit zeroed padding).
-pub trait KeyWords: Copy {
+/// A key read as 32-bit words.
+///
+/// # Safety
+/// An implementor is `repr(C)`, 4-aligned, exactly `WORDS * 4` bytes long and has no
+/// undefined (padding) bytes: the words are read and written through `u32` pointers.
+pub unsafe trait KeyWords: Copy {
     const WORDS: usize;
     /// [`YoungSlot::_pad`]: what the slot needs after `check` to end 8-aligned.
     type Pad: Copy + Default + core::fmt::Debug + PartialEq + Eq;
-    fn word(&self, i: usize) -> u32;
-    fn set_word(&mut self, i: usize, w: u32);
+
+    /// Word `i < WORDS` of the key.
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
+        // SAFETY: the trait's contract; every caller passes `i < WORDS`.
+        unsafe { (self as *const Self as *const u32).add(i).read() }
+    }
+
+    #[inline(always)]
+    fn set_word(&mut self, i: usize, w: u32) {
+        // SAFETY: as in `word`.
+        unsafe { (self as *mut Self as *mut u32).add(i).write(w) }
+    }
 
     /// `*self = *from`, word by word (a struct copy may compile to a byte-loop `memcpy`
     /// call in BPF).
@@ -137,36 +152,16 @@ pub trait KeyWords: Copy {
     }
 }
 
-impl KeyWords for FlowKeyV4 {
+// SAFETY: 16 bytes, 4-aligned (`repr(C, align(4))`), explicit padding (layout test).
+unsafe impl KeyWords for FlowKeyV4 {
     const WORDS: usize = 4;
     type Pad = u32;
-    #[inline(always)]
-    fn word(&self, i: usize) -> u32 {
-        // SAFETY: `FlowKeyV4` is 16 bytes, 4-aligned (`repr(C, align(4))`), every byte
-        // initialized (explicit padding); `i < 4` at every call site.
-        unsafe { (self as *const Self as *const u32).add(i).read() }
-    }
-    #[inline(always)]
-    fn set_word(&mut self, i: usize, w: u32) {
-        // SAFETY: as in `word`.
-        unsafe { (self as *mut Self as *mut u32).add(i).write(w) }
-    }
 }
 
-impl KeyWords for FlowKey {
+// SAFETY: 44 bytes, 4-aligned, explicit padding (layout test).
+unsafe impl KeyWords for FlowKey {
     const WORDS: usize = 11;
     type Pad = [u32; 0];
-    #[inline(always)]
-    fn word(&self, i: usize) -> u32 {
-        // SAFETY: `FlowKey` is 44 bytes, 4-aligned, every byte initialized (explicit
-        // padding); `i < 11` at every call site.
-        unsafe { (self as *const Self as *const u32).add(i).read() }
-    }
-    #[inline(always)]
-    fn set_word(&mut self, i: usize, w: u32) {
-        // SAFETY: as in `word`.
-        unsafe { (self as *mut Self as *mut u32).add(i).write(w) }
-    }
 }
 
 /// The check word of a slot holding `entry` for a key whose young hash is `hash`: every
