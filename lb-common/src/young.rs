@@ -51,15 +51,14 @@ pub fn set_index(hash: u32, mask: u32) -> u32 {
 }
 
 impl<K: KeyWords> YoungSet<K> {
-    /// The way that holds `key` (its young hash `hash`), if one does.
+    /// The way that holds `key` (its young hash `hash`) and its entry, if one does
+    /// ([`YoungSlot::read`]).
     #[inline(always)]
-    pub fn way_of(&self, key: &K, hash: u32) -> Option<usize> {
-        if holds(&self.ways[0], key, hash) {
-            Some(0)
-        } else if holds(&self.ways[1], key, hash) {
-            Some(1)
+    pub fn find(&self, key: &K, hash: u32) -> Option<(usize, ConnEntry)> {
+        if let Some(e) = self.ways[0].read(key, hash) {
+            Some((0, e))
         } else {
-            None
+            self.ways[1].read(key, hash).map(|e| (1, e))
         }
     }
 
@@ -181,10 +180,16 @@ pub fn check(hash: u32, entry: &ConnEntry) -> u32 {
     h | 1
 }
 
-/// Whether `slot` holds a valid entry for `key` (`hash` its young hash).
-#[inline(always)]
-pub fn holds<K: KeyWords>(slot: &YoungSlot<K>, key: &K, hash: u32) -> bool {
-    key.same(&slot.key) && slot.check == check(hash, &slot.entry)
+impl<K: KeyWords> YoungSlot<K> {
+    /// The slot's entry if it is a valid entry for `key` (`hash` its young hash). The entry
+    /// is read once (volatile) and checked as read, so what is returned is what was
+    /// checked, whatever another CPU writes meanwhile.
+    #[inline(always)]
+    pub fn read(&self, key: &K, hash: u32) -> Option<ConnEntry> {
+        // SAFETY: a reference to plain data.
+        let entry = unsafe { core::ptr::read_volatile(&self.entry) };
+        (key.same(&self.key) && self.check == check(hash, &entry)).then_some(entry)
+    }
 }
 
 #[cfg(test)]
@@ -231,7 +236,8 @@ mod tests {
             check: check(h, &e),
             _pad: 0,
         };
-        assert!(holds(&slot, &k, h));
+        let holds = |s: &YoungSlot<FlowKeyV4>, k: &FlowKeyV4, h| s.read(k, h).is_some();
+        assert_eq!(slot.read(&k, h), Some(e));
         assert!(!holds(&slot, &key(8), key(8).young_hash()));
         // A torn slot: the key of one write, the backend of another.
         let torn = YoungSlot {
@@ -289,9 +295,9 @@ mod tests {
         let s = YoungSet {
             ways: [full(1), full(2)],
         };
-        assert_eq!(s.way_of(&key(1), key(1).young_hash()), Some(0));
-        assert_eq!(s.way_of(&key(2), key(2).young_hash()), Some(1));
-        assert_eq!(s.way_of(&key(3), key(3).young_hash()), None);
+        assert_eq!(s.find(&key(1), key(1).young_hash()), Some((0, e)));
+        assert_eq!(s.find(&key(2), key(2).young_hash()), Some((1, e)));
+        assert_eq!(s.find(&key(3), key(3).young_hash()), None);
     }
 
     #[test]

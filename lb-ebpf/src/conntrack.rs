@@ -1,5 +1,5 @@
 //! The connection tables, young and established. Every new flow's entry goes into its
-//! young table (`YOUNG_FLOWS*`: arrays of slots direct-mapped by a cheap hash, churned by
+//! young table (`YOUNG_FLOWS*`: arrays of two-slot sets chosen by a cheap hash, churned by
 //! floods; `lb_common::young`); a flow is copied into `CONNS*` (LRU hash maps, where
 //! established flows live) by its first packet at least `PROMOTE_AFTER_NS` after its entry
 //! was made, and at most `conn_promotions_per_sec` times per second per CPU. A spoofed
@@ -136,14 +136,7 @@ pub fn find<'a, K: ConnKey, T>(
     }
     let hash = key.young_hash();
     let set = young_set::<K>(hash)?;
-    let [a, b] = &set.ways;
-    let entry = if young::holds(a, key, hash) {
-        a.entry
-    } else if young::holds(b, key, hash) {
-        b.entry
-    } else {
-        return None;
-    };
+    let (_, entry) = set.find(key, hash)?;
     let entry = buf.write(entry);
     let backend = usable(entry)?;
     Some(Found {
@@ -177,9 +170,10 @@ fn promote<K: ConnKey>(key: &K, now: u64) {
     let Some(set) = young_set::<K>(hash) else {
         return;
     };
-    let Some(w) = set.way_of(key, hash) else {
+    let Some((w, young)) = set.find(key, hash) else {
         return;
     };
+    // `& 1`: the verifier sees the index within the set.
     let slot = &mut set.ways[w & 1];
     if !admit(now) {
         counters::reason(Reason::CONN_PROMOTION_SKIPPED);
@@ -188,7 +182,7 @@ fn promote<K: ConnKey>(key: &K, now: u64) {
     }
     let entry = ConnEntry {
         last_seen_ns: now,
-        ..slot.entry
+        ..young
     };
     if K::tables().0.insert(key, entry, 0).is_ok() {
         counters::reason(Reason::CONN_PROMOTED);

@@ -102,8 +102,7 @@ where
     YoungSet<K>: aya::Pod,
 {
     let set = table.get(&young_index(table, key), 0).ok()?;
-    let way = set.way_of(key, key.young_hash())?;
-    Some(set.ways[way].entry)
+    set.find(key, key.young_hash()).map(|(_, e)| e)
 }
 
 /// Writes `entry` for `key` into its set as the program does (`YoungSet::push`).
@@ -132,8 +131,7 @@ where
         .iter()
         .filter_map(Result::ok)
         .flat_map(|set| set.ways)
-        .filter(|s| young::holds(s, &s.key, s.key.young_hash()))
-        .map(|s| (s.key, s.entry))
+        .filter_map(|s| Some((s.key, s.read(&s.key, s.key.young_hash())?)))
 }
 
 /// An upgrade from a build that kept IPv4 flows in `CONNS`: moves those entries into
