@@ -123,30 +123,6 @@ impl ProxyBody {
     }
 }
 
-/// The next frame of a backend's response body. When this task drives the backend
-/// connection (plain HTTP/1.1, see `backend_conn`), the body's bytes arrive only when the
-/// connection is polled here, so the body is read without a waker before and after it (a
-/// wake-up from the body's channel would only poll this task once more for nothing).
-fn poll_upstream(
-    inner: &mut Incoming,
-    pooled: &mut Option<Pooled>,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-    let Some(p) = pooled.as_mut().filter(|p| p.drives_conn()) else {
-        return Pin::new(inner).poll_frame(cx);
-    };
-    let mut quiet = Context::from_waker(std::task::Waker::noop());
-    if let Poll::Ready(r) = Pin::new(&mut *inner).poll_frame(&mut quiet) {
-        return Poll::Ready(r);
-    }
-    p.poll_conn(cx);
-    if p.drives_conn() {
-        Pin::new(inner).poll_frame(&mut quiet)
-    } else {
-        Pin::new(inner).poll_frame(cx) // the connection ended: what is left is buffered
-    }
-}
-
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -164,7 +140,7 @@ impl Body for ProxyBody {
                 pooled,
                 evict,
                 log,
-            } => match poll_upstream(inner, pooled, cx) {
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(None) => {
                     guard.take();
                     log.take();

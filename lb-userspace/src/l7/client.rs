@@ -4,7 +4,6 @@
 //! all services share them, and they survive reloads.
 
 use super::{
-    backend_conn::{self, Driver},
     backend_count::{BackendBudget, Counted},
     body::UpstreamBody,
     table::Upstream,
@@ -208,8 +207,6 @@ impl Default for Clients {
 
 struct Idle {
     tx: http1::SendRequest<UpstreamBody>,
-    /// The connection future, when no task of its own runs it (see `backend_conn`).
-    conn: Option<Driver>,
     since: Instant,
     keepalive: Duration,
 }
@@ -218,25 +215,13 @@ impl Idle {
     fn usable(&self) -> bool {
         !self.tx.is_closed() && self.since.elapsed() < self.keepalive
     }
-
-    /// The reaper's check: also polls a connection nobody drives, so one the backend
-    /// closed is noticed (and its descriptor freed) without waiting for reuse.
-    fn alive(&mut self) -> bool {
-        if let Some(d) = self.conn.as_mut() {
-            if !d.poll_quietly() {
-                return false;
-            }
-        }
-        self.usable()
-    }
 }
 
 /// Keep-alive HTTP/1.1 connections to plain backends, idle ones stacked per backend and
-/// L7 worker (most recently used on top; a connection's socket is registered with the
-/// worker that opened it, so a request only takes connections of its own worker, see
-/// `workers`). A connection is taken out for one request and given back when the response
-/// body has been read to its end, so no task is spawned per request to watch for it
-/// becoming reusable; the task serving the request drives the connection (`backend_conn`).
+/// L7 worker (most recently used on top; a connection runs on the worker that opened it, so
+/// a request only takes connections of its own worker, see `workers`). A connection is taken out for one request and given back when the
+/// response body has been read to its end, so no task is spawned per request to watch for
+/// it becoming reusable; each connection runs as its own task (hyper's `Connection`).
 pub struct H1Pool {
     idle: Mutex<HashMap<(usize, SocketAddr), Vec<Idle>>>,
     /// Every backend connection open, against the descriptor budget.
@@ -261,9 +246,6 @@ impl std::fmt::Debug for H1Pool {
 /// A connection taken out of the pool for one request.
 pub struct Pooled {
     tx: http1::SendRequest<UpstreamBody>,
-    /// The connection future, driven by the response body until it is given back
-    /// (`None` when it runs as a task of its own, or has ended).
-    conn: Option<Driver>,
     /// The worker the connection runs on, and its backend.
     key: (usize, SocketAddr),
     keepalive: Duration,
@@ -277,46 +259,8 @@ impl std::fmt::Debug for Pooled {
 }
 
 impl Pooled {
-    /// Does the connection's pending I/O (the response body's bytes come through it) when
-    /// this task drives it; the response body calls it before reading.
-    pub fn poll_conn(&mut self, cx: &mut std::task::Context<'_>) {
-        if let Some(d) = self.conn.as_mut() {
-            if d.poll(cx).is_ready() {
-                self.conn = None;
-            }
-        }
-    }
-
-    /// Whether this task drives the connection, so the response body's bytes arrive only
-    /// through [`Pooled::poll_conn`].
-    pub fn drives_conn(&self) -> bool {
-        self.conn.is_some()
-    }
-
-    /// Lets the connection finish on a task of its own (a 101 response: the connection
-    /// hands its socket to the upgrade once it has read the head).
-    pub fn detach(mut self) {
-        if let Some(d) = self.conn.take() {
-            d.spawn();
-        }
-    }
-
     /// Gives the connection back for reuse (the response has been read completely).
-    pub fn release(mut self) {
-        if let Some(d) = self.conn.as_mut() {
-            // The exchange's last steps (back to idle, ready for the next request).
-            if !d.poll_quietly() {
-                self.conn = None;
-                return;
-            }
-            if !self.tx.is_ready() {
-                // Still busy (a request body still uploading after an early response):
-                // it needs a task to finish on, as no request will poll it meanwhile.
-                if let Some(d) = self.conn.take() {
-                    d.spawn();
-                }
-            }
-        }
+    pub fn release(self) {
         if self.tx.is_closed() {
             return;
         }
@@ -326,7 +270,6 @@ impl Pooled {
             if stack.len() < MAX_IDLE_PER_BACKEND {
                 stack.push(Idle {
                     tx: self.tx,
-                    conn: self.conn,
                     since: Instant::now(),
                     keepalive: self.keepalive,
                 });
@@ -336,15 +279,12 @@ impl Pooled {
 }
 
 impl H1Pool {
-    fn take(
-        &self,
-        key: (usize, SocketAddr),
-    ) -> Option<(http1::SendRequest<UpstreamBody>, Option<Driver>)> {
+    fn take(&self, key: (usize, SocketAddr)) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let stack = idle.get_mut(&key)?;
         while let Some(i) = stack.pop() {
             if i.usable() {
-                return Some((i.tx, i.conn));
+                return Some(i.tx);
             }
         }
         None
@@ -353,7 +293,7 @@ impl H1Pool {
     async fn connect(
         &self,
         addr: SocketAddr,
-    ) -> Result<(http1::SendRequest<UpstreamBody>, Option<Driver>), ClientError> {
+    ) -> Result<http1::SendRequest<UpstreamBody>, ClientError> {
         let open = self.budget.admit().map_err(ClientError::Connect)?;
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
@@ -365,7 +305,13 @@ impl H1Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ClientError::Handshake)?;
-        Ok((tx, Some(Driver::new(conn, open))))
+        tokio::spawn(async move {
+            let _open = open;
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "backend connection ended with an error");
+            }
+        });
+        Ok(tx)
     }
 
     async fn send(
@@ -376,13 +322,13 @@ impl H1Pool {
     ) -> Result<(http::Response<Incoming>, Option<Pooled>), ClientError> {
         let key = (super::workers::id(), addr);
         loop {
-            let ((mut tx, mut conn), reused) = match self.take(key) {
-                Some(c) => (c, true),
+            let (mut tx, reused) = match self.take(key) {
+                Some(tx) => (tx, true),
                 // Boxed: connecting is rare (pooled connections are reused) and its future
                 // is large; inline it would be copied with every request's future.
                 None => (Box::pin(self.connect(addr)).await?, false),
             };
-            if backend_conn::drive(&mut conn, tx.ready()).await.is_err() {
+            if tx.ready().await.is_err() {
                 if reused {
                     continue; // closed while idle: nothing was sent, take another
                 }
@@ -391,11 +337,10 @@ impl H1Pool {
                     "backend closed the new connection",
                 )));
             }
-            match backend_conn::drive(&mut conn, tx.try_send_request(req)).await {
+            match tx.try_send_request(req).await {
                 Ok(resp) => {
                     let pooled = Pooled {
                         tx,
-                        conn,
                         key,
                         keepalive,
                         pool: Arc::downgrade(self),
@@ -422,7 +367,7 @@ async fn reap(pool: Weak<H1Pool>) {
         let Some(pool) = pool.upgrade() else { return };
         let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, stack| {
-            stack.retain_mut(Idle::alive);
+            stack.retain(Idle::usable);
             !stack.is_empty()
         });
     }

@@ -10,7 +10,6 @@
 //! open WebSockets are independent tasks, new requests see the new table.
 
 pub mod access_log;
-pub mod backend_conn;
 pub mod backend_count;
 pub mod body;
 pub mod capacity;

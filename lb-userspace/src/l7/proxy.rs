@@ -484,9 +484,6 @@ fn respond(
         };
         let mut backend_resp = Response::from_parts(rparts, rbody);
         let backend_side = hyper::upgrade::on(&mut backend_resp);
-        if let Some(p) = resp.3 {
-            p.detach(); // the connection hands its socket to `backend_side`
-        }
         websocket::spawn_tunnel(client_side, backend_side, service.timeout, guard);
         let (rparts, _) = backend_resp.into_parts();
         return (Response::from_parts(rparts, ProxyBody::empty()), None);
