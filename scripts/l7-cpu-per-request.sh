@@ -7,10 +7,13 @@
 #
 #   scripts/l7-cpu-per-request.sh CONNECTIONS ROUNDS LB_BINARY...
 #   e.g. scripts/l7-cpu-per-request.sh 1000 5 /tmp/lb-main target/release/lb
+# CLOSE=1: a new connection per request (wrk -H 'Connection: close', bench-l7's h1-close).
 set -euo pipefail
 conns=$1 rounds=$2
 shift 2
 duration=${DURATION:-5}
+close=()
+[ -n "${CLOSE:-}" ] && close=(-H 'Connection: close')
 dir=$(mktemp -d /tmp/lb-cpu-per-request.XXXXXX)
 backend=28080 listen=28081
 cat >"$dir/backend.conf" <<EOF
@@ -75,9 +78,9 @@ for r in $(seq 1 "$rounds"); do
       curl -s -o /dev/null "http://127.0.0.1:$listen/" && break
       sleep 0.1
     done
-    taskset -c 1 wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$listen/" >/dev/null 2>&1
+    taskset -c 1 wrk -t1 -c"$conns" -d1s "${close[@]}" "http://127.0.0.1:$listen/" >/dev/null 2>&1
     t0=$(cpu_ticks "$lb_pid")
-    out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" "http://127.0.0.1:$listen/" 2>&1)
+    out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" "${close[@]}" "http://127.0.0.1:$listen/" 2>&1)
     t1=$(cpu_ticks "$lb_pid")
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
