@@ -210,16 +210,9 @@ impl Conn {
     /// The proxy's request service for this connection.
     fn service(&self) -> impl Serve {
         let (shared, conn) = (self.shared.clone(), self.info.clone());
-        service_fn(move |req| {
-            let conn = conn.clone();
-            let handled = proxy::handle(shared.clone(), conn.clone(), req);
-            async move {
-                let resp = handled.await?;
-                Ok::<_, proxy::BrokenChunk>(
-                    resp.map(|b| park::Tracked::new(b, conn.activity.responding())),
-                )
-            }
-        })
+        // `handle`'s future itself, not wrapped in another: hyper moves it into its slot
+        // (HTTP/1.1) or a task (HTTP/2), and a wrapper would hold and move it again.
+        service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req))
     }
 
     /// Notes how the connection's serving ended.
