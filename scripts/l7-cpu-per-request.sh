@@ -7,10 +7,14 @@
 #
 #   scripts/l7-cpu-per-request.sh CONNECTIONS ROUNDS LB_BINARY...
 #   e.g. scripts/l7-cpu-per-request.sh 1000 5 /tmp/lb-main target/release/lb
+# CLOSE=1: a new connection per request (wrk -H 'Connection: close', bench-l7's h1-close).
+# H2C=1: h2c with 10 streams per connection (h2load -m10, bench-l7's h2c).
 set -euo pipefail
 conns=$1 rounds=$2
 shift 2
 duration=${DURATION:-5}
+close=()
+[ -n "${CLOSE:-}" ] && close=(-H 'Connection: close')
 dir=$(mktemp -d /tmp/lb-cpu-per-request.XXXXXX)
 backend=28080 listen=28081
 cat >"$dir/backend.conf" <<EOF
@@ -67,20 +71,38 @@ cleanup() {
 trap cleanup EXIT
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
+bins=("$@")
 for r in $(seq 1 "$rounds"); do
-  for bin in "$@"; do
+  # Every other round in reverse order: the first binary of a round measured a few
+  # percent worse in A/A runs (the same build twice).
+  order=("${bins[@]}")
+  if [ $((r % 2)) -eq 0 ]; then
+    order=()
+    for ((i = ${#bins[@]} - 1; i >= 0; i--)); do order+=("${bins[$i]}"); done
+  fi
+  for bin in "${order[@]}"; do
     taskset -c 0 "$bin" run --config "$dir/lb.toml" >"$dir/lb.log" 2>&1 &
     lb_pid=$!
     for _ in $(seq 1 100); do
       curl -s -o /dev/null "http://127.0.0.1:$listen/" && break
       sleep 0.1
     done
-    taskset -c 1 wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$listen/" >/dev/null 2>&1
-    t0=$(cpu_ticks "$lb_pid")
-    out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" "http://127.0.0.1:$listen/" 2>&1)
-    t1=$(cpu_ticks "$lb_pid")
-    n=$(echo "$out" | awk '/requests in/ {print $1}')
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    if [ -n "${H2C:-}" ]; then
+      url="http://127.0.0.1:$listen/"
+      taskset -c 1 h2load -c"$conns" -m10 -D1 "$url" >/dev/null 2>&1
+      t0=$(cpu_ticks "$lb_pid")
+      out=$(taskset -c 1 h2load -c"$conns" -m10 -D"$duration" "$url" 2>&1)
+      t1=$(cpu_ticks "$lb_pid")
+      n=$(echo "$out" | awk '/^requests:/ {print $8}')
+      rps=$(echo "$out" | awk -F', ' '/^finished in/ {print $2}' | awk '{print $1}')
+    else
+      taskset -c 1 wrk -t1 -c"$conns" -d1s "${close[@]}" "http://127.0.0.1:$listen/" >/dev/null 2>&1
+      t0=$(cpu_ticks "$lb_pid")
+      out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" "${close[@]}" "http://127.0.0.1:$listen/" 2>&1)
+      t1=$(cpu_ticks "$lb_pid")
+      n=$(echo "$out" | awk '/requests in/ {print $1}')
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    fi
     us=$(echo "scale=2; ($t1 - $t0) * 1000000 / $hz / $n" | bc)
     echo "round $r $bin: -c$conns $rps req/s, lb $us µs of CPU per request"
     kill "$lb_pid"

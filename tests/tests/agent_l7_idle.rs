@@ -188,7 +188,9 @@ fn parked_connections_keep_their_deadlines_and_see_the_client_leave() {
     assert!(open_fds(run.pid()) >= base + 50);
     drop(many);
     let deadline = Instant::now() + Duration::from_millis(1500);
-    while open_fds(run.pid()) >= base + 50 && Instant::now() < deadline {
+    // Wait for all of them (the lot may close them over more than one turn on a loaded
+    // machine), not only the first.
+    while open_fds(run.pid()) >= base + 10 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(

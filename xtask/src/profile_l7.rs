@@ -29,6 +29,9 @@ pub struct Options {
     /// Concurrent wrk connections.
     #[arg(long, default_value_t = 50)]
     pub connections: u32,
+    /// A new connection per request (`Connection: close`, bench-l7's h1-close case).
+    #[arg(long)]
+    pub close: bool,
     /// Samples per second of CPU time (perf -F).
     #[arg(long, default_value_t = 999)]
     pub frequency: u32,
@@ -82,7 +85,7 @@ fn profile(o: &Options, lb: &Path, dir: &Path, out: &Path) -> Result<()> {
             streams: 1,
             secs: 2,
             threads: 1,
-            headers: &[],
+            headers: if o.close { &["Connection: close"] } else { &[] },
         };
         load::wrk(&load, &url)?; // warm-up: pools filled, caches hot
         let data = out.join(format!("{}.perf.data", p.name));
@@ -103,7 +106,12 @@ fn profile(o: &Options, lb: &Path, dir: &Path, out: &Path) -> Result<()> {
         flame(
             &folded,
             &out.join(format!("{}.svg", p.name)),
-            &format!("{} under wrk -c{}", p.name, o.connections),
+            &format!(
+                "{} under wrk -c{}{}",
+                p.name,
+                o.connections,
+                if o.close { " (Connection: close)" } else { "" }
+            ),
         )?;
         let requests = figures.rps * f64::from(o.duration);
         summaries.push((p.name, figures.rps, Breakdown::of(&folded, o, requests)));

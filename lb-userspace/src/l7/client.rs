@@ -190,11 +190,17 @@ impl Clients {
         *req.uri_mut() =
             http::Uri::from_parts(parts).expect("scheme, authority and path make a URI");
         let legacy = self.legacy(keepalive);
-        let r = match kind {
-            Upstream::H2c => legacy.h2c.request(req).await,
-            Upstream::Https => legacy.https.request(req).await,
-            _ => legacy.http2.request(req).await,
-        };
+        // Boxed: hyper-util's request futures are large (inline, they made this future
+        // 2.7 KB instead of 1.1, all of it copied into its box for every request, plain
+        // HTTP/1.1 ones too); a separate statement, so no temporary of it is kept either.
+        let sent = Box::pin(async move {
+            match kind {
+                Upstream::H2c => legacy.h2c.request(req).await,
+                Upstream::Https => legacy.https.request(req).await,
+                _ => legacy.http2.request(req).await,
+            }
+        });
+        let r = sent.await;
         r.map(|r| (r, None)).map_err(ClientError::Legacy)
     }
 }
@@ -325,8 +331,12 @@ impl H1Pool {
             let (mut tx, reused) = match self.take(key) {
                 Some(tx) => (tx, true),
                 // Boxed: connecting is rare (pooled connections are reused) and its future
-                // is large; inline it would be copied with every request's future.
-                None => (Box::pin(self.connect(addr)).await?, false),
+                // is large; inline it would be copied with every request's future. Its
+                // own statement, so no temporary of it is kept in this future either.
+                None => {
+                    let connecting = Box::pin(self.connect(addr));
+                    (connecting.await?, false)
+                }
             };
             if tx.ready().await.is_err() {
                 if reused {

@@ -308,6 +308,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
         if !this.rewound.is_empty() {
             let n = this.rewound.len().min(buf.remaining());
             buf.put_slice(&this.rewound.split_to(n));
+            if this.rewound.is_empty() {
+                // An empty remainder can still hold the whole buffer it was cut from.
+                this.rewound = bytes::Bytes::new();
+            }
             this.activity.read_done(false);
             return Poll::Ready(Ok(()));
         }

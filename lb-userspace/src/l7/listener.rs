@@ -45,6 +45,9 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listening socket on Linux (tested
+    // below), which spares a setsockopt per connection.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     // SAFETY: the descriptor is the bound socket just made; the listener takes ownership.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
@@ -74,7 +77,7 @@ pub fn spawn(
     let open = Arc::new(AtomicUsize::new(0));
     let Some(workers) = super::workers::handles() else {
         let listener = TcpListener::from_std(std_listener).map_err(bind)?;
-        let task = tokio::spawn(accept_loop(shared, addr, listener, open));
+        let task = tokio::spawn(accept_loop(shared, addr, bound, listener, open));
         return Ok((task, bound));
     };
     // The first worker takes the socket bound at prepare time, the others bind their own
@@ -89,7 +92,7 @@ pub fn spawn(
         loops.push(super::workers::AbortOnDrop(worker.spawn(async move {
             // Registered with this worker's I/O driver, so accepting happens here.
             match TcpListener::from_std(socket) {
-                Ok(listener) => accept_loop(shared, addr, listener, open).await,
+                Ok(listener) => accept_loop(shared, addr, bound, listener, open).await,
                 Err(e) => tracing::error!(%addr, error = %e, "L7 worker cannot listen"),
             }
         })));
@@ -102,9 +105,11 @@ pub fn spawn(
 }
 
 /// Accepts connections until aborted and serves each on its own task of this runtime.
+/// `addr` is the configured address (the routing key), `bound` the socket's.
 async fn accept_loop(
     shared: Arc<Shared>,
     addr: SocketAddr,
+    bound: SocketAddr,
     listener: TcpListener,
     open: Arc<AtomicUsize>,
 ) {
@@ -130,10 +135,15 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let local = stream.local_addr().unwrap_or(addr);
+            // A listener on one address is the connection's local address: no
+            // getsockname per connection; a wildcard one asks the socket.
+            let local = if bound.ip().is_unspecified() {
+                stream.local_addr().unwrap_or(bound)
+            } else {
+                bound
+            };
             serve(shared, stream, peer, local, addr, permit).await;
         });
     }
@@ -200,16 +210,9 @@ impl Conn {
     /// The proxy's request service for this connection.
     fn service(&self) -> impl Serve {
         let (shared, conn) = (self.shared.clone(), self.info.clone());
-        service_fn(move |req| {
-            let conn = conn.clone();
-            let handled = proxy::handle(shared.clone(), conn.clone(), req);
-            async move {
-                let resp = handled.await?;
-                Ok::<_, proxy::BrokenChunk>(
-                    resp.map(|b| park::Tracked::new(b, conn.activity.responding())),
-                )
-            }
-        })
+        // `handle`'s future itself, not wrapped in another: hyper moves it into its slot
+        // (HTTP/1.1) or a task (HTTP/2), and a wrapper would hold and move it again.
+        service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req))
     }
 
     /// Notes how the connection's serving ended.
@@ -314,14 +317,11 @@ enum Plain {
 
 /// A plain-text connection's first bytes: HTTP/2 (prior knowledge, or bytes that may still
 /// become its preface) goes to hyper-util's auto builder for good; HTTP/1.1 is handed back.
-async fn serve_plain(conn: &Conn, io: Observed<tokio::net::TcpStream>) -> Plain {
+async fn serve_plain(conn: &Conn, mut io: Observed<tokio::net::TcpStream>) -> Plain {
     let (activity, timeouts) = (conn.activity(), conn.timeouts);
-    let first = idle::drive(
-        park::FirstBytes::new(io.get_ref()),
-        activity,
-        timeouts,
-        |p| p.close(),
-    )
+    let first = idle::drive(park::FirstBytes::new(&mut io), activity, timeouts, |p| {
+        p.close()
+    })
     .await;
     let first = match first {
         Ok(first) => first,
@@ -330,7 +330,10 @@ async fn serve_plain(conn: &Conn, io: Observed<tokio::net::TcpStream>) -> Plain 
     let Some(first) = first.filter(|b| !b.is_empty()) else {
         return Plain::Ended(Ok(Ok(()))); // closed by the client or the watchdog
     };
-    if !H2_PREFACE.starts_with(&first) {
+    // Only the first bytes up to the preface's length decide (the read may hold more).
+    let h2 = H2_PREFACE.starts_with(&first[..first.len().min(H2_PREFACE.len())]);
+    io.rewind(first); // served to hyper first
+    if !h2 {
         return Plain::Http1(io);
     }
     let h2 = conn
@@ -510,6 +513,23 @@ async fn wait_readable(
 
 #[cfg(test)]
 mod tests {
+    /// What the accept loop counts on instead of a system call per connection: accepted
+    /// sockets have TCP_NODELAY from the listener, and the local address of a listener
+    /// bound to one address.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_address() {
+        let l = super::reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let bound = l.local_addr().unwrap();
+        let _c = std::net::TcpStream::connect(bound).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(
+            a.nodelay().unwrap(),
+            "TCP_NODELAY inherited from the listener"
+        );
+        assert_eq!(a.local_addr().unwrap(), bound);
+    }
+
     /// What a parked connection holds, by type (see README, "Resident memory per idle
     /// connection"): printed with `--nocapture`, bounded so growth is noticed.
     #[test]

@@ -48,12 +48,13 @@ pub struct ConnInfo {
 #[error("unparseable chunk in the request body; closing the client and backend connections")]
 pub struct BrokenChunk;
 
-/// The hyper service function: the pipeline, then counters and the access log.
+/// The hyper service function: the pipeline, then counters and the access log. The
+/// response body counts as being sent until hyper drops it (`park::Tracked`).
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, BrokenChunk> {
+) -> Result<Response<super::park::Tracked>, BrokenChunk> {
     let _open = conn.activity.request();
     let start = Instant::now();
     let log = shared.access_log.load_full();
@@ -104,7 +105,7 @@ pub async fn handle(
     if conn.verdicts.chunk_broken() {
         return Err(BrokenChunk);
     }
-    Ok(resp)
+    Ok(resp.map(|b| super::park::Tracked::new(b, conn.activity.responding())))
 }
 
 /// What the access log needs from the request head, taken before the pipeline consumes it
