@@ -210,6 +210,22 @@ pub fn young_set(f: &Frame, table: u32) -> u32 {
     set_index(k.young_hash(), sets_for(table) - 1)
 }
 
+/// The first `n` source numbers from `from` on whose frames (`frame(i)`) land in distinct
+/// young sets with `conn_table_size = table`: flows that must all stay young (a flow whose
+/// set later ones took over is hashed again, not promoted).
+pub fn distinct_young_sets(
+    from: u32,
+    n: usize,
+    table: u32,
+    frame: impl Fn(u32) -> Frame,
+) -> Vec<u32> {
+    let mut used = std::collections::HashSet::new();
+    (from..)
+        .filter(|&i| used.insert(young_set(&frame(i), table)))
+        .take(n)
+        .collect()
+}
+
 /// [`key_of`] for an IPv6 frame.
 pub fn key_of6(f: &Frame6) -> FlowKey {
     FlowKey {

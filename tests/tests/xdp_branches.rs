@@ -478,11 +478,7 @@ fn a_flow_evicted_from_a_full_connection_table_is_counted_and_hashed_again() {
     let mut next = 0u32;
     let mut all = Vec::new();
     for _ in 0..3 {
-        let mut used = std::collections::HashSet::new();
-        let batch: Vec<u32> = (next..)
-            .filter(|&i| used.insert(young_set(&flow(i), 1024)))
-            .take(BATCH)
-            .collect();
+        let batch = distinct_young_sets(next, BATCH, 1024, flow);
         next = batch[BATCH - 1] + 1;
         for &i in &batch {
             let mut syn = flow(i);

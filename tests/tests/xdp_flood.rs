@@ -130,11 +130,7 @@ fn flows_that_wait_to_be_promoted_are_held_to_the_promotion_rate() {
     // Sources with distinct young sets (a source whose set later ones took over would be
     // hashed again, not promoted), so every ACK finds its entry.
     const N: usize = 400;
-    let mut used = std::collections::HashSet::new();
-    let sources: Vec<u32> = (0..)
-        .filter(|&i| used.insert(young_set(&spoofed_frame(i, SYN), TABLE)))
-        .take(N)
-        .collect();
+    let sources = distinct_young_sets(0, N, TABLE, |i| spoofed_frame(i, SYN));
     for &i in &sources {
         assert_eq!(h.run(&spoofed(i, SYN)).unwrap().verdict, TX);
     }

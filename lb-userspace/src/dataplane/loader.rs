@@ -205,13 +205,14 @@ fn load_with(
         0
     };
     // A read-only global, so the verifier knows the mask: the young tables' set index costs
-    // no map lookup. Not required to exist, like the log level (an earlier build has none;
-    // without it this build's young tables would be one set: the flood tests would fail).
+    // no map lookup. Required in this build's object (left at 0, every flow would share one
+    // set); an earlier build a benchmark loads as its baseline has none.
     let young_mask = sizes.young_sets() - 1;
+    let own_object = std::ptr::eq(object, EBPF_OBJECT);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(aya_log::LEVEL, &level, false)
-        .override_global(names::GLOBAL_YOUNG_MASK, &young_mask, false)
+        .override_global(names::GLOBAL_YOUNG_MASK, &young_mask, own_object)
         .map_max_entries(names::MAP_MAGLEV, sizes.maglev_entries())
         .map_max_entries(names::MAP_SERVICES, sizes.max_services)
         .map_max_entries(names::MAP_CONNS, sizes.conn_table_size)

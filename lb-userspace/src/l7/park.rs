@@ -155,13 +155,13 @@ const FIRST_READ: usize = 8192;
 /// preface and hyper's own read: a system call less per connection. The buffer is made
 /// only once the socket is readable, so a connection that sends nothing holds none.
 /// `None` when the watchdog closes the connection.
-pub struct FirstBytes<'a, T> {
-    io: &'a mut Observed<T>,
+pub struct FirstBytes<'a> {
+    io: &'a mut Observed<tokio::net::TcpStream>,
     close: bool,
 }
 
-impl<'a, T> FirstBytes<'a, T> {
-    pub fn new(io: &'a mut Observed<T>) -> FirstBytes<'a, T> {
+impl<'a> FirstBytes<'a> {
+    pub fn new(io: &'a mut Observed<tokio::net::TcpStream>) -> FirstBytes<'a> {
         FirstBytes { io, close: false }
     }
 
@@ -170,7 +170,7 @@ impl<'a, T> FirstBytes<'a, T> {
     }
 }
 
-impl Future for FirstBytes<'_, tokio::net::TcpStream> {
+impl Future for FirstBytes<'_> {
     /// The bytes read (empty at the end of the stream or on an error).
     type Output = Option<Bytes>;
 

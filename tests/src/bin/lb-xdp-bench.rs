@@ -198,7 +198,9 @@ fn insert_costs() -> Result<[(f64, f64); 2]> {
         // Sources with distinct young sets, so every ACK finds its flow young (a flow whose
         // slot later ones took would be hashed again, not promoted).
         let base = 100_000 * (round as u32 + 1);
-        let sources = distinct_young_sets(base, N as usize);
+        let sources = lb_tests::xdp_cases::distinct_young_sets(base, N as usize, 262_144, |i| {
+            flow_frame(i, false)
+        });
         let syns: Vec<_> = sources.iter().map(|&i| flow(i, false)).collect();
         let acks: Vec<_> = sources.iter().map(|&i| flow(i, true)).collect();
         let started = std::time::Instant::now();
@@ -220,21 +222,6 @@ fn insert_costs() -> Result<[(f64, f64); 2]> {
         }
     }
     Ok(out)
-}
-
-/// `n` source numbers from `base` on whose flows ([`flow`]) land in distinct sets of the
-/// young table of [`insert_costs`].
-fn distinct_young_sets(base: u32, n: usize) -> Vec<u32> {
-    let mut used = std::collections::HashSet::new();
-    (base..)
-        .filter(|&i| {
-            used.insert(lb_tests::xdp_cases::young_set(
-                &flow_frame(i, false),
-                262_144,
-            ))
-        })
-        .take(n)
-        .collect()
 }
 
 fn row(name: &str, ns: f64, floor: f64) {
