@@ -94,13 +94,16 @@ fn profile(o: &Options, lb: &Path, dir: &Path, out: &Path) -> Result<()> {
             secs: o.duration + 2,
             ..load
         };
-        let (figures, recorded) = std::thread::scope(|s| {
+        let (figures, recorded, segments) = std::thread::scope(|s| {
             let wrk = s.spawn(|| load::wrk(&load, &url));
             std::thread::sleep(Duration::from_secs(1)); // ramp-up outside the window
+            let before = Segments::now();
             let recorded = record(o, &pids.join(","), &data);
-            (wrk.join(), recorded)
+            let segments = Segments::now().and_then(|after| Ok(after.since(&before?)));
+            (wrk.join(), recorded, segments)
         });
         recorded?;
+        let segments = segments?;
         let figures = figures.map_err(|_| anyhow::anyhow!("wrk thread panicked"))??;
         let folded = fold(&data, &out.join(format!("{}.folded", p.name)))?;
         flame(
@@ -114,7 +117,12 @@ fn profile(o: &Options, lb: &Path, dir: &Path, out: &Path) -> Result<()> {
             ),
         )?;
         let requests = figures.rps * f64::from(o.duration);
-        summaries.push((p.name, figures.rps, Breakdown::of(&folded, o, requests)));
+        summaries.push((
+            p.name,
+            figures.rps,
+            Breakdown::of(&folded, o, requests),
+            segments.per_request(requests),
+        ));
     }
     drop(rig);
     println!("{}", report(o, &summaries, out));
@@ -173,6 +181,60 @@ fn flame(folded: &str, svg: &Path, title: &str) -> Result<()> {
     let file = std::fs::File::create(svg)?;
     inferno::flamegraph::from_lines(&mut opts, folded.lines(), std::io::BufWriter::new(file))?;
     Ok(())
+}
+
+/// The host's TCP segment counters (`/proc/net/snmp` OutSegs, `/proc/net/netstat`
+/// TCPOrigDataSent). Segments without data are mostly pure ACKs: a socket that reads a
+/// small pushed segment acknowledges it at once unless it is in "ping-pong" mode, which
+/// the kernel leaves when its answer comes later than the delayed-ACK timeout (40 ms at
+/// least). A proxy whose requests wait longer than that (1,000 connections on one CPU)
+/// pays about two extra segments per request, each a trip through the loopback stack.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Segments {
+    out: u64,
+    with_data: u64,
+}
+
+impl Segments {
+    fn now() -> Result<Segments> {
+        let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+        let netstat = std::fs::read_to_string("/proc/net/netstat")?;
+        Segments::parse(&snmp, &netstat).context("TCP counters not found in /proc/net")
+    }
+
+    /// Reads a counter from /proc/net's "Prefix: names" / "Prefix: values" line pairs.
+    fn parse(snmp: &str, netstat: &str) -> Option<Segments> {
+        fn counter(text: &str, prefix: &str, name: &str) -> Option<u64> {
+            let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+            while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+                let at = names.split_whitespace().position(|n| n == name);
+                if let Some(at) = at {
+                    return values.split_whitespace().nth(at)?.parse().ok();
+                }
+            }
+            None
+        }
+        Some(Segments {
+            out: counter(snmp, "Tcp:", "OutSegs")?,
+            with_data: counter(netstat, "TcpExt:", "TCPOrigDataSent")?,
+        })
+    }
+
+    fn since(&self, before: &Segments) -> Segments {
+        Segments {
+            out: self.out.saturating_sub(before.out),
+            with_data: self.with_data.saturating_sub(before.with_data),
+        }
+    }
+
+    /// Segments with data and without, per request.
+    fn per_request(&self, requests: f64) -> (f64, f64) {
+        let r = requests.max(1.0);
+        (
+            self.with_data as f64 / r,
+            self.out.saturating_sub(self.with_data) as f64 / r,
+        )
+    }
 }
 
 /// Samples by category of the leaf frame, and by leaf frame.
@@ -330,7 +392,7 @@ fn short(frame: &str) -> String {
     out.chars().take(100).collect()
 }
 
-fn report(o: &Options, rows: &[(&str, f64, Breakdown)], out: &Path) -> String {
+fn report(o: &Options, rows: &[(&str, f64, Breakdown, (f64, f64))], out: &Path) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -341,12 +403,17 @@ fn report(o: &Options, rows: &[(&str, f64, Breakdown)], out: &Path) -> String {
         o.proxy_cpus,
         out.display()
     );
-    for (name, rps, b) in rows {
+    for (name, rps, b, (data, without)) in rows {
         let _ = writeln!(
             s,
             "\n{name}: {rps:.0} req/s, {:.2} s of CPU sampled, {:.1} µs of CPU per request",
             b.total as f64 / 1e9,
             b.us(b.total)
+        );
+        let _ = writeln!(
+            s,
+            "  TCP segments per request (every socket on the host): {data:.2} with data, \
+             {without:.2} without (pure ACKs; SYN/FIN with --close)"
         );
         for (cat, n) in &b.categories {
             let _ = writeln!(
@@ -371,6 +438,28 @@ fn report(o: &Options, rows: &[(&str, f64, Breakdown)], out: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_are_read_from_the_named_columns() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm InSegs OutSegs RetransSegs\nTcp: 1 900 1000 7\n";
+        let netstat = "TcpExt: SyncookiesSent TCPOrigDataSent\nTcpExt: 0 600\n\
+                       IpExt: InNoRoutes\nIpExt: 0\n";
+        let before = Segments::parse(snmp, netstat).unwrap();
+        assert_eq!(
+            before,
+            Segments {
+                out: 1000,
+                with_data: 600
+            }
+        );
+        let after = Segments {
+            out: 1400,
+            with_data: 900,
+        };
+        assert_eq!(after.since(&before).per_request(100.0), (3.0, 1.0));
+        assert_eq!(Segments::parse("Tcp: OutSegs\n", netstat), None);
+    }
 
     #[test]
     fn categories_follow_the_leaf_and_the_system_call() {
