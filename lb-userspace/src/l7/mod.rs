@@ -501,7 +501,6 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     workers::start(cpus)?;
     tokio::runtime::Builder::new_current_thread()
-        .event_interval(workers::EVENT_INTERVAL)
         .enable_all()
         .build()
 }

@@ -32,15 +32,6 @@ pub fn id() -> usize {
     ID.with(Cell::get)
 }
 
-/// Tasks a runtime polls between two looks at the I/O driver and the timers (tokio's
-/// default is 61). With many busy connections, a longer run between two `epoll_wait`s
-/// handles more ready connections per look (and, likely, more of their writes to the
-/// backend in one burst, so the backend wakes fewer times): at 1,000 keep-alive connections on one CPU, lb's CPU per request was lower in 9
-/// of 10 interleaved pairs (about 7%; `scripts/l7-cpu-per-request.sh 1000`), no different
-/// at 50 connections or on h2c. Fairness is unchanged (the run queue is first in, first
-/// out); a timer or new I/O waits at most one such run (a few ms at full load).
-pub const EVENT_INTERVAL: u32 = 2048;
-
 /// Starts `n` worker threads (none when `n` < 2: one CPU gains nothing from a hand-off).
 /// Called once, by [`super::runtime`]; later calls change nothing.
 pub fn start(n: usize) -> std::io::Result<()> {
@@ -50,7 +41,6 @@ pub fn start(n: usize) -> std::io::Result<()> {
     let mut handles = Vec::with_capacity(n);
     for i in 1..=n {
         let rt = tokio::runtime::Builder::new_current_thread()
-            .event_interval(EVENT_INTERVAL)
             .enable_all()
             .build()?;
         handles.push(rt.handle().clone());
