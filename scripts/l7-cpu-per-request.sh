@@ -87,6 +87,7 @@ for r in $(seq 1 "$rounds"); do
       curl -s -o /dev/null "http://127.0.0.1:$listen/" && break
       sleep 0.1
     done
+    p99=
     if [ -n "${H2C:-}" ]; then
       url="http://127.0.0.1:$listen/"
       taskset -c 1 h2load -c"$conns" -m10 -D1 "$url" >/dev/null 2>&1
@@ -98,13 +99,14 @@ for r in $(seq 1 "$rounds"); do
     else
       taskset -c 1 wrk -t1 -c"$conns" -d1s "${close[@]}" "http://127.0.0.1:$listen/" >/dev/null 2>&1
       t0=$(cpu_ticks "$lb_pid")
-      out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" "${close[@]}" "http://127.0.0.1:$listen/" 2>&1)
+      out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" --latency "${close[@]}" "http://127.0.0.1:$listen/" 2>&1)
       t1=$(cpu_ticks "$lb_pid")
       n=$(echo "$out" | awk '/requests in/ {print $1}')
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
     fi
     us=$(echo "scale=2; ($t1 - $t0) * 1000000 / $hz / $n" | bc)
-    echo "round $r $bin: -c$conns $rps req/s, lb $us µs of CPU per request"
+    echo "round $r $bin: -c$conns $rps req/s${p99:+ (p99 $p99)}, lb $us µs of CPU per request"
     kill "$lb_pid"
     wait "$lb_pid" 2>/dev/null || true
     lb_pid=
