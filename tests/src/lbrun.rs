@@ -5,7 +5,7 @@ use crate::netns::{sh, Ns, ProcGuard};
 use anyhow::{bail, Context, Result};
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Stdio,
     sync::mpsc,
@@ -179,17 +179,37 @@ pub fn tcp_banner(to: SocketAddr, timeout: Duration) -> Result<String> {
 
 /// One UDP exchange on a connected socket (so only replies from `to` are accepted).
 pub fn udp_banner(to: SocketAddr, timeout: Duration) -> Result<String> {
-    let any: SocketAddr = if to.is_ipv6() {
-        "[::]:0".parse()?
+    let any = if to.is_ipv6() {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
     } else {
-        "0.0.0.0:0".parse()?
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
     };
-    let s = std::net::UdpSocket::bind(any)?;
+    udp_banner_from(any, to, timeout, 1)
+}
+
+/// A UDP exchange from address `src` with `to`, the datagram sent up to `sends` times from
+/// the same socket (so the same flow) while no answer comes within `timeout`: UDP has no
+/// retransmission of its own, and a datagram may be lost on a loaded machine.
+pub fn udp_banner_from(
+    src: IpAddr,
+    to: SocketAddr,
+    timeout: Duration,
+    sends: u32,
+) -> Result<String> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0))?;
     s.connect(to)?;
     s.set_read_timeout(Some(timeout))?;
-    s.send(b"hi")?;
     let mut buf = [0u8; 512];
-    let n = s.recv(&mut buf)?;
+    let mut sent = 0;
+    let n = loop {
+        s.send(b"hi")?;
+        sent += 1;
+        match s.recv(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if sent < sends && e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 

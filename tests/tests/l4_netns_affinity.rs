@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use lb_tests::{
-    lbrun::{agent_sections, field, wait_for, Agent},
+    lbrun::{agent_sections, field, udp_banner_from, wait_for, Agent},
     netns::{Family as Fam, ProcGuard, Topology},
     root_or_skip,
 };
@@ -15,7 +15,7 @@ use socket2::{Domain, Socket, Type};
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -178,24 +178,10 @@ fn tcp_backend(src: IpAddr, to: SocketAddr) -> Result<String> {
     Ok(field(&line, "name").context("no banner")?.to_string())
 }
 
-/// The name of the backend that answers a UDP datagram from `src`. UDP has no
-/// retransmission of its own: a datagram lost on a loaded machine (veth queues under
-/// XDP_TX) is sent again from the same socket, so the same flow, up to three times.
+/// The name of the backend that answers a UDP datagram from `src` (sent up to three times
+/// from the same socket: the same flow, so the affinity check is unchanged).
 fn udp_backend(src: IpAddr, to: SocketAddr) -> Result<String> {
-    let s = UdpSocket::bind(SocketAddr::new(src, 0))?;
-    s.connect(to)?;
-    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut buf = [0u8; 512];
-    let mut tries = 0;
-    let n = loop {
-        s.send(b"hi")?;
-        match s.recv(&mut buf) {
-            Ok(n) => break n,
-            Err(e) if tries < 2 && e.kind() == std::io::ErrorKind::WouldBlock => tries += 1,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+    let line = udp_banner_from(src, to, Duration::from_secs(1), 3)?;
     Ok(field(&line, "name").context("no banner")?.to_string())
 }
 

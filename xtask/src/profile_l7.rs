@@ -99,7 +99,7 @@ fn profile(o: &Options, lb: &Path, dir: &Path, out: &Path) -> Result<()> {
             std::thread::sleep(Duration::from_secs(1)); // ramp-up outside the window
             let before = Segments::now();
             let recorded = record(o, &pids.join(","), &data);
-            let segments = Segments::now().and_then(|after| Ok(after.since(&before?)));
+            let segments = before.and_then(|b| Ok(Segments::now()?.since(&b)));
             (wrk.join(), recorded, segments)
         });
         recorded?;

@@ -190,7 +190,7 @@ fn single_runs_on(h: &XdpHarness, frames: &[Vec<u8>], cpus: &[usize]) -> Result<
 /// young entry's delete). A table large enough that nothing is evicted.
 fn insert_costs() -> Result<[(f64, f64); 2]> {
     const N: u32 = 20_000;
-    let h = XdpHarness::with_conn_table(65537, 262_144, 10_000_000)?;
+    let h = XdpHarness::with_conn_table(65537, INSERT_TABLE, 10_000_000)?;
     let mut h = h;
     h.apply(&plan())?;
     let mut out = [(0.0, 0.0); 2];
@@ -198,9 +198,10 @@ fn insert_costs() -> Result<[(f64, f64); 2]> {
         // Sources with distinct young sets, so every ACK finds its flow young (a flow whose
         // slot later ones took would be hashed again, not promoted).
         let base = 100_000 * (round as u32 + 1);
-        let sources = lb_tests::xdp_cases::distinct_young_sets(base, N as usize, 262_144, |i| {
-            flow_frame(i, false)
-        });
+        let sources =
+            lb_tests::xdp_cases::distinct_young_sets(base, N as usize, INSERT_TABLE, |i| {
+                flow_frame(i, false)
+            });
         let syns: Vec<_> = sources.iter().map(|&i| flow(i, false)).collect();
         let acks: Vec<_> = sources.iter().map(|&i| flow(i, true)).collect();
         let started = std::time::Instant::now();
@@ -223,6 +224,9 @@ fn insert_costs() -> Result<[(f64, f64); 2]> {
     }
     Ok(out)
 }
+
+/// `conn_table_size` of [`insert_costs`]: large enough that nothing is evicted.
+const INSERT_TABLE: u32 = 262_144;
 
 fn row(name: &str, ns: f64, floor: f64) {
     println!("  {name:<34} {ns:>8.1} ns   {:>5.2}x floor", ns / floor);
@@ -389,7 +393,7 @@ fn main() -> Result<()> {
         no_backend,
         no_backend - fs
     );
-    println!("insert cost, single runs, 262144-entry tables (nothing evicted), median:");
+    println!("insert cost, single runs, {INSERT_TABLE}-entry tables (nothing evicted), median:");
     println!(
         "  {:<34} {:>12} {:>16}",
         "", "CPU 0 alone", "CPUs 0+1 at once"
