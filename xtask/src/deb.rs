@@ -1,12 +1,17 @@
 //! `cargo xtask deb`: the Debian package, built with cargo-deb (installed on first use, here
 //! and by `cargo xtask test`, whose package test builds one). Steps: bootstrap (bpf-linker for the eBPF
-//! object), a release build, shell completions (`lb completions <shell>`) and the manual
-//! page (`lb manpage`) into target/release/completions/, then `cargo deb --no-build`. What goes in the package is
-//! listed in lb-userspace/Cargo.toml, `[package.metadata.deb]`.
+//! object), a build with the shipped profile (`release-lb`: release + fat LTO, see the
+//! workspace's Cargo.toml), shell completions (`lb completions <shell>`) and the manual
+//! page (`lb manpage`) into target/release-lb/completions/, then `cargo deb --no-build
+//! --profile release-lb`. What goes in the package is listed in lb-userspace/Cargo.toml,
+//! `[package.metadata.deb]` (its `target/release/` paths follow `--profile`).
 
 use crate::bootstrap::{cargo, root};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
+
+/// The build profile that is shipped.
+const PROFILE: &str = "release-lb";
 
 /// The packaging tool (installed with `--locked`: the dependency versions it was released with).
 const CARGO_DEB: &str = "cargo-deb";
@@ -14,8 +19,18 @@ const CARGO_DEB: &str = "cargo-deb";
 pub fn run() -> Result<()> {
     crate::bootstrap::run()?;
     ensure_cargo_deb()?;
-    cargo(&["build", "--release", "-p", "lb-userspace", "--bins"], &[])?;
-    let release = root().join("target/release");
+    cargo(
+        &[
+            "build",
+            "--profile",
+            PROFILE,
+            "-p",
+            "lb-userspace",
+            "--bins",
+        ],
+        &[],
+    )?;
+    let release = root().join("target").join(PROFILE);
     let out = release.join("completions");
     std::fs::create_dir_all(&out)?;
     for (shell, file) in [("bash", "lb.bash"), ("zsh", "_lb"), ("fish", "lb.fish")] {
@@ -36,7 +51,17 @@ pub fn run() -> Result<()> {
         bail!("lb manpage failed");
     }
     std::fs::write(out.join("lb.1"), man.stdout)?;
-    cargo(&["deb", "-p", "lb-userspace", "--no-build"], &[])?;
+    cargo(
+        &[
+            "deb",
+            "-p",
+            "lb-userspace",
+            "--no-build",
+            "--profile",
+            PROFILE,
+        ],
+        &[],
+    )?;
     eprintln!("package: {}", root().join("target/debian").display());
     Ok(())
 }
