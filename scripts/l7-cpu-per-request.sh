@@ -9,6 +9,8 @@
 #   e.g. scripts/l7-cpu-per-request.sh 1000 5 /tmp/lb-main target/release/lb
 # CLOSE=1: a new connection per request (wrk -H 'Connection: close', bench-l7's h1-close).
 # H2C=1: h2c with 10 streams per connection (h2load -m10, bench-l7's h2c).
+# BODY_KIB=64: responses of that many KiB (a file from the backend, bench-l7's h1-64k)
+# instead of 100 bytes.
 set -euo pipefail
 conns=$1 rounds=$2
 shift 2
@@ -17,6 +19,15 @@ close=()
 [ -n "${CLOSE:-}" ] && close=(-H 'Connection: close')
 dir=$(mktemp -d /tmp/lb-cpu-per-request.XXXXXX)
 backend=28080 listen=28081
+location='return 200 "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";'
+path=/
+if [ -n "${BODY_KIB:-}" ]; then
+  chmod a+rx "$dir" # nginx workers run as nobody
+  mkdir "$dir/www"
+  head -c $((BODY_KIB * 1024)) /dev/zero >"$dir/www/body"
+  location="root $dir/www;"
+  path=/body
+fi
 cat >"$dir/backend.conf" <<EOF
 daemon off;
 worker_processes 1;
@@ -30,7 +41,7 @@ http {
   server {
     listen 127.0.0.1:$backend;
     keepalive_requests 1000000;
-    location / { return 200 "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"; }
+    location / { $location }
   }
 }
 EOF
@@ -89,7 +100,7 @@ for r in $(seq 1 "$rounds"); do
     done
     p99=
     if [ -n "${H2C:-}" ]; then
-      url="http://127.0.0.1:$listen/"
+      url="http://127.0.0.1:$listen$path"
       taskset -c 1 h2load -c"$conns" -m10 -D1 "$url" >/dev/null 2>&1
       t0=$(cpu_ticks "$lb_pid")
       out=$(taskset -c 1 h2load -c"$conns" -m10 -D"$duration" "$url" 2>&1)
@@ -97,9 +108,9 @@ for r in $(seq 1 "$rounds"); do
       n=$(echo "$out" | awk '/^requests:/ {print $8}')
       rps=$(echo "$out" | awk -F', ' '/^finished in/ {print $2}' | awk '{print $1}')
     else
-      taskset -c 1 wrk -t1 -c"$conns" -d1s "${close[@]}" "http://127.0.0.1:$listen/" >/dev/null 2>&1
+      taskset -c 1 wrk -t1 -c"$conns" -d1s "${close[@]}" "http://127.0.0.1:$listen$path" >/dev/null 2>&1
       t0=$(cpu_ticks "$lb_pid")
-      out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" --latency "${close[@]}" "http://127.0.0.1:$listen/" 2>&1)
+      out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" --latency "${close[@]}" "http://127.0.0.1:$listen$path" 2>&1)
       t1=$(cpu_ticks "$lb_pid")
       n=$(echo "$out" | awk '/requests in/ {print $1}')
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
