@@ -171,18 +171,20 @@ pub fn run(mut o: Options) -> Result<()> {
     result
 }
 
-/// `lb` built with the benchmark profile (release-lb: release + fat LTO), or `given`.
+/// `lb` built with the shipped profile ([`crate::deb::PROFILE`]: release + fat LTO), or
+/// `given`.
 pub fn build_lb(given: Option<&Path>) -> Result<PathBuf> {
+    use crate::deb::PROFILE;
     if let Some(lb) = given {
         return Ok(lb.to_path_buf());
     }
     let root = crate::bootstrap::root();
-    println!("building lb (profile release-lb: release + fat LTO)...");
+    println!("building lb (profile {PROFILE}: release + fat LTO, as shipped)...");
     let st = Command::new("cargo")
         .args([
             "build",
             "--profile",
-            "release-lb",
+            PROFILE,
             "-p",
             "lb-userspace",
             "--bin",
@@ -191,9 +193,9 @@ pub fn build_lb(given: Option<&Path>) -> Result<PathBuf> {
         .current_dir(&root)
         .status()?;
     if !st.success() {
-        bail!("cargo build --profile release-lb failed");
+        bail!("cargo build --profile {PROFILE} failed");
     }
-    Ok(root.join("target/release-lb/lb"))
+    Ok(root.join("target").join(PROFILE).join("lb"))
 }
 
 fn bench(o: &Options, lb: &Path, dir: &Path) -> Result<()> {

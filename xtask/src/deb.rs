@@ -10,8 +10,8 @@ use crate::bootstrap::{cargo, root};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
-/// The build profile that is shipped.
-const PROFILE: &str = "release-lb";
+/// The build profile that is shipped (and that `cargo xtask bench-l7` measures).
+pub const PROFILE: &str = "release-lb";
 
 /// The packaging tool (installed with `--locked`: the dependency versions it was released with).
 const CARGO_DEB: &str = "cargo-deb";
@@ -30,11 +30,11 @@ pub fn run() -> Result<()> {
         ],
         &[],
     )?;
-    let release = root().join("target").join(PROFILE);
-    let out = release.join("completions");
+    let built = root().join("target").join(PROFILE);
+    let out = built.join("completions");
     std::fs::create_dir_all(&out)?;
     for (shell, file) in [("bash", "lb.bash"), ("zsh", "_lb"), ("fish", "lb.fish")] {
-        let o = Command::new(release.join("lb"))
+        let o = Command::new(built.join("lb"))
             .args(["completions", shell])
             .output()
             .context("running lb completions")?;
@@ -43,7 +43,7 @@ pub fn run() -> Result<()> {
         }
         std::fs::write(out.join(file), o.stdout)?;
     }
-    let man = Command::new(release.join("lb"))
+    let man = Command::new(built.join("lb"))
         .arg("manpage")
         .output()
         .context("running lb manpage")?;
