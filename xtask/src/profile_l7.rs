@@ -117,12 +117,12 @@ fn profile(o: &Options, lb: &Path, dir: &Path, out: &Path) -> Result<()> {
             ),
         )?;
         let requests = figures.rps * f64::from(o.duration);
-        summaries.push((
-            p.name,
-            figures.rps,
-            Breakdown::of(&folded, o, requests),
-            segments.per_request(requests),
-        ));
+        summaries.push(Summary {
+            name: p.name,
+            rps: figures.rps,
+            breakdown: Breakdown::of(&folded, o, requests),
+            segments: segments.per_request(requests),
+        });
     }
     drop(rig);
     println!("{}", report(o, &summaries, out));
@@ -392,7 +392,16 @@ fn short(frame: &str) -> String {
     out.chars().take(100).collect()
 }
 
-fn report(o: &Options, rows: &[(&str, f64, Breakdown, (f64, f64))], out: &Path) -> String {
+/// One proxy's profile, as reported.
+struct Summary<'a> {
+    name: &'a str,
+    rps: f64,
+    breakdown: Breakdown,
+    /// TCP segments per request, with data and without ([`Segments::per_request`]).
+    segments: (f64, f64),
+}
+
+fn report(o: &Options, rows: &[Summary<'_>], out: &Path) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -403,7 +412,13 @@ fn report(o: &Options, rows: &[(&str, f64, Breakdown, (f64, f64))], out: &Path) 
         o.proxy_cpus,
         out.display()
     );
-    for (name, rps, b, (data, without)) in rows {
+    for Summary {
+        name,
+        rps,
+        breakdown: b,
+        segments: (data, without),
+    } in rows
+    {
         let _ = writeln!(
             s,
             "\n{name}: {rps:.0} req/s, {:.2} s of CPU sampled, {:.1} µs of CPU per request",
